@@ -1,0 +1,118 @@
+//! `[fetch]`: how layer bytes are brought from registries: prefetch and background fetch,
+//! timeouts, retries, concurrency, and how chunk reads are merged into HTTP requests.
+
+use std::time::Duration;
+
+use documented::DocumentedFields;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Invalid, KeyPath};
+
+/// `[fetch]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DocumentedFields)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// Fetch a layer's prioritized files (the eStargz prefetch landmark) right after mounting.
+    pub prefetch: bool,
+    /// How long a mount waits for its prefetch before it is reported ready anyway.
+    #[serde(with = "crate::units::duration")]
+    pub prefetch_timeout: Duration,
+    /// Fetch the rest of each mounted layer in the background, so later reads are local.
+    pub background_fetch: bool,
+    /// Background fetch requests in flight at once, over all layers.
+    pub background_concurrency: usize,
+    /// Background fetch pauses this long after each on-demand read, to leave the link to it.
+    #[serde(with = "crate::units::duration")]
+    pub background_pause_after_read: Duration,
+    /// Timeout of one HTTP request (connect, headers and body). Per-host overrides exist.
+    #[serde(with = "crate::units::duration")]
+    pub request_timeout: Duration,
+    /// Overall bound of one read, retries included; a read that cannot finish in time fails
+    /// with an error naming the registry host (no hangs).
+    #[serde(with = "crate::units::duration")]
+    pub read_timeout: Duration,
+    /// Retries of a failed request (connection errors, 5xx, 429, corrupted data) before the
+    /// read fails.
+    pub max_retries: u32,
+    /// First retry delay; doubled per retry with random jitter.
+    #[serde(with = "crate::units::duration")]
+    pub min_backoff: Duration,
+    /// Largest retry delay.
+    #[serde(with = "crate::units::duration")]
+    pub max_backoff: Duration,
+    /// HTTP requests in flight at once per registry host (on-demand reads go first).
+    pub max_concurrent_requests: usize,
+    /// Chunk ranges closer than this are fetched as one range (the gap bytes are discarded).
+    #[serde(with = "crate::units::size")]
+    pub coalesce_gap: u64,
+    /// Ask for several ranges in one request (`Range: bytes=a-b,c-d`) when the server supports
+    /// it; servers that do not are detected and served one range per request.
+    pub multi_range: bool,
+    /// Fraction (0.0-1.0) of a layer read on demand after which the whole rest of the blob is
+    /// streamed in one request instead of fetched chunk by chunk. 1.0 = never stream.
+    pub stream_threshold: f64,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            prefetch: true,
+            prefetch_timeout: Duration::from_secs(10),
+            background_fetch: true,
+            background_concurrency: 2,
+            background_pause_after_read: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            max_retries: 5,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            max_concurrent_requests: 16,
+            coalesce_gap: 64 << 10,
+            multi_range: true,
+            stream_threshold: 0.5,
+        }
+    }
+}
+
+impl FetchConfig {
+    pub(crate) fn validate(&self, at: &KeyPath) -> Result<(), Invalid> {
+        let nonzero = [
+            ("request_timeout", self.request_timeout),
+            ("read_timeout", self.read_timeout),
+            ("prefetch_timeout", self.prefetch_timeout),
+        ];
+        for (key, d) in nonzero {
+            if d.is_zero() {
+                return Err(Invalid::new(at.key(key), "must be greater than 0s"));
+            }
+        }
+        if self.min_backoff > self.max_backoff {
+            return Err(Invalid::new(
+                at.key("min_backoff"),
+                "must not be greater than `max_backoff`",
+            ));
+        }
+        if self.max_concurrent_requests == 0 || self.max_concurrent_requests > 1024 {
+            return Err(Invalid::new(
+                at.key("max_concurrent_requests"),
+                "must be between 1 and 1024",
+            ));
+        }
+        if self.background_concurrency == 0 || self.background_concurrency > 1024 {
+            return Err(Invalid::new(
+                at.key("background_concurrency"),
+                "must be between 1 and 1024",
+            ));
+        }
+        if self.max_retries > 100 {
+            return Err(Invalid::new(at.key("max_retries"), "must be at most 100"));
+        }
+        if !(0.0..=1.0).contains(&self.stream_threshold) {
+            return Err(Invalid::new(
+                at.key("stream_threshold"),
+                "must be a fraction between 0.0 and 1.0",
+            ));
+        }
+        Ok(())
+    }
+}
