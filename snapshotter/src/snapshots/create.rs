@@ -162,14 +162,24 @@ impl Snapshots {
         let extra = match outcome {
             LayerOutcome::Mounted { labels } => labels,
             LayerOutcome::Declined { reason } => {
+                // The hook promised to leave nothing mounted; make sure.
+                sys::detach_all(&mountpoint)?;
+                if !self.allow_fallback {
+                    tracing::warn!(key = %c.key, target, %reason, "layer is not lazy and fallback is off");
+                    if let Err(e) = self.remove(&c.key) {
+                        tracing::warn!(key = %c.key, error = %e, "could not remove the refused snapshot");
+                    }
+                    return Err(Error::Unavailable(format!(
+                        "layer {target:?} cannot be mounted lazily ({reason}) and \
+                         snapshotter.allow_fallback is off"
+                    )));
+                }
                 tracing::info!(
                     key = %c.key,
                     target,
                     %reason,
                     "layer is not lazy: falling back to a normal snapshot; containerd downloads it"
                 );
-                // The hook promised to leave nothing mounted; make sure.
-                sys::detach_all(&mountpoint)?;
                 return Ok(false);
             }
         };

@@ -27,12 +27,25 @@ use crate::remote::{RemoteLayers, RemoteSnapshot};
 use crate::store::{Info, Kind, Labels, Lookup, MetaStore, SnapshotRecord, Usage};
 
 /// How to open [`Snapshots`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Options {
     /// Overlay features to use in mounts (see [`OverlayFeatures::probe`]).
     pub features: OverlayFeatures,
     /// The remote-layer hook, if any (none: every snapshot is a normal one).
     pub remote: Option<Arc<dyn RemoteLayers>>,
+    /// When the hook declines a layer: true (default) goes on with a normal snapshot
+    /// that containerd fills; false fails the Prepare with Unavailable.
+    pub allow_fallback: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            features: OverlayFeatures::default(),
+            remote: None,
+            allow_fallback: true,
+        }
+    }
 }
 
 /// One layer directory of a snapshot, as [`Snapshots::layers`] lists them.
@@ -63,6 +76,7 @@ pub struct Snapshots {
     store: MetaStore,
     features: OverlayFeatures,
     remote: Option<Arc<dyn RemoteLayers>>,
+    allow_fallback: bool,
 }
 
 impl Fields for Info {
@@ -92,6 +106,7 @@ impl Snapshots {
             store,
             features: options.features,
             remote: options.remote,
+            allow_fallback: options.allow_fallback,
         })
     }
 
@@ -329,3 +344,8 @@ impl Snapshots {
         Ok(plan.mounts(&self.features))
     }
 }
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_root;

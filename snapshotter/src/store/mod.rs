@@ -453,3 +453,6 @@ impl WriteTx {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests;
