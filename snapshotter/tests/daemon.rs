@@ -33,18 +33,39 @@ fn tmpdir() -> tempfile::TempDir {
         .unwrap()
 }
 
-fn start(args: &[&str]) -> Child {
-    Command::new(BIN)
-        .arg("daemon")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// A daemon we started: killed on drop if the test fails before stopping it.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(args: &[&str]) -> Daemon {
+    Daemon(Some(
+        Command::new(BIN)
+            .arg("daemon")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ))
 }
 
 /// Waits (bounded) until `sock` is a socket or the daemon exited.
-fn wait_socket(child: &mut Child, sock: &Path) {
+fn wait_socket(d: &mut Daemon, sock: &Path) {
+    let child = d.child();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if fs::symlink_metadata(sock).is_ok_and(|m| m.file_type().is_socket()) {
@@ -58,7 +79,8 @@ fn wait_socket(child: &mut Child, sock: &Path) {
     panic!("daemon did not create {}", sock.display());
 }
 
-fn stop(child: Child, sig: Signal) -> Output {
+fn stop(mut d: Daemon, sig: Signal) -> Output {
+    let child = d.0.take().expect("running");
     kill(Pid::from_raw(child.id() as i32), sig).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -121,7 +143,7 @@ fn stale_socket_is_replaced_and_live_one_refused() {
     ]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(d.try_wait().unwrap().is_none(), "daemon exited");
+        assert!(d.child().try_wait().unwrap().is_none(), "daemon exited");
         assert!(Instant::now() < deadline, "daemon never listened");
         sleep(Duration::from_millis(20));
     }
