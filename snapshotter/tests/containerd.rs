@@ -2,7 +2,9 @@
 //! image (built offline with umoci, pushed with skopeo); containerd (own config, root,
 //! state and socket) has `starling daemon` as the proxy snapshotter `starling`;
 //! `ctr images pull` + `ctr run` on it print what the layers hold (whiteouts included);
-//! `ctr images rm --sync` leaves no snapshots, no snapshot directories and no mounts.
+//! Usage, labels (Update) and Mounts answer through containerd; starling killed with
+//! SIGKILL and restarted keeps its snapshots; `ctr images rm --sync` leaves no snapshots,
+//! no snapshot directories and no mounts.
 //!
 //! Needs root and the Debian packages containerd, runc, docker-registry, skopeo, umoci and
 //! busybox-static; skipped (with the reason) otherwise, failed instead when
@@ -279,6 +281,36 @@ fn build_image(dir: &Path) -> PathBuf {
     oci
 }
 
+/// Starts `starling daemon` with state in `dir/st`, serving on `dir/st.sock`; waits until
+/// it accepts connections. The log is appended to `dir/starling.log`.
+fn start_starling(dir: &Path) -> Daemon {
+    let st_sock = dir.join("st.sock");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("starling.log"))
+        .unwrap();
+    let child = Command::new(BIN)
+        .args(["--log-level", "debug", "daemon", "--root"])
+        .arg(dir.join("st"))
+        .arg("--address")
+        .arg(&st_sock)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut d = Daemon {
+        name: "starling",
+        child,
+    };
+    poll("the starling socket", Duration::from_secs(30), || {
+        assert!(d.alive(), "starling exited at start");
+        std::os::unix::net::UnixStream::connect(&st_sock).is_ok()
+    });
+    d
+}
+
 fn start_env() -> Env {
     let dir = tempfile::Builder::new()
         .prefix("stl-core-")
@@ -322,20 +354,7 @@ fn start_env() -> Env {
         .arg(format!("oci:{}:t", oci.display()))
         .arg(format!("docker://{}", env.image())));
 
-    // starling.
-    let st_sock = dir.join("st.sock");
-    env.starling = Some(Daemon::spawn(
-        "starling",
-        &dir,
-        Command::new(BIN)
-            .args(["--log-level", "debug", "daemon", "--root"])
-            .arg(dir.join("st"))
-            .arg("--address")
-            .arg(&st_sock),
-    ));
-    poll("the starling socket", Duration::from_secs(30), || {
-        st_sock.exists()
-    });
+    env.starling = Some(start_starling(&dir));
 
     // containerd with starling as a proxy plugin.
     let d = dir.display();
@@ -421,6 +440,75 @@ fn pull_run_and_remove_through_containerd() {
     let committed = snaps.lines().filter(|l| l.contains("Committed")).count();
     assert_eq!(committed, 2, "one committed snapshot per layer:\n{snaps}");
     assert_eq!(snapshot_dirs(&env), ["1", "2"]);
+
+    // Usage, Update and Mounts through containerd's metadata layer.
+    let top = snaps
+        .lines()
+        .filter(|l| l.contains("Committed"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.len() == 3)
+        .map(|cols| cols[0].to_string())
+        .expect("a committed snapshot with a parent");
+    let usage = env.ctr_ok(&["snapshots", "--snapshotter", "starling", "usage", "-b"]);
+    let busybox_layer = usage
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busybox_layer > 500_000,
+        "the busybox layer's usage is counted:\n{usage}"
+    );
+    env.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        "starling",
+        "label",
+        &top,
+        "starling.test=yes",
+    ]);
+    let info = env.ctr_ok(&["snapshots", "--snapshotter", "starling", "info", &top]);
+    assert!(info.contains("\"starling.test\": \"yes\""), "{info}");
+    env.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        "starling",
+        "prepare",
+        "stl-probe",
+        &top,
+    ]);
+    let m = env.ctr_ok(&[
+        "snapshots",
+        "--snapshotter",
+        "starling",
+        "mounts",
+        "/mnt/x",
+        "stl-probe",
+    ]);
+    assert!(m.starts_with("mount -t overlay overlay /mnt/x -o "), "{m}");
+    assert!(m.contains("lowerdir=") && m.contains("upperdir="), "{m}");
+    env.ctr_ok(&["snapshots", "--snapshotter", "starling", "rm", "stl-probe"]);
+
+    // starling killed without warning and restarted: snapshots are intact.
+    let st = env.starling.as_mut().unwrap();
+    st.child.kill().unwrap();
+    st.child.wait().unwrap();
+    env.starling = Some(start_starling(&env.dir));
+    poll(
+        "restarted starling through containerd",
+        Duration::from_secs(60),
+        || {
+            env.ctr(&["snapshots", "--snapshotter", "starling", "ls"])
+                .status
+                .success()
+        },
+    );
+    let again = env.ctr_ok(&["snapshots", "--snapshotter", "starling", "ls"]);
+    assert_eq!(
+        again.lines().filter(|l| l.contains("Committed")).count(),
+        2,
+        "{again}"
+    );
 
     let fifo = env.dir.join("fifo");
     let runc = env.dir.join("runc");
