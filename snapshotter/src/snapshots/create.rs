@@ -47,17 +47,25 @@ impl Snapshots {
             .get(labels::TARGET_REF)
             .filter(|t| !t.is_empty())
             .cloned();
-        let remote = match (&self.remote, target) {
+        let mut remote = match (&self.remote, target) {
             (Some(hook), Some(target)) => Some((hook.clone(), target)),
             _ => None,
         };
         if let Some((_, target)) = &remote {
             if let Some(rec) = self.store.read()?.record(target)? {
-                if rec.kind == Kind::Committed {
+                // containerd looks the target up by ref label *and* parent after an
+                // AlreadyExists; answer it only when that lookup will succeed.
+                if rec.kind == Kind::Committed && rec.parent == parent {
                     return Err(Error::AlreadyExists(format!(
                         "target snapshot {target:?} already exists"
                     )));
                 }
+                tracing::info!(
+                    key,
+                    target = %target,
+                    "layer is not lazy: a snapshot named like the target exists on another parent"
+                );
+                remote = None;
             }
         }
         let created = self.create_snapshot(NewSnapshot {

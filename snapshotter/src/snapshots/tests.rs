@@ -349,6 +349,23 @@ fn remote_layer_is_committed_under_the_target_and_answers_already_exists() {
 }
 
 #[test]
+fn existing_target_on_another_parent_is_not_claimed() {
+    let (_t, s, hook) = with_hook(FakeHook::default(), true);
+    s.prepare("ns/1/p-a", "", Labels::new()).unwrap();
+    s.commit("ns/1/p", "ns/1/p-a", Labels::new()).unwrap();
+    // The target exists (lazily pulled elsewhere) on the empty parent...
+    s.prepare("ns/2/x", "", layer_labels("sha256:c1"))
+        .unwrap_err();
+    // ...so a Prepare of that target on another parent gets a normal snapshot.
+    let m = s
+        .prepare("ns/1/extract", "ns/1/p", layer_labels("sha256:c1"))
+        .unwrap();
+    assert_eq!(m[0].fstype, "overlay");
+    assert_eq!(hook.calls().len(), 1, "the hook was not asked again");
+    assert_eq!(s.stat("ns/1/extract").unwrap().kind, Kind::Active);
+}
+
+#[test]
 fn declined_or_panicking_hook_falls_back_to_a_normal_snapshot() {
     for hook in [
         FakeHook {
