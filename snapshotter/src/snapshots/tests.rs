@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::*;
@@ -456,4 +456,94 @@ fn reopen_keeps_snapshots_and_the_store_is_exclusive() {
     let s = Snapshots::open(&root, Options::default()).unwrap();
     assert_eq!(s.stat("a").unwrap().kind, Kind::Active);
     assert!(Path::new(&s.layout().fs_dir(1)).is_dir());
+}
+
+const CRASH_ROOT_ENV: &str = "STARLING_CRASH_WORKER_ROOT";
+
+/// Worker of `sigkill_at_any_point_leaves_store_and_disk_consistent`: creates, commits
+/// and removes snapshots in a loop until killed. Does nothing when run normally.
+#[test]
+#[ignore = "run by sigkill_at_any_point_leaves_store_and_disk_consistent"]
+fn crash_worker() {
+    let Some(root) = std::env::var_os(CRASH_ROOT_ENV) else {
+        return;
+    };
+    let s = Snapshots::open(PathBuf::from(root), Options::default()).unwrap();
+    let mut n: u64 = s.list(&[]).unwrap().len() as u64 * 1000;
+    loop {
+        n += 1;
+        let key = format!("k{n}");
+        let parent = if n % 3 == 0 {
+            String::new()
+        } else {
+            format!("c{}", n - 1)
+        };
+        let parent = if s.stat(&parent).is_ok() {
+            parent
+        } else {
+            String::new()
+        };
+        s.prepare(&key, &parent, labels(&[("n", &n.to_string())]))
+            .unwrap();
+        fs::write(
+            s.layout().fs_dir(s.layers(&key).unwrap()[0].id).join("f"),
+            b"x",
+        )
+        .unwrap();
+        s.commit(&format!("c{n}"), &key, Labels::new()).unwrap();
+        if n % 4 == 0 {
+            // Remove a leaf from time to time.
+            let _ = s.remove(&format!("c{}", n));
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_any_point_leaves_store_and_disk_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    for round in 0..6u64 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "snapshots::tests::crash_worker",
+                "--nocapture",
+            ])
+            .env(CRASH_ROOT_ENV, &root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Let it get into its loop, then kill it wherever it is.
+        std::thread::sleep(std::time::Duration::from_millis(150 + 70 * round));
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let s = Snapshots::open(&root, Options::default()).unwrap();
+        let all = s.store.read().unwrap().all().unwrap();
+        assert!(!all.is_empty() || round == 0, "the worker made progress");
+        for (key, rec) in &all {
+            assert!(s.layout().fs_dir(rec.id).is_dir(), "{key} has its fs dir");
+            if rec.kind == Kind::Active {
+                assert!(
+                    s.layout().work_dir(rec.id).is_dir(),
+                    "{key} has its work dir"
+                );
+            }
+            s.layers(key).unwrap();
+        }
+        let strays = s.cleanup().unwrap();
+        eprintln!(
+            "round {round}: {} snapshots, {strays} stray directories removed",
+            all.len()
+        );
+        let mut ids: Vec<String> = all.iter().map(|(_, r)| r.id.to_string()).collect();
+        ids.sort();
+        assert_eq!(
+            dirs(&s),
+            ids,
+            "after cleanup, directories are exactly the records'"
+        );
+    }
 }

@@ -54,6 +54,15 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A record cannot be encoded (the system clock is before 1970).
+    #[error("metadata store: cannot encode the record of snapshot {key:?}: {source}")]
+    Encode {
+        /// The snapshot key.
+        key: String,
+        /// The encoding error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The database was written by an incompatible version of starling.
     #[error("metadata store: schema version {found} is not supported (expected {SCHEMA_VERSION})")]
     Schema {
@@ -83,9 +92,14 @@ fn decode(key: &str, bytes: &[u8]) -> Result<SnapshotRecord> {
     })
 }
 
-fn encode(record: &SnapshotRecord) -> Vec<u8> {
-    // Serializing plain data (strings, numbers, maps, SystemTime) cannot fail.
-    serde_json::to_vec(record).expect("snapshot record serializes")
+fn encode(key: &str, record: &SnapshotRecord) -> Result<Vec<u8>> {
+    // Only a clock before 1970 makes this fail (SystemTime is stored since the epoch).
+    serde_json::to_vec(record).map_err(|source| {
+        Error::Store(StoreError::Encode {
+            key: key.to_string(),
+            source,
+        })
+    })
 }
 
 /// The metadata database.
@@ -253,7 +267,9 @@ impl WriteTx {
 
     fn put(&self, key: &str, rec: &SnapshotRecord) -> Result<()> {
         let mut table = self.tx.open_table(SNAPSHOTS).map_err(dberr)?;
-        table.insert(key, encode(rec).as_slice()).map_err(dberr)?;
+        table
+            .insert(key, encode(key, rec)?.as_slice())
+            .map_err(dberr)?;
         Ok(())
     }
 
