@@ -1,5 +1,26 @@
 //! The containerd snapshotter: metadata store, overlay snapshots, the remote-snapshot
 //! protocol for lazy eStargz layers, the merge component, and the gRPC service; plus the
 //! command implementations behind the `starling` binary.
+//!
+//! Layers, bottom up:
+//! - [`store`]: the transactional metadata store (redb) and containerd's snapshot rules;
+//! - [`overlay`]: on-disk layout, overlay kernel features, mounts, disk usage;
+//! - [`filter`]: containerd's filter language for List;
+//! - [`snapshots`]: [`Snapshots`], the operations, tying store, overlay and hooks together;
+//! - [`remote`] and [`labels`]: the remote-layer extension point and its label protocol;
+//! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
+//!   socket server the daemon runs.
 
 pub mod cli;
+pub mod error;
+pub mod filter;
+pub mod labels;
+pub mod overlay;
+pub mod remote;
+pub mod server;
+pub mod service;
+pub mod snapshots;
+pub mod store;
+
+pub use error::{Error, ErrorKind, Result};
+pub use snapshots::{Layer, NewSnapshot, Options, RestoreReport, Snapshots};

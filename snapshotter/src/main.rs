@@ -7,9 +7,10 @@ use snapshotter::cli;
 #[derive(Parser)]
 #[command(name = "starling", version, about)]
 struct Cli {
-    /// Log filter (error, warn, info, debug, trace, or a tracing directive list).
-    #[arg(long, global = true, env = "STARLING_LOG", default_value = "info")]
-    log_level: String,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive list)
+    /// [default: info, or the daemon configuration's `log_level`].
+    #[arg(long, global = true, env = "STARLING_LOG")]
+    log_level: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -41,9 +42,13 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(&cli.log_level);
+    let log_level = cli.log_level;
+    // The daemon installs logging itself, after reading its configuration file.
+    if !matches!(cli.command, Command::Daemon(_)) {
+        cli::init_logging(log_level.as_deref().unwrap_or("info"));
+    }
     let result = match cli.command {
-        Command::Daemon(a) => cli::daemon::run(a),
+        Command::Daemon(a) => cli::daemon::run(a, log_level.as_deref()),
         Command::Convert(a) => cli::convert::run(a),
         Command::Rpull(a) => cli::rpull::run(a),
         Command::Merge(a) => cli::merge::run(a),
