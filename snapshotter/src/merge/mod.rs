@@ -92,5 +92,3 @@ impl From<FlattenError> for Error {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_root;

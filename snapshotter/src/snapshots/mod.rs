@@ -299,7 +299,7 @@ impl Snapshots {
         if removed > 0 {
             tracing::info!(removed, "cleanup removed stray snapshot directories");
         }
-        Ok(removed + stale_builds)
+        Ok(removed + stale_builds + orphans.len())
     }
 
     /// Mounts every committed remote snapshot again through the hook (daemon start).
