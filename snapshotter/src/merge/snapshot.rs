@@ -257,7 +257,12 @@ impl Snapshots {
         req: &MergeRequest,
         ids: &[u64],
     ) -> Result<Resolved> {
-        let resolved = resolve(tx, req)?;
+        let resolved = resolve(tx, req).map_err(|e| match e {
+            Error::NotFound(msg) => {
+                Error::NotFound(format!("{msg} (removed while the merge was being built)"))
+            }
+            other => other,
+        })?;
         if resolved.layer_ids() != ids {
             return Err(Error::FailedPrecondition(format!(
                 "merge {:?}: an input was removed or replaced while the merge was built",
