@@ -1,3 +1,16 @@
 //! Test harness for end-to-end tests: starts real `docker-registry`, `containerd` (with
 //! starling as a proxy plugin) and `starling` processes under a private temp dir, builds
 //! test images offline, and tears everything down by PID. Tests live in `tests/`.
+
+pub mod error;
+pub mod http;
+pub mod mounts;
+pub mod oci;
+pub mod poll;
+pub mod prereq;
+pub mod process;
+pub mod registry;
+pub mod workdir;
+pub mod starling;
+
+pub use error::{Error, Result};
