@@ -3,14 +3,18 @@
 //! test images offline, and tears everything down by PID. Tests live in `tests/`.
 
 pub mod error;
+pub mod extract;
 pub mod http;
+pub mod images;
 pub mod mounts;
 pub mod oci;
+pub mod overlay;
 pub mod poll;
 pub mod prereq;
 pub mod process;
 pub mod registry;
 pub mod workdir;
 pub mod starling;
+pub mod treecmp;
 
 pub use error::{Error, Result};

@@ -326,6 +326,13 @@ impl OciImage {
         chain_ids(&self.diff_ids)
     }
 
+    /// Extracts every layer into `<root>/<i>` (bottom first) with the harness's reference
+    /// extractor; returns the layer dirs (stack them with [`crate::overlay::OverlayStack`]).
+    pub fn extract_layers(&self, root: &Path, opts: &crate::extract::ExtractOptions) -> Result<Vec<PathBuf>> {
+        let blobs: Vec<PathBuf> = self.layers.iter().map(|l| l.path.clone()).collect();
+        crate::extract::extract_layers(&blobs, root, opts)
+    }
+
     /// Pushes this image as `name` (`repo:tag`).
     pub fn push(&self, registry: &Registry, name: &str) -> Result<String> {
         registry.push_layout(&self.layout, &self.tag, name)
