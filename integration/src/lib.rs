@@ -2,6 +2,7 @@
 //! starling as a proxy plugin) and `starling` processes under a private temp dir, builds
 //! test images offline, and tears everything down by PID. Tests live in `tests/`.
 
+pub mod containerd;
 pub mod error;
 pub mod extract;
 pub mod http;

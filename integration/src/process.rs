@@ -324,6 +324,11 @@ impl Daemon {
 
     /// Leaves the process running and forgets it; returns its PID (for `stl-env`).
     pub fn detach(mut self) -> u32 {
+        self.forget()
+    }
+
+    /// Forgets the process without stopping it (drop then does nothing); returns its PID.
+    pub fn forget(&mut self) -> u32 {
         self.child = None;
         self.pid
     }

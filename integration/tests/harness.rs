@@ -1,0 +1,61 @@
+//! Smoke tests proving the harness against the real parts: docker-registry, skopeo,
+//! containerd + runc with the overlayfs snapshotter, treecmp against the reference
+//! extraction, the shaped link, and clean teardown.
+
+use std::time::Duration;
+
+use integration::containerd::{Containerd, ContainerdOptions};
+use integration::prereq;
+use integration::registry::Registry;
+use integration::require;
+use integration::workdir::Workdir;
+
+#[test]
+fn busybox_push_pull_run_with_overlayfs() {
+    require!(prereq::containerd_stack());
+    let wd = Workdir::new("bb").unwrap();
+    let reg = Registry::start(&wd).unwrap();
+    let img = integration::images::busybox().unwrap().push(&reg, "busybox:latest").unwrap();
+    assert!(reg.has_tag("busybox", "latest"));
+    let cd = Containerd::start(&wd, ContainerdOptions::default()).unwrap();
+    let ctr = cd.ctr();
+    let r = reg.reference("busybox:latest");
+    ctr.pull(&r, "overlayfs").unwrap();
+    assert_eq!(ctr.image_chain_id(&r).unwrap(), img.chain_ids()[0]);
+    let out = ctr.run_ok(&r, "overlayfs", &["/bin/sh", "-c", "echo hello from busybox; cat /etc/passwd | head -1"]).unwrap();
+    assert_eq!(out, "hello from busybox\nroot:x:0:0:root:/root:/bin/sh\n");
+    let fail = ctr.run(&r, "overlayfs", &["/bin/sh", "-c", "exit 3"]).unwrap();
+    assert_eq!(fail.status.code(), Some(3));
+    let log = reg.access_since_settled(0);
+    assert!(log.iter().any(|e| e.is_blob_get() && e.uri.contains(&img.layers[0].digest)), "{log:?}");
+    ctr.remove_all_images().unwrap();
+    assert!(ctr.images().unwrap().is_empty());
+    let _ = Duration::from_secs(1);
+}
+
+#[test]
+fn edge_image_unpacked_by_containerd_equals_reference_stack() {
+    use integration::extract::ExtractOptions;
+    use integration::images::{edge_image, EdgeOptions};
+    use integration::overlay::OverlayStack;
+    use integration::treecmp::{compare_trees, CompareOptions};
+    require!(prereq::containerd_stack());
+    let wd = Workdir::new("edge").unwrap();
+    let reg = Registry::start(&wd).unwrap();
+    let edge = edge_image(&EdgeOptions::default());
+    let img = edge.builder().push(&reg, "edge:latest").unwrap();
+    let cd = Containerd::start(&wd, ContainerdOptions::default()).unwrap();
+    let ctr = cd.ctr();
+    let r = reg.reference("edge:latest");
+    ctr.pull(&r, "overlayfs").unwrap();
+    let view = ctr.mount_image(&r, "overlayfs", &wd.join("view")).unwrap();
+    let dirs = img.extract_layers(&wd.join("layers"), &ExtractOptions::overlay()).unwrap();
+    let stack = OverlayStack::mount(&dirs, &wd.join("expect"), &[]).unwrap();
+    let mut opts = CompareOptions::default().with_mtime().ignore_mtime_of("");
+    for d in &edge.implicit_dirs {
+        opts = opts.ignore_mtime_of(d);
+    }
+    let diff = compare_trees(stack.path(), view.path(), &opts).unwrap();
+    diff.assert_equal("reference overlay stack vs containerd's overlayfs unpack");
+    assert!(diff.left_entries > 150, "{}", diff.left_entries);
+}
