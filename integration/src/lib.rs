@@ -17,6 +17,7 @@ pub mod process;
 pub mod proxy;
 pub mod registry;
 pub mod shaped;
+pub mod stack;
 pub mod workdir;
 pub mod starling;
 pub mod treecmp;

@@ -203,6 +203,7 @@ impl ShapedLink {
                 secret: Some(upstream.secret().to_string()),
                 netns: Some(&netns),
                 listen: &format!("127.0.0.1:{SHAPED_PORT}"),
+                new_session: proxy_cmd.is_some(),
             },
         )?;
         link.registry = Some(reg);

@@ -43,6 +43,7 @@ pub(crate) struct Placement<'a> {
     pub secret: Option<String>,
     pub netns: Option<&'a str>,
     pub listen: &'a str,
+    pub new_session: bool,
 }
 
 impl Registry {
@@ -67,6 +68,23 @@ impl Registry {
                 secret: None,
                 netns: None,
                 listen: "127.0.0.1:0",
+                new_session: false,
+            },
+        )
+    }
+
+    /// Registry with its files under `dir`; `new_session` to let it outlive this process
+    /// (`stl-env`).
+    pub fn start_in(dir: &Path, opts: RegistryOptions, new_session: bool) -> Result<Registry> {
+        Self::start_placed(
+            opts,
+            Placement {
+                dir: dir.to_path_buf(),
+                storage: None,
+                secret: None,
+                netns: None,
+                listen: "127.0.0.1:0",
+                new_session,
             },
         )
     }
@@ -93,6 +111,7 @@ impl Registry {
         if let Some(ns) = p.netns {
             spec = spec.netns(ns);
         }
+        spec.new_session = p.new_session;
         let daemon = Daemon::start(spec)?;
         let mut r = Registry {
             daemon,
