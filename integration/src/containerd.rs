@@ -93,12 +93,18 @@ impl Ctr {
     }
 
     /// Runs `ctr-remote ARGS...`.
-    pub fn ctr_remote<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&self, args: I) -> Result<CmdOutput> {
+    pub fn ctr_remote<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(
+        &self,
+        args: I,
+    ) -> Result<CmdOutput> {
         run_cmd(self.command("ctr-remote").args(args), self.timeout)
     }
 
     /// Runs `ctr-remote ARGS...`; error unless it succeeds; returns stdout.
-    pub fn ctr_remote_ok<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&self, args: I) -> Result<String> {
+    pub fn ctr_remote_ok<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(
+        &self,
+        args: I,
+    ) -> Result<String> {
         Ok(self.ctr_remote(args)?.check()?.stdout)
     }
 
@@ -109,8 +115,10 @@ impl Ctr {
         let mut last = String::new();
         let mut ctr = self.clone();
         ctr.timeout = Duration::from_secs(10);
-        crate::poll::poll_until(&format!("snapshotter {name} to answer through containerd"), timeout, || {
-            match ctr.ctr(["snapshots", "--snapshotter", name, "ls"]) {
+        crate::poll::poll_until(
+            &format!("snapshotter {name} to answer through containerd"),
+            timeout,
+            || match ctr.ctr(["snapshots", "--snapshotter", name, "ls"]) {
                 Ok(o) if o.success() => Ok(Some(())),
                 Ok(o) => {
                     last = o.stderr;
@@ -120,8 +128,8 @@ impl Ctr {
                     last = e.to_string();
                     Ok(None)
                 }
-            }
-        })
+            },
+        )
         .map_err(|e| match e {
             Error::Timeout { what, after, .. } => Error::Timeout {
                 what,
@@ -134,12 +142,26 @@ impl Ctr {
 
     /// `ctr images pull --plain-http --snapshotter S REF` (full pull + unpack).
     pub fn pull(&self, reference: &str, snapshotter: &str) -> Result<()> {
-        self.ctr_ok(["images", "pull", "--plain-http", "--snapshotter", snapshotter, reference]).map(drop)
+        self.ctr_ok([
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+            reference,
+        ])
+        .map(drop)
     }
 
     /// `ctr images pull` with extra arguments (e.g. `--user u:p`) before the reference.
     pub fn pull_with(&self, reference: &str, snapshotter: &str, extra: &[&str]) -> Result<()> {
-        let mut a = vec!["images", "pull", "--plain-http", "--snapshotter", snapshotter];
+        let mut a = vec![
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+        ];
         a.extend_from_slice(extra);
         a.push(reference);
         self.ctr_ok(a).map(drop)
@@ -147,7 +169,39 @@ impl Ctr {
 
     /// `ctr-remote image rpull --plain-http --snapshotter S REF` (lazy pull with stargz labels).
     pub fn rpull(&self, reference: &str, snapshotter: &str) -> Result<()> {
-        self.ctr_remote_ok(["image", "rpull", "--plain-http", "--snapshotter", snapshotter, reference]).map(drop)
+        self.ctr_remote_ok([
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+            reference,
+        ])
+        .map(drop)
+    }
+
+    /// `ctr images push --plain-http REF` (an image present in containerd's content store).
+    pub fn push(&self, reference: &str) -> Result<()> {
+        self.ctr_ok(["images", "push", "--plain-http", reference])
+            .map(drop)
+    }
+
+    /// Reference conversion with `ctr-remote image convert --estargz --oci [EXTRA...] SRC DST`
+    /// (SRC must be pulled); the result is local until [`push`](Self::push)ed.
+    pub fn convert_estargz(&self, src: &str, dst: &str, extra: &[&str]) -> Result<()> {
+        let mut a = vec!["image", "convert", "--estargz", "--oci"];
+        a.extend_from_slice(extra);
+        a.extend([src, dst]);
+        self.ctr_remote_ok(a).map(drop)
+    }
+
+    /// Reference optimization with `ctr-remote image optimize --oci [EXTRA...] SRC DST`
+    /// (runs the image's command once and prioritizes the files it reads).
+    pub fn optimize_estargz(&self, src: &str, dst: &str, extra: &[&str]) -> Result<()> {
+        let mut a = vec!["image", "optimize", "--oci"];
+        a.extend_from_slice(extra);
+        a.extend([src, dst]);
+        self.ctr_remote_ok(a).map(drop)
     }
 
     /// `ctr run --rm --snapshotter S --fifo-dir D --runc-root D IMAGE <unique id> CMD...`.
@@ -156,12 +210,43 @@ impl Ctr {
         self.run_with(image, snapshotter, &[], cmd)
     }
 
-    /// [`run`](Self::run) with extra `ctr run` flags (e.g. `--env`, `--mount`).
-    pub fn run_with(&self, image: &str, snapshotter: &str, flags: &[&str], cmd: &[&str]) -> Result<CmdOutput> {
-        std::fs::create_dir_all(&self.fifo_dir).ctx(|| format!("create {}", self.fifo_dir.display()))?;
+    /// Starts a container in the background (`ctr run -d`); returns its id. Teardown kills it.
+    pub fn run_detached(&self, image: &str, snapshotter: &str, cmd: &[&str]) -> Result<String> {
+        let out = self.run_with(image, snapshotter, &["-d"], cmd)?.check()?;
+        let id = out
+            .command
+            .split_whitespace()
+            .rev()
+            .nth(cmd.len())
+            .unwrap_or_default()
+            .to_string();
+        Ok(id)
+    }
+
+    /// [`run`](Self::run) with extra `ctr run` flags (e.g. `--env`, `--mount`, `-d`: no `--rm`
+    /// then).
+    pub fn run_with(
+        &self,
+        image: &str,
+        snapshotter: &str,
+        flags: &[&str],
+        cmd: &[&str],
+    ) -> Result<CmdOutput> {
+        std::fs::create_dir_all(&self.fifo_dir)
+            .ctx(|| format!("create {}", self.fifo_dir.display()))?;
         let id = format!("stl-{}", unique_token(10));
-        let mut a: Vec<&OsStr> = vec!["run".as_ref(), "--rm".as_ref(), "--snapshotter".as_ref(), snapshotter.as_ref()];
-        a.extend([OsStr::new("--fifo-dir"), self.fifo_dir.as_os_str(), OsStr::new("--runc-root"), self.runc_root.as_os_str()]);
+        let detach = flags.iter().any(|f| *f == "-d" || *f == "--detach");
+        let mut a: Vec<&OsStr> = vec!["run".as_ref()];
+        if !detach {
+            a.push("--rm".as_ref());
+        }
+        a.extend([OsStr::new("--snapshotter"), snapshotter.as_ref()]);
+        a.extend([
+            OsStr::new("--fifo-dir"),
+            self.fifo_dir.as_os_str(),
+            OsStr::new("--runc-root"),
+            self.runc_root.as_os_str(),
+        ]);
         a.extend(flags.iter().map(OsStr::new));
         a.push(image.as_ref());
         a.push(id.as_ref());
@@ -176,7 +261,12 @@ impl Ctr {
 
     /// Image names known to containerd.
     pub fn images(&self) -> Result<Vec<String>> {
-        Ok(self.ctr_ok(["images", "ls", "-q"])?.lines().map(String::from).filter(|l| !l.is_empty()).collect())
+        Ok(self
+            .ctr_ok(["images", "ls", "-q"])?
+            .lines()
+            .map(String::from)
+            .filter(|l| !l.is_empty())
+            .collect())
     }
 
     /// `ctr images rm --sync REFS...` (waits for garbage collection).
@@ -199,7 +289,11 @@ impl Ctr {
     /// Snapshot keys of `snapshotter`.
     pub fn snapshots(&self, snapshotter: &str) -> Result<Vec<String>> {
         let out = self.ctr_ok(["snapshots", "--snapshotter", snapshotter, "ls"])?;
-        Ok(out.lines().skip(1).filter_map(|l| l.split_whitespace().next().map(String::from)).collect())
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect())
     }
 
     /// Reads a content blob from containerd's content store.
@@ -214,7 +308,9 @@ impl Ctr {
             .lines()
             .skip(1)
             .find(|l| l.split_whitespace().next() == Some(reference))
-            .ok_or_else(|| Error::invalid("image", format!("{reference} not in `ctr images ls`")))?;
+            .ok_or_else(|| {
+                Error::invalid("image", format!("{reference} not in `ctr images ls`"))
+            })?;
         let digest = line
             .split_whitespace()
             .find(|w| w.starts_with("sha256:"))
@@ -229,13 +325,20 @@ impl Ctr {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|d| d["platform"]["architecture"].as_str().is_none_or(|a| a == arch))
+                .find(|d| {
+                    d["platform"]["architecture"]
+                        .as_str()
+                        .is_none_or(|a| a == arch)
+                })
                 .and_then(|d| d["digest"].as_str())
                 .ok_or_else(|| Error::invalid("index", format!("no {arch} manifest")))?
                 .to_string();
             m = parse(self.content(&d)?, "manifest")?;
         }
-        let cd = m["config"]["digest"].as_str().ok_or_else(|| Error::invalid("manifest", "no config"))?.to_string();
+        let cd = m["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| Error::invalid("manifest", "no config"))?
+            .to_string();
         parse(self.content(&cd)?, "config")
     }
 
@@ -255,10 +358,22 @@ impl Ctr {
 
     /// Mounts the unpacked root filesystem of `reference` (pulled for `snapshotter`)
     /// read-only at `target` through a view snapshot; unmounted and removed on drop.
-    pub fn mount_image(&self, reference: &str, snapshotter: &str, target: &Path) -> Result<SnapshotMount> {
+    pub fn mount_image(
+        &self,
+        reference: &str,
+        snapshotter: &str,
+        target: &Path,
+    ) -> Result<SnapshotMount> {
         let chain = self.image_chain_id(reference)?;
         let key = format!("stl-view-{}", unique_token(8));
-        self.ctr_ok(["snapshots", "--snapshotter", snapshotter, "view", &key, &chain])?;
+        self.ctr_ok([
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+            "view",
+            &key,
+            &chain,
+        ])?;
         let mut sm = SnapshotMount {
             ctr: self.clone(),
             snapshotter: snapshotter.into(),
@@ -266,7 +381,14 @@ impl Ctr {
             guards: Vec::new(),
         };
         std::fs::create_dir_all(target).ctx(|| format!("create {}", target.display()))?;
-        let text = self.ctr_ok([OsStr::new("snapshots"), "--snapshotter".as_ref(), snapshotter.as_ref(), "mounts".as_ref(), target.as_os_str(), key.as_ref()])?;
+        let text = self.ctr_ok([
+            OsStr::new("snapshots"),
+            "--snapshotter".as_ref(),
+            snapshotter.as_ref(),
+            "mounts".as_ref(),
+            target.as_os_str(),
+            key.as_ref(),
+        ])?;
         for spec in MountSpec::parse_ctr(&text)? {
             sm.guards.push(spec.mount(target)?);
         }
@@ -280,7 +402,11 @@ impl Ctr {
             let _ = self.ctr(["tasks", "kill", "-s", "SIGKILL", t]);
             let _ = crate::poll::wait_for("task to stop", Duration::from_secs(5), || {
                 self.ctr(["tasks", "ls"])
-                    .map(|o| !o.stdout.lines().any(|l| l.starts_with(t) && l.contains("RUNNING")))
+                    .map(|o| {
+                        !o.stdout
+                            .lines()
+                            .any(|l| l.starts_with(t) && l.contains("RUNNING"))
+                    })
                     .unwrap_or(true)
             });
             let _ = self.ctr(["tasks", "rm", "-f", t]);
@@ -305,7 +431,10 @@ pub struct SnapshotMount {
 impl SnapshotMount {
     /// The mount point.
     pub fn path(&self) -> &Path {
-        self.guards.last().map(|g| g.path()).unwrap_or(Path::new("/nonexistent"))
+        self.guards
+            .last()
+            .map(|g| g.path())
+            .unwrap_or(Path::new("/nonexistent"))
     }
 
     /// The view snapshot's key.
@@ -319,7 +448,13 @@ impl Drop for SnapshotMount {
         while let Some(g) = self.guards.pop() {
             drop(g);
         }
-        let _ = self.ctr.ctr(["snapshots", "--snapshotter", &self.snapshotter, "rm", &self.key]);
+        let _ = self.ctr.ctr([
+            "snapshots",
+            "--snapshotter",
+            &self.snapshotter,
+            "rm",
+            &self.key,
+        ]);
     }
 }
 
@@ -377,10 +512,14 @@ impl Containerd {
         }
         let socket = dir.join("c.sock");
         if socket.as_os_str().len() > 100 {
-            return Err(Error::invalid("containerd socket path", format!("{} is too long for a unix socket", socket.display())));
+            return Err(Error::invalid(
+                "containerd socket path",
+                format!("{} is too long for a unix socket", socket.display()),
+            ));
         }
         let config = dir.join("config.toml");
-        std::fs::write(&config, render_config(dir, &socket, &opts)).ctx(|| format!("write {}", config.display()))?;
+        std::fs::write(&config, render_config(dir, &socket, &opts))
+            .ctx(|| format!("write {}", config.display()))?;
         let mut spec = ProcessSpec::new("containerd", "containerd", dir.join("containerd.log"))
             .args([OsStr::new("--config"), config.as_os_str()])
             .stop_timeout(Duration::from_secs(15));
@@ -407,16 +546,19 @@ impl Containerd {
 
     fn wait_ready(&mut self) -> Result<()> {
         let sock = self.ctr.address.clone();
-        self.daemon.wait_ready("containerd socket", Duration::from_secs(60), || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok()
-        })?;
+        self.daemon
+            .wait_ready("containerd socket", Duration::from_secs(60), || {
+                std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            })?;
         let ctr = Ctr {
             timeout: Duration::from_secs(10),
             ..self.ctr.clone()
         };
-        self.daemon.wait_ready("containerd to answer `ctr version`", Duration::from_secs(60), || {
-            ctr.ctr(["version"]).map(|o| o.success()).unwrap_or(false)
-        })
+        self.daemon.wait_ready(
+            "containerd to answer `ctr version`",
+            Duration::from_secs(60),
+            || ctr.ctr(["version"]).map(|o| o.success()).unwrap_or(false),
+        )
     }
 
     /// The `ctr` runner for this containerd.
@@ -478,11 +620,23 @@ impl Containerd {
 
 /// Deletes every runc container under `root` (containers left by a crashed containerd).
 pub fn cleanup_runc(root: &Path) {
-    let Ok(out) = run_cmd(Command::new("runc").arg("--root").arg(root).args(["list", "-q"]), Duration::from_secs(30)) else {
+    let Ok(out) = run_cmd(
+        Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["list", "-q"]),
+        Duration::from_secs(30),
+    ) else {
         return;
     };
     for id in out.stdout.lines().filter(|l| !l.is_empty()) {
-        let _ = run_cmd(Command::new("runc").arg("--root").arg(root).args(["delete", "-f", id]), Duration::from_secs(30));
+        let _ = run_cmd(
+            Command::new("runc")
+                .arg("--root")
+                .arg(root)
+                .args(["delete", "-f", id]),
+            Duration::from_secs(30),
+        );
     }
 }
 
@@ -503,13 +657,31 @@ mod tests {
 
     #[test]
     fn config_has_private_paths_and_proxies() {
-        let opts = ContainerdOptions::default().proxy("starling", "/tmp/x/st.sock").proxy("stargz", "/tmp/x/st.sock");
-        let t = render_config(Path::new("/tmp/x/containerd"), Path::new("/tmp/x/containerd/c.sock"), &opts);
+        let opts = ContainerdOptions::default()
+            .proxy("starling", "/tmp/x/st.sock")
+            .proxy("stargz", "/tmp/x/st.sock");
+        let t = render_config(
+            Path::new("/tmp/x/containerd"),
+            Path::new("/tmp/x/containerd/c.sock"),
+            &opts,
+        );
         let v: toml::Table = t.parse().unwrap();
         assert_eq!(v["root"].as_str(), Some("/tmp/x/containerd/root"));
-        assert_eq!(v["grpc"]["address"].as_str(), Some("/tmp/x/containerd/c.sock"));
-        assert_eq!(v["proxy_plugins"]["stargz"]["address"].as_str(), Some("/tmp/x/st.sock"));
-        assert_eq!(v["proxy_plugins"]["starling"]["type"].as_str(), Some("snapshot"));
-        assert_eq!(v["disabled_plugins"][0].as_str(), Some("io.containerd.grpc.v1.cri"));
+        assert_eq!(
+            v["grpc"]["address"].as_str(),
+            Some("/tmp/x/containerd/c.sock")
+        );
+        assert_eq!(
+            v["proxy_plugins"]["stargz"]["address"].as_str(),
+            Some("/tmp/x/st.sock")
+        );
+        assert_eq!(
+            v["proxy_plugins"]["starling"]["type"].as_str(),
+            Some("snapshot")
+        );
+        assert_eq!(
+            v["disabled_plugins"][0].as_str(),
+            Some("io.containerd.grpc.v1.cri")
+        );
     }
 }

@@ -67,8 +67,11 @@ impl ExtractOptions {
     /// Leaves out eStargz metadata entries (`stargz.index.json`, `.prefetch.landmark`,
     /// `.no.prefetch.landmark`), which a lazy filesystem hides.
     pub fn skip_estargz_metadata(mut self) -> Self {
-        self.skip_root_names
-            .extend([b"stargz.index.json".to_vec(), b".prefetch.landmark".to_vec(), b".no.prefetch.landmark".to_vec()]);
+        self.skip_root_names.extend([
+            b"stargz.index.json".to_vec(),
+            b".prefetch.landmark".to_vec(),
+            b".no.prefetch.landmark".to_vec(),
+        ]);
         self
     }
 }
@@ -86,8 +89,11 @@ pub struct ExtractReport {
 pub fn open_blob(path: &Path) -> Result<Box<dyn Read>> {
     let mut f = std::fs::File::open(path).ctx(|| format!("open {}", path.display()))?;
     let mut magic = [0u8; 4];
-    let n = f.read(&mut magic).ctx(|| format!("read {}", path.display()))?;
-    f.seek(SeekFrom::Start(0)).ctx(|| format!("seek {}", path.display()))?;
+    let n = f
+        .read(&mut magic)
+        .ctx(|| format!("read {}", path.display()))?;
+    f.seek(SeekFrom::Start(0))
+        .ctx(|| format!("seek {}", path.display()))?;
     let f = BufReader::with_capacity(1 << 20, f);
     Ok(if n >= 2 && magic[..2] == [0x1f, 0x8b] {
         Box::new(flate2::read::MultiGzDecoder::new(f))
@@ -102,13 +108,19 @@ pub fn open_blob(path: &Path) -> Result<Box<dyn Read>> {
 pub fn extract_layer(blob: &Path, dest: &Path, opts: &ExtractOptions) -> Result<ExtractReport> {
     let r = open_blob(blob)?;
     extract_tar(r, dest, opts).map_err(|e| match e {
-        Error::Invalid { what, reason } => Error::invalid(format!("{what} in {}", blob.display()), reason),
+        Error::Invalid { what, reason } => {
+            Error::invalid(format!("{what} in {}", blob.display()), reason)
+        }
         other => other,
     })
 }
 
 /// Extracts each blob into `<root>/<i>` (bottom first, overlay form); returns the dirs.
-pub fn extract_layers(blobs: &[PathBuf], root: &Path, opts: &ExtractOptions) -> Result<Vec<PathBuf>> {
+pub fn extract_layers(
+    blobs: &[PathBuf],
+    root: &Path,
+    opts: &ExtractOptions,
+) -> Result<Vec<PathBuf>> {
     let mut dirs = Vec::new();
     for (i, b) in blobs.iter().enumerate() {
         let d = root.join(i.to_string());
@@ -126,7 +138,10 @@ fn clean_rel(raw: &[u8]) -> Result<PathBuf> {
             Component::Normal(n) => out.push(n),
             Component::CurDir | Component::RootDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(Error::invalid("tar entry path", String::from_utf8_lossy(raw).into_owned()))
+                return Err(Error::invalid(
+                    "tar entry path",
+                    String::from_utf8_lossy(raw).into_owned(),
+                ))
             }
         }
     }
@@ -160,18 +175,27 @@ pub fn extract_tar(r: impl Read, dest: &Path, opts: &ExtractOptions) -> Result<E
         x.report.entries += 1;
     }
     // directory times last, deepest first, so that creating children does not change them
-    x.dir_times.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    x.dir_times
+        .sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
     for (p, t) in std::mem::take(&mut x.dir_times) {
         set_times(&x.dest.join(&p), t)?;
     }
-    x.report.implicit_dirs.retain(|d| !x.explicit_dirs.contains(d));
+    x.report
+        .implicit_dirs
+        .retain(|d| !x.explicit_dirs.contains(d));
     Ok(x.report)
 }
 
 fn set_times(p: &Path, secs: u64) -> Result<()> {
     let ts = TimeSpec::new(secs as i64, 0);
-    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, p, &ts, &ts, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
-        .map_err(|e| Error::sys(format!("utimensat {}", p.display()), e))
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &ts,
+        &ts,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| Error::sys(format!("utimensat {}", p.display()), e))
 }
 
 fn remove_any(p: &Path) -> Result<()> {
@@ -195,7 +219,11 @@ impl Extractor<'_> {
                 Ok(_) => {
                     return Err(Error::invalid(
                         "tar entry path",
-                        format!("parent {} of {} is not a directory in this layer", cur.display(), rel.display()),
+                        format!(
+                            "parent {} of {} is not a directory in this layer",
+                            cur.display(),
+                            rel.display()
+                        ),
                     ))
                 }
                 Err(_) => {
@@ -221,10 +249,19 @@ impl Extractor<'_> {
             }
             return Ok(());
         }
-        if rel.components().count() == 1 && self.opts.skip_root_names.iter().any(|n| n.as_slice() == rel.as_os_str().as_bytes()) {
+        if rel.components().count() == 1
+            && self
+                .opts
+                .skip_root_names
+                .iter()
+                .any(|n| n.as_slice() == rel.as_os_str().as_bytes())
+        {
             return Ok(());
         }
-        let name = rel.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+        let name = rel
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
         let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
         self.parents(&rel)?;
         if name == b".wh..wh..opq" {
@@ -261,18 +298,20 @@ impl Extractor<'_> {
                 write_file(&mut ent, &abs)?;
             }
             t if t.is_symlink() => {
-                let target = ent
-                    .link_name_bytes()
-                    .ok_or_else(|| Error::invalid("symlink entry", format!("{} has no target", rel.display())))?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &abs).ctx(|| format!("symlink {}", abs.display()))?;
+                let target = ent.link_name_bytes().ok_or_else(|| {
+                    Error::invalid("symlink entry", format!("{} has no target", rel.display()))
+                })?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &abs)
+                    .ctx(|| format!("symlink {}", abs.display()))?;
             }
             t if t.is_hard_link() => {
-                let target = ent
-                    .link_name_bytes()
-                    .ok_or_else(|| Error::invalid("hardlink entry", format!("{} has no target", rel.display())))?;
+                let target = ent.link_name_bytes().ok_or_else(|| {
+                    Error::invalid("hardlink entry", format!("{} has no target", rel.display()))
+                })?;
                 let trel = clean_rel(&target)?;
                 let tabs = self.dest.join(&trel);
-                std::fs::hard_link(&tabs, &abs).ctx(|| format!("link {} -> {}", abs.display(), tabs.display()))?;
+                std::fs::hard_link(&tabs, &abs)
+                    .ctx(|| format!("link {} -> {}", abs.display(), tabs.display()))?;
                 // a hardlink shares the target's inode and metadata
                 return Ok(());
             }
@@ -292,7 +331,10 @@ impl Extractor<'_> {
                     .map_err(|e| Error::sys(format!("mknod {}", abs.display()), e))?;
             }
             other => {
-                return Err(Error::invalid("tar entry", format!("{}: unsupported type {other:?}", rel.display())));
+                return Err(Error::invalid(
+                    "tar entry",
+                    format!("{}: unsupported type {other:?}", rel.display()),
+                ));
             }
         }
         self.finish_meta(&rel, mode, uid, gid, &xa, !ty.is_symlink())?;
@@ -300,7 +342,15 @@ impl Extractor<'_> {
     }
 
     /// chown first (it clears setuid bits and security.capability), then chmod, then xattrs.
-    fn finish_meta(&mut self, rel: &Path, mode: u32, uid: u64, gid: u64, xa: &[(String, Vec<u8>)], chmod: bool) -> Result<()> {
+    fn finish_meta(
+        &mut self,
+        rel: &Path,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        xa: &[(String, Vec<u8>)],
+        chmod: bool,
+    ) -> Result<()> {
         let abs = self.dest.join(rel);
         nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,
@@ -327,9 +377,8 @@ impl Extractor<'_> {
             self.report.implicit_dirs.insert(dir.to_path_buf());
         }
         match self.opts.whiteouts {
-            Whiteouts::Overlay => {
-                xattr::set(&abs, &self.opts.opaque_xattr, b"y").ctx(|| format!("set opaque xattr on {}", abs.display()))
-            }
+            Whiteouts::Overlay => xattr::set(&abs, &self.opts.opaque_xattr, b"y")
+                .ctx(|| format!("set opaque xattr on {}", abs.display())),
             Whiteouts::Flat => {
                 for e in std::fs::read_dir(&abs).ctx(|| format!("read dir {}", abs.display()))? {
                     let e = e.ctx(|| format!("read dir {}", abs.display()))?;
@@ -390,7 +439,9 @@ fn write_file(r: &mut impl Read, abs: &Path) -> Result<()> {
     loop {
         let mut filled = 0;
         while filled < buf.len() {
-            let n = r.read(&mut buf[filled..]).ctx(|| format!("read data for {}", abs.display()))?;
+            let n = r
+                .read(&mut buf[filled..])
+                .ctx(|| format!("read data for {}", abs.display()))?;
             if n == 0 {
                 break;
             }
@@ -400,9 +451,11 @@ fn write_file(r: &mut impl Read, abs: &Path) -> Result<()> {
             break;
         }
         if buf[..filled].iter().all(|b| *b == 0) {
-            f.seek(SeekFrom::Current(filled as i64)).ctx(|| format!("seek {}", abs.display()))?;
+            f.seek(SeekFrom::Current(filled as i64))
+                .ctx(|| format!("seek {}", abs.display()))?;
         } else {
-            f.write_all(&buf[..filled]).ctx(|| format!("write {}", abs.display()))?;
+            f.write_all(&buf[..filled])
+                .ctx(|| format!("write {}", abs.display()))?;
         }
         len += filled as u64;
         if filled < buf.len() {
@@ -447,8 +500,19 @@ mod tests {
             .entry(Entry::whiteout("gone").owner(3, 4))
             .opaque("op")
             .file("op/new", "n")
-            .entry(Entry::file("imp/sub/f", Content::Sparse { len: 300_000, marks: vec![(200_000, b"x".to_vec())] }))
-            .entry(Entry::file("suid", "s").mode(0o4755).owner(1000, 1000).xattr("user.k", b"v"))
+            .entry(Entry::file(
+                "imp/sub/f",
+                Content::Sparse {
+                    len: 300_000,
+                    marks: vec![(200_000, b"x".to_vec())],
+                },
+            ))
+            .entry(
+                Entry::file("suid", "s")
+                    .mode(0o4755)
+                    .owner(1000, 1000)
+                    .xattr("user.k", b"v"),
+            )
             .hardlink("suid2", "suid")
             .entry(Entry::dir("d").mode(0o700).mtime(42));
         let tar_l = lower.write_tar(Vec::new()).unwrap();
@@ -458,13 +522,30 @@ mod tests {
         let rep = extract_tar(&tar_u[..], &o, &ExtractOptions::overlay()).unwrap();
         let wh = std::fs::symlink_metadata(o.join("gone")).unwrap();
         assert!(wh.file_type().is_char_device());
-        assert_eq!((wh.rdev(), wh.mode() & 0o7777, wh.uid(), wh.gid()), (0, 0, 3, 4));
-        assert_eq!(xattr::get(o.join("op"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
-        assert_eq!(rep.implicit_dirs.iter().map(|p| p.to_str().unwrap()).collect::<Vec<_>>(), vec!["imp", "imp/sub", "op"]);
+        assert_eq!(
+            (wh.rdev(), wh.mode() & 0o7777, wh.uid(), wh.gid()),
+            (0, 0, 3, 4)
+        );
+        assert_eq!(
+            xattr::get(o.join("op"), "trusted.overlay.opaque")
+                .unwrap()
+                .as_deref(),
+            Some(&b"y"[..])
+        );
+        assert_eq!(
+            rep.implicit_dirs
+                .iter()
+                .map(|p| p.to_str().unwrap())
+                .collect::<Vec<_>>(),
+            vec!["imp", "imp/sub", "op"]
+        );
         let s = std::fs::metadata(o.join("suid")).unwrap();
         assert_eq!((s.mode() & 0o7777, s.uid(), s.nlink()), (0o4755, 1000, 2));
         assert_eq!(s.ino(), std::fs::metadata(o.join("suid2")).unwrap().ino());
-        assert_eq!(xattr::get(o.join("suid"), "user.k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            xattr::get(o.join("suid"), "user.k").unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
         let sp = std::fs::metadata(o.join("imp/sub/f")).unwrap();
         assert_eq!(sp.len(), 300_000);
         assert!(sp.blocks() * 512 < 300_000, "holes kept");

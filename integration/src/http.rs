@@ -30,7 +30,10 @@ impl Response {
     /// First header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -51,7 +54,12 @@ pub fn head(url: &str, headers: &[(&str, &str)]) -> Result<Response> {
     request("HEAD", url, headers, Duration::from_secs(60))
 }
 
-fn request(method: &str, url: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<Response> {
+fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Response> {
     let a = agent(timeout);
     let mut resp = if method == "HEAD" {
         let mut r = a.head(url);
@@ -71,14 +79,27 @@ fn request(method: &str, url: &str, headers: &[(&str, &str)], timeout: Duration)
     let headers = resp
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = if method == "HEAD" {
         Vec::new()
     } else {
-        resp.body_mut().with_config().limit(1 << 30).read_to_vec().map_err(|e| http_err(url, e))?
+        resp.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .map_err(|e| http_err(url, e))?
     };
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// GET `url`, discarding the body as it streams; returns (status, body bytes read).

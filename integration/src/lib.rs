@@ -18,8 +18,8 @@ pub mod proxy;
 pub mod registry;
 pub mod shaped;
 pub mod stack;
-pub mod workdir;
 pub mod starling;
 pub mod treecmp;
+pub mod workdir;
 
 pub use error::{Error, Result};

@@ -33,8 +33,13 @@ fn unescape(field: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -71,7 +76,8 @@ pub fn parse_mountinfo(text: &str) -> Result<Vec<MountInfo>> {
 
 /// The calling process's mount table.
 pub fn mounts() -> Result<Vec<MountInfo>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "read /proc/self/mountinfo".into())?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .ctx(|| "read /proc/self/mountinfo".into())?;
     parse_mountinfo(&text)
 }
 
@@ -81,11 +87,23 @@ fn is_under(p: &Path, dir: &Path) -> bool {
 
 /// Mounts at or below `dir`, deepest (last mounted) first.
 pub fn mounts_under(dir: &Path) -> Result<Vec<MountInfo>> {
-    let mut v: Vec<MountInfo> = mounts()?.into_iter().filter(|m| is_under(&m.mount_point, dir)).collect();
+    let mut v: Vec<MountInfo> = mounts()?
+        .into_iter()
+        .filter(|m| is_under(&m.mount_point, dir))
+        .collect();
     // mountinfo lists mounts in mount order; unmounting in reverse order takes children and
     // stacked mounts first. Sort by depth as a tie-breaker for mounts made out of order.
     v.reverse();
-    v.sort_by_key(|m| std::cmp::Reverse(m.mount_point.as_os_str().as_bytes().iter().filter(|c| **c == b'/').count()));
+    v.sort_by_key(|m| {
+        std::cmp::Reverse(
+            m.mount_point
+                .as_os_str()
+                .as_bytes()
+                .iter()
+                .filter(|c| **c == b'/')
+                .count(),
+        )
+    });
     Ok(v)
 }
 
@@ -103,7 +121,12 @@ pub fn unmount_under(dir: &Path) -> Result<usize> {
             match nix::mount::umount2(&m.mount_point, MntFlags::MNT_DETACH) {
                 Ok(()) => n += 1,
                 Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(e) => return Err(Error::sys(format!("umount -l {}", m.mount_point.display()), e)),
+                Err(e) => {
+                    return Err(Error::sys(
+                        format!("umount -l {}", m.mount_point.display()),
+                        e,
+                    ))
+                }
             }
         }
     }
@@ -154,7 +177,13 @@ impl Drop for MountGuard {
 }
 
 /// Mounts `fs_type` from `source` at `target` with `flags` and `data` (mount(2)).
-pub fn mount(source: &str, target: &Path, fs_type: &str, flags: MsFlags, data: &str) -> Result<MountGuard> {
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fs_type: &str,
+    flags: MsFlags,
+    data: &str,
+) -> Result<MountGuard> {
     nix::mount::mount(Some(source), target, Some(fs_type), flags, Some(data)).map_err(|e| {
         Error::sys(
             format!("mount -t {fs_type} {source} {} -o {data}", target.display()),
@@ -166,8 +195,14 @@ pub fn mount(source: &str, target: &Path, fs_type: &str, flags: MsFlags, data: &
 
 /// Read-only bind mount of `source` at `target`.
 pub fn bind_ro(source: &Path, target: &Path) -> Result<MountGuard> {
-    nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| Error::sys(format!("bind {} {}", source.display(), target.display()), e))?;
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys(format!("bind {} {}", source.display(), target.display()), e))?;
     let guard = MountGuard::adopt(target);
     nix::mount::mount(
         None::<&str>,
@@ -213,7 +248,12 @@ impl MountSpec {
                         i += 2;
                     }
                     "-o" => {
-                        options = words.get(i + 1).ok_or_else(bad)?.split(',').map(String::from).collect();
+                        options = words
+                            .get(i + 1)
+                            .ok_or_else(bad)?
+                            .split(',')
+                            .map(String::from)
+                            .collect();
                         i += 2;
                     }
                     w => {
@@ -223,7 +263,11 @@ impl MountSpec {
                 }
             }
             let source = positional.first().ok_or_else(bad)?.to_string();
-            v.push(MountSpec { fs_type, source, options });
+            v.push(MountSpec {
+                fs_type,
+                source,
+                options,
+            });
         }
         Ok(v)
     }
@@ -253,8 +297,14 @@ impl MountSpec {
             if flags.contains(MsFlags::MS_RDONLY) {
                 return bind_ro(src, target);
             }
-            nix::mount::mount(Some(src), target, None::<&str>, MsFlags::MS_BIND | flags, None::<&str>)
-                .map_err(|e| Error::sys(format!("bind {} {}", src.display(), target.display()), e))?;
+            nix::mount::mount(
+                Some(src),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND | flags,
+                None::<&str>,
+            )
+            .map_err(|e| Error::sys(format!("bind {} {}", src.display(), target.display()), e))?;
             return Ok(MountGuard::adopt(target));
         }
         mount(&self.source, target, &self.fs_type, flags, &data.join(","))

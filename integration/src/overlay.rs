@@ -20,12 +20,20 @@ impl OverlayStack {
     /// Mounts `layers` (bottom first, as in a manifest) read-only at `target` (created if
     /// missing). A single layer is stacked over an empty directory, since overlayfs needs
     /// two lowers without an upper. `options` are extra mount options (e.g. `userxattr`).
-    pub fn mount(layers: &[impl AsRef<Path>], target: &Path, options: &[&str]) -> Result<OverlayStack> {
+    pub fn mount(
+        layers: &[impl AsRef<Path>],
+        target: &Path,
+        options: &[&str],
+    ) -> Result<OverlayStack> {
         if layers.is_empty() {
             return Err(Error::invalid("overlay stack", "no layers"));
         }
         std::fs::create_dir_all(target).ctx(|| format!("create {}", target.display()))?;
-        let mut lowers: Vec<PathBuf> = layers.iter().rev().map(|p| p.as_ref().to_path_buf()).collect();
+        let mut lowers: Vec<PathBuf> = layers
+            .iter()
+            .rev()
+            .map(|p| p.as_ref().to_path_buf())
+            .collect();
         let mut empty = None;
         if lowers.len() == 1 {
             let e = target.with_extension("empty-lower");
@@ -36,10 +44,20 @@ impl OverlayStack {
         for l in &lowers {
             let s = l.to_string_lossy();
             if s.contains(':') || s.contains(',') {
-                return Err(Error::invalid("overlay lowerdir", format!("{s} contains ':' or ','")));
+                return Err(Error::invalid(
+                    "overlay lowerdir",
+                    format!("{s} contains ':' or ','"),
+                ));
             }
         }
-        let mut data = format!("lowerdir={}", lowers.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":"));
+        let mut data = format!(
+            "lowerdir={}",
+            lowers
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(":")
+        );
         for o in options {
             data.push(',');
             data.push_str(o);
@@ -88,12 +106,26 @@ mod tests {
             return;
         }
         let wd = crate::workdir::Workdir::new("overlay").unwrap();
-        let l1 = LayerBuilder::new().dir("a").file("a/x", "1").file("gone", "g").dir("o").file("o/old", "o");
-        let l2 = LayerBuilder::new().whiteout("gone").opaque("o").file("o/new", "n").file("a/y", "2");
+        let l1 = LayerBuilder::new()
+            .dir("a")
+            .file("a/x", "1")
+            .file("gone", "g")
+            .dir("o")
+            .file("o/old", "o");
+        let l2 = LayerBuilder::new()
+            .whiteout("gone")
+            .opaque("o")
+            .file("o/new", "n")
+            .file("a/y", "2");
         let mut dirs = Vec::new();
         for (i, l) in [l1, l2].iter().enumerate() {
             let d = wd.join(format!("l{i}"));
-            extract_tar(&l.write_tar(Vec::new()).unwrap()[..], &d, &ExtractOptions::overlay()).unwrap();
+            extract_tar(
+                &l.write_tar(Vec::new()).unwrap()[..],
+                &d,
+                &ExtractOptions::overlay(),
+            )
+            .unwrap();
             dirs.push(d);
         }
         let st = OverlayStack::mount(&dirs, &wd.join("m"), &[]).unwrap();

@@ -13,7 +13,9 @@ use crate::workdir::Workdir;
 
 /// Directory holding the peer's sources and build.sh.
 pub fn peer_dir() -> PathBuf {
-    std::env::var_os("STARGZ_MINI_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/work/shared/peers/stargz-mini"))
+    std::env::var_os("STARGZ_MINI_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/shared/peers/stargz-mini"))
 }
 
 fn newer(a: &Path, b: &Path) -> bool {
@@ -24,24 +26,46 @@ fn newer(a: &Path, b: &Path) -> bool {
 fn build() -> std::result::Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("STARGZ_MINI_BIN").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(format!("STARGZ_MINI_BIN={} does not exist", p.display())) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("STARGZ_MINI_BIN={} does not exist", p.display()))
+        };
     }
     let dir = peer_dir();
     let script = dir.join("build.sh");
     if !script.is_file() {
-        return Err(format!("reference peer not available: {} missing (set STARGZ_MINI_DIR or STARGZ_MINI_BIN)", script.display()));
+        return Err(format!(
+            "reference peer not available: {} missing (set STARGZ_MINI_DIR or STARGZ_MINI_BIN)",
+            script.display()
+        ));
     }
-    let out = crate::images::cache_root().parent().map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir).join("peer/stargz-mini");
+    let out = crate::images::cache_root()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("peer/stargz-mini");
     if newer(&out, &dir.join("main.go")) && newer(&out, &script) {
         return Ok(out);
     }
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
     }
-    eprintln!("harness: building the reference peer with {}", script.display());
-    let o = run_cmd(Command::new("bash").arg(&script).arg(&out), Duration::from_secs(900)).map_err(|e| e.to_string())?;
+    eprintln!(
+        "harness: building the reference peer with {}",
+        script.display()
+    );
+    let o = run_cmd(
+        Command::new("bash").arg(&script).arg(&out),
+        Duration::from_secs(900),
+    )
+    .map_err(|e| e.to_string())?;
     if !o.success() || !out.is_file() {
-        return Err(format!("peer build failed: {}\n{}", o.stdout.trim(), o.stderr.trim()));
+        return Err(format!(
+            "peer build failed: {}\n{}",
+            o.stdout.trim(),
+            o.stderr.trim()
+        ));
     }
     Ok(out)
 }
@@ -79,7 +103,13 @@ impl Peer {
     }
 
     /// Starts it with files under `dir` on socket `address`.
-    pub fn start_in(dir: &Path, address: &Path, bin: &Path, opts: PeerOptions, new_session: bool) -> Result<Peer> {
+    pub fn start_in(
+        dir: &Path,
+        address: &Path,
+        bin: &Path,
+        opts: PeerOptions,
+        new_session: bool,
+    ) -> Result<Peer> {
         let root = dir.join("root");
         std::fs::create_dir_all(&root).ctx(|| format!("create {}", root.display()))?;
         let mut spec = ProcessSpec::new("stargz-mini", bin, dir.join("peer.log"))
@@ -99,7 +129,9 @@ impl Peer {
         spec.new_session = new_session;
         let mut daemon = Daemon::start(spec)?;
         let a = address.to_path_buf();
-        daemon.wait_ready("peer socket", Duration::from_secs(60), || std::os::unix::net::UnixStream::connect(&a).is_ok())?;
+        daemon.wait_ready("peer socket", Duration::from_secs(60), || {
+            std::os::unix::net::UnixStream::connect(&a).is_ok()
+        })?;
         Ok(Peer {
             daemon,
             root,
@@ -128,12 +160,17 @@ impl Peer {
         self.daemon.stop()?;
         crate::mounts::unmount_under(&self.root)?;
         if fresh {
-            std::fs::remove_dir_all(&self.root).ctx(|| format!("remove {}", self.root.display()))?;
-            std::fs::create_dir_all(&self.root).ctx(|| format!("create {}", self.root.display()))?;
+            std::fs::remove_dir_all(&self.root)
+                .ctx(|| format!("remove {}", self.root.display()))?;
+            std::fs::create_dir_all(&self.root)
+                .ctx(|| format!("create {}", self.root.display()))?;
         }
         self.daemon.start_again()?;
         let a = self.address.clone();
-        self.daemon.wait_ready("peer socket", Duration::from_secs(60), || std::os::unix::net::UnixStream::connect(&a).is_ok())
+        self.daemon
+            .wait_ready("peer socket", Duration::from_secs(60), || {
+                std::os::unix::net::UnixStream::connect(&a).is_ok()
+            })
     }
 
     /// Leaves it running (for `stl-env`); returns its PID.

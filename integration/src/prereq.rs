@@ -60,11 +60,18 @@ pub fn root() -> Check {
 
 /// Every named program is in `$PATH`.
 pub fn binaries(names: &[&str]) -> Check {
-    let missing: Vec<&str> = names.iter().copied().filter(|n| which(n).is_none()).collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| which(n).is_none())
+        .collect();
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("missing programs: {} (run scripts/setup)", missing.join(", ")))
+        Err(format!(
+            "missing programs: {} (run scripts/setup)",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -108,5 +115,7 @@ pub fn ctr_remote() -> Check {
 
 /// The `starling` binary is built ([`crate::starling::starling_bin`]).
 pub fn starling_binary() -> Check {
-    crate::starling::starling_bin().map(drop).map_err(|e| e.to_string())
+    crate::starling::starling_bin()
+        .map(drop)
+        .map_err(|e| e.to_string())
 }

@@ -65,13 +65,15 @@ impl ProcessSpec {
 
     /// Appends arguments.
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     /// Sets an environment variable.
     pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
-        self.env.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self.env
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
         self
     }
 
@@ -155,7 +157,12 @@ impl Daemon {
         {
             use std::io::Write;
             let mut l = &log;
-            let _ = writeln!(l, "=== harness: starting {}: {}", self.spec.name, self.spec.command_line());
+            let _ = writeln!(
+                l,
+                "=== harness: starting {}: {}",
+                self.spec.name,
+                self.spec.command_line()
+            );
         }
         let mut cmd = self.spec.command();
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
@@ -186,7 +193,9 @@ impl Daemon {
 
     /// The whole log (lossy UTF-8).
     pub fn log(&self) -> String {
-        std::fs::read(&self.spec.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        std::fs::read(&self.spec.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// The last `n` lines of the log.
@@ -217,7 +226,10 @@ impl Daemon {
         }
         Err(Error::Exited {
             name: self.spec.name.clone(),
-            status: self.last_status.map(status_text).unwrap_or_else(|| "not started".into()),
+            status: self
+                .last_status
+                .map(status_text)
+                .unwrap_or_else(|| "not started".into()),
             log: self.spec.log.clone(),
             tail: self.log_tail(30),
         })
@@ -225,7 +237,12 @@ impl Daemon {
 
     /// Polls `ready` until it holds; fails early if the process exits and with the log tail
     /// on timeout.
-    pub fn wait_ready(&mut self, what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    pub fn wait_ready(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<()> {
         let r = crate::poll::poll_until(what, timeout, || {
             if ready() {
                 return Ok(Some(()));
@@ -237,7 +254,12 @@ impl Daemon {
             Err(Error::Timeout { what, after, .. }) => Err(Error::Timeout {
                 what,
                 after,
-                detail: format!("\n{} log {}:\n{}", self.spec.name, self.spec.log.display(), self.log_tail(30)),
+                detail: format!(
+                    "\n{} log {}:\n{}",
+                    self.spec.name,
+                    self.spec.log.display(),
+                    self.log_tail(30)
+                ),
             }),
             other => other,
         }
@@ -255,7 +277,9 @@ impl Daemon {
     /// Stops the process: SIGTERM, then SIGKILL after the spec's grace period. Returns its
     /// exit status (None if it was not running).
     pub fn stop(&mut self) -> Result<Option<ExitStatus>> {
-        let Some(child) = self.child.as_mut() else { return Ok(self.last_status) };
+        let Some(child) = self.child.as_mut() else {
+            return Ok(self.last_status);
+        };
         if let Ok(Some(st)) = child.try_wait() {
             return Ok(self.reaped(st));
         }
@@ -279,9 +303,13 @@ impl Daemon {
 
     /// Kills the process with SIGKILL and reaps it (fault tests).
     pub fn kill(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
         let _ = child.kill();
-        let st = child.wait().ctx(|| format!("wait for {}", self.spec.name))?;
+        let st = child
+            .wait()
+            .ctx(|| format!("wait for {}", self.spec.name))?;
         self.last_status = Some(st);
         self.kill_session();
         Ok(())
@@ -451,7 +479,11 @@ pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<CmdOutput> {
         None => Err(Error::Timeout {
             what: format!("`{text}`"),
             after: timeout,
-            detail: format!("\n--- stdout ---\n{}\n--- stderr ---\n{}", tail_lines(&stdout, 20), tail_lines(&stderr, 20)),
+            detail: format!(
+                "\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                tail_lines(&stdout, 20),
+                tail_lines(&stderr, 20)
+            ),
         }),
     }
 }
@@ -462,19 +494,66 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    Ok(run_cmd(Command::new(program).args(args), timeout)?.check()?.stdout)
+    Ok(run_cmd(Command::new(program).args(args), timeout)?
+        .check()?
+        .stdout)
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn pid_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(s) => s
+            .rfind(')')
+            .map(|i| !s[i + 2..].starts_with('Z'))
+            .unwrap_or(false),
+    }
+}
+
+/// PIDs of processes whose command line contains `needle` (e.g. a containerd socket path,
+/// to find shims a containerd started).
+pub fn pids_with_cmdline(needle: &str) -> Vec<u32> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let c: Vec<u8> = c
+                .into_iter()
+                .map(|b| if b == 0 { b' ' } else { b })
+                .collect();
+            if String::from_utf8_lossy(&c).contains(needle) && pid_running(pid) {
+                v.push(pid);
+            }
+        }
+    }
+    v
 }
 
 /// True if `name` is an executable in `$PATH` (or an executable path).
 pub fn which(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let is_exec = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let is_exec = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
     if name.contains('/') {
         let p = PathBuf::from(name);
         return is_exec(&p).then_some(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_exec(p))
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_exec(p))
 }
 
 #[cfg(test)]
@@ -484,7 +563,11 @@ mod tests {
 
     #[test]
     fn run_cmd_captures_and_times_out() {
-        let o = run_cmd(Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]), Duration::from_secs(10)).unwrap();
+        let o = run_cmd(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(o.stdout, "out\n");
         assert_eq!(o.stderr, "err\n");
         assert_eq!(o.status.code(), Some(3));
@@ -499,10 +582,16 @@ mod tests {
     #[test]
     fn daemon_stop_kill_restart() {
         let wd = Workdir::new("proc").unwrap();
-        let spec = ProcessSpec::new("sleeper", "sh", wd.join("s.log")).args(["-c", "echo u''p; exec sleep 60"]);
+        let spec = ProcessSpec::new("sleeper", "sh", wd.join("s.log"))
+            .args(["-c", "echo u''p; exec sleep 60"]);
         let mut d = Daemon::start(spec).unwrap();
         let pid1 = d.pid();
-        d.wait_ready("echo", Duration::from_secs(10), || std::fs::read_to_string(wd.join("s.log")).unwrap_or_default().contains("\nup\n")).unwrap();
+        d.wait_ready("echo", Duration::from_secs(10), || {
+            std::fs::read_to_string(wd.join("s.log"))
+                .unwrap_or_default()
+                .contains("\nup\n")
+        })
+        .unwrap();
         d.kill().unwrap();
         assert!(!d.is_running());
         assert_eq!(d.exit_status().and_then(|s| s.signal()), Some(9));
@@ -511,16 +600,22 @@ mod tests {
         assert!(d.is_running());
         let st = d.stop().unwrap().unwrap();
         assert_eq!(st.signal(), Some(15));
-        assert!(kill(Pid::from_raw(d.pid() as i32), None).is_err(), "process still exists");
+        assert!(
+            kill(Pid::from_raw(d.pid() as i32), None).is_err(),
+            "process still exists"
+        );
         assert_eq!(d.log().matches("=== harness: starting sleeper").count(), 2);
     }
 
     #[test]
     fn daemon_exit_is_reported_with_log() {
         let wd = Workdir::new("proc").unwrap();
-        let spec = ProcessSpec::new("failer", "sh", wd.join("f.log")).args(["-c", "echo boom-message; exit 7"]);
+        let spec = ProcessSpec::new("failer", "sh", wd.join("f.log"))
+            .args(["-c", "echo boom-message; exit 7"]);
         let mut d = Daemon::start(spec).unwrap();
-        let e = d.wait_ready("never", Duration::from_secs(10), || false).unwrap_err();
+        let e = d
+            .wait_ready("never", Duration::from_secs(10), || false)
+            .unwrap_err();
         let s = e.to_string();
         assert!(s.contains("exit 7") && s.contains("boom-message"), "{s}");
     }
@@ -529,10 +624,18 @@ mod tests {
     fn sigterm_ignored_leads_to_sigkill() {
         let wd = Workdir::new("proc").unwrap();
         let spec = ProcessSpec::new("stubborn", "sh", wd.join("t.log"))
-            .args(["-c", "trap '' TERM; echo rea''dy; while :; do sleep 0.05; done"])
+            .args([
+                "-c",
+                "trap '' TERM; echo rea''dy; while :; do sleep 0.05; done",
+            ])
             .stop_timeout(Duration::from_millis(300));
         let mut d = Daemon::start(spec).unwrap();
-        d.wait_ready("ready", Duration::from_secs(10), || std::fs::read_to_string(wd.join("t.log")).unwrap_or_default().contains("\nready\n")).unwrap();
+        d.wait_ready("ready", Duration::from_secs(10), || {
+            std::fs::read_to_string(wd.join("t.log"))
+                .unwrap_or_default()
+                .contains("\nready\n")
+        })
+        .unwrap();
         let st = d.stop().unwrap().unwrap();
         assert_eq!(st.signal(), Some(9));
     }

@@ -84,14 +84,17 @@ pub struct TcpProxy {
 
 impl std::fmt::Debug for TcpProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpProxy").field("addr", &self.addr).finish()
+        f.debug_struct("TcpProxy")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
 impl TcpProxy {
     /// Starts the proxy in the calling process's network namespace.
     pub fn start(opts: ProxyOptions) -> Result<TcpProxy> {
-        let listener = TcpListener::bind(opts.listen).ctx(|| format!("bind proxy on {}", opts.listen))?;
+        let listener =
+            TcpListener::bind(opts.listen).ctx(|| format!("bind proxy on {}", opts.listen))?;
         let addr = listener.local_addr().ctx(|| "proxy local addr".into())?;
         let shared = Arc::new(Shared::default());
         let sh = shared.clone();
@@ -116,14 +119,16 @@ impl TcpProxy {
             .spawn(move || {
                 let r = (|| -> Result<TcpProxy> {
                     let f = std::fs::File::open(&path).ctx(|| format!("open {path}"))?;
-                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| Error::sys(format!("setns {path}"), e))?;
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| Error::sys(format!("setns {path}"), e))?;
                     // threads spawned from here on inherit the namespace
                     TcpProxy::start(opts)
                 })();
                 let _ = tx.send(r);
             })
             .ctx(|| "spawn proxy thread".into())?;
-        rx.recv().map_err(|_| Error::invalid("proxy", "netns thread died"))?
+        rx.recv()
+            .map_err(|_| Error::invalid("proxy", "netns thread died"))?
     }
 
     /// Listening address.
@@ -189,7 +194,9 @@ fn accept_loop(listener: TcpListener, opts: ProxyOptions, sh: Arc<Shared>) {
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
         sh.connections.fetch_add(1, Ordering::Relaxed);
-        if let (Ok(mut open), Ok(c2), Ok(s2)) = (sh.open.lock(), client.try_clone(), server.try_clone()) {
+        if let (Ok(mut open), Ok(c2), Ok(s2)) =
+            (sh.open.lock(), client.try_clone(), server.try_clone())
+        {
             open.retain(|s| s.peer_addr().is_ok());
             open.push(c2);
             open.push(s2);
@@ -197,7 +204,9 @@ fn accept_loop(listener: TcpListener, opts: ProxyOptions, sh: Arc<Shared>) {
         let spawn = |from: &TcpStream, to: &TcpStream, up: bool| -> io::Result<()> {
             let (from, to) = (from.try_clone()?, to.try_clone()?);
             let (sh, delay, keep) = (sh.clone(), opts.one_way_delay, opts.keep_requests);
-            std::thread::Builder::new().name("stl-proxy-pump".into()).spawn(move || pump(from, to, up, delay, keep, sh))?;
+            std::thread::Builder::new()
+                .name("stl-proxy-pump".into())
+                .spawn(move || pump(from, to, up, delay, keep, sh))?;
             Ok(())
         };
         if spawn(&client, &server, true).is_err() || spawn(&server, &client, false).is_err() {
@@ -208,11 +217,22 @@ fn accept_loop(listener: TcpListener, opts: ProxyOptions, sh: Arc<Shared>) {
 }
 
 /// Copies `from` -> `to`, releasing each chunk `delay` after it was read.
-fn pump(mut from: TcpStream, to: TcpStream, up: bool, delay: Duration, keep: usize, sh: Arc<Shared>) {
+fn pump(
+    mut from: TcpStream,
+    to: TcpStream,
+    up: bool,
+    delay: Duration,
+    keep: usize,
+    sh: Arc<Shared>,
+) {
     let mut parser = up.then(RequestParser::default);
     let counter = sh.clone();
     let count = move |n: usize| {
-        let c = if up { &counter.bytes_up } else { &counter.bytes_down };
+        let c = if up {
+            &counter.bytes_up
+        } else {
+            &counter.bytes_down
+        };
         c.fetch_add(n as u64, Ordering::Relaxed);
     };
     let mut on_data = |data: &[u8]| {
@@ -248,26 +268,31 @@ fn pump(mut from: TcpStream, to: TcpStream, up: bool, delay: Duration, keep: usi
     }
     // bounded: backpressure reaches the sender once 256 chunks (<= 16 MiB) are in flight
     let (tx, rx) = mpsc::sync_channel::<(Instant, Vec<u8>)>(256);
-    let writer = std::thread::Builder::new().name("stl-proxy-delay".into()).spawn(move || {
-        let mut to = to;
-        while let Ok((due, data)) = rx.recv() {
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
+    let writer = std::thread::Builder::new()
+        .name("stl-proxy-delay".into())
+        .spawn(move || {
+            let mut to = to;
+            while let Ok((due, data)) = rx.recv() {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if to.write_all(&data).is_err() {
+                    break;
+                }
+                count(data.len());
             }
-            if to.write_all(&data).is_err() {
-                break;
-            }
-            count(data.len());
-        }
-        let _ = to.shutdown(Shutdown::Write);
-    });
+            let _ = to.shutdown(Shutdown::Write);
+        });
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 on_data(&buf[..n]);
-                if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                if tx
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -307,7 +332,11 @@ impl RequestParser {
                 ParseState::Lost => break,
                 ParseState::Head | ParseState::ChunkSize | ParseState::Trailer => {
                     // accumulate one line (or a whole head) until its terminator
-                    let term: &[u8] = if self.state == ParseState::Head { b"\r\n\r\n" } else { b"\r\n" };
+                    let term: &[u8] = if self.state == ParseState::Head {
+                        b"\r\n\r\n"
+                    } else {
+                        b"\r\n"
+                    };
                     let take = data.len();
                     let start = self.head.len().saturating_sub(term.len() - 1);
                     self.head.extend_from_slice(&data[..take]);
@@ -364,7 +393,11 @@ impl RequestParser {
                 ParseState::ChunkCrlf(n) => {
                     let k = data.len().min(n as usize);
                     data = &data[k..];
-                    self.state = if n as usize == k { ParseState::ChunkSize } else { ParseState::ChunkCrlf(n - k as u8) };
+                    self.state = if n as usize == k {
+                        ParseState::ChunkSize
+                    } else {
+                        ParseState::ChunkCrlf(n - k as u8)
+                    };
                 }
             }
         }
@@ -385,7 +418,9 @@ fn parse_head(text: &str) -> (ProxyRequest, ParseState) {
     let mut range = None;
     let mut framing = ParseState::Head;
     for l in lines {
-        let Some((k, v)) = l.split_once(':') else { continue };
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
         let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
         match k.as_str() {
             "range" => range = Some(v.to_string()),
@@ -396,11 +431,20 @@ fn parse_head(text: &str) -> (ProxyRequest, ParseState) {
                     Err(_) => ParseState::Lost,
                 }
             }
-            "transfer-encoding" if v.to_ascii_lowercase().contains("chunked") => framing = ParseState::ChunkSize,
+            "transfer-encoding" if v.to_ascii_lowercase().contains("chunked") => {
+                framing = ParseState::ChunkSize
+            }
             _ => {}
         }
     }
-    (ProxyRequest { method, path, range }, framing)
+    (
+        ProxyRequest {
+            method,
+            path,
+            range,
+        },
+        framing,
+    )
 }
 
 #[cfg(test)]
@@ -440,7 +484,10 @@ mod tests {
                 head.extend_from_slice(&buf[..n]);
             }
             let body = vec![7u8; 100_000];
-            s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes()).unwrap();
+            s.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            )
+            .unwrap();
             s.write_all(&body).unwrap();
         });
         (a, h)
@@ -460,7 +507,10 @@ mod tests {
         let rtt = t.elapsed();
         h.join().unwrap();
         assert!(got.ends_with(&[7u8; 10]));
-        assert!(rtt >= Duration::from_millis(60), "delay applied both ways: {rtt:?}");
+        assert!(
+            rtt >= Duration::from_millis(60),
+            "delay applied both ways: {rtt:?}"
+        );
         let s = p.stats();
         assert_eq!((s.connections, s.requests), (1, 1));
         assert_eq!(s.bytes_down as usize, got.len());

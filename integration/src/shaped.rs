@@ -84,7 +84,11 @@ pub struct ShapedLink {
 }
 
 fn ip(args: &[&str]) -> Result<String> {
-    Ok(run_cmd(Command::new("ip").args(args), Duration::from_secs(30))?.check()?.stdout)
+    Ok(
+        run_cmd(Command::new("ip").args(args), Duration::from_secs(30))?
+            .check()?
+            .stdout,
+    )
 }
 
 fn tc(netns: Option<&str>, args: &[&str]) -> Result<()> {
@@ -96,7 +100,9 @@ fn tc(netns: Option<&str>, args: &[&str]) -> Result<()> {
         }
         None => Command::new("tc"),
     };
-    run_cmd(c.args(args), Duration::from_secs(30))?.check().map(drop)
+    run_cmd(c.args(args), Duration::from_secs(30))?
+        .check()
+        .map(drop)
 }
 
 /// Names and addresses of slot `n`.
@@ -129,7 +135,12 @@ fn clear_slot(n: u32) {
 /// Takes a free slot; returns it with its lock.
 fn take_slot() -> Result<(u32, Flock<File>)> {
     std::fs::create_dir_all(LOCK_DIR).ctx(|| format!("create {LOCK_DIR}"))?;
-    let start = (std::process::id().wrapping_mul(7919).wrapping_add(crate::workdir::unique_token(4).bytes().map(u32::from).sum::<u32>())) % SLOTS;
+    let start = (std::process::id().wrapping_mul(7919).wrapping_add(
+        crate::workdir::unique_token(4)
+            .bytes()
+            .map(u32::from)
+            .sum::<u32>(),
+    )) % SLOTS;
     for i in 0..SLOTS {
         let n = (start + i) % SLOTS;
         let lock_path = PathBuf::from(LOCK_DIR).join(format!("slot-{n}.lock"));
@@ -139,7 +150,10 @@ fn take_slot() -> Result<(u32, Flock<File>)> {
             .write(true)
             .open(&lock_path)
             .ctx(|| format!("open {}", lock_path.display()))?;
-        let Ok(lock) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) else { continue };
+        let Ok(lock) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        else {
+            continue;
+        };
         let pid_file = PathBuf::from(LOCK_DIR).join(format!("slot-{n}.pid"));
         if let Ok(p) = std::fs::read_to_string(&pid_file) {
             if pid_alive(p.trim().parse().unwrap_or(0)) {
@@ -163,7 +177,12 @@ impl ShapedLink {
     /// Like [`start`](Self::start) with files under `dir`; with `proxy_cmd` the delay proxy
     /// runs as that detached process instead (program + args before `--listen ...`; used by
     /// `stl-env`), and the slot is held by its PID.
-    pub fn start_in(dir: &Path, upstream: &Registry, opts: ShapedOptions, proxy_cmd: Option<Vec<String>>) -> Result<ShapedLink> {
+    pub fn start_in(
+        dir: &Path,
+        upstream: &Registry,
+        opts: ShapedOptions,
+        proxy_cmd: Option<Vec<String>>,
+    ) -> Result<ShapedLink> {
         crate::prereq::netns().map_err(Error::Missing)?;
         let (slot, lock) = take_slot()?;
         let (netns, veth_host, veth_ns, host_ip, ns_ip) = slot_names(slot);
@@ -180,15 +199,40 @@ impl ShapedLink {
             detached: false,
         };
         ip(&["netns", "add", &netns])?;
-        ip(&["link", "add", &veth_host, "type", "veth", "peer", "name", &veth_ns])?;
+        ip(&[
+            "link", "add", &veth_host, "type", "veth", "peer", "name", &veth_ns,
+        ])?;
         ip(&["link", "set", &veth_ns, "netns", &netns])?;
         ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &veth_host])?;
         ip(&["link", "set", &veth_host, "up"])?;
-        ip(&["netns", "exec", &netns, "ip", "addr", "add", &format!("{ns_ip}/30"), "dev", &veth_ns])?;
+        ip(&[
+            "netns",
+            "exec",
+            &netns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &veth_ns,
+        ])?;
         ip(&["netns", "exec", &netns, "ip", "link", "set", &veth_ns, "up"])?;
         ip(&["netns", "exec", &netns, "ip", "link", "set", "lo", "up"])?;
         let rate = format!("{}mbit", opts.rate_mbit);
-        let tbf = ["qdisc", "replace", "dev", "", "root", "tbf", "rate", &rate, "burst", &opts.burst, "latency", &opts.tbf_latency];
+        let tbf = [
+            "qdisc",
+            "replace",
+            "dev",
+            "",
+            "root",
+            "tbf",
+            "rate",
+            &rate,
+            "burst",
+            &opts.burst,
+            "latency",
+            &opts.tbf_latency,
+        ];
         let mut t = tbf;
         t[3] = &veth_host;
         tc(None, &t)?;
@@ -215,17 +259,29 @@ impl ShapedLink {
                 let mut po = ProxyOptions::to(inner);
                 po.listen = listen;
                 po.one_way_delay = delay;
-                link.proxy = Some(ProxyHandle::InProcess(TcpProxy::start_in_netns(&netns, po)?));
+                link.proxy = Some(ProxyHandle::InProcess(TcpProxy::start_in_netns(
+                    &netns, po,
+                )?));
             }
             Some(cmd) => {
                 let mut spec = ProcessSpec::new("delay-proxy", &cmd[0], dir.join("proxy.log"))
                     .args(&cmd[1..])
-                    .args(["--listen", &listen.to_string(), "--upstream", &inner.to_string(), "--delay-ms", &delay.as_millis().to_string()])
+                    .args([
+                        "--listen",
+                        &listen.to_string(),
+                        "--upstream",
+                        &inner.to_string(),
+                        "--delay-ms",
+                        &delay.as_millis().to_string(),
+                    ])
                     .netns(&netns);
                 spec.new_session = true;
                 let d = Daemon::start(spec)?;
-                std::fs::write(PathBuf::from(LOCK_DIR).join(format!("slot-{slot}.pid")), d.pid().to_string())
-                    .ctx(|| "write slot pid".into())?;
+                std::fs::write(
+                    PathBuf::from(LOCK_DIR).join(format!("slot-{slot}.pid")),
+                    d.pid().to_string(),
+                )
+                .ctx(|| "write slot pid".into())?;
                 link.proxy = Some(ProxyHandle::Process(d));
             }
         }
@@ -286,7 +342,9 @@ impl ShapedLink {
 
     /// The registry inside the namespace (stop/restart it for fault tests).
     pub fn registry(&mut self) -> &mut Registry {
-        self.registry.as_mut().expect("registry runs while the link exists")
+        self.registry
+            .as_mut()
+            .expect("registry runs while the link exists")
     }
 
     /// Bytes through the host veth (read from sysfs; exact and immediate).
@@ -321,7 +379,11 @@ impl ShapedLink {
     /// Leaves everything in place (for `stl-env`); the registry and proxy PIDs are returned.
     pub fn detach(mut self) -> (u32, u32) {
         self.detached = true;
-        let r = self.registry.as_mut().map(|r| r.daemon().forget()).unwrap_or(0);
+        let r = self
+            .registry
+            .as_mut()
+            .map(|r| r.daemon().forget())
+            .unwrap_or(0);
         let p = match self.proxy.as_mut() {
             Some(ProxyHandle::Process(d)) => d.forget(),
             _ => 0,
@@ -355,11 +417,23 @@ mod tests {
     #[test]
     fn slots_map_to_distinct_30s() {
         let (ns, vh, vn, h, n) = slot_names(0);
-        assert_eq!((ns.as_str(), vh.as_str(), vn.as_str()), ("stl-s0", "stlh0", "stln0"));
-        assert_eq!((h, n), (Ipv4Addr::new(10, 201, 0, 1), Ipv4Addr::new(10, 201, 0, 2)));
+        assert_eq!(
+            (ns.as_str(), vh.as_str(), vn.as_str()),
+            ("stl-s0", "stlh0", "stln0")
+        );
+        assert_eq!(
+            (h, n),
+            (Ipv4Addr::new(10, 201, 0, 1), Ipv4Addr::new(10, 201, 0, 2))
+        );
         let (_, vh, _, h, n) = slot_names(SLOTS - 1);
         assert!(vh.len() <= 15);
-        assert_eq!((h, n), (Ipv4Addr::new(10, 201, 255, 253), Ipv4Addr::new(10, 201, 255, 254)));
+        assert_eq!(
+            (h, n),
+            (
+                Ipv4Addr::new(10, 201, 255, 253),
+                Ipv4Addr::new(10, 201, 255, 254)
+            )
+        );
         let (_, _, _, h65, _) = slot_names(65);
         assert_eq!(h65, Ipv4Addr::new(10, 201, 1, 5));
     }

@@ -75,14 +75,21 @@ impl Stack {
         }
         let mut wait = Vec::new();
         if let Some(s) = &starling {
-            let names = if opts.starling_names.is_empty() { vec!["starling".to_string()] } else { opts.starling_names.clone() };
+            let names = if opts.starling_names.is_empty() {
+                vec!["starling".to_string()]
+            } else {
+                opts.starling_names.clone()
+            };
             for n in names {
                 copts = copts.proxy(&n, s.socket());
                 wait.push(n);
             }
         }
         if let Some(p) = &peer {
-            let n = opts.peer_name.clone().unwrap_or_else(|| "stargz-peer".into());
+            let n = opts
+                .peer_name
+                .clone()
+                .unwrap_or_else(|| "stargz-peer".into());
             copts = copts.proxy(&n, p.socket());
             wait.push(n);
         }
@@ -91,7 +98,9 @@ impl Stack {
         }
         let containerd = Containerd::start(&wd, copts)?;
         for n in &wait {
-            containerd.ctr().wait_snapshotter(n, Duration::from_secs(60))?;
+            containerd
+                .ctr()
+                .wait_snapshotter(n, Duration::from_secs(60))?;
         }
         Ok(Stack {
             containerd,

@@ -12,7 +12,10 @@ use crate::workdir::Workdir;
 
 /// The workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The `starling` binary: `$STARLING_BIN`, else the newer of `<target>/release/starling` and
@@ -20,10 +23,22 @@ pub fn workspace_root() -> PathBuf {
 pub fn starling_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("STARLING_BIN").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(Error::Missing(format!("STARLING_BIN={} does not exist", p.display()))) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::Missing(format!(
+                "STARLING_BIN={} does not exist",
+                p.display()
+            )))
+        };
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    let candidates = [target.join("release/starling"), target.join("debug/starling")];
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let candidates = [
+        target.join("release/starling"),
+        target.join("debug/starling"),
+    ];
     candidates
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok().and_then(|m| m.modified().ok()).map(|t| (t, p.clone())))
@@ -52,7 +67,9 @@ impl StarlingConfig {
 
     /// Parses raw TOML.
     pub fn raw(text: &str) -> Result<Self> {
-        let table = text.parse::<toml::Table>().map_err(|e| Error::invalid("starling config TOML", e.to_string()))?;
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| Error::invalid("starling config TOML", e.to_string()))?;
         Ok(StarlingConfig { table })
     }
 
@@ -61,7 +78,9 @@ impl StarlingConfig {
         let parts: Vec<&str> = dotted.split('.').collect();
         let mut t = &mut self.table;
         for p in &parts[..parts.len() - 1] {
-            let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = t
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             if !entry.is_table() {
                 *entry = toml::Value::Table(toml::Table::new());
             }
@@ -118,7 +137,12 @@ impl Starling {
     }
 
     /// Starts it with files under `dir` listening on `address`.
-    pub fn start_in(dir: &Path, address: &Path, opts: StarlingOptions, new_session: bool) -> Result<Starling> {
+    pub fn start_in(
+        dir: &Path,
+        address: &Path,
+        opts: StarlingOptions,
+        new_session: bool,
+    ) -> Result<Starling> {
         let root = dir.join("root");
         std::fs::create_dir_all(&root).ctx(|| format!("create {}", root.display()))?;
         let config = match &opts.config {
@@ -133,16 +157,21 @@ impl Starling {
             Some(cmd) if !cmd.is_empty() => {
                 let subst = |a: &OsString| -> OsString {
                     let s = a.to_string_lossy();
-                    if !(s.contains("{root}") || s.contains("{address}") || s.contains("{config}")) {
+                    if !(s.contains("{root}") || s.contains("{address}") || s.contains("{config}"))
+                    {
                         return a.clone();
                     }
-                    let cfg = config.as_ref().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+                    let cfg = config
+                        .as_ref()
+                        .map(|c| c.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     s.replace("{root}", &root.to_string_lossy())
                         .replace("{address}", &address.to_string_lossy())
                         .replace("{config}", &cfg)
                         .into()
                 };
-                ProcessSpec::new("starling", subst(&cmd[0]), dir.join("starling.log")).args(cmd[1..].iter().map(subst))
+                ProcessSpec::new("starling", subst(&cmd[0]), dir.join("starling.log"))
+                    .args(cmd[1..].iter().map(subst))
             }
             _ => {
                 let mut s = ProcessSpec::new("starling", starling_bin()?, dir.join("starling.log"))
@@ -179,9 +208,11 @@ impl Starling {
 
     fn wait_ready(&mut self) -> Result<()> {
         let a = self.address.clone();
-        self.daemon.wait_ready(&format!("socket {}", a.display()), self.ready_timeout, || {
-            std::os::unix::net::UnixStream::connect(&a).is_ok()
-        })
+        self.daemon.wait_ready(
+            &format!("socket {}", a.display()),
+            self.ready_timeout,
+            || std::os::unix::net::UnixStream::connect(&a).is_ok(),
+        )
     }
 
     /// The unix socket (register it as a containerd proxy plugin).
@@ -259,11 +290,16 @@ mod tests {
 
     #[test]
     fn config_sets_nested_keys() {
-        let c = StarlingConfig::new().set("fuse.passthrough", true).set("cache.max_bytes", 1024i64).set("log_level", "debug");
+        let c = StarlingConfig::new()
+            .set("fuse.passthrough", true)
+            .set("cache.max_bytes", 1024i64)
+            .set("log_level", "debug");
         let t: toml::Table = c.to_toml().parse().unwrap();
         assert_eq!(t["fuse"]["passthrough"].as_bool(), Some(true));
         assert_eq!(t["cache"]["max_bytes"].as_integer(), Some(1024));
-        let r = StarlingConfig::raw("[a]\nb = 1\n").unwrap().set("a.c", 2i64);
+        let r = StarlingConfig::raw("[a]\nb = 1\n")
+            .unwrap()
+            .set("a.c", 2i64);
         assert!(r.to_toml().contains("c = 2"));
         assert!(StarlingConfig::raw("[a").is_err());
     }
@@ -280,7 +316,13 @@ mod tests {
                       os.path.exists(a) and os.unlink(a)\ns=socket.socket(socket.AF_UNIX)\ns.bind(a)\ns.listen(8)\n\
                       print('root', sys.argv[2], flush=True)\nwhile True:\n  c,_=s.accept(); c.close()\n";
         let opts = StarlingOptions {
-            command: Some(command(["/usr/bin/python3", "-c", script, "{address}", "{root}"])),
+            command: Some(command([
+                "/usr/bin/python3",
+                "-c",
+                script,
+                "{address}",
+                "{root}",
+            ])),
             config: Some(StarlingConfig::new().set("a.b", 1i64)),
             ..Default::default()
         };
@@ -292,6 +334,9 @@ mod tests {
         assert!(std::os::unix::net::UnixStream::connect(st.socket()).is_err());
         st.start_again().unwrap();
         assert_ne!(st.daemon().pid(), pid);
-        assert!(st.daemon().log().contains(&format!("root {}", wd.join("starling/root").display())));
+        assert!(st
+            .daemon()
+            .log()
+            .contains(&format!("root {}", wd.join("starling/root").display())));
     }
 }

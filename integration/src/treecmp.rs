@@ -78,10 +78,12 @@ impl CompareOptions {
     }
 
     fn xattr_ignored(&self, name: &str) -> bool {
-        self.ignore_xattrs.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => name == p,
-        })
+        self.ignore_xattrs
+            .iter()
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == p,
+            })
     }
 }
 
@@ -196,7 +198,11 @@ pub fn scan_tree(root: &Path, opts: &CompareOptions) -> Result<Tree> {
     let mut tree = Tree::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let abs = if rel.as_os_str().is_empty() { root.to_path_buf() } else { root.join(&rel) };
+        let abs = if rel.as_os_str().is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
         let md = std::fs::symlink_metadata(&abs).ctx(|| format!("lstat {}", abs.display()))?;
         let kind = kind_of(md.file_type());
         let mut xattrs = BTreeMap::new();
@@ -206,18 +212,32 @@ pub fn scan_tree(root: &Path, opts: &CompareOptions) -> Result<Tree> {
                 if opts.xattr_ignored(&name) {
                     continue;
                 }
-                let v = xattr::get(&abs, &n).ctx(|| format!("getxattr {name} {}", abs.display()))?;
+                let v =
+                    xattr::get(&abs, &n).ctx(|| format!("getxattr {name} {}", abs.display()))?;
                 xattrs.insert(name, v.unwrap_or_default());
             }
         }
         let target = if kind == Kind::Symlink {
-            Some(std::fs::read_link(&abs).ctx(|| format!("readlink {}", abs.display()))?.as_os_str().as_bytes().to_vec())
+            Some(
+                std::fs::read_link(&abs)
+                    .ctx(|| format!("readlink {}", abs.display()))?
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            )
         } else {
             None
         };
-        let digest = if kind == Kind::File && opts.contents { Some(digest_file(&abs)?) } else { None };
+        let digest = if kind == Kind::File && opts.contents {
+            Some(digest_file(&abs)?)
+        } else {
+            None
+        };
         let rdev = if matches!(kind, Kind::CharDev | Kind::BlockDev) {
-            (nix::sys::stat::major(md.rdev()), nix::sys::stat::minor(md.rdev()))
+            (
+                nix::sys::stat::major(md.rdev()),
+                nix::sys::stat::minor(md.rdev()),
+            )
         } else {
             (0, 0)
         };
@@ -296,7 +316,14 @@ pub struct Mismatch {
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {:?}: left={} right={}", display_path(&self.path), self.kind, self.left, self.right)
+        write!(
+            f,
+            "{}: {:?}: left={} right={}",
+            display_path(&self.path),
+            self.kind,
+            self.left,
+            self.right
+        )
     }
 }
 
@@ -321,7 +348,10 @@ impl TreeDiff {
 
     /// Kinds of mismatch present.
     pub fn kinds(&self) -> BTreeSet<String> {
-        self.mismatches.iter().map(|m| format!("{:?}", m.kind)).collect()
+        self.mismatches
+            .iter()
+            .map(|m| format!("{:?}", m.kind))
+            .collect()
     }
 
     /// Panics with the full diff unless equal.
@@ -385,7 +415,13 @@ fn link_groups(tree: &Tree) -> HashMap<PathBuf, BTreeSet<PathBuf>> {
 fn group_text(g: Option<&BTreeSet<PathBuf>>) -> String {
     match g {
         None => "[not hardlinked]".into(),
-        Some(g) => format!("[{}]", g.iter().map(|p| display_path(p)).collect::<Vec<_>>().join(", ")),
+        Some(g) => format!(
+            "[{}]",
+            g.iter()
+                .map(|p| display_path(p))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -413,11 +449,23 @@ pub fn compare_scanned(left: &Tree, right: &Tree, opts: &CompareOptions) -> Tree
         let (l, r) = match (left.get(*p), right.get(*p)) {
             (Some(l), Some(r)) => (l, r),
             (Some(l), None) => {
-                push(&mut d, p, MismatchKind::OnlyLeft, kind_text(l), "missing".into());
+                push(
+                    &mut d,
+                    p,
+                    MismatchKind::OnlyLeft,
+                    kind_text(l),
+                    "missing".into(),
+                );
                 continue;
             }
             (None, Some(r)) => {
-                push(&mut d, p, MismatchKind::OnlyRight, "missing".into(), kind_text(r));
+                push(
+                    &mut d,
+                    p,
+                    MismatchKind::OnlyRight,
+                    "missing".into(),
+                    kind_text(r),
+                );
                 continue;
             }
             (None, None) => continue,
@@ -427,30 +475,79 @@ pub fn compare_scanned(left: &Tree, right: &Tree, opts: &CompareOptions) -> Tree
             continue;
         }
         if l.mode != r.mode {
-            push(&mut d, p, MismatchKind::Mode, format!("{:04o}", l.mode), format!("{:04o}", r.mode));
+            push(
+                &mut d,
+                p,
+                MismatchKind::Mode,
+                format!("{:04o}", l.mode),
+                format!("{:04o}", r.mode),
+            );
         }
         if (l.uid, l.gid) != (r.uid, r.gid) {
-            push(&mut d, p, MismatchKind::Owner, format!("{}:{}", l.uid, l.gid), format!("{}:{}", r.uid, r.gid));
+            push(
+                &mut d,
+                p,
+                MismatchKind::Owner,
+                format!("{}:{}", l.uid, l.gid),
+                format!("{}:{}", r.uid, r.gid),
+            );
         }
         if l.size != r.size && (l.kind != Kind::Dir || opts.dir_sizes) {
-            push(&mut d, p, MismatchKind::Size, l.size.to_string(), r.size.to_string());
+            push(
+                &mut d,
+                p,
+                MismatchKind::Size,
+                l.size.to_string(),
+                r.size.to_string(),
+            );
         }
         if l.digest != r.digest {
-            let t = |x: &Option<[u8; 32]>| x.map(|h| format!("sha256:{}", &hex::encode(h)[..16])).unwrap_or_default();
+            let t = |x: &Option<[u8; 32]>| {
+                x.map(|h| format!("sha256:{}", &hex::encode(h)[..16]))
+                    .unwrap_or_default()
+            };
             push(&mut d, p, MismatchKind::Content, t(&l.digest), t(&r.digest));
         }
         if l.target != r.target {
-            let t = |x: &Option<Vec<u8>>| display_path(Path::new(std::ffi::OsStr::from_bytes(x.as_deref().unwrap_or_default())));
-            push(&mut d, p, MismatchKind::SymlinkTarget, t(&l.target), t(&r.target));
+            let t = |x: &Option<Vec<u8>>| {
+                display_path(Path::new(std::ffi::OsStr::from_bytes(
+                    x.as_deref().unwrap_or_default(),
+                )))
+            };
+            push(
+                &mut d,
+                p,
+                MismatchKind::SymlinkTarget,
+                t(&l.target),
+                t(&r.target),
+            );
         }
         if l.rdev != r.rdev {
-            push(&mut d, p, MismatchKind::Rdev, format!("{}:{}", l.rdev.0, l.rdev.1), format!("{}:{}", r.rdev.0, r.rdev.1));
+            push(
+                &mut d,
+                p,
+                MismatchKind::Rdev,
+                format!("{}:{}", l.rdev.0, l.rdev.1),
+                format!("{}:{}", r.rdev.0, r.rdev.1),
+            );
         }
         if l.xattrs != r.xattrs {
-            push(&mut d, p, MismatchKind::Xattrs, xattr_text(&l.xattrs), xattr_text(&r.xattrs));
+            push(
+                &mut d,
+                p,
+                MismatchKind::Xattrs,
+                xattr_text(&l.xattrs),
+                xattr_text(&r.xattrs),
+            );
         }
         if opts.mtime && l.mtime != r.mtime && !opts.mtime_ignore.contains(*p) {
-            push(&mut d, p, MismatchKind::Mtime, l.mtime.to_string(), r.mtime.to_string());
+            push(
+                &mut d,
+                p,
+                MismatchKind::Mtime,
+                l.mtime.to_string(),
+                r.mtime.to_string(),
+            );
         }
     }
     if opts.hardlinks {
@@ -462,13 +559,24 @@ pub fn compare_scanned(left: &Tree, right: &Tree, opts: &CompareOptions) -> Tree
             let (a, b) = (gl.get(*p), gr.get(*p));
             // compare only the members present on both sides (missing paths are reported already)
             let norm = |g: Option<&BTreeSet<PathBuf>>| -> BTreeSet<PathBuf> {
-                g.map(|g| g.iter().filter(|x| left.contains_key(*x) && right.contains_key(*x)).cloned().collect())
-                    .unwrap_or_default()
+                g.map(|g| {
+                    g.iter()
+                        .filter(|x| left.contains_key(*x) && right.contains_key(*x))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
             };
             let (na, nb) = (norm(a), norm(b));
             let single = |s: &BTreeSet<PathBuf>| s.len() <= 1;
             if !(single(&na) && single(&nb)) && na != nb {
-                push(&mut d, p, MismatchKind::Hardlinks, group_text(a), group_text(b));
+                push(
+                    &mut d,
+                    p,
+                    MismatchKind::Hardlinks,
+                    group_text(a),
+                    group_text(b),
+                );
             }
         }
     }
@@ -496,10 +604,21 @@ mod tests {
         std::fs::write(root.join("d/sub/g"), b"world").unwrap();
         std::fs::hard_link(root.join("d/f"), root.join("d/f2")).unwrap();
         std::os::unix::fs::symlink("d/f", root.join("ln")).unwrap();
-        nix::unistd::mkfifo(&root.join("p"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        nix::unistd::mkfifo(
+            &root.join("p"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
         xattr::set(root.join("d/sub/g"), "user.a", b"1").unwrap();
         let t = nix::sys::time::TimeSpec::new(1000, 0);
-        nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &root.join("d/sub/g"), &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &root.join("d/sub/g"),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
     }
 
     fn pair() -> (crate::workdir::Workdir, PathBuf, PathBuf) {
@@ -517,7 +636,19 @@ mod tests {
     #[test]
     fn equal_trees_are_equal() {
         let (_wd, a, b) = pair();
-        let d = diff(&a, &b, &CompareOptions::default().with_mtime().ignore_mtime_of("").ignore_mtime_of("d").ignore_mtime_of("d/f").ignore_mtime_of("d/f2").ignore_mtime_of("ln").ignore_mtime_of("p").ignore_mtime_of("d/sub"));
+        let d = diff(
+            &a,
+            &b,
+            &CompareOptions::default()
+                .with_mtime()
+                .ignore_mtime_of("")
+                .ignore_mtime_of("d")
+                .ignore_mtime_of("d/f")
+                .ignore_mtime_of("d/f2")
+                .ignore_mtime_of("ln")
+                .ignore_mtime_of("p")
+                .ignore_mtime_of("d/sub"),
+        );
         d.assert_equal("identical trees");
         assert_eq!(d.left_entries, 8);
     }
@@ -530,39 +661,154 @@ mod tests {
             f(&b);
             let d = diff(&a, &b, &o);
             assert!(
-                d.mismatches.iter().any(|m| m.kind == kind && m.path == Path::new(path)),
+                d.mismatches
+                    .iter()
+                    .any(|m| m.kind == kind && m.path == Path::new(path)),
                 "expected {kind:?} at {path}, got:\n{d}"
             );
         };
-        check(&|b| std::fs::write(b.join("extra"), b"").unwrap(), MismatchKind::OnlyRight, "extra");
-        check(&|b| std::fs::remove_file(b.join("p")).unwrap(), MismatchKind::OnlyLeft, "p");
-        check(&|b| { std::fs::remove_file(b.join("p")).unwrap(); std::fs::write(b.join("p"), b"").unwrap() }, MismatchKind::Type, "p");
-        check(&|b| std::fs::set_permissions(b.join("d/sub/g"), std::fs::Permissions::from_mode(0o4711)).unwrap(), MismatchKind::Mode, "d/sub/g");
-        check(&|b| nix::unistd::chown(&b.join("d/sub/g"), Some(nix::unistd::Uid::from_raw(nix::unistd::geteuid().as_raw())), Some(nix::unistd::Gid::from_raw(12345))).map(drop).unwrap_or_else(|_| std::fs::write(b.join("d/sub/g"), b"WORLD").unwrap()), if nix::unistd::geteuid().is_root() { MismatchKind::Owner } else { MismatchKind::Content }, "d/sub/g");
-        check(&|b| std::fs::write(b.join("d/sub/g"), b"worldx").unwrap(), MismatchKind::Size, "d/sub/g");
-        check(&|b| std::fs::write(b.join("d/sub/g"), b"WORLD").unwrap(), MismatchKind::Content, "d/sub/g");
-        check(&|b| { std::fs::remove_file(b.join("ln")).unwrap(); std::os::unix::fs::symlink("d/f2", b.join("ln")).unwrap() }, MismatchKind::SymlinkTarget, "ln");
-        check(&|b| xattr::set(b.join("d/sub/g"), "user.a", b"2").unwrap(), MismatchKind::Xattrs, "d/sub/g");
-        check(&|b| { std::fs::remove_file(b.join("d/f2")).unwrap(); std::fs::write(b.join("d/f2"), b"hello").unwrap() }, MismatchKind::Hardlinks, "d/f");
+        check(
+            &|b| std::fs::write(b.join("extra"), b"").unwrap(),
+            MismatchKind::OnlyRight,
+            "extra",
+        );
+        check(
+            &|b| std::fs::remove_file(b.join("p")).unwrap(),
+            MismatchKind::OnlyLeft,
+            "p",
+        );
+        check(
+            &|b| {
+                std::fs::remove_file(b.join("p")).unwrap();
+                std::fs::write(b.join("p"), b"").unwrap()
+            },
+            MismatchKind::Type,
+            "p",
+        );
+        check(
+            &|b| {
+                std::fs::set_permissions(b.join("d/sub/g"), std::fs::Permissions::from_mode(0o4711))
+                    .unwrap()
+            },
+            MismatchKind::Mode,
+            "d/sub/g",
+        );
+        check(
+            &|b| {
+                nix::unistd::chown(
+                    &b.join("d/sub/g"),
+                    Some(nix::unistd::Uid::from_raw(nix::unistd::geteuid().as_raw())),
+                    Some(nix::unistd::Gid::from_raw(12345)),
+                )
+                .map(drop)
+                .unwrap_or_else(|_| std::fs::write(b.join("d/sub/g"), b"WORLD").unwrap())
+            },
+            if nix::unistd::geteuid().is_root() {
+                MismatchKind::Owner
+            } else {
+                MismatchKind::Content
+            },
+            "d/sub/g",
+        );
+        check(
+            &|b| std::fs::write(b.join("d/sub/g"), b"worldx").unwrap(),
+            MismatchKind::Size,
+            "d/sub/g",
+        );
+        check(
+            &|b| std::fs::write(b.join("d/sub/g"), b"WORLD").unwrap(),
+            MismatchKind::Content,
+            "d/sub/g",
+        );
+        check(
+            &|b| {
+                std::fs::remove_file(b.join("ln")).unwrap();
+                std::os::unix::fs::symlink("d/f2", b.join("ln")).unwrap()
+            },
+            MismatchKind::SymlinkTarget,
+            "ln",
+        );
+        check(
+            &|b| xattr::set(b.join("d/sub/g"), "user.a", b"2").unwrap(),
+            MismatchKind::Xattrs,
+            "d/sub/g",
+        );
+        check(
+            &|b| {
+                std::fs::remove_file(b.join("d/f2")).unwrap();
+                std::fs::write(b.join("d/f2"), b"hello").unwrap()
+            },
+            MismatchKind::Hardlinks,
+            "d/f",
+        );
         if nix::unistd::geteuid().is_root() {
-            check(&|b| { std::fs::remove_file(b.join("p")).unwrap(); nix::sys::stat::mknod(&b.join("p"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), nix::sys::stat::makedev(1, 3)).unwrap() }, MismatchKind::Type, "p");
+            check(
+                &|b| {
+                    std::fs::remove_file(b.join("p")).unwrap();
+                    nix::sys::stat::mknod(
+                        &b.join("p"),
+                        nix::sys::stat::SFlag::S_IFCHR,
+                        nix::sys::stat::Mode::empty(),
+                        nix::sys::stat::makedev(1, 3),
+                    )
+                    .unwrap()
+                },
+                MismatchKind::Type,
+                "p",
+            );
             let (_wd, a, b) = pair();
             for r in [&a, &b] {
                 std::fs::remove_file(r.join("p")).unwrap();
             }
-            nix::sys::stat::mknod(&a.join("p"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), nix::sys::stat::makedev(1, 3)).unwrap();
-            nix::sys::stat::mknod(&b.join("p"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), nix::sys::stat::makedev(1, 5)).unwrap();
+            nix::sys::stat::mknod(
+                &a.join("p"),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::empty(),
+                nix::sys::stat::makedev(1, 3),
+            )
+            .unwrap();
+            nix::sys::stat::mknod(
+                &b.join("p"),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::empty(),
+                nix::sys::stat::makedev(1, 5),
+            )
+            .unwrap();
             let d = diff(&a, &b, &o);
-            assert!(d.mismatches.iter().any(|m| m.kind == MismatchKind::Rdev), "{d}");
+            assert!(
+                d.mismatches.iter().any(|m| m.kind == MismatchKind::Rdev),
+                "{d}"
+            );
         }
         // mtime only when asked
         let (_wd, a, b) = pair();
         let t = nix::sys::time::TimeSpec::new(2000, 0);
-        nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &b.join("d/sub/g"), &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink).unwrap();
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &b.join("d/sub/g"),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
         assert!(diff(&a, &b, &o).is_equal());
         let d = diff(&a, &b, &CompareOptions::default().with_mtime());
-        assert!(d.mismatches.iter().any(|m| m.kind == MismatchKind::Mtime && m.path == Path::new("d/sub/g")), "{d}");
-        assert!(!diff(&a, &b, &CompareOptions::default().with_mtime().ignore_mtime_of("d/sub/g")).mismatches.iter().any(|m| m.path == Path::new("d/sub/g")));
+        assert!(
+            d.mismatches
+                .iter()
+                .any(|m| m.kind == MismatchKind::Mtime && m.path == Path::new("d/sub/g")),
+            "{d}"
+        );
+        assert!(!diff(
+            &a,
+            &b,
+            &CompareOptions::default()
+                .with_mtime()
+                .ignore_mtime_of("d/sub/g")
+        )
+        .mismatches
+        .iter()
+        .any(|m| m.path == Path::new("d/sub/g")));
     }
 
     #[test]
@@ -570,7 +816,9 @@ mod tests {
         let (_wd, a, b) = pair();
         std::fs::write(b.join("d/sub/new"), b"x").unwrap();
         xattr::set(b.join("d/f"), "user.skipme", b"1").unwrap();
-        let o = CompareOptions::default().ignore("d/sub").ignore_xattr("user.skip*");
+        let o = CompareOptions::default()
+            .ignore("d/sub")
+            .ignore_xattr("user.skip*");
         let d = diff(&a, &b, &o);
         d.assert_equal("ignored");
         assert_eq!(d.left_entries, 6);

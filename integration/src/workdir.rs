@@ -21,10 +21,15 @@ pub struct Workdir {
 /// mixes time, pid and a process-wide counter.
 pub fn unique_token(len: usize) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let mut x = (nanos as u64)
         ^ ((std::process::id() as u64) << 32)
-        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        ^ COUNTER
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut s = String::with_capacity(len);
     for _ in 0..len {
         // xorshift64* step per character
@@ -39,7 +44,10 @@ pub fn unique_token(len: usize) -> String {
 
 /// The temp root: `$TMPDIR`, else `/tmp`.
 pub fn temp_root() -> PathBuf {
-    std::env::var_os("TMPDIR").map(PathBuf::from).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| "/tmp".into())
+    std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| "/tmp".into())
 }
 
 impl Workdir {
@@ -98,7 +106,8 @@ impl Workdir {
     pub fn cleanup(&mut self) -> Result<()> {
         mounts::unmount_under(&self.path)?;
         if !self.keep && self.path.exists() {
-            std::fs::remove_dir_all(&self.path).ctx(|| format!("remove {}", self.path.display()))?;
+            std::fs::remove_dir_all(&self.path)
+                .ctx(|| format!("remove {}", self.path.display()))?;
         }
         Ok(())
     }
@@ -129,7 +138,12 @@ mod tests {
         let wd = Workdir::new("unit/test with spaces").unwrap();
         let p = wd.path().to_path_buf();
         assert!(p.is_dir());
-        assert!(p.file_name().unwrap().to_str().unwrap().starts_with("stl-unit-test-"));
+        assert!(p
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("stl-unit-test-"));
         std::fs::write(wd.subdir("a/b").unwrap().join("f"), b"x").unwrap();
         drop(wd);
         assert!(!p.exists());

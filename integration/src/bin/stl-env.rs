@@ -51,6 +51,12 @@ enum Cmd {
         #[arg(long)]
         state: PathBuf,
     },
+    /// Build (or find in the cache) a realistic image and print its OCI layout path:
+    /// pydeb or pylarge.
+    Image {
+        /// pydeb | pylarge
+        name: String,
+    },
     /// Internal: the delay proxy process of the shaped link.
     Proxy {
         /// Listen address.
@@ -130,7 +136,12 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 fn alive(p: &Proc) -> bool {
-    start_time(p.pid) == Some(p.start_time)
+    // a zombie (state Z) has exited; it only waits for init to reap it
+    let zombie = std::fs::read_to_string(format!("/proc/{}/stat", p.pid))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .unwrap_or(false);
+    !zombie && start_time(p.pid) == Some(p.start_time)
 }
 
 fn record(state: &mut State, name: &str, pid: u32) {
@@ -147,7 +158,8 @@ fn state_path(dir: &Path) -> PathBuf {
 
 fn load(dir: &Path) -> Result<State> {
     let p = state_path(dir);
-    let b = std::fs::read(&p).with_context(|| format!("no environment recorded in {}", p.display()))?;
+    let b =
+        std::fs::read(&p).with_context(|| format!("no environment recorded in {}", p.display()))?;
     serde_json::from_slice(&b).with_context(|| format!("parse {}", p.display()))
 }
 
@@ -155,7 +167,11 @@ fn save(dir: &Path, s: &State) -> Result<()> {
     std::fs::write(state_path(dir), serde_json::to_vec_pretty(s)?).context("write state.json")
 }
 
-fn push_images(reg: &Registry, images: &[String], vars: &mut BTreeMap<String, String>) -> Result<()> {
+fn push_images(
+    reg: &Registry,
+    images: &[String],
+    vars: &mut BTreeMap<String, String>,
+) -> Result<()> {
     for name in images {
         match name.as_str() {
             "busybox" => {
@@ -185,7 +201,11 @@ fn up(a: UpArgs) -> Result<()> {
     let dir = std::path::absolute(&a.state)?;
     if let Ok(s) = load(&dir) {
         if s.processes.iter().any(alive) {
-            bail!("an environment is already up in {} (stl-env down --state {})", dir.display(), dir.display());
+            bail!(
+                "an environment is already up in {} (stl-env down --state {})",
+                dir.display(),
+                dir.display()
+            );
         }
     }
     std::fs::create_dir_all(&dir)?;
@@ -204,10 +224,16 @@ fn up(a: UpArgs) -> Result<()> {
             ..Default::default()
         };
         let exe = std::env::current_exe()?.to_string_lossy().into_owned();
-        let l = ShapedLink::start_in(&dir.join("shaped"), &reg, o, Some(vec![exe, "proxy".into()]))?;
+        let l = ShapedLink::start_in(
+            &dir.join("shaped"),
+            &reg,
+            o,
+            Some(vec![exe, "proxy".into()]),
+        )?;
         st.vars.insert("STL_SHAPED_REGISTRY".into(), l.host());
         st.vars.insert("STL_SHAPED_NETNS".into(), l.netns().into());
-        st.vars.insert("STL_SHAPED_VETH".into(), l.veth_host().into());
+        st.vars
+            .insert("STL_SHAPED_VETH".into(), l.veth_host().into());
         st.slot = Some(l.slot());
         Some(l)
     } else {
@@ -219,17 +245,31 @@ fn up(a: UpArgs) -> Result<()> {
             o.config = Some(StarlingConfig::raw(&std::fs::read_to_string(c)?)?);
         }
         let s = Starling::start_in(&dir.join("starling"), &dir.join("st.sock"), o, true)?;
-        st.vars.insert("STL_STARLING_SOCK".into(), s.socket().to_string_lossy().into());
-        st.vars.insert("STL_STARLING_ROOT".into(), s.root().to_string_lossy().into());
+        st.vars.insert(
+            "STL_STARLING_SOCK".into(),
+            s.socket().to_string_lossy().into(),
+        );
+        st.vars.insert(
+            "STL_STARLING_ROOT".into(),
+            s.root().to_string_lossy().into(),
+        );
         Some(s)
     } else {
         None
     };
     let peer = if a.peer {
         let bin = peer_binary().map_err(anyhow::Error::msg)?;
-        let p = Peer::start_in(&dir.join("peer"), &dir.join("peer.sock"), &bin, PeerOptions::default(), true)?;
-        st.vars.insert("STL_PEER_SOCK".into(), p.socket().to_string_lossy().into());
-        st.vars.insert("STL_PEER_ROOT".into(), p.root().to_string_lossy().into());
+        let p = Peer::start_in(
+            &dir.join("peer"),
+            &dir.join("peer.sock"),
+            &bin,
+            PeerOptions::default(),
+            true,
+        )?;
+        st.vars
+            .insert("STL_PEER_SOCK".into(), p.socket().to_string_lossy().into());
+        st.vars
+            .insert("STL_PEER_ROOT".into(), p.root().to_string_lossy().into());
         st.vars.insert("STL_PEER_NAME".into(), a.peer_name.clone());
         Some(p)
     } else {
@@ -250,7 +290,9 @@ fn up(a: UpArgs) -> Result<()> {
             wait.push(a.peer_name.clone());
         }
         for p in &a.proxy {
-            let (n, s) = p.split_once('=').with_context(|| format!("--proxy {p}: expected NAME=SOCKET"))?;
+            let (n, s) = p
+                .split_once('=')
+                .with_context(|| format!("--proxy {p}: expected NAME=SOCKET"))?;
             o = o.proxy(n, s);
         }
         let c = Containerd::start_in(&dir.join("containerd"), o, true)?;
@@ -258,11 +300,19 @@ fn up(a: UpArgs) -> Result<()> {
             c.ctr().wait_snapshotter(n, Duration::from_secs(60))?;
         }
         let ctr = c.ctr();
-        st.vars.insert("CONTAINERD_ADDRESS".into(), ctr.address.to_string_lossy().into());
-        st.vars.insert("CONTAINERD_NAMESPACE".into(), ctr.namespace.clone());
+        st.vars.insert(
+            "CONTAINERD_ADDRESS".into(),
+            ctr.address.to_string_lossy().into(),
+        );
+        st.vars
+            .insert("CONTAINERD_NAMESPACE".into(), ctr.namespace.clone());
         st.vars.insert(
             "STL_CTR_RUN_OPTS".into(),
-            format!("--fifo-dir {} --runc-root {}", ctr.fifo_dir.display(), ctr.runc_root.display()),
+            format!(
+                "--fifo-dir {} --runc-root {}",
+                ctr.fifo_dir.display(),
+                ctr.runc_root.display()
+            ),
         );
         st.runc_root = Some(ctr.runc_root.clone());
         st.containerd = Some(ctr.address.clone());
@@ -322,7 +372,10 @@ fn stop_pid(p: &Proc) {
 fn down(dir: &Path, purge: bool) -> Result<()> {
     let dir = std::path::absolute(dir)?;
     let st = load(&dir)?;
-    if let (Some(addr), Some(p)) = (&st.containerd, st.processes.iter().find(|p| p.name == "containerd")) {
+    if let (Some(addr), Some(p)) = (
+        &st.containerd,
+        st.processes.iter().find(|p| p.name == "containerd"),
+    ) {
         if alive(p) {
             let ctr = Ctr {
                 address: addr.clone(),
@@ -363,7 +416,12 @@ fn status(dir: &Path) -> Result<()> {
     for p in &st.processes {
         let a = alive(p);
         all &= a;
-        println!("{:16} pid {:7} {}", p.name, p.pid, if a { "running" } else { "NOT RUNNING" });
+        println!(
+            "{:16} pid {:7} {}",
+            p.name,
+            p.pid,
+            if a { "running" } else { "NOT RUNNING" }
+        );
     }
     for (k, v) in &st.vars {
         println!("{k}={v}");
@@ -374,12 +432,19 @@ fn status(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn proxy(listen: std::net::SocketAddr, upstream: std::net::SocketAddr, delay_ms: u64) -> Result<()> {
+fn proxy(
+    listen: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    delay_ms: u64,
+) -> Result<()> {
     let mut o = ProxyOptions::to(upstream);
     o.listen = listen;
     o.one_way_delay = Duration::from_millis(delay_ms);
     let p = TcpProxy::start(o)?;
-    println!("delay proxy {} -> {upstream}, one-way delay {delay_ms} ms", p.addr());
+    println!(
+        "delay proxy {} -> {upstream}, one-way delay {delay_ms} ms",
+        p.addr()
+    );
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
@@ -395,7 +460,20 @@ fn main() -> Result<()> {
             print_env(&load(&std::path::absolute(&state)?)?);
             Ok(())
         }
-        Cmd::Proxy { listen, upstream, delay_ms } => proxy(listen, upstream, delay_ms),
+        Cmd::Proxy {
+            listen,
+            upstream,
+            delay_ms,
+        } => proxy(listen, upstream, delay_ms),
+        Cmd::Image { name } => {
+            let c = match name.as_str() {
+                "pydeb" => integration::images::pydeb()?,
+                "pylarge" => integration::images::pylarge()?,
+                other => bail!("unknown image {other:?} (pydeb, pylarge)"),
+            };
+            eprintln!("{} (built in {:.0} s)", c.key, c.build_secs.unwrap_or(0.0));
+            println!("{}", c.layout.display());
+            Ok(())
+        }
     }
 }
-

@@ -61,7 +61,12 @@ fn main() -> ExitCode {
         }
         Ok(d) => {
             if a.quiet {
-                println!("{} mismatches ({} entries left, {} right)", d.mismatches.len(), d.left_entries, d.right_entries);
+                println!(
+                    "{} mismatches ({} entries left, {} right)",
+                    d.mismatches.len(),
+                    d.left_entries,
+                    d.right_entries
+                );
             } else {
                 println!("{d}");
             }

@@ -97,7 +97,16 @@ fn base_layer(opts: &EdgeOptions) -> LayerBuilder {
         l = l.dir(d);
     }
     l = l.entry(Entry::dir("lower/sub").xattr("user.dirattr", "on a dir"));
-    for d in ["lower/gone-dir", "lower/gone-dir/b", "opq", "opq/olddir", "replace", "replace/dir-becomes-file", "srv", "srv/www"] {
+    for d in [
+        "lower/gone-dir",
+        "lower/gone-dir/b",
+        "opq",
+        "opq/olddir",
+        "replace",
+        "replace/dir-becomes-file",
+        "srv",
+        "srv/www",
+    ] {
         l = l.dir(d);
     }
     l = l
@@ -125,7 +134,11 @@ fn base_layer(opts: &EdgeOptions) -> LayerBuilder {
             paths::HUGE,
             Content::Sparse {
                 len: HUGE_LEN,
-                marks: vec![(0, b"huge".to_vec()), (1 << 32, b"past4G".to_vec()), (HUGE_LEN - 1, b"!".to_vec())],
+                marks: vec![
+                    (0, b"huge".to_vec()),
+                    (1 << 32, b"past4G".to_vec()),
+                    (HUGE_LEN - 1, b"!".to_vec()),
+                ],
             },
         );
     }
@@ -153,8 +166,16 @@ fn base_layer(opts: &EdgeOptions) -> LayerBuilder {
     let mut binary = b"bin\0ary\xff".to_vec();
     binary.extend_from_slice(&[0u8; 3]);
     l = l
-        .entry(Entry::file(paths::CAPABILITY, "#!/bin/true\n").mode(0o755).xattr("security.capability", capability_net_raw()))
-        .entry(Entry::file("data/xattrs", "x").xattr("user.comment", "plain text").xattr("user.binary", binary));
+        .entry(
+            Entry::file(paths::CAPABILITY, "#!/bin/true\n")
+                .mode(0o755)
+                .xattr("security.capability", capability_net_raw()),
+        )
+        .entry(
+            Entry::file("data/xattrs", "x")
+                .xattr("user.comment", "plain text")
+                .xattr("user.binary", binary),
+        );
     // odd modes
     l = l
         .entry(Entry::file("data/setuid", "su").mode(0o4755))
@@ -163,11 +184,19 @@ fn base_layer(opts: &EdgeOptions) -> LayerBuilder {
         .entry(Entry::file("data/mode000", "nobody reads me").mode(0o000))
         .entry(Entry::file("data/exec-only", "x").mode(0o111))
         .entry(Entry::dir("data/private").mode(0o700).owner(1000, 1000))
-        .entry(Entry::file("data/private/inside", "p").owner(1000, 1000).mode(0o600));
+        .entry(
+            Entry::file("data/private/inside", "p")
+                .owner(1000, 1000)
+                .mode(0o600),
+        );
     // owners and times
     l = l
         .entry(Entry::file("data/owned", "o").owner(1000, 1000))
-        .entry(Entry::file("data/nobody", "n").owner(65534, 65534).names("nobody", "nogroup"))
+        .entry(
+            Entry::file("data/nobody", "n")
+                .owner(65534, 65534)
+                .names("nobody", "nogroup"),
+        )
         .entry(Entry::file("data/bigid", "b").owner(3_000_000, 2_097_153))
         .entry(Entry::file("data/epoch", "e").mtime(0))
         .entry(Entry::file("data/y2038", "y").mtime((1u64 << 31) + 10))
@@ -205,7 +234,10 @@ fn base_layer(opts: &EdgeOptions) -> LayerBuilder {
 fn change_layer() -> LayerBuilder {
     LayerBuilder::new()
         .dir("etc")
-        .file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
+        .file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        )
         .dir("lower")
         .whiteout("lower/gone-file")
         .whiteout("lower/gone-dir")
@@ -219,7 +251,11 @@ fn change_layer() -> LayerBuilder {
         .file("replace/dir-becomes-file", "now a file")
         .file("replace/link-becomes-file", "now a regular file")
         .dir("data")
-        .entry(Entry::file("data/owned", "o2").owner(2000, 3000).mode(0o640))
+        .entry(
+            Entry::file("data/owned", "o2")
+                .owner(2000, 3000)
+                .mode(0o640),
+        )
         .dir("new")
         .dir("new/sub")
         .file("new/sub/t", "linked in layer 1")
@@ -237,10 +273,18 @@ fn implicit_layer() -> LayerBuilder {
 
 /// Builds the edge image description.
 pub fn edge_image(opts: &EdgeOptions) -> EdgeImage {
-    let implicit_dirs = ["usr", "usr/lib", "usr/lib/implicit", "brand-new", "brand-new/deeper", "lower", "data"]
-        .into_iter()
-        .map(PathBuf::from)
-        .collect();
+    let implicit_dirs = [
+        "usr",
+        "usr/lib",
+        "usr/lib/implicit",
+        "brand-new",
+        "brand-new/deeper",
+        "lower",
+        "data",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .collect();
     EdgeImage {
         layers: vec![base_layer(opts), change_layer(), implicit_layer()],
         implicit_dirs,
@@ -268,21 +312,42 @@ mod tests {
         }
         let wd = crate::workdir::Workdir::new("edge").unwrap();
         let e = edge_image(&EdgeOptions::default());
-        let img = e.builder().write_layout(&wd.join("layout"), "latest").unwrap();
+        let img = e
+            .builder()
+            .write_layout(&wd.join("layout"), "latest")
+            .unwrap();
         assert_eq!(img.layers.len(), 3);
         let blobs: Vec<_> = img.layers.iter().map(|l| l.path.clone()).collect();
         let dirs = extract_layers(&blobs, &wd.join("x"), &ExtractOptions::overlay()).unwrap();
         let l0 = &dirs[0];
         let chunked = std::fs::read(l0.join(paths::CHUNKED)).unwrap();
         assert_eq!(chunked.len() as u64, CHUNKED_LEN);
-        assert_eq!(chunked[5_000_000], crate::oci::content::pattern_byte(CHUNKED_SEED, 5_000_000));
-        assert_eq!(xattr::get(l0.join(paths::CAPABILITY), "security.capability").unwrap().unwrap(), capability_net_raw());
+        assert_eq!(
+            chunked[5_000_000],
+            crate::oci::content::pattern_byte(CHUNKED_SEED, 5_000_000)
+        );
+        assert_eq!(
+            xattr::get(l0.join(paths::CAPABILITY), "security.capability")
+                .unwrap()
+                .unwrap(),
+            capability_net_raw()
+        );
         let bottom = deep_dirs("deep", 120).pop().unwrap();
         assert!(l0.join(&bottom).join("leaf-pax").exists());
         assert!(bottom.len() > 255);
-        assert_eq!(std::fs::metadata(l0.join("data/bigid")).unwrap().uid(), 3_000_000);
-        assert_eq!(std::fs::metadata(l0.join("hl-to-sub")).unwrap().ino(), std::fs::metadata(l0.join("lower/sub/deep-target")).unwrap().ino());
-        let rep = crate::extract::extract_layer(&blobs[2], &wd.join("again"), &ExtractOptions::overlay()).unwrap();
+        assert_eq!(
+            std::fs::metadata(l0.join("data/bigid")).unwrap().uid(),
+            3_000_000
+        );
+        assert_eq!(
+            std::fs::metadata(l0.join("hl-to-sub")).unwrap().ino(),
+            std::fs::metadata(l0.join("lower/sub/deep-target"))
+                .unwrap()
+                .ino()
+        );
+        let rep =
+            crate::extract::extract_layer(&blobs[2], &wd.join("again"), &ExtractOptions::overlay())
+                .unwrap();
         let mut expect = e.implicit_dirs.clone();
         expect.insert("".into());
         expect.remove(std::path::Path::new(""));

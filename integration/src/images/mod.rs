@@ -62,11 +62,15 @@ impl CachedImage {
 
 /// Returns the cache entry `key`, building it with `build(layout_out, scratch_dir, log_dir)`
 /// first if it is missing. Concurrent callers (threads or processes) wait for one build.
-pub fn cached(key: &str, build: impl FnOnce(&Path, &Path, &Path) -> Result<()>) -> Result<CachedImage> {
+pub fn cached(
+    key: &str,
+    build: impl FnOnce(&Path, &Path, &Path) -> Result<()>,
+) -> Result<CachedImage> {
     let root = cache_root();
     std::fs::create_dir_all(&root).ctx(|| format!("create {}", root.display()))?;
     let dir = root.join(key);
-    let done = |dir: &Path| dir.join("build.json").exists() && dir.join("layout/index.json").exists();
+    let done =
+        |dir: &Path| dir.join("build.json").exists() && dir.join("layout/index.json").exists();
     let entry = |dir: PathBuf| -> CachedImage {
         let build_secs = std::fs::read(dir.join("build.json"))
             .ok()
@@ -101,7 +105,10 @@ pub fn cached(key: &str, build: impl FnOnce(&Path, &Path, &Path) -> Result<()>) 
     let (scratch, logs) = (tmp.join("work"), tmp.join("logs"));
     std::fs::create_dir_all(&logs).ctx(|| format!("create {}", logs.display()))?;
     let t = Instant::now();
-    eprintln!("harness: building test image {key} into {} (cached for later runs)", dir.display());
+    eprintln!(
+        "harness: building test image {key} into {} (cached for later runs)",
+        dir.display()
+    );
     if let Err(e) = build(&tmp.join("layout"), &scratch, &logs) {
         crate::mounts::unmount_under(&tmp).ok();
         let _ = std::fs::remove_dir_all(&tmp);
@@ -109,8 +116,11 @@ pub fn cached(key: &str, build: impl FnOnce(&Path, &Path, &Path) -> Result<()>) 
     }
     let secs = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::write(tmp.join("build.json"), serde_json::json!({"key": key, "build_secs": secs}).to_string())
-        .ctx(|| "write build.json".into())?;
+    std::fs::write(
+        tmp.join("build.json"),
+        serde_json::json!({"key": key, "build_secs": secs}).to_string(),
+    )
+    .ctx(|| "write build.json".into())?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).ctx(|| format!("remove stale {}", dir.display()))?;
     }
@@ -126,13 +136,18 @@ fn run_build_script(args: &[&Path], kind: &str, logs: &Path) -> Result<()> {
     let mut cmd = Command::new("bash");
     cmd.arg(&script).arg(kind).args(args).env("LOG_DIR", logs);
     let out = run_cmd(&mut cmd, Duration::from_secs(3600))?;
-    let _ = std::fs::write(logs.join("build.log"), format!("{}\n{}", out.stdout, out.stderr));
+    let _ = std::fs::write(
+        logs.join("build.log"),
+        format!("{}\n{}", out.stdout, out.stderr),
+    );
     out.check().map(drop)
 }
 
 /// The realistic Python image (tags `latest` and `implicit-parents`), built on first use.
 pub fn pydeb() -> Result<CachedImage> {
-    cached(PYDEB_KEY, |layout, scratch, logs| run_build_script(&[layout, scratch], "pydeb", logs))
+    cached(PYDEB_KEY, |layout, scratch, logs| {
+        run_build_script(&[layout, scratch], "pydeb", logs)
+    })
 }
 
 /// pydeb + compilers and a JDK (tag `latest`, >= 500 MB unpacked), built on first use.
@@ -148,9 +163,13 @@ pub fn pylarge() -> Result<CachedImage> {
 pub fn busybox() -> Result<ImageBuilder> {
     let bin = Path::new("/bin/busybox");
     if !bin.exists() {
-        return Err(Error::Missing("/bin/busybox (package busybox-static)".into()));
+        return Err(Error::Missing(
+            "/bin/busybox (package busybox-static)".into(),
+        ));
     }
-    let list = run_cmd(Command::new(bin).arg("--list"), Duration::from_secs(10))?.check()?.stdout;
+    let list = run_cmd(Command::new(bin).arg("--list"), Duration::from_secs(10))?
+        .check()?
+        .stdout;
     let mut l = LayerBuilder::new();
     for d in ["bin", "etc", "dev", "proc", "sys", "root"] {
         l = l.dir(d);
@@ -158,11 +177,18 @@ pub fn busybox() -> Result<ImageBuilder> {
     l = l
         .entry(Entry::dir("tmp").mode(0o1777))
         .entry(Entry::file("bin/busybox", Content::HostFile(bin.to_path_buf())).mode(0o755));
-    for applet in list.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+    for applet in list
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
         l = l.symlink(format!("bin/{applet}"), "busybox");
     }
     l = l
-        .file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+        .file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        )
         .file("etc/group", "root:x:0:\nnogroup:x:65534:\n");
     Ok(ImageBuilder::new()
         .env(["PATH=/bin"])

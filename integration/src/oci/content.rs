@@ -37,7 +37,8 @@ fn splitmix64(mut z: u64) -> u64 {
 
 /// Byte at `offset` of the pattern with `seed` (never repeats with a short period).
 pub fn pattern_byte(seed: u64, offset: u64) -> u8 {
-    splitmix64(seed ^ (offset / 8).wrapping_mul(0xD6E8_FEB8_6659_FD93)).to_le_bytes()[(offset % 8) as usize]
+    splitmix64(seed ^ (offset / 8).wrapping_mul(0xD6E8_FEB8_6659_FD93)).to_le_bytes()
+        [(offset % 8) as usize]
 }
 
 /// Fills `buf` with the pattern starting at `offset`.
@@ -73,7 +74,10 @@ impl Content {
         Ok(match self {
             Content::Bytes(b) => Box::new(&b[..]),
             Content::HostFile(p) => Box::new(std::fs::File::open(p)?),
-            other => Box::new(GenReader { content: other, pos: 0 }),
+            other => Box::new(GenReader {
+                content: other,
+                pos: 0,
+            }),
         })
     }
 
@@ -107,7 +111,8 @@ impl Read for GenReader<'_> {
                     }
                     let from = s.max(a);
                     let to = e.min(b);
-                    out[(from - a) as usize..(to - a) as usize].copy_from_slice(&data[(from - s) as usize..(to - s) as usize]);
+                    out[(from - a) as usize..(to - a) as usize]
+                        .copy_from_slice(&data[(from - s) as usize..(to - s) as usize]);
                 }
             }
             _ => unreachable!("GenReader only for generated contents"),
@@ -123,7 +128,10 @@ mod tests {
 
     #[test]
     fn pattern_is_consistent_across_read_boundaries() {
-        let c = Content::Pattern { len: 10_007, seed: 42 };
+        let c = Content::Pattern {
+            len: 10_007,
+            seed: 42,
+        };
         let all = c.to_vec().unwrap();
         assert_eq!(all.len(), 10_007);
         for (i, b) in all.iter().enumerate().step_by(97) {
@@ -140,12 +148,22 @@ mod tests {
             small.extend_from_slice(&buf[..n]);
         }
         assert_eq!(small, all);
-        assert_ne!(Content::Pattern { len: 64, seed: 1 }.to_vec().unwrap(), Content::Pattern { len: 64, seed: 2 }.to_vec().unwrap());
+        assert_ne!(
+            Content::Pattern { len: 64, seed: 1 }.to_vec().unwrap(),
+            Content::Pattern { len: 64, seed: 2 }.to_vec().unwrap()
+        );
     }
 
     #[test]
     fn sparse_places_marks() {
-        let c = Content::Sparse { len: 100, marks: vec![(0, b"ab".to_vec()), (98, b"yz".to_vec()), (50, b"m".to_vec())] };
+        let c = Content::Sparse {
+            len: 100,
+            marks: vec![
+                (0, b"ab".to_vec()),
+                (98, b"yz".to_vec()),
+                (50, b"m".to_vec()),
+            ],
+        };
         let v = c.to_vec().unwrap();
         assert_eq!(&v[..2], b"ab");
         assert_eq!(&v[98..], b"yz");

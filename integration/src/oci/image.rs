@@ -69,7 +69,9 @@ impl ImageBuilder {
         ImageBuilder {
             layers: Vec::new(),
             config: ImageConfig {
-                env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+                env: vec![
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                ],
                 ..Default::default()
             },
             annotations: BTreeMap::new(),
@@ -86,7 +88,11 @@ impl ImageBuilder {
     }
 
     /// Appends a layer with descriptor annotations.
-    pub fn layer_annotated(mut self, l: LayerBuilder, annotations: BTreeMap<String, String>) -> Self {
+    pub fn layer_annotated(
+        mut self,
+        l: LayerBuilder,
+        annotations: BTreeMap<String, String>,
+    ) -> Self {
         self.layers.push(l);
         self.layer_annotations.push(annotations);
         self
@@ -193,7 +199,11 @@ impl ImageBuilder {
             layers: built,
             diff_ids: config["rootfs"]["diff_ids"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default(),
             manifest: manifest_bytes,
             config: config_bytes,
@@ -203,13 +213,19 @@ impl ImageBuilder {
     /// Writes the image into a fresh layout under the registry's directory and pushes it as
     /// `name` (`repo:tag`).
     pub fn push(&self, registry: &Registry, name: &str) -> Result<OciImage> {
-        let layout = registry.dir().join("layouts").join(crate::workdir::unique_token(8));
+        let layout = registry
+            .dir()
+            .join("layouts")
+            .join(crate::workdir::unique_token(8));
         let img = self.write_layout(&layout, "latest")?;
         let pushed = registry.push_layout(&layout, "latest", name)?;
         if pushed != img.manifest_digest {
             return Err(Error::invalid(
                 "push",
-                format!("registry stored manifest {pushed}, built {}", img.manifest_digest),
+                format!(
+                    "registry stored manifest {pushed}, built {}",
+                    img.manifest_digest
+                ),
             ));
         }
         Ok(img)
@@ -218,14 +234,17 @@ impl ImageBuilder {
 
 /// Creates `oci-layout` and an empty `index.json` if missing.
 pub fn init_layout(layout: &Path) -> Result<()> {
-    std::fs::create_dir_all(layout.join("blobs/sha256")).ctx(|| format!("create {}", layout.display()))?;
+    std::fs::create_dir_all(layout.join("blobs/sha256"))
+        .ctx(|| format!("create {}", layout.display()))?;
     let ol = layout.join("oci-layout");
     if !ol.exists() {
-        std::fs::write(&ol, br#"{"imageLayoutVersion":"1.0.0"}"#).ctx(|| format!("write {}", ol.display()))?;
+        std::fs::write(&ol, br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .ctx(|| format!("write {}", ol.display()))?;
     }
     let idx = layout.join("index.json");
     if !idx.exists() {
-        std::fs::write(&idx, br#"{"schemaVersion":2,"manifests":[]}"#).ctx(|| format!("write {}", idx.display()))?;
+        std::fs::write(&idx, br#"{"schemaVersion":2,"manifests":[]}"#)
+            .ctx(|| format!("write {}", idx.display()))?;
     }
     Ok(())
 }
@@ -241,11 +260,15 @@ pub fn write_blob(blobs: &Path, data: &[u8]) -> Result<String> {
 fn tag_manifest(layout: &Path, tag: &str, digest: &str, size: u64) -> Result<()> {
     let idx_path = layout.join("index.json");
     let text = std::fs::read(&idx_path).ctx(|| format!("read {}", idx_path.display()))?;
-    let mut idx: Value = serde_json::from_slice(&text).map_err(|e| Error::invalid("index.json", e.to_string()))?;
-    let list = idx["manifests"].as_array_mut().ok_or_else(|| Error::invalid("index.json", "no manifests array"))?;
+    let mut idx: Value =
+        serde_json::from_slice(&text).map_err(|e| Error::invalid("index.json", e.to_string()))?;
+    let list = idx["manifests"]
+        .as_array_mut()
+        .ok_or_else(|| Error::invalid("index.json", "no manifests array"))?;
     list.retain(|m| m["annotations"][REF_NAME].as_str() != Some(tag));
     list.push(json!({"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": size, "annotations": {REF_NAME: tag}}));
-    std::fs::write(&idx_path, serde_json::to_vec(&idx).expect("json")).ctx(|| format!("write {}", idx_path.display()))
+    std::fs::write(&idx_path, serde_json::to_vec(&idx).expect("json"))
+        .ctx(|| format!("write {}", idx_path.display()))
 }
 
 /// An image in an OCI layout.
@@ -281,21 +304,42 @@ impl OciImage {
     /// Reads tag `tag` of the layout at `layout` (e.g. one built by umoci).
     pub fn open(layout: &Path, tag: &str) -> Result<OciImage> {
         let idx_path = layout.join("index.json");
-        let idx: Value = serde_json::from_slice(&std::fs::read(&idx_path).ctx(|| format!("read {}", idx_path.display()))?)
-            .map_err(|e| Error::invalid("index.json", e.to_string()))?;
+        let idx: Value = serde_json::from_slice(
+            &std::fs::read(&idx_path).ctx(|| format!("read {}", idx_path.display()))?,
+        )
+        .map_err(|e| Error::invalid("index.json", e.to_string()))?;
         let desc = idx["manifests"]
             .as_array()
-            .and_then(|l| l.iter().find(|m| m["annotations"][REF_NAME].as_str() == Some(tag)))
-            .ok_or_else(|| Error::invalid("OCI layout", format!("{} has no tag {tag}", layout.display())))?;
+            .and_then(|l| {
+                l.iter()
+                    .find(|m| m["annotations"][REF_NAME].as_str() == Some(tag))
+            })
+            .ok_or_else(|| {
+                Error::invalid(
+                    "OCI layout",
+                    format!("{} has no tag {tag}", layout.display()),
+                )
+            })?;
         let manifest_digest = desc["digest"].as_str().unwrap_or_default().to_string();
-        let manifest = std::fs::read(blob_path(layout, &manifest_digest)?).ctx(|| format!("read manifest {manifest_digest}"))?;
-        let m: Value = serde_json::from_slice(&manifest).map_err(|e| Error::invalid("manifest", e.to_string()))?;
-        let config_digest = m["config"]["digest"].as_str().unwrap_or_default().to_string();
-        let config = std::fs::read(blob_path(layout, &config_digest)?).ctx(|| format!("read config {config_digest}"))?;
-        let c: Value = serde_json::from_slice(&config).map_err(|e| Error::invalid("config", e.to_string()))?;
+        let manifest = std::fs::read(blob_path(layout, &manifest_digest)?)
+            .ctx(|| format!("read manifest {manifest_digest}"))?;
+        let m: Value = serde_json::from_slice(&manifest)
+            .map_err(|e| Error::invalid("manifest", e.to_string()))?;
+        let config_digest = m["config"]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let config = std::fs::read(blob_path(layout, &config_digest)?)
+            .ctx(|| format!("read config {config_digest}"))?;
+        let c: Value =
+            serde_json::from_slice(&config).map_err(|e| Error::invalid("config", e.to_string()))?;
         let diff_ids: Vec<String> = c["rootfs"]["diff_ids"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut layers = Vec::new();
         for (i, l) in m["layers"].as_array().into_iter().flatten().enumerate() {
@@ -328,7 +372,11 @@ impl OciImage {
 
     /// Extracts every layer into `<root>/<i>` (bottom first) with the harness's reference
     /// extractor; returns the layer dirs (stack them with [`crate::overlay::OverlayStack`]).
-    pub fn extract_layers(&self, root: &Path, opts: &crate::extract::ExtractOptions) -> Result<Vec<PathBuf>> {
+    pub fn extract_layers(
+        &self,
+        root: &Path,
+        opts: &crate::extract::ExtractOptions,
+    ) -> Result<Vec<PathBuf>> {
         let blobs: Vec<PathBuf> = self.layers.iter().map(|l| l.path.clone()).collect();
         crate::extract::extract_layers(&blobs, root, opts)
     }
@@ -345,7 +393,10 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     for d in diff_ids {
         let next = match out.last() {
             None => d.clone(),
-            Some(prev) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{prev} {d}").as_bytes()))),
+            Some(prev) => format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("{prev} {d}").as_bytes()))
+            ),
         };
         out.push(next);
     }
@@ -361,14 +412,28 @@ mod tests {
         let wd = crate::workdir::Workdir::new("img").unwrap();
         let l1 = LayerBuilder::new().file("a", "1");
         let l2 = LayerBuilder::new().file("b", "2");
-        let img = ImageBuilder::new().layer(l1.clone()).layer(l2).cmd(["/a"]).write_layout(&wd.join("lay"), "t1").unwrap();
-        let img2 = ImageBuilder::new().layer(l1).write_layout(&wd.join("lay"), "t2").unwrap();
+        let img = ImageBuilder::new()
+            .layer(l1.clone())
+            .layer(l2)
+            .cmd(["/a"])
+            .write_layout(&wd.join("lay"), "t1")
+            .unwrap();
+        let img2 = ImageBuilder::new()
+            .layer(l1)
+            .write_layout(&wd.join("lay"), "t2")
+            .unwrap();
         let back = OciImage::open(&wd.join("lay"), "t1").unwrap();
         assert_eq!(back.manifest_digest, img.manifest_digest);
         assert_eq!(back.diff_ids, img.diff_ids);
         assert_eq!(back.layers[1].digest, img.layers[1].digest);
-        assert_eq!(OciImage::open(&wd.join("lay"), "t2").unwrap().layers.len(), 1);
-        assert_eq!(img2.layers[0].digest, img.layers[0].digest, "deterministic layer");
+        assert_eq!(
+            OciImage::open(&wd.join("lay"), "t2").unwrap().layers.len(),
+            1
+        );
+        assert_eq!(
+            img2.layers[0].digest, img.layers[0].digest,
+            "deterministic layer"
+        );
         let cfg: Value = serde_json::from_slice(&back.config).unwrap();
         assert_eq!(cfg["config"]["Cmd"][0], "/a");
         let ids = back.chain_ids();

@@ -170,7 +170,8 @@ impl Entry {
 
     /// Adds an xattr.
     pub fn xattr(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.xattrs.push((name.to_string(), value.as_ref().to_vec()));
+        self.xattrs
+            .push((name.to_string(), value.as_ref().to_vec()));
         self
     }
 
@@ -370,14 +371,18 @@ impl LayerBuilder {
                     hash: Sha256::new(),
                     n: 0,
                 };
-                let raw = self.write_tar(raw).ctx(|| format!("write layer tar {}", tmp.display()))?;
+                let raw = self
+                    .write_tar(raw)
+                    .ctx(|| format!("write layer tar {}", tmp.display()))?;
                 let (diff, un) = (raw.hash, raw.n);
                 let mut c = raw.inner.finish().ctx(|| "finish gzip".into())?;
                 c.flush().ctx(|| "flush layer".into())?;
                 (c.hash, c.n, diff, un)
             }
             Compression::None => {
-                let mut c = self.write_tar(compressed).ctx(|| format!("write layer tar {}", tmp.display()))?;
+                let mut c = self
+                    .write_tar(compressed)
+                    .ctx(|| format!("write layer tar {}", tmp.display()))?;
                 c.flush().ctx(|| "flush layer".into())?;
                 let h = c.hash.clone();
                 (c.hash, c.n, h, c.n)
@@ -386,7 +391,8 @@ impl LayerBuilder {
         let digest = format!("sha256:{}", hex::encode(blob_hash.finalize()));
         let diff_id = format!("sha256:{}", hex::encode(diff_hash.finalize()));
         let path = blobs_dir.join(&digest["sha256:".len()..]);
-        std::fs::rename(&tmp, &path).ctx(|| format!("rename {} -> {}", tmp.display(), path.display()))?;
+        std::fs::rename(&tmp, &path)
+            .ctx(|| format!("rename {} -> {}", tmp.display(), path.display()))?;
         Ok(BuiltLayer {
             digest,
             diff_id,
@@ -446,7 +452,10 @@ fn append_entry<W: Write>(b: &mut tar::Builder<W>, e: &Entry) -> io::Result<()> 
     if long_name && !e.pax_path {
         let mut data = name.clone();
         data.push(0);
-        b.append(&special_header(b"././@LongLink", b'L', data.len() as u64), &data[..])?;
+        b.append(
+            &special_header(b"././@LongLink", b'L', data.len() as u64),
+            &data[..],
+        )?;
     }
     let link = match &e.kind {
         EntryKind::Symlink(t) | EntryKind::Hardlink(t) => Some(t.clone()),
@@ -456,7 +465,10 @@ fn append_entry<W: Write>(b: &mut tar::Builder<W>, e: &Entry) -> io::Result<()> 
         if t.len() > 100 {
             let mut data = t.clone();
             data.push(0);
-            b.append(&special_header(b"././@LongLink", b'K', data.len() as u64), &data[..])?;
+            b.append(
+                &special_header(b"././@LongLink", b'K', data.len() as u64),
+                &data[..],
+            )?;
         }
     }
     let mut h = tar::Header::new_gnu();
@@ -493,7 +505,13 @@ fn append_entry<W: Write>(b: &mut tar::Builder<W>, e: &Entry) -> io::Result<()> 
     match &e.kind {
         EntryKind::File(c) => {
             let r = c.reader()?;
-            b.append(&h, LenChecked { inner: r, left: size })
+            b.append(
+                &h,
+                LenChecked {
+                    inner: r,
+                    left: size,
+                },
+            )
         }
         _ => b.append(&h, io::empty()),
     }
@@ -510,7 +528,10 @@ impl<R: Read> Read for LenChecked<R> {
         let max = (buf.len() as u64).min(self.left) as usize;
         let n = self.inner.read(&mut buf[..max])?;
         if n == 0 && self.left > 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while archiving"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while archiving",
+            ));
         }
         self.left -= n as u64;
         Ok(n)
@@ -544,12 +565,22 @@ mod tests {
 
     #[test]
     fn tar_round_trips_through_tar_reader() {
-        let deep: Vec<u8> = (0..60).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/").into_bytes();
+        let deep: Vec<u8> = (0..60)
+            .map(|i| format!("d{i}"))
+            .collect::<Vec<_>>()
+            .join("/")
+            .into_bytes();
         let mut deep_file = deep.clone();
         deep_file.extend_from_slice(b"/f");
         let l = LayerBuilder::new()
             .dir("a")
-            .entry(Entry::file("a/x", "hello").mode(0o4755).owner(1000, 50).mtime(12345).xattr("user.k", b"v\0w"))
+            .entry(
+                Entry::file("a/x", "hello")
+                    .mode(0o4755)
+                    .owner(1000, 50)
+                    .mtime(12345)
+                    .xattr("user.k", b"v\0w"),
+            )
             .hardlink("a/y", "a/x")
             .symlink("s", "/abs/target")
             .entry(Entry::char_dev("dev/c", 1, 3))
@@ -567,7 +598,12 @@ mod tests {
                 assert_eq!(ent.header().mode().unwrap(), 0o4755);
                 assert_eq!(ent.header().uid().unwrap(), 1000);
                 assert_eq!(ent.header().mtime().unwrap(), 12345);
-                let x: Vec<_> = ent.pax_extensions().unwrap().unwrap().map(|e| e.unwrap().key().unwrap().to_string()).collect();
+                let x: Vec<_> = ent
+                    .pax_extensions()
+                    .unwrap()
+                    .unwrap()
+                    .map(|e| e.unwrap().key().unwrap().to_string())
+                    .collect();
                 assert_eq!(x, vec!["SCHILY.xattr.user.k"]);
             }
             if p == b"a/y" {
@@ -579,7 +615,10 @@ mod tests {
         }
         let names: Vec<&[u8]> = seen.iter().map(|(p, _)| &p[..]).collect();
         assert!(names.contains(&&deep_file[..]), "GNU long name");
-        assert!(names.iter().any(|n| n.ends_with(b"/p") && n.len() > 100), "PAX path");
+        assert!(
+            names.iter().any(|n| n.ends_with(b"/p") && n.len() > 100),
+            "PAX path"
+        );
         assert!(names.contains(&&b"bad\xffname"[..]));
         assert!(names.contains(&&b".wh.gone"[..]));
         assert!(names.contains(&&b"a/"[..]));
@@ -593,11 +632,23 @@ mod tests {
         let b = l.build(&wd.join("blobs/sha256")).unwrap();
         let data = std::fs::read(&b.path).unwrap();
         assert_eq!(b.size, data.len() as u64);
-        assert_eq!(b.digest, format!("sha256:{}", hex::encode(Sha256::digest(&data))));
+        assert_eq!(
+            b.digest,
+            format!("sha256:{}", hex::encode(Sha256::digest(&data)))
+        );
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(&data[..]).read_to_end(&mut raw).unwrap();
-        assert_eq!(b.diff_id, format!("sha256:{}", hex::encode(Sha256::digest(&raw))));
-        let u = l.clone().uncompressed().build(&wd.join("blobs/sha256")).unwrap();
+        flate2::read::GzDecoder::new(&data[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(
+            b.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&raw)))
+        );
+        let u = l
+            .clone()
+            .uncompressed()
+            .build(&wd.join("blobs/sha256"))
+            .unwrap();
         assert_eq!(u.digest, u.diff_id);
         assert_eq!(u.diff_id, b.diff_id);
     }

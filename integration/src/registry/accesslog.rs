@@ -65,10 +65,17 @@ pub fn parse_line(line: &str) -> Option<AccessEntry> {
     let mut nums = rest.splitn(3, ' ');
     let status: u16 = nums.next()?.parse().ok()?;
     let bytes_field = nums.next()?;
-    let bytes = if bytes_field == "-" { 0 } else { bytes_field.parse().ok()? };
+    let bytes = if bytes_field == "-" {
+        0
+    } else {
+        bytes_field.parse().ok()?
+    };
     let tail = nums.next().unwrap_or("");
     // "referer" "agent"
-    let user_agent = tail.rsplit_once(" \"").map(|(_, a)| a.trim_end_matches('"').to_string()).unwrap_or_default();
+    let user_agent = tail
+        .rsplit_once(" \"")
+        .map(|(_, a)| a.trim_end_matches('"').to_string())
+        .unwrap_or_default();
     Some(AccessEntry {
         method,
         uri,
@@ -102,6 +109,9 @@ mod tests {
         assert_eq!(v[2].bytes, 0);
         assert_eq!(v[2].user_agent, "x y");
         let s = summarize(&v);
-        assert_eq!((s.requests, s.bytes, s.blob_gets, s.blob_bytes), (3, 159, 1, 157));
+        assert_eq!(
+            (s.requests, s.bytes, s.blob_gets, s.blob_bytes),
+            (3, 159, 1, 157)
+        );
     }
 }

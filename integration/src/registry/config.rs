@@ -88,7 +88,13 @@ pub(crate) fn yaml_str(s: &str) -> String {
 /// Renders the config. `htpasswd_file` is where the htpasswd file was written (for
 /// [`RegistryAuth::Htpasswd`]); `secret` is the HTTP secret shared by registries on the same
 /// storage (upload state is signed with it).
-pub(crate) fn render(opts: &RegistryOptions, storage: &Path, addr: &str, secret: &str, htpasswd_file: &Path) -> String {
+pub(crate) fn render(
+    opts: &RegistryOptions,
+    storage: &Path,
+    addr: &str,
+    secret: &str,
+    htpasswd_file: &Path,
+) -> String {
     let mut y = format!(
         "version: 0.1\n\
          log:\n  level: {level}\n  fields: {{service: registry}}\n\
@@ -138,7 +144,10 @@ pub(crate) fn render(opts: &RegistryOptions, storage: &Path, addr: &str, secret:
 /// One htpasswd line (`user:$2a$...`), bcrypt as `docker-registry` requires.
 pub(crate) fn htpasswd_line(user: &str, password: &str) -> Result<String, bcrypt::BcryptError> {
     let h = bcrypt::hash_with_result(password, 5)?;
-    Ok(format!("{user}:{}\n", h.format_for_version(bcrypt::Version::TwoA)))
+    Ok(format!(
+        "{user}:{}\n",
+        h.format_for_version(bcrypt::Version::TwoA)
+    ))
 }
 
 #[cfg(test)]
@@ -147,11 +156,23 @@ mod tests {
 
     #[test]
     fn renders_plain_and_auth_configs() {
-        let y = render(&RegistryOptions::default(), Path::new("/s"), "127.0.0.1:0", "k", Path::new("/h"));
+        let y = render(
+            &RegistryOptions::default(),
+            Path::new("/s"),
+            "127.0.0.1:0",
+            "k",
+            Path::new("/h"),
+        );
         assert!(y.contains("rootdirectory: \"/s\""));
         assert!(y.contains("addr: \"127.0.0.1:0\""));
         assert!(!y.contains("auth:"));
-        let y = render(&RegistryOptions::htpasswd("u", "p"), Path::new("/s"), "a", "k", Path::new("/h"));
+        let y = render(
+            &RegistryOptions::htpasswd("u", "p"),
+            Path::new("/s"),
+            "a",
+            "k",
+            Path::new("/h"),
+        );
         assert!(y.contains("htpasswd:\n    realm: starling-test\n    path: \"/h\""));
         let t = RegistryOptions {
             auth: RegistryAuth::Token {

@@ -100,7 +100,8 @@ impl Registry {
         let config = p.dir.join("config.yml");
         let htpasswd = p.dir.join("htpasswd");
         if let RegistryAuth::Htpasswd { user, password } = &opts.auth {
-            let line = config::htpasswd_line(user, password).map_err(|e| Error::invalid("htpasswd password", e.to_string()))?;
+            let line = config::htpasswd_line(user, password)
+                .map_err(|e| Error::invalid("htpasswd password", e.to_string()))?;
             std::fs::write(&htpasswd, line).ctx(|| format!("write {}", htpasswd.display()))?;
         }
         let yaml = config::render(&opts, &storage, p.listen, &secret, &htpasswd);
@@ -126,7 +127,13 @@ impl Registry {
         r.addr = r.wait_listening()?;
         if p.listen.ends_with(":0") {
             // pin the port so that a restart comes back on the same address
-            let yaml = config::render(&r.opts, &r.storage, &r.addr.to_string(), &r.secret, &htpasswd);
+            let yaml = config::render(
+                &r.opts,
+                &r.storage,
+                &r.addr.to_string(),
+                &r.secret,
+                &htpasswd,
+            );
             std::fs::write(&r.config, yaml).ctx(|| format!("write {}", r.config.display()))?;
         }
         Ok(r)
@@ -136,17 +143,19 @@ impl Registry {
     fn wait_listening(&mut self) -> Result<SocketAddr> {
         let mut found = None;
         let log = self.daemon.log_path().to_path_buf();
-        self.daemon.wait_ready("registry to listen", START_TIMEOUT, || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let run = text.rsplit("=== harness: starting").next().unwrap_or("");
-            found = run
-                .lines()
-                .filter_map(|l| l.split("listening on ").nth(1))
-                .filter_map(|rest| rest.split(|c: char| c == '"' || c.is_whitespace()).next())
-                .filter_map(|a| a.parse::<SocketAddr>().ok())
-                .last();
-            found.is_some()
-        })?;
+        self.daemon
+            .wait_ready("registry to listen", START_TIMEOUT, || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let run = text.rsplit("=== harness: starting").next().unwrap_or("");
+                found = run
+                    .lines()
+                    .rev()
+                    .filter_map(|l| l.split("listening on ").nth(1))
+                    .filter_map(|rest| rest.split(|c: char| c == '"' || c.is_whitespace()).next())
+                    .filter_map(|a| a.parse::<SocketAddr>().ok())
+                    .next();
+                found.is_some()
+            })?;
         found.ok_or_else(|| Error::invalid("registry log", "no listen address"))
     }
 
@@ -217,7 +226,10 @@ impl Registry {
         let want = self.addr;
         let got = self.wait_listening()?;
         if self.netns.is_none() && got != want {
-            return Err(Error::invalid("registry restart", format!("listens on {got}, expected {want}")));
+            return Err(Error::invalid(
+                "registry restart",
+                format!("listens on {got}, expected {want}"),
+            ));
         }
         Ok(())
     }
@@ -238,12 +250,18 @@ impl Registry {
 
     /// `Authorization` header value for basic auth, if on.
     pub fn authorization(&self) -> Option<String> {
-        self.credentials()
-            .map(|c| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(c)))
+        self.credentials().map(|c| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(c)
+            )
+        })
     }
 
     fn auth_headers(&self) -> Vec<(&'static str, String)> {
-        self.authorization().map(|a| vec![("Authorization", a)]).unwrap_or_default()
+        self.authorization()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default()
     }
 
     /// Every request logged so far (all runs).
@@ -288,7 +306,13 @@ impl Registry {
     pub fn push_layout(&self, layout: &Path, tag: &str, name: &str) -> Result<String> {
         let digest_file = self.dir.join(format!("digest-{}", unique_token(8)));
         let mut cmd = Command::new("skopeo");
-        cmd.args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests"]);
+        cmd.args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--preserve-digests",
+        ]);
         if let Some(c) = self.credentials() {
             cmd.arg("--dest-creds").arg(c);
         }
@@ -296,7 +320,8 @@ impl Registry {
         cmd.arg(format!("oci:{}:{tag}", layout.display()));
         cmd.arg(format!("docker://{}", self.reference(name)));
         run_cmd(&mut cmd, Duration::from_secs(600))?.check()?;
-        let d = std::fs::read_to_string(&digest_file).ctx(|| format!("read {}", digest_file.display()))?;
+        let d = std::fs::read_to_string(&digest_file)
+            .ctx(|| format!("read {}", digest_file.display()))?;
         let _ = std::fs::remove_file(&digest_file);
         Ok(d.trim().to_string())
     }
