@@ -1,6 +1,13 @@
 //! Test harness for end-to-end tests: starts real `docker-registry`, `containerd` (with
 //! starling as a proxy plugin) and `starling` processes under a private temp dir, builds
-//! test images offline, and tears everything down by PID. Tests live in `tests/`.
+//! test images offline, and tears everything down by PID. Tests live in `tests/`; see
+//! `README.md` for a usage example.
+//!
+//! Layers, bottom up: [`workdir`], [`process`], [`mounts`], [`poll`] and [`http`] are the
+//! plumbing; [`registry`], [`containerd`], [`starling`], [`peer`], [`proxy`] and [`shaped`]
+//! run the real parts; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and
+//! [`treecmp`] compute and compare expected trees; [`stack`] wires a whole environment;
+//! [`prereq`] decides whether a test can run here.
 
 pub mod containerd;
 pub mod error;

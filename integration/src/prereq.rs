@@ -17,6 +17,15 @@ pub fn skip_or_fail(test: &str, reason: &str) {
     eprintln!("SKIP {test}: {reason}");
 }
 
+/// For optional parts (the reference peer): skips with the reason unless
+/// `STARLING_REQUIRE_PEER=1`, in which case it panics.
+pub fn skip_optional(test: &str, reason: &str) {
+    if std::env::var("STARLING_REQUIRE_PEER").is_ok_and(|v| v == "1") {
+        panic!("{test}: optional part required by STARLING_REQUIRE_PEER=1 is missing: {reason}");
+    }
+    eprintln!("SKIP {test}: {reason}");
+}
+
 /// Returns from the calling test (after printing why) unless every check is `Ok`; panics
 /// instead when `STARLING_REQUIRE_INTEGRATION=1`. Each argument is a
 /// `Result<_, String>`-like expression, e.g. `require!(prereq::root(), prereq::containerd_stack())`.

@@ -344,3 +344,34 @@ fn teardown_leaves_no_processes_mounts_or_netns() {
     assert!(!std::path::Path::new("/run/netns").join(&netns).exists());
     assert!(!wd_path.exists());
 }
+
+#[test]
+#[ignore = "slow (tens of seconds): builds and extracts the > 4 GiB file; run with --ignored"]
+fn edge_huge_file_builds_and_extracts() {
+    use integration::extract::{extract_layer, ExtractOptions};
+    use integration::images::edge::{paths, HUGE_LEN};
+    use integration::images::{edge_image, EdgeOptions};
+    use std::io::{Read, Seek, SeekFrom};
+    require!(prereq::root());
+    let wd = Workdir::new("huge").unwrap();
+    let edge = edge_image(&EdgeOptions { huge_file: true });
+    let t = std::time::Instant::now();
+    let img = edge
+        .builder()
+        .write_layout(&wd.join("layout"), "latest")
+        .unwrap();
+    println!(
+        "huge edge image written in {:.1} s, base layer blob {} B",
+        t.elapsed().as_secs_f64(),
+        img.layers[0].size
+    );
+    let dest = wd.join("l0");
+    extract_layer(&img.layers[0].path, &dest, &ExtractOptions::overlay()).unwrap();
+    let mut f = std::fs::File::open(dest.join(paths::HUGE)).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), HUGE_LEN);
+    let mut b = [0u8; 6];
+    f.seek(SeekFrom::Start(1 << 32)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"past4G");
+    println!("built + extracted in {:.1} s", t.elapsed().as_secs_f64());
+}

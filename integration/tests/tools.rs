@@ -115,7 +115,7 @@ fn stl_env_up_status_down() {
     );
     for p in pids {
         assert!(
-            !std::path::Path::new(&format!("/proc/{p}")).exists(),
+            !integration::process::pid_running(p),
             "pid {p} still running"
         );
     }
