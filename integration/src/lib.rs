@@ -8,6 +8,20 @@
 //! run the real parts; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and
 //! [`treecmp`] compute and compare expected trees; [`stack`] wires a whole environment;
 //! [`prereq`] decides whether a test can run here.
+//!
+//! ```no_run
+//! use integration::{prereq, require, stack::{Stack, StackOptions}, starling::StarlingOptions};
+//!
+//! fn lazy_pull_runs() {
+//!     require!(prereq::containerd_stack(), prereq::fuse(), prereq::starling_binary());
+//!     let opts = StackOptions { starling: Some(StarlingOptions::default()), ..Default::default() };
+//!     let s = Stack::start("lazy", opts).unwrap();
+//!     integration::images::busybox().unwrap().push(&s.registry, "bb:latest").unwrap();
+//!     let r = s.registry.reference("bb:latest");
+//!     s.ctr().rpull(&r, "starling").unwrap();
+//!     assert_eq!(s.ctr().run_ok(&r, "starling", &["echo", "hi"]).unwrap(), "hi\n");
+//! } // drop: tasks killed, daemons stopped by PID, mounts detached, workdir removed
+//! ```
 
 pub mod containerd;
 pub mod error;

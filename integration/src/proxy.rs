@@ -4,6 +4,7 @@
 //! HTTP/1.1 request framing on the client side: Content-Length and chunked bodies). Runs in
 //! threads of the calling process, optionally inside a network namespace.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,7 +72,8 @@ struct Shared {
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     log: Mutex<Vec<ProxyRequest>>,
-    open: Mutex<Vec<TcpStream>>,
+    open: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
+    next_id: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -162,13 +164,12 @@ impl TcpProxy {
     /// Stops accepting and shuts down open connections.
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // unblock accept()
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
         if let Ok(mut open) = self.shared.open.lock() {
-            for s in open.drain(..) {
+            for (_, (c, s)) in open.drain() {
+                let _ = c.shutdown(Shutdown::Both);
                 let _ = s.shutdown(Shutdown::Both);
             }
         }
@@ -182,11 +183,20 @@ impl Drop for TcpProxy {
 }
 
 fn accept_loop(listener: TcpListener, opts: ProxyOptions, sh: Arc<Shared>) {
-    for conn in listener.incoming() {
-        if sh.stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(client) = conn else { continue };
+    // non-blocking accept polled every 10 ms, so stop() never depends on reaching ourselves
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    while !sh.stop.load(Ordering::SeqCst) {
+        let client = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let _ = client.set_nonblocking(false);
         let Ok(server) = TcpStream::connect(opts.upstream) else {
             let _ = client.shutdown(Shutdown::Both);
             continue;
@@ -194,19 +204,24 @@ fn accept_loop(listener: TcpListener, opts: ProxyOptions, sh: Arc<Shared>) {
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
         sh.connections.fetch_add(1, Ordering::Relaxed);
+        let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
         if let (Ok(mut open), Ok(c2), Ok(s2)) =
             (sh.open.lock(), client.try_clone(), server.try_clone())
         {
-            open.retain(|s| s.peer_addr().is_ok());
-            open.push(c2);
-            open.push(s2);
+            open.insert(id, (c2, s2));
         }
         let spawn = |from: &TcpStream, to: &TcpStream, up: bool| -> io::Result<()> {
             let (from, to) = (from.try_clone()?, to.try_clone()?);
             let (sh, delay, keep) = (sh.clone(), opts.one_way_delay, opts.keep_requests);
             std::thread::Builder::new()
                 .name("stl-proxy-pump".into())
-                .spawn(move || pump(from, to, up, delay, keep, sh))?;
+                .spawn(move || {
+                    pump(from, to, up, delay, keep, sh.clone());
+                    // first direction to finish drops the bookkeeping clones (the pumps own their fds)
+                    if let Ok(mut open) = sh.open.lock() {
+                        open.remove(&id);
+                    }
+                })?;
             Ok(())
         };
         if spawn(&client, &server, true).is_err() || spawn(&server, &client, false).is_err() {
@@ -517,5 +532,21 @@ mod tests {
         assert_eq!(s.requests_log[0].path, "/x");
         p.reset();
         assert_eq!(p.stats().bytes_down, 0);
+    }
+
+    #[test]
+    fn stop_ends_open_connections() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut p = TcpProxy::start(ProxyOptions::to(l.local_addr().unwrap())).unwrap();
+        let mut c = TcpStream::connect(p.addr()).unwrap();
+        let (_upstream_side, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = Instant::now();
+        p.stop();
+        let mut b = [0u8; 1];
+        let r = c.read(&mut b);
+        assert!(matches!(r, Ok(0)) || r.is_err(), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(TcpStream::connect(p.addr()).is_err(), "listener closed");
     }
 }
