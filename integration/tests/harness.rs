@@ -383,3 +383,49 @@ fn edge_huge_file_builds_and_extracts() {
     assert_eq!(&b, b"past4G");
     println!("built + extracted in {:.1} s", t.elapsed().as_secs_f64());
 }
+
+#[test]
+fn registry_token_auth_config_passthrough() {
+    use integration::registry::{RegistryAuth, RegistryOptions};
+    use std::process::Command;
+    require!(prereq::registry(), prereq::binaries(&["openssl"]));
+    let wd = Workdir::new("regtoken").unwrap();
+    let (key, cert) = (wd.join("key.pem"), wd.join("cert.pem"));
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=token-issuer",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let opts = RegistryOptions {
+        auth: RegistryAuth::Token {
+            realm: "http://127.0.0.1:9/token".into(),
+            service: "stl-registry".into(),
+            issuer: "token-issuer".into(),
+            rootcertbundle: cert,
+        },
+        ..Default::default()
+    };
+    let reg = Registry::start_with(&wd, opts).unwrap();
+    let r = integration::http::get(&format!("{}/v2/", reg.url()), &[]).unwrap();
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").unwrap_or_default().to_string();
+    assert!(
+        challenge.starts_with("Bearer realm=\"http://127.0.0.1:9/token\"")
+            && challenge.contains("service=\"stl-registry\""),
+        "{challenge}"
+    );
+}
