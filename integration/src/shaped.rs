@@ -135,12 +135,9 @@ fn clear_slot(n: u32) {
 /// Takes a free slot; returns it with its lock.
 fn take_slot() -> Result<(u32, Flock<File>)> {
     std::fs::create_dir_all(LOCK_DIR).ctx(|| format!("create {LOCK_DIR}"))?;
-    let start = (std::process::id().wrapping_mul(7919).wrapping_add(
-        crate::workdir::unique_token(4)
-            .bytes()
-            .map(u32::from)
-            .sum::<u32>(),
-    )) % SLOTS;
+    // lowest free slot first: names and lock files get reused, a crashed run's leftovers
+    // are cleared by the next run
+    let start = 0;
     for i in 0..SLOTS {
         let n = (start + i) % SLOTS;
         let lock_path = PathBuf::from(LOCK_DIR).join(format!("slot-{n}.lock"));
