@@ -3,3 +3,4 @@
 //! command implementations behind the `starling` binary.
 
 pub mod cli;
+pub mod extract;
