@@ -10,9 +10,10 @@
 //!   the `SG` subfield header.
 //! - zstd:chunked (stargz-snapshotter), 48 bytes: a zstd skippable frame (magic
 //!   `0x184D2A50`, length 40) whose payload is the u64 LE TOC offset, compressed TOC length,
-//!   uncompressed TOC length, manifest type (1) and the magic `GNUlInUx`.
+//!   uncompressed TOC length, manifest type (1) and the magic `GnUlInUx`.
 //! - zstd:chunked (containers/storage v2), 72 bytes: the same skippable frame with a 64-byte
-//!   payload that adds the tar-split position before the magic.
+//!   payload that adds the tar-split position before the magic (`GNUlInUx`).
+//! Either magic is accepted with either layout.
 
 use std::ops::Range;
 
@@ -31,8 +32,11 @@ pub const ZSTD_CHUNKED_V2_FOOTER_SIZE: usize = 72;
 pub(crate) const SKIPPABLE_FRAME_MAGIC: [u8; 4] = [0x50, 0x2a, 0x4d, 0x18];
 /// Magic of a regular zstd frame.
 pub(crate) const ZSTD_FRAME_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-/// The zstd:chunked footer magic, ASCII `GNUlInUx`.
-pub(crate) const ZSTD_CHUNKED_MAGIC: [u8; 8] = *b"GNUlInUx";
+/// The zstd:chunked footer magic of stargz-snapshotter (and early containers/storage),
+/// ASCII `GnUlInUx`.
+pub(crate) const ZSTD_CHUNKED_MAGIC: [u8; 8] = *b"GnUlInUx";
+/// The magic of later containers/storage footers, ASCII `GNUlInUx`.
+pub(crate) const ZSTD_CHUNKED_MAGIC_V2: [u8; 8] = *b"GNUlInUx";
 /// Manifest type of a CRFS-style (stargz) TOC in a zstd:chunked footer.
 const MANIFEST_TYPE_CRFS: u64 = 1;
 
@@ -202,7 +206,7 @@ pub fn parse_footer(tail: &[u8], blob_size: u64) -> Result<Footer, FooterError> 
             return gzip_footer(Format::LegacyStargz, off, blob_size);
         }
     }
-    if tail.ends_with(&ZSTD_CHUNKED_MAGIC) {
+    if tail.ends_with(&ZSTD_CHUNKED_MAGIC) || tail.ends_with(&ZSTD_CHUNKED_MAGIC_V2) {
         for (format, payload_len) in [(Format::ZstdChunked, 40u32), (Format::ZstdChunkedV2, 64u32)]
         {
             let Some(f) = suffix(format.footer_size()) else {
@@ -400,6 +404,7 @@ mod tests {
         blob.extend_from_slice(&f);
         let parsed = parse_footer(&blob, blob.len() as u64).unwrap();
         assert_eq!(parsed.format, Format::ZstdChunked);
+        assert_eq!(&f[40..], b"GnUlInUx", "the stargz-snapshotter magic");
         assert_eq!(parsed.toc_range(), 108..158);
         assert_eq!(parsed.toc_uncompressed_size, Some(400));
         assert_eq!(parsed.data_end(), 100);
@@ -411,7 +416,7 @@ mod tests {
         for v in [108u64, 50, 400, 1, 158, 0, 0] {
             payload.extend_from_slice(&v.to_le_bytes());
         }
-        payload.extend_from_slice(&ZSTD_CHUNKED_MAGIC);
+        payload.extend_from_slice(&ZSTD_CHUNKED_MAGIC_V2);
         let mut blob = vec![0u8; 158];
         blob.extend_from_slice(&SKIPPABLE_FRAME_MAGIC);
         blob.extend_from_slice(&64u32.to_le_bytes());

@@ -584,3 +584,65 @@ mod tests {
         assert!(!dir.path().join("bad").exists());
     }
 }
+
+#[cfg(test)]
+mod interop_tests {
+    //! Extracting the layers Debian's `ctr-remote` produced (fixtures of the estargz
+    //! crate, see its `tests/fixtures/regen.sh`) gives the original tar's tree on disk.
+
+    use std::path::PathBuf;
+
+    use estargz::testutil::manifest_from_tar;
+    use estargz::{OpenOptions, Sha256Digest};
+
+    use super::tests::manifest_from_dir;
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../estargz/tests/fixtures")
+    }
+
+    #[test]
+    fn ctr_remote_layers_extract_like_the_original_tar() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("STARLING_REQUIRE_INTEGRATION").as_deref() != Ok("1"),
+                "needs root"
+            );
+            eprintln!("skipping: extraction tests need root");
+            return;
+        }
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixtures().join("ctr-remote.json")).unwrap())
+                .unwrap();
+        let mut tar = Vec::new();
+        let gz = std::fs::read(fixtures().join("layer.tar.gz")).unwrap();
+        flate2_free_gunzip(&gz, &mut tar);
+        let expected = manifest_from_tar(&tar);
+        for key in ["estargz", "zstdchunked"] {
+            let m = &meta[key];
+            let blob = std::fs::read(fixtures().join(m["blob"].as_str().unwrap())).unwrap();
+            let digest: Sha256Digest = m["tocDigest"].as_str().unwrap().parse().unwrap();
+            let layer = estargz::open(
+                &blob,
+                &OpenOptions {
+                    expected_toc_digest: Some(digest),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            extract_layer(&layer, &blob, dir.path(), &ExtractOptions::default()).unwrap();
+            expected.assert_same(&manifest_from_dir(dir.path()));
+        }
+    }
+
+    /// gunzip through the estargz crate's chunk decoder (this crate has no flate2).
+    fn flate2_free_gunzip(gz: &[u8], out: &mut Vec<u8>) {
+        let mut size = [0u8; 4];
+        size.copy_from_slice(&gz[gz.len() - 4..]);
+        let len = u32::from_le_bytes(size) as usize;
+        out.resize(len, 0);
+        estargz::chunk::decompress(estargz::Compression::Gzip, gz, 0, out).unwrap();
+    }
+}
