@@ -13,6 +13,7 @@
 //!   uncompressed TOC length, manifest type (1) and the magic `GnUlInUx`.
 //! - zstd:chunked (containers/storage v2), 72 bytes: the same skippable frame with a 64-byte
 //!   payload that adds the tar-split position before the magic (`GNUlInUx`).
+//!
 //! Either magic is accepted with either layout.
 
 use std::ops::Range;
