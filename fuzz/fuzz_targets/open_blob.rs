@@ -17,10 +17,10 @@ fuzz_target!(|data: &[u8]| {
         index: common::options(),
         expected_toc_digest: None,
     };
-    let Ok(layer) = open(&data, &opts) else { return };
+    let data_vec = data.to_vec();
+    let Ok(layer) = open(&data_vec, &opts) else { return };
     common::walk(&layer.index);
     // Read every chunk (bounded: real data only, the TOC cannot force big buffers).
-    let data_vec = data.to_vec();
     let mut budget = 64u32;
     for c in layer.index.chunks_in_blob_order() {
         if budget == 0 {
