@@ -264,8 +264,25 @@ fn decompress_gzip_toc(compressed: &[u8], limits: &TocLimits) -> Result<Vec<u8>,
             limit: limits.max_uncompressed_size,
         });
     }
-    let mut json = vec![0u8; size as usize];
-    gz.read_exact(&mut json).map_err(TocError::Decompress)?;
+    // The tar entry is followed by padding and the end-of-archive marker.
+    read_exactly(gz, size, false)
+}
+
+/// Reads exactly `size` bytes (and, with `at_end`, checks nothing follows), growing the
+/// buffer with the data actually decoded: a lying size cannot force a large allocation.
+fn read_exactly(r: impl Read, size: u64, at_end: bool) -> Result<Vec<u8>, TocError> {
+    let mut json = Vec::with_capacity(size.min(16 << 20) as usize);
+    let limit = size + u64::from(at_end);
+    let got = r
+        .take(limit)
+        .read_to_end(&mut json)
+        .map_err(TocError::Decompress)? as u64;
+    if got != size {
+        return Err(TocError::SizeMismatch {
+            expected: size,
+            got,
+        });
+    }
     Ok(json)
 }
 
@@ -352,6 +369,68 @@ mod tests {
         let toc = Toc::parse(&json).unwrap();
         assert_eq!(toc.entries[0].name, b"\xff\xfe");
         assert_eq!(toc.entries[0].size, 0);
+    }
+
+    fn zstd_footer(json_len: u64, compressed: &[u8]) -> Footer {
+        Footer {
+            format: crate::footer::Format::ZstdChunked,
+            toc_offset: 8,
+            toc_compressed_size: compressed.len() as u64,
+            toc_uncompressed_size: Some(json_len),
+            blob_size: 1000,
+        }
+    }
+
+    #[test]
+    fn decompression_checks_sizes_and_limits() {
+        let json = br#"{"version":1,"entries":[]}"#;
+        let z = zstd::bulk::compress(json, 3).unwrap();
+        let limits = TocLimits::default();
+        assert_eq!(
+            decompress_toc(&zstd_footer(json.len() as u64, &z), &z, &limits).unwrap(),
+            json
+        );
+        for wrong in [json.len() as u64 - 1, json.len() as u64 + 1] {
+            assert!(matches!(
+                decompress_toc(&zstd_footer(wrong, &z), &z, &limits),
+                Err(TocError::SizeMismatch { .. })
+            ));
+        }
+        // A lying size is refused by the limit before anything is allocated.
+        assert!(matches!(
+            decompress_toc(&zstd_footer(1 << 40, &z), &z, &limits),
+            Err(TocError::UncompressedTooLarge { .. })
+        ));
+        let tight = TocLimits {
+            max_compressed_size: 4,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decompress_toc(&zstd_footer(json.len() as u64, &z), &z, &tight),
+            Err(TocError::CompressedTooLarge { .. })
+        ));
+        assert!(matches!(
+            decompress_toc(&zstd_footer(json.len() as u64, &z), &z[..3], &limits),
+            Err(TocError::Truncated { .. })
+        ));
+        // gzip: the tar entry must be stargz.index.json.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(json.len() as u64);
+        b.append_data(&mut h, "other.json", &json[..]).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+        let gz = gz.finish().unwrap();
+        let f = Footer {
+            format: crate::footer::Format::Estargz,
+            toc_offset: 0,
+            toc_compressed_size: gz.len() as u64,
+            toc_uncompressed_size: None,
+            blob_size: gz.len() as u64 + 51,
+        };
+        assert!(
+            matches!(decompress_toc(&f, &gz, &limits), Err(TocError::WrongTarEntry(n)) if n == "other.json")
+        );
     }
 
     #[test]
