@@ -208,6 +208,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<()> {
             "tocDigest": layer.toc_digest.to_string(),
             "tocDigestChecked": a.toc_digest.is_some(),
             "entries": layer.index.len(),
+            "indexHeapBytes": layer.index.heap_bytes(),
             "files": report.files,
             "chunks": report.chunks,
             "bytes": report.bytes,
