@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod extract;
 pub mod filter;
 pub mod labels;
 pub mod merge;

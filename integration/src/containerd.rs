@@ -1,0 +1,687 @@
+//! A private containerd 1.6 for one test: own config, root, state, gRPC/ttrpc/debug sockets
+//! and runc root under the test's workdir, CRI disabled, `[proxy_plugins]` given by the
+//! test. [`Ctr`] runs `ctr`/`ctr-remote` against it (pull, rpull, run, images rm --sync,
+//! snapshot views); teardown kills tasks, removes containers, stops containerd by PID and
+//! unmounts leftovers. Shim sockets always go to `/run/containerd/s` (hard-coded in 1.6).
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::error::{Error, IoContext, Result};
+use crate::mounts::{MountGuard, MountSpec};
+use crate::process::{run_cmd, CmdOutput, Daemon, ProcessSpec};
+use crate::workdir::{unique_token, Workdir};
+
+/// Options of a containerd instance.
+#[derive(Debug, Clone)]
+pub struct ContainerdOptions {
+    /// `(name, socket)` of each snapshotter proxy plugin.
+    pub proxy_plugins: Vec<(String, PathBuf)>,
+    /// containerd namespace the `ctr` helpers use.
+    pub namespace: String,
+    /// containerd log level.
+    pub log_level: String,
+    /// Extra TOML appended to the config.
+    pub extra_toml: String,
+    /// Timeout of each `ctr` command.
+    pub command_timeout: Duration,
+}
+
+impl Default for ContainerdOptions {
+    fn default() -> Self {
+        ContainerdOptions {
+            proxy_plugins: Vec::new(),
+            namespace: "default".into(),
+            log_level: "info".into(),
+            extra_toml: String::new(),
+            command_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ContainerdOptions {
+    /// Adds a proxy snapshotter plugin `name` served on `socket`.
+    pub fn proxy(mut self, name: &str, socket: impl Into<PathBuf>) -> Self {
+        self.proxy_plugins.push((name.into(), socket.into()));
+        self
+    }
+}
+
+/// Runs `ctr` and `ctr-remote` against one containerd (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Ctr {
+    /// gRPC socket.
+    pub address: PathBuf,
+    /// Namespace.
+    pub namespace: String,
+    /// Per-command timeout.
+    pub timeout: Duration,
+    /// `--runc-root` for `ctr run`.
+    pub runc_root: PathBuf,
+    /// `--fifo-dir` for `ctr run`.
+    pub fifo_dir: PathBuf,
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl Ctr {
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("CONTAINERD_ADDRESS", &self.address)
+            .env("CONTAINERD_NAMESPACE", &self.namespace)
+            .arg("--address")
+            .arg(&self.address)
+            .arg("--namespace")
+            .arg(&self.namespace);
+        c
+    }
+
+    /// Runs `ctr ARGS...`; returns its output whatever the exit status.
+    pub fn ctr<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&self, args: I) -> Result<CmdOutput> {
+        run_cmd(self.command("ctr").args(args), self.timeout)
+    }
+
+    /// Runs `ctr ARGS...`; error unless it succeeds; returns stdout.
+    pub fn ctr_ok<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&self, args: I) -> Result<String> {
+        Ok(self.ctr(args)?.check()?.stdout)
+    }
+
+    /// Runs `ctr-remote ARGS...`.
+    pub fn ctr_remote<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(
+        &self,
+        args: I,
+    ) -> Result<CmdOutput> {
+        run_cmd(self.command("ctr-remote").args(args), self.timeout)
+    }
+
+    /// Runs `ctr-remote ARGS...`; error unless it succeeds; returns stdout.
+    pub fn ctr_remote_ok<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(
+        &self,
+        args: I,
+    ) -> Result<String> {
+        Ok(self.ctr_remote(args)?.check()?.stdout)
+    }
+
+    /// Polls `ctr snapshots --snapshotter NAME ls` until it succeeds: a proxy plugin is
+    /// listed as ok even with nothing listening, and containerd's first RPCs after the
+    /// socket appears fail for a few seconds (reconnect backoff).
+    pub fn wait_snapshotter(&self, name: &str, timeout: Duration) -> Result<()> {
+        let mut last = String::new();
+        let mut ctr = self.clone();
+        ctr.timeout = Duration::from_secs(10);
+        crate::poll::poll_until(
+            &format!("snapshotter {name} to answer through containerd"),
+            timeout,
+            || match ctr.ctr(["snapshots", "--snapshotter", name, "ls"]) {
+                Ok(o) if o.success() => Ok(Some(())),
+                Ok(o) => {
+                    last = o.stderr;
+                    Ok(None)
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    Ok(None)
+                }
+            },
+        )
+        .map_err(|e| match e {
+            Error::Timeout { what, after, .. } => Error::Timeout {
+                what,
+                after,
+                detail: format!("\nlast error: {}", last.trim()),
+            },
+            other => other,
+        })
+    }
+
+    /// `ctr images pull --plain-http --snapshotter S REF` (full pull + unpack).
+    pub fn pull(&self, reference: &str, snapshotter: &str) -> Result<()> {
+        self.ctr_ok([
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+            reference,
+        ])
+        .map(drop)
+    }
+
+    /// `ctr images pull` with extra arguments (e.g. `--user u:p`) before the reference.
+    pub fn pull_with(&self, reference: &str, snapshotter: &str, extra: &[&str]) -> Result<()> {
+        let mut a = vec![
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+        ];
+        a.extend_from_slice(extra);
+        a.push(reference);
+        self.ctr_ok(a).map(drop)
+    }
+
+    /// `ctr-remote image rpull --plain-http --snapshotter S REF` (lazy pull with stargz labels).
+    pub fn rpull(&self, reference: &str, snapshotter: &str) -> Result<()> {
+        self.ctr_remote_ok([
+            "image",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            snapshotter,
+            reference,
+        ])
+        .map(drop)
+    }
+
+    /// `ctr images push --plain-http REF` (an image present in containerd's content store).
+    pub fn push(&self, reference: &str) -> Result<()> {
+        self.ctr_ok(["images", "push", "--plain-http", reference])
+            .map(drop)
+    }
+
+    /// Reference conversion with `ctr-remote image convert --estargz --oci [EXTRA...] SRC DST`
+    /// (SRC must be pulled); the result is local until [`push`](Self::push)ed.
+    pub fn convert_estargz(&self, src: &str, dst: &str, extra: &[&str]) -> Result<()> {
+        let mut a = vec!["image", "convert", "--estargz", "--oci"];
+        a.extend_from_slice(extra);
+        a.extend([src, dst]);
+        self.ctr_remote_ok(a).map(drop)
+    }
+
+    /// Reference optimization with `ctr-remote image optimize --oci [EXTRA...] SRC DST`
+    /// (runs the image's command once and prioritizes the files it reads).
+    pub fn optimize_estargz(&self, src: &str, dst: &str, extra: &[&str]) -> Result<()> {
+        let mut a = vec!["image", "optimize", "--oci"];
+        a.extend_from_slice(extra);
+        a.extend([src, dst]);
+        self.ctr_remote_ok(a).map(drop)
+    }
+
+    /// `ctr run --rm --snapshotter S --fifo-dir D --runc-root D IMAGE <unique id> CMD...`.
+    /// Returns the output (check `.success()` or call `.check()`).
+    pub fn run(&self, image: &str, snapshotter: &str, cmd: &[&str]) -> Result<CmdOutput> {
+        self.run_with(image, snapshotter, &[], cmd)
+    }
+
+    /// Starts a container in the background (`ctr run -d`); returns its id. Teardown kills it.
+    pub fn run_detached(&self, image: &str, snapshotter: &str, cmd: &[&str]) -> Result<String> {
+        let out = self.run_with(image, snapshotter, &["-d"], cmd)?.check()?;
+        let id = out
+            .command
+            .split_whitespace()
+            .rev()
+            .nth(cmd.len())
+            .unwrap_or_default()
+            .to_string();
+        Ok(id)
+    }
+
+    /// [`run`](Self::run) with extra `ctr run` flags (e.g. `--env`, `--mount`, `-d`: no `--rm`
+    /// then).
+    pub fn run_with(
+        &self,
+        image: &str,
+        snapshotter: &str,
+        flags: &[&str],
+        cmd: &[&str],
+    ) -> Result<CmdOutput> {
+        std::fs::create_dir_all(&self.fifo_dir)
+            .ctx(|| format!("create {}", self.fifo_dir.display()))?;
+        let id = format!("stl-{}", unique_token(10));
+        let detach = flags.iter().any(|f| *f == "-d" || *f == "--detach");
+        let mut a: Vec<&OsStr> = vec!["run".as_ref()];
+        if !detach {
+            a.push("--rm".as_ref());
+        }
+        a.extend([OsStr::new("--snapshotter"), snapshotter.as_ref()]);
+        a.extend([
+            OsStr::new("--fifo-dir"),
+            self.fifo_dir.as_os_str(),
+            OsStr::new("--runc-root"),
+            self.runc_root.as_os_str(),
+        ]);
+        a.extend(flags.iter().map(OsStr::new));
+        a.push(image.as_ref());
+        a.push(id.as_ref());
+        a.extend(cmd.iter().map(OsStr::new));
+        self.ctr(a)
+    }
+
+    /// [`run`](Self::run) that must succeed; returns stdout.
+    pub fn run_ok(&self, image: &str, snapshotter: &str, cmd: &[&str]) -> Result<String> {
+        Ok(self.run(image, snapshotter, cmd)?.check()?.stdout)
+    }
+
+    /// Image names known to containerd.
+    pub fn images(&self) -> Result<Vec<String>> {
+        Ok(self
+            .ctr_ok(["images", "ls", "-q"])?
+            .lines()
+            .map(String::from)
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
+    /// `ctr images rm --sync REFS...` (waits for garbage collection).
+    pub fn remove_images(&self, refs: &[&str]) -> Result<()> {
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let mut a = vec!["images", "rm", "--sync"];
+        a.extend_from_slice(refs);
+        self.ctr_ok(a).map(drop)
+    }
+
+    /// Removes every image (blobs and snapshots are shared by digest across names).
+    pub fn remove_all_images(&self) -> Result<()> {
+        let imgs = self.images()?;
+        let r: Vec<&str> = imgs.iter().map(String::as_str).collect();
+        self.remove_images(&r)
+    }
+
+    /// Snapshot keys of `snapshotter`.
+    pub fn snapshots(&self, snapshotter: &str) -> Result<Vec<String>> {
+        let out = self.ctr_ok(["snapshots", "--snapshotter", snapshotter, "ls"])?;
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect())
+    }
+
+    /// Reads a content blob from containerd's content store.
+    pub fn content(&self, digest: &str) -> Result<Vec<u8>> {
+        Ok(self.ctr_ok(["content", "get", digest])?.into_bytes())
+    }
+
+    /// The config of image `reference` (resolving an index to this platform's manifest).
+    pub fn image_config(&self, reference: &str) -> Result<Value> {
+        let ls = self.ctr_ok(["images", "ls"])?;
+        let line = ls
+            .lines()
+            .skip(1)
+            .find(|l| l.split_whitespace().next() == Some(reference))
+            .ok_or_else(|| {
+                Error::invalid("image", format!("{reference} not in `ctr images ls`"))
+            })?;
+        let digest = line
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .ok_or_else(|| Error::invalid("ctr images ls", line.to_string()))?;
+        let parse = |b: Vec<u8>, what: &str| -> Result<Value> {
+            serde_json::from_slice(&b).map_err(|e| Error::invalid(what.to_string(), e.to_string()))
+        };
+        let mut m = parse(self.content(digest)?, "manifest")?;
+        if m["manifests"].is_array() {
+            let arch = crate::oci::image::host_arch();
+            let d = m["manifests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|d| {
+                    d["platform"]["architecture"]
+                        .as_str()
+                        .is_none_or(|a| a == arch)
+                })
+                .and_then(|d| d["digest"].as_str())
+                .ok_or_else(|| Error::invalid("index", format!("no {arch} manifest")))?
+                .to_string();
+            m = parse(self.content(&d)?, "manifest")?;
+        }
+        let cd = m["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| Error::invalid("manifest", "no config"))?
+            .to_string();
+        parse(self.content(&cd)?, "config")
+    }
+
+    /// Chain ID of the top layer of image `reference` (its committed snapshot's name).
+    pub fn image_chain_id(&self, reference: &str) -> Result<String> {
+        let cfg = self.image_config(reference)?;
+        let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        crate::oci::chain_ids(&diff_ids)
+            .pop()
+            .ok_or_else(|| Error::invalid("config", "no diff_ids"))
+    }
+
+    /// Mounts the unpacked root filesystem of `reference` (pulled for `snapshotter`)
+    /// read-only at `target` through a view snapshot; unmounted and removed on drop.
+    pub fn mount_image(
+        &self,
+        reference: &str,
+        snapshotter: &str,
+        target: &Path,
+    ) -> Result<SnapshotMount> {
+        let chain = self.image_chain_id(reference)?;
+        let key = format!("stl-view-{}", unique_token(8));
+        self.ctr_ok([
+            "snapshots",
+            "--snapshotter",
+            snapshotter,
+            "view",
+            &key,
+            &chain,
+        ])?;
+        let mut sm = SnapshotMount {
+            ctr: self.clone(),
+            snapshotter: snapshotter.into(),
+            key: key.clone(),
+            guards: Vec::new(),
+        };
+        std::fs::create_dir_all(target).ctx(|| format!("create {}", target.display()))?;
+        let text = self.ctr_ok([
+            OsStr::new("snapshots"),
+            "--snapshotter".as_ref(),
+            snapshotter.as_ref(),
+            "mounts".as_ref(),
+            target.as_os_str(),
+            key.as_ref(),
+        ])?;
+        for spec in MountSpec::parse_ctr(&text)? {
+            sm.guards.push(spec.mount(target)?);
+        }
+        Ok(sm)
+    }
+
+    /// Kills every task, removes every container (best effort; used by teardown).
+    pub fn remove_all_containers(&self) -> Result<()> {
+        let tasks = self.ctr_ok(["tasks", "ls", "-q"])?;
+        for t in tasks.lines().filter(|l| !l.is_empty()) {
+            let _ = self.ctr(["tasks", "kill", "-s", "SIGKILL", t]);
+            let _ = crate::poll::wait_for("task to stop", Duration::from_secs(5), || {
+                self.ctr(["tasks", "ls"])
+                    .map(|o| {
+                        !o.stdout
+                            .lines()
+                            .any(|l| l.starts_with(t) && l.contains("RUNNING"))
+                    })
+                    .unwrap_or(true)
+            });
+            let _ = self.ctr(["tasks", "rm", "-f", t]);
+        }
+        let cs = self.ctr_ok(["containers", "ls", "-q"])?;
+        for c in cs.lines().filter(|l| !l.is_empty()) {
+            let _ = self.ctr(["containers", "rm", c]);
+        }
+        Ok(())
+    }
+}
+
+/// A view snapshot of an image mounted read-only; unmounted and removed on drop.
+#[derive(Debug)]
+pub struct SnapshotMount {
+    ctr: Ctr,
+    snapshotter: String,
+    key: String,
+    guards: Vec<MountGuard>,
+}
+
+impl SnapshotMount {
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.guards
+            .last()
+            .map(|g| g.path())
+            .unwrap_or(Path::new("/nonexistent"))
+    }
+
+    /// The view snapshot's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Drop for SnapshotMount {
+    fn drop(&mut self) {
+        while let Some(g) = self.guards.pop() {
+            drop(g);
+        }
+        let _ = self.ctr.ctr([
+            "snapshots",
+            "--snapshotter",
+            &self.snapshotter,
+            "rm",
+            &self.key,
+        ]);
+    }
+}
+
+/// A running private containerd; torn down on drop.
+#[derive(Debug)]
+pub struct Containerd {
+    daemon: Daemon,
+    dir: PathBuf,
+    config: PathBuf,
+    ctr: Ctr,
+    opts: ContainerdOptions,
+    detached: bool,
+}
+
+/// Renders containerd's TOML config.
+pub fn render_config(dir: &Path, socket: &Path, opts: &ContainerdOptions) -> String {
+    let p = |x: &str| quote(&dir.join(x).to_string_lossy());
+    let mut t = format!(
+        "version = 2\nroot = {root}\nstate = {state}\n\
+         # CRI is not needed for ctr-driven tests\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n\
+         [grpc]\n  address = {sock}\n[ttrpc]\n  address = {ttrpc}\n[debug]\n  address = {debug}\n  level = {level}\n\n\
+         [plugins]\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = {opt}\n",
+        root = p("root"),
+        state = p("state"),
+        sock = quote(&socket.to_string_lossy()),
+        ttrpc = quote(&format!("{}.ttrpc", socket.to_string_lossy())),
+        debug = p("debug.sock"),
+        level = quote(&opts.log_level),
+        opt = p("opt"),
+    );
+    if !opts.proxy_plugins.is_empty() {
+        t.push_str("\n[proxy_plugins]\n");
+        for (name, addr) in &opts.proxy_plugins {
+            t.push_str(&format!(
+                "  [proxy_plugins.{}]\n    type = \"snapshot\"\n    address = {}\n",
+                quote(name),
+                quote(&addr.to_string_lossy())
+            ));
+        }
+    }
+    t.push_str(&opts.extra_toml);
+    t
+}
+
+impl Containerd {
+    /// Starts containerd with files under `<wd>/containerd` and waits until it answers.
+    pub fn start(wd: &Workdir, opts: ContainerdOptions) -> Result<Containerd> {
+        Self::start_in(&wd.join("containerd"), opts, false)
+    }
+
+    /// Starts containerd with its files under `dir`; `new_session` for detached use.
+    pub fn start_in(dir: &Path, opts: ContainerdOptions, new_session: bool) -> Result<Containerd> {
+        for d in ["root", "state", "opt", "runc", "fifo"] {
+            std::fs::create_dir_all(dir.join(d)).ctx(|| format!("create {}", dir.display()))?;
+        }
+        let socket = dir.join("c.sock");
+        if socket.as_os_str().len() > 100 {
+            return Err(Error::invalid(
+                "containerd socket path",
+                format!("{} is too long for a unix socket", socket.display()),
+            ));
+        }
+        let config = dir.join("config.toml");
+        std::fs::write(&config, render_config(dir, &socket, &opts))
+            .ctx(|| format!("write {}", config.display()))?;
+        let mut spec = ProcessSpec::new("containerd", "containerd", dir.join("containerd.log"))
+            .args([OsStr::new("--config"), config.as_os_str()])
+            .stop_timeout(Duration::from_secs(15));
+        spec.new_session = new_session;
+        let daemon = Daemon::start(spec)?;
+        let ctr = Ctr {
+            address: socket.clone(),
+            namespace: opts.namespace.clone(),
+            timeout: opts.command_timeout,
+            runc_root: dir.join("runc"),
+            fifo_dir: dir.join("fifo"),
+        };
+        let mut c = Containerd {
+            daemon,
+            dir: dir.to_path_buf(),
+            config,
+            ctr,
+            opts,
+            detached: false,
+        };
+        c.wait_ready()?;
+        Ok(c)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let sock = self.ctr.address.clone();
+        self.daemon
+            .wait_ready("containerd socket", Duration::from_secs(60), || {
+                std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            })?;
+        let ctr = Ctr {
+            timeout: Duration::from_secs(10),
+            ..self.ctr.clone()
+        };
+        self.daemon.wait_ready(
+            "containerd to answer `ctr version`",
+            Duration::from_secs(60),
+            || ctr.ctr(["version"]).map(|o| o.success()).unwrap_or(false),
+        )
+    }
+
+    /// The `ctr` runner for this containerd.
+    pub fn ctr(&self) -> &Ctr {
+        &self.ctr
+    }
+
+    /// gRPC socket (`CONTAINERD_ADDRESS`).
+    pub fn address(&self) -> &Path {
+        &self.ctr.address
+    }
+
+    /// Its directory (config, root, state, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Config file path.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Options it was started with.
+    pub fn options(&self) -> &ContainerdOptions {
+        &self.opts
+    }
+
+    /// The process handle.
+    pub fn daemon(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
+
+    /// Restarts containerd (same config) and waits until it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.daemon.restart()?;
+        self.wait_ready()
+    }
+
+    /// Kills tasks and containers, stops containerd, removes leftover runc containers and
+    /// unmounts everything under its directory.
+    pub fn teardown(&mut self) -> Result<()> {
+        if self.daemon.is_running() {
+            if let Err(e) = self.ctr.remove_all_containers() {
+                eprintln!("warning: containerd teardown: {e}");
+            }
+        }
+        self.daemon.stop()?;
+        cleanup_runc(&self.ctr.runc_root);
+        crate::mounts::unmount_under(&self.dir)?;
+        Ok(())
+    }
+
+    /// Leaves containerd running and forgets it (for `stl-env`); returns its PID.
+    pub fn detach(mut self) -> u32 {
+        self.detached = true;
+        self.daemon.forget()
+    }
+}
+
+/// Deletes every runc container under `root` (containers left by a crashed containerd).
+pub fn cleanup_runc(root: &Path) {
+    let Ok(out) = run_cmd(
+        Command::new("runc")
+            .arg("--root")
+            .arg(root)
+            .args(["list", "-q"]),
+        Duration::from_secs(30),
+    ) else {
+        return;
+    };
+    for id in out.stdout.lines().filter(|l| !l.is_empty()) {
+        let _ = run_cmd(
+            Command::new("runc")
+                .arg("--root")
+                .arg(root)
+                .args(["delete", "-f", id]),
+            Duration::from_secs(30),
+        );
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        if let Err(e) = self.teardown() {
+            eprintln!("warning: containerd teardown: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_has_private_paths_and_proxies() {
+        let opts = ContainerdOptions::default()
+            .proxy("starling", "/tmp/x/st.sock")
+            .proxy("stargz", "/tmp/x/st.sock");
+        let t = render_config(
+            Path::new("/tmp/x/containerd"),
+            Path::new("/tmp/x/containerd/c.sock"),
+            &opts,
+        );
+        let v: toml::Table = t.parse().unwrap();
+        assert_eq!(v["root"].as_str(), Some("/tmp/x/containerd/root"));
+        assert_eq!(
+            v["grpc"]["address"].as_str(),
+            Some("/tmp/x/containerd/c.sock")
+        );
+        assert_eq!(
+            v["proxy_plugins"]["stargz"]["address"].as_str(),
+            Some("/tmp/x/st.sock")
+        );
+        assert_eq!(
+            v["proxy_plugins"]["starling"]["type"].as_str(),
+            Some("snapshot")
+        );
+        assert_eq!(
+            v["disabled_plugins"][0].as_str(),
+            Some("io.containerd.grpc.v1.cri")
+        );
+    }
+}
