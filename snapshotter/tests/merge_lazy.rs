@@ -21,9 +21,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr,
-    Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, LockOwner, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr, Request,
 };
 use merge_util::*;
 use snapshotter::merge::{MergeMode, MergeRequest, Strategy};
@@ -128,7 +127,11 @@ impl LazyLayer {
                             FileType::Symlink => target.len() as u64,
                             _ => data.len() as u64,
                         };
-                        let perm = if kind == FileType::RegularFile { 0o644 } else { 0o755 };
+                        let perm = if kind == FileType::RegularFile {
+                            0o644
+                        } else {
+                            0o755
+                        };
                         nodes.insert(
                             ino,
                             Node {
@@ -240,7 +243,14 @@ impl Filesystem for LazyLayer {
         reply.ok();
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(Errno::ENODATA);
     }
 
@@ -358,7 +368,12 @@ fn stack_merge_over_a_lazy_layer_reads_no_file_data() {
     let mut st = setup();
     let s = &st.s;
     let c = st.counters.clone();
-    let reads = || (c.opens.load(Ordering::SeqCst), c.reads.load(Ordering::SeqCst));
+    let reads = || {
+        (
+            c.opens.load(Ordering::SeqCst),
+            c.reads.load(Ordering::SeqCst),
+        )
+    };
     assert_eq!(reads(), (0, 0));
 
     let view = s
@@ -376,12 +391,22 @@ fn stack_merge_over_a_lazy_layer_reads_no_file_data() {
     {
         let _g = mount_at(&view.mounts, &target);
         assert!(walk_metadata(&target) > 10);
-        assert_eq!(reads(), (0, 0), "mounting and walking metadata read nothing");
-        assert_eq!(fs::read(target.join("etc/shared")).unwrap(), b"the lazy layer's version\n");
+        assert_eq!(
+            reads(),
+            (0, 0),
+            "mounting and walking metadata read nothing"
+        );
+        assert_eq!(
+            fs::read(target.join("etc/shared")).unwrap(),
+            b"the lazy layer's version\n"
+        );
         assert_eq!(fs::read(target.join("etc/a")).unwrap(), b"from a\n");
     }
     let (opens, n) = reads();
-    assert!(opens >= 1 && n >= 1, "reading a lazy file goes to FUSE: {opens} {n}");
+    assert!(
+        opens >= 1 && n >= 1,
+        "reading a lazy file goes to FUSE: {opens} {n}"
+    );
 
     // Flattening copies the lazy layer's files through FUSE (another file system).
     let before = c.bytes.load(Ordering::SeqCst);
@@ -395,8 +420,14 @@ fn stack_merge_over_a_lazy_layer_reads_no_file_data() {
     let target = st.tmp.path().join("mnt-flat");
     {
         let _g = mount_at(&flat.mounts, &target);
-        assert_eq!(fs::read(target.join("data/big")).unwrap(), vec![0x17; 1 << 20]);
-        assert_eq!(fs::read_link(target.join("lnk")).unwrap(), Path::new("bin/app"));
+        assert_eq!(
+            fs::read(target.join("data/big")).unwrap(),
+            vec![0x17; 1 << 20]
+        );
+        assert_eq!(
+            fs::read_link(target.join("lnk")).unwrap(),
+            Path::new("bin/app")
+        );
         assert_eq!(fs::read(target.join("bin/a-tool")).unwrap(), b"tool\n");
     }
     for k in ["v", "m", "flat", "x1"] {
@@ -423,7 +454,10 @@ fn an_input_removed_while_a_merge_reads_it_fails_cleanly() {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while st.counters.opens.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the merge never opened a lazy file");
+        assert!(
+            Instant::now() < deadline,
+            "the merge never opened a lazy file"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // The merge is reading x1: remove x1 under it (nothing holds it yet).
@@ -436,10 +470,16 @@ fn an_input_removed_while_a_merge_reads_it_fails_cleanly() {
     let err = worker.join().unwrap().unwrap_err();
     eprintln!("merge error: {err}");
     assert!(
-        matches!(err.kind(), ErrorKind::NotFound | ErrorKind::FailedPrecondition),
+        matches!(
+            err.kind(),
+            ErrorKind::NotFound | ErrorKind::FailedPrecondition
+        ),
         "{err}"
     );
-    assert!(err.to_string().contains("x1"), "the error names the input: {err}");
+    assert!(
+        err.to_string().contains("x1"),
+        "the error names the input: {err}"
+    );
     assert!(s.stat("m").is_err(), "no merged snapshot");
     let names: Vec<String> = s.list(&[]).unwrap().into_iter().map(|i| i.name).collect();
     assert_eq!(names, ["a1"]);

@@ -30,10 +30,19 @@ const GC_ROOT: &str = "containerd.io/gc.root";
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// containerd's socket, or starling's own socket (then KEY and INPUTs are backend keys).
-    #[arg(long, env = "CONTAINERD_ADDRESS", default_value = "/run/containerd/containerd.sock")]
+    #[arg(
+        long,
+        env = "CONTAINERD_ADDRESS",
+        default_value = "/run/containerd/containerd.sock"
+    )]
     pub address: PathBuf,
     /// containerd namespace.
-    #[arg(long, short = 'n', env = "CONTAINERD_NAMESPACE", default_value = "default")]
+    #[arg(
+        long,
+        short = 'n',
+        env = "CONTAINERD_NAMESPACE",
+        default_value = "default"
+    )]
     pub namespace: String,
     /// Snapshotter name starling is registered under in containerd.
     #[arg(long, default_value = "starling")]
@@ -223,7 +232,15 @@ mod tests {
     #[test]
     fn flags_become_labels() {
         let a = parse(&[
-            "--mode", "hardlink", "--label", "x=1", "--namespace", "ns", "k", "a", "b",
+            "--mode",
+            "hardlink",
+            "--label",
+            "x=1",
+            "--namespace",
+            "ns",
+            "k",
+            "a",
+            "b",
         ])
         .unwrap();
         assert_eq!(a.namespace, "ns");
