@@ -317,7 +317,7 @@ fn containers_run_on_merges_of_two_images_and_gc_keeps_them_whole() {
         !merging.exists() || std::fs::read_dir(&merging).unwrap().count() == 0,
         "no merge build left"
     );
-    let left: Vec<String> = mounts_under(&starling.root().to_path_buf())
+    let left: Vec<String> = mounts_under(starling.root())
         .unwrap()
         .into_iter()
         .map(|m| m.mount_point.display().to_string())

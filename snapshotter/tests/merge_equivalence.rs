@@ -92,7 +92,7 @@ fn chain_a(s: &Snapshots, victim: &Path) -> PathBuf {
             .dir("opt/app-dir")
             .file("opt/app-dir/inside", b"a dir that b replaces with a file\n")
             .file("var/becomes-dir", b"a file that b replaces with a dir\n")
-            .file("srv/data", &vec![0u8; 0])
+            .file("srv/data", b"")
             .file_bytes_name("names", b"caf\xe9 \xff", b"latin-1 name\n")
             .file("names/with space\nand newline", b"odd name\n")
             .dir_as("dxattr", 0o750, 0, 0)

@@ -30,6 +30,13 @@ pub struct Merged {
     pub stats: Option<FlattenStats>,
 }
 
+/// The requested snapshot, recorded (not committed yet) and installed.
+struct CreatedMerge<'a> {
+    rec: SnapshotRecord,
+    lowers: Vec<(String, SnapshotRecord)>,
+    installed: Installed<'a>,
+}
+
 /// A snapshot's directories installed in a transaction that is not committed yet;
 /// removed on drop unless [`Installed::keep`] was called.
 struct Installed<'a> {
@@ -93,7 +100,11 @@ impl Snapshots {
         let tx = self.store.write()?;
         let resolved = resolve(&tx, req)?;
         let merged = resolved.sources_topmost_first();
-        let (rec, lowers, installed) = self.create_merged(&tx, req, &merged, Strategy::Stack)?;
+        let CreatedMerge {
+            rec,
+            lowers,
+            installed,
+        } = self.create_merged(&tx, req, &merged, Strategy::Stack)?;
         tx.commit()?;
         installed.keep();
         let mounts = self.mounts_for(&rec, &lowers)?;
@@ -159,8 +170,11 @@ impl Snapshots {
             ids: vec![created.id],
         };
         drop(tmp);
-        let (rec, lowers, installed) =
-            self.create_merged(&tx, req, std::slice::from_ref(&node), strategy)?;
+        let CreatedMerge {
+            rec,
+            lowers,
+            installed,
+        } = self.create_merged(&tx, req, std::slice::from_ref(&node), strategy)?;
         tx.commit()?;
         node_dir.keep();
         installed.keep();
@@ -195,8 +209,11 @@ impl Snapshots {
         let tx = self.store.write()?;
         self.resolve_unchanged(&tx, req, ids)?;
         tx.expect(node, "merge result")?;
-        let (rec, lowers, installed) =
-            self.create_merged(&tx, req, &[node.to_string()], strategy)?;
+        let CreatedMerge {
+            rec,
+            lowers,
+            installed,
+        } = self.create_merged(&tx, req, &[node.to_string()], strategy)?;
         tx.commit()?;
         installed.keep();
         tracing::info!(key = %req.key, node, "merged snapshot reuses an existing result");
@@ -217,7 +234,7 @@ impl Snapshots {
         req: &MergeRequest,
         merged: &[String],
         strategy: Strategy,
-    ) -> Result<(SnapshotRecord, Vec<(String, SnapshotRecord)>, Installed<'_>)> {
+    ) -> Result<CreatedMerge<'_>> {
         let mut labels = req.labels.clone();
         labels.insert(STRATEGY_LABEL.into(), strategy.as_str().into());
         let rec = tx.create(NewRecord {
@@ -247,7 +264,11 @@ impl Snapshots {
             snapshots: self,
             ids: vec![rec.id],
         };
-        Ok((rec, lowers, installed))
+        Ok(CreatedMerge {
+            rec,
+            lowers,
+            installed,
+        })
     }
 
     /// Resolves `req` again in `tx` and checks it still means the layers `ids`.

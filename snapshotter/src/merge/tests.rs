@@ -477,3 +477,45 @@ fn containerd_gc_keeps_merges_whole_and_frees_inputs_in_one_pass() {
         );
     }
 }
+
+#[tokio::test]
+async fn grpc_codes_of_merge_requests() {
+    use containerd_snapshots::tonic::{Code, Status};
+    use containerd_snapshots::Snapshotter as _;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    let (_t, s) = open(Options::default());
+    layer(&s, "ns/1/a", "", &[("f", "a")]);
+    s.prepare("ns/2/busy", "", Labels::new()).unwrap();
+    let svc = crate::service::Service::new(Arc::new(s));
+    let l = |sources: &str, mode: Option<&str>| -> HashMap<String, String> {
+        merge_labels(sources, mode).into_iter().collect()
+    };
+    let code = |r: crate::Result<Vec<containerd_snapshots::api::types::Mount>>| match r {
+        Ok(_) => Code::Ok,
+        Err(e) => Status::from(e).code(),
+    };
+    let cases = [
+        ("ns/3/m", "", l("a", Some("hardlink")), Code::Ok),
+        ("ns/4/m", "", l("nope", None), Code::NotFound),
+        ("ns/5/m", "", l("busy", None), Code::InvalidArgument),
+        ("ns/6/m", "ns/1/a", l("a", None), Code::InvalidArgument),
+        ("ns/7/m", "", l("a", Some("fast")), Code::InvalidArgument),
+        ("ns/3/m", "", l("a", None), Code::AlreadyExists),
+    ];
+    for (key, parent, labels, want) in cases {
+        let got = code(svc.prepare(key.into(), parent.into(), labels).await);
+        assert_eq!(got, want, "{key}");
+    }
+    let v = svc
+        .view("ns/8/v".into(), String::new(), l("a", Some("stack")))
+        .await
+        .unwrap();
+    assert_eq!(v[0].r#type, "bind");
+    let info = svc.stat("ns/3/m".into()).await.unwrap();
+    assert_eq!(info.parent, "");
+    assert_eq!(info.labels[STRATEGY_LABEL], "hardlink");
+    let err = svc.remove("ns/1/a".into()).await.unwrap_err();
+    assert_eq!(Status::from(err).code(), Code::FailedPrecondition);
+}

@@ -107,6 +107,8 @@ impl Snapshots {
         layout.create_dirs()?;
         let store = MetaStore::open(&layout.db_path())?;
         let merge = MergeState::new(layout.root(), options.merge);
+        // No build runs yet: leftovers of a crash go now (they may be large copies).
+        merge.cleanup();
         Ok(Snapshots {
             layout,
             store,
