@@ -5,40 +5,55 @@
 use std::fmt;
 use std::time::Duration;
 
-/// What a request was about: `host/repo@digest` or `host/repo:tag`.
+/// What a request was about: `host/repo@digest` or `host/repo:tag`. Small to clone (shared).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Registry host as written in the reference (e.g. `docker.io`, `10.0.0.5:5000`).
-    pub host: String,
-    /// Repository (e.g. `library/ubuntu`).
-    pub repo: String,
-    /// `@sha256:...`, `:tag`, or empty for repository-level requests.
-    pub object: String,
+pub struct Target(std::sync::Arc<TargetParts>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct TargetParts {
+    host: String,
+    repo: String,
+    object: String,
 }
 
 impl Target {
     /// A target for a blob or manifest digest.
     pub fn digest(host: &str, repo: &str, digest: &str) -> Self {
-        Target {
-            host: host.into(),
-            repo: repo.into(),
-            object: format!("@{digest}"),
-        }
+        Target::new(host, repo, format!("@{digest}"))
     }
 
     /// A target for a tag.
     pub fn tag(host: &str, repo: &str, tag: &str) -> Self {
-        Target {
+        Target::new(host, repo, format!(":{tag}"))
+    }
+
+    fn new(host: &str, repo: &str, object: String) -> Self {
+        Target(std::sync::Arc::new(TargetParts {
             host: host.into(),
             repo: repo.into(),
-            object: format!(":{tag}"),
-        }
+            object,
+        }))
+    }
+
+    /// Registry host as written in the reference (e.g. `docker.io`, `10.0.0.5:5000`).
+    pub fn host(&self) -> &str {
+        &self.0.host
+    }
+
+    /// Repository (e.g. `library/ubuntu`).
+    pub fn repo(&self) -> &str {
+        &self.0.repo
+    }
+
+    /// `@sha256:...` or `:tag`.
+    pub fn object(&self) -> &str {
+        &self.0.object
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}{}", self.host, self.repo, self.object)
+        write!(f, "{}/{}{}", self.0.host, self.0.repo, self.0.object)
     }
 }
 
@@ -96,7 +111,7 @@ pub enum RegistryError {
         cause: String,
     },
     /// The read could not finish within its deadline (retries included).
-    #[error("{target}: gave up after {:.1}s and {attempts} attempt(s); last error: {last}", after.as_secs_f64())]
+    #[error("{target}: gave up after {:.1}s and {attempts} attempt(s); last error: {}", after.as_secs_f64(), without_target(last, target))]
     Timeout {
         /// What was requested.
         target: Target,
@@ -183,6 +198,16 @@ pub enum RegistryError {
     /// The client could not be built from the configuration.
     #[error("registry client setup: {0}")]
     Setup(String),
+}
+
+/// An error's message without its leading `target: ` (when nested under the same target).
+fn without_target(e: &RegistryError, target: &Target) -> String {
+    let text = e.to_string();
+    let prefix = format!("{target}: ");
+    match text.strip_prefix(&prefix) {
+        Some(rest) => rest.to_string(),
+        None => text,
+    }
 }
 
 fn code_suffix(code: &str) -> String {
