@@ -27,7 +27,13 @@ pub enum ReadMode {
     Pread,
     /// `mmap` the file and hand out the mapping (no copy).
     Mmap,
+    /// `pread` for entries below [`MMAP_THRESHOLD`], `mmap` for larger ones: the faster of
+    /// the two at each size in `benches/cache_read.rs`.
+    Auto,
 }
+
+/// Entry size from which [`ReadMode::Auto`] maps files instead of reading them.
+pub const MMAP_THRESHOLD: u64 = 256 << 10;
 
 pub(crate) const TMP_DIR: &str = "tmp";
 
@@ -41,8 +47,13 @@ pub(crate) fn read_entry(path: &Path, expected: u64, mode: ReadMode) -> io::Resu
             format!("size {len}, expected {expected}"),
         ));
     }
+    let mode = match mode {
+        ReadMode::Auto if len >= MMAP_THRESHOLD => ReadMode::Mmap,
+        ReadMode::Auto => ReadMode::Pread,
+        m => m,
+    };
     match mode {
-        ReadMode::Pread => {
+        ReadMode::Pread | ReadMode::Auto => {
             let mut buf = vec![0u8; len as usize];
             file.read_exact_at(&mut buf, 0)?;
             Ok(Bytes::from(buf))

@@ -44,7 +44,7 @@ fn stored_chunks_come_back_from_memory_disk_and_after_restart() {
     // The file holds exactly the raw bytes (usable as a passthrough backing file).
     let file = dir.path().join(k.relative_path());
     assert_eq!(std::fs::read(&file).unwrap(), data);
-    for mode in [ReadMode::Pread, ReadMode::Mmap] {
+    for mode in [ReadMode::Pread, ReadMode::Mmap, ReadMode::Auto] {
         let (cache, m) = open_mode(dir.path(), 0, 0, mode);
         assert_eq!(cache.get(&k).unwrap().as_ref(), Some(&data), "{mode:?}");
         assert_eq!(m.snapshot().disk_hits, 1);
