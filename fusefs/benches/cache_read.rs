@@ -55,9 +55,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let dir = tempfile::Builder::new().prefix("stl-cachebench-").tempdir().unwrap();
-    println!("chunk cache reads, {} MiB per round, median of {ROUNDS} rounds, warm page cache", TOTAL >> 20);
-    println!("{:>9} {:>6} {:>14} {:>12} {:>14} {:>12}", "chunk", "mode", "whole GB/s", "whole us/op", "128K-copy us", "window GB/s");
+    let dir = tempfile::Builder::new()
+        .prefix("stl-cachebench-")
+        .tempdir()
+        .unwrap();
+    println!(
+        "chunk cache reads, {} MiB per round, median of {ROUNDS} rounds, warm page cache",
+        TOTAL >> 20
+    );
+    println!(
+        "{:>9} {:>6} {:>14} {:>12} {:>14} {:>12}",
+        "chunk", "mode", "whole GB/s", "whole us/op", "128K-copy us", "window GB/s"
+    );
     for size in [64 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20] {
         let data = chunks(size);
         {

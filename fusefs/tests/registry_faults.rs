@@ -231,6 +231,7 @@ async fn corrupted_fetch(multi_range: bool, seed: u64) {
     .unwrap();
     let fetcher = ChunkFetcher::new(blob, cache.clone(), Arc::new(RawChunks));
     let results = fetcher.get_many(&chunks, Priority::OnDemand).await;
+    fetcher.wait_idle().await;
     let (mut ok, mut failed) = (0, 0);
     for (req, res) in chunks.iter().zip(&results) {
         match res {

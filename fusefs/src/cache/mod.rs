@@ -170,6 +170,15 @@ impl ChunkCache {
         }
     }
 
+    /// The chunk's content if it is in the memory LRU (no disk access; counts a memory hit).
+    pub fn get_memory(&self, key: &ChunkKey) -> Option<Bytes> {
+        let hit = self.inner.memory.lock().get(key);
+        if hit.is_some() {
+            Metrics::inc(&self.inner.metrics.memory_hits);
+        }
+        hit
+    }
+
     /// True if an entry for `key` is on disk (not yet necessarily verified).
     pub fn contains(&self, key: &ChunkKey) -> bool {
         self.inner.index.lock().entries.contains(key)

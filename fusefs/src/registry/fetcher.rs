@@ -94,6 +94,8 @@ struct Inner {
     cache: ChunkCache,
     decoder: Arc<dyn ChunkDecoder>,
     inflight: Mutex<HashMap<ChunkKey, Pending>>,
+    /// Woken whenever chunks leave `inflight`.
+    settled: tokio::sync::Notify,
     metrics: Arc<Metrics>,
     max_retries: u32,
     backoff: std::time::Duration,
@@ -117,6 +119,7 @@ impl ChunkFetcher {
                 cache,
                 decoder,
                 inflight: Mutex::new(HashMap::new()),
+                settled: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -129,6 +132,18 @@ impl ChunkFetcher {
     /// The cache.
     pub fn cache(&self) -> &ChunkCache {
         &self.inner.cache
+    }
+
+    /// Waits until no fetch is in flight and every fetched chunk has been written to the
+    /// cache (chunks are answered before they are cached).
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.settled.notified();
+            if self.inner.inflight.lock().is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Reads one chunk.
@@ -153,18 +168,32 @@ impl ChunkFetcher {
     ) -> Vec<Result<Bytes, FetchError>> {
         let inner = &self.inner;
         let mut out: Vec<Option<Result<Bytes, FetchError>>> = vec![None; requests.len()];
-        // Disk lookups (and first-use verification) run off the async threads.
-        let cached = {
+        // Memory hits are answered here; disk lookups (and first-use verification) run off
+        // the async threads.
+        let mut cached: Vec<Option<Bytes>> = requests
+            .iter()
+            .map(|r| inner.cache.get_memory(&r.key))
+            .collect();
+        let on_disk: Vec<(usize, ChunkKey)> = cached
+            .iter()
+            .enumerate()
+            .filter(|(i, hit)| hit.is_none() && inner.cache.contains(&requests[*i].key))
+            .map(|(i, _)| (i, requests[i].key))
+            .collect();
+        if !on_disk.is_empty() {
             let cache = inner.cache.clone();
-            let keys: Vec<ChunkKey> = requests.iter().map(|r| r.key).collect();
-            tokio::task::spawn_blocking(move || {
-                keys.iter()
-                    .map(|k| cache.get(k).ok().flatten())
+            let found = tokio::task::spawn_blocking(move || {
+                on_disk
+                    .into_iter()
+                    .map(|(i, k)| (i, cache.get(&k).ok().flatten()))
                     .collect::<Vec<_>>()
             })
             .await
-            .unwrap_or_else(|_| vec![None; requests.len()])
-        };
+            .unwrap_or_default();
+            for (i, hit) in found {
+                cached[i] = hit;
+            }
+        }
         let mut waits: Vec<(usize, Pending)> = Vec::new();
         let mut jobs: Vec<Job> = Vec::new();
         {
@@ -226,7 +255,7 @@ async fn fetch_and_store(inner: Arc<Inner>, mut jobs: Vec<Job>, priority: Priori
             requests
                 .into_iter()
                 .zip(raws)
-                .map(|(req, raw)| decode_verify_store(&worker, &req, raw))
+                .map(|(req, raw)| decode_verify(&worker, &req, raw))
                 .collect::<Vec<_>>()
         })
         .await;
@@ -237,14 +266,32 @@ async fn fetch_and_store(inner: Arc<Inner>, mut jobs: Vec<Job>, priority: Priori
             return;
         };
         let mut bad = Vec::new();
+        let mut good = Vec::new();
         for (job, verdict) in jobs.into_iter().zip(verdicts) {
             match verdict {
-                Ok(data) => finish(&inner, job, Ok(data)),
+                Ok(data) => {
+                    // Answer now; the chunk stays "in flight" (answered) until it is cached,
+                    // so callers arriving meanwhile get it without a new fetch.
+                    let _ = job.reply.send(Ok(data.clone()));
+                    good.push((job.request.key, data));
+                }
                 Err(reason) => {
                     Metrics::inc(&inner.metrics.digest_mismatches);
                     bad.push((job, reason));
                 }
             }
+        }
+        if !good.is_empty() {
+            let store = inner.clone();
+            tokio::task::spawn_blocking(move || {
+                for (key, data) in good {
+                    if let Err(e) = store.cache.insert_verified(&key, data) {
+                        tracing::warn!(chunk = %key, error = %e, "cannot cache chunk; it was served uncached");
+                    }
+                    store.inflight.lock().remove(&key);
+                }
+                store.settled.notify_waiters();
+            });
         }
         if bad.is_empty() {
             return;
@@ -274,8 +321,8 @@ async fn fetch_and_store(inner: Arc<Inner>, mut jobs: Vec<Job>, priority: Priori
     }
 }
 
-/// Decodes one chunk, checks it against its key and caches it. Runs on a blocking thread.
-fn decode_verify_store(inner: &Inner, req: &ChunkRequest, raw: Bytes) -> Result<Bytes, String> {
+/// Decodes one chunk and checks it against its key. Runs on a blocking thread.
+fn decode_verify(inner: &Inner, req: &ChunkRequest, raw: Bytes) -> Result<Bytes, String> {
     let data = inner.decoder.decode(req, raw)?;
     if !req.key.matches(&data) {
         return Err(if req.key.is_verifiable() {
@@ -288,13 +335,11 @@ fn decode_verify_store(inner: &Inner, req: &ChunkRequest, raw: Bytes) -> Result<
             )
         });
     }
-    if let Err(e) = inner.cache.insert_verified(&req.key, data.clone()) {
-        tracing::warn!(chunk = %req.key, error = %e, "cannot cache chunk; serving it uncached");
-    }
     Ok(data)
 }
 
 fn finish(inner: &Inner, job: Job, result: Result<Bytes, FetchError>) {
     inner.inflight.lock().remove(&job.request.key);
+    inner.settled.notify_waiters();
     let _ = job.reply.send(result);
 }
