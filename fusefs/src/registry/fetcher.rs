@@ -146,6 +146,17 @@ impl ChunkFetcher {
         }
     }
 
+    /// [`ChunkFetcher::get_many`] for threads outside the runtime (FUSE workers); must not be
+    /// called from inside it.
+    pub fn get_many_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        requests: &[ChunkRequest],
+        priority: Priority,
+    ) -> Vec<Result<Bytes, FetchError>> {
+        runtime.block_on(self.get_many(requests, priority))
+    }
+
     /// Reads one chunk.
     pub async fn get(
         &self,

@@ -296,7 +296,16 @@ impl ClientInner {
         // A cached redirect target (object storage URL) skips the registry round trip.
         let cached = req.redirect_cache.as_ref().and_then(|c| c.lock().clone());
         if let Some(url) = cached {
-            let resp = self.send_plain(req, &url, None, ep, timeout).await?;
+            let resp = match self.send_plain(req, &url, None, ep, timeout).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // The next attempt asks the registry again.
+                    if let Some(c) = &req.redirect_cache {
+                        *c.lock() = None;
+                    }
+                    return Err(e);
+                }
+            };
             if matches!(resp.status().as_u16(), 400 | 401 | 403 | 404 | 410) {
                 tracing::debug!(target = %req.target, status = resp.status().as_u16(),
                     "cached redirect target refused; resolving again");
