@@ -175,6 +175,23 @@ fn content(ctr: &Ctr) -> HashMap<String, String> {
         .collect()
 }
 
+/// `ctr content ls` as digest → sorted labels, with the snapshotter's name replaced by
+/// `SNAPSHOTTER` (in `containerd.io/gc.ref.snapshot.<name>`).
+fn content_labels(ctr: &Ctr, snapshotter: &str) -> HashMap<String, Vec<String>> {
+    content(ctr)
+        .into_iter()
+        .map(|(d, l)| {
+            let mut v: Vec<String> = l
+                .split(',')
+                .filter(|x| !x.is_empty() && *x != "-")
+                .map(|x| x.replace(&format!("snapshot.{snapshotter}="), "snapshot.SNAPSHOTTER="))
+                .collect();
+            v.sort();
+            (d, v)
+        })
+        .collect()
+}
+
 /// Layers of `reference` as unpacked on `snapshotter`: every chain ID is a committed
 /// snapshot whose labels name the layer; all lazy or all applied (checked accordingly);
 /// returns whether they are lazy.
@@ -300,9 +317,13 @@ fn rpull_plain_gzip_image_falls_back_and_runs() {
     let plain = s.registry.reference("app:plain");
     ctr.pull(&plain, "overlayfs").unwrap();
     let expected = ctr.run_ok(&plain, "overlayfs", CMD).unwrap();
+    let by_ctr = content_labels(ctr, "overlayfs");
     ctr.remove_all_images().unwrap();
 
     let summary = rpull_ok(ctr, &plain, "starling");
+    // Content carries the labels containerd's own pull gives it (GC references between
+    // blobs, distribution source, uncompressed digests, the snapshot reference).
+    assert_eq!(content_labels(ctr, "starling"), by_ctr);
     assert!(
         summary.contains("3 layers: 0 lazy, 3 applied"),
         "plain gzip layers fall back: {summary}"
