@@ -211,76 +211,108 @@ async fn write(
 ) -> Result<(), WriteFailure> {
     let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
     let (fail_tx, mut fail_rx) = tokio::sync::oneshot::channel::<RegistryError>();
-    let mut stream = source.stream();
-    let (reference_p, digest_p) = (reference.to_string(), digest.to_string());
-    let producer = tokio::spawn(async move {
-        let first = |offset: u64| offset == 0;
-        let mut offset = 0u64;
-        while let Some(item) = stream.next().await {
-            let mut chunk = match item {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = fail_tx.send(e);
-                    return;
-                }
-            };
-            while !chunk.is_empty() {
-                let piece = chunk.split_to(chunk.len().min(WRITE_PIECE));
-                let msg = WriteContentRequest {
-                    action: WriteAction::Write as i32,
-                    r#ref: reference_p.clone(),
-                    total: if first(offset) { size as i64 } else { 0 },
-                    expected: if first(offset) {
-                        digest_p.clone()
-                    } else {
-                        String::new()
-                    },
-                    offset: offset as i64,
-                    data: piece.to_vec(),
-                    labels: HashMap::new(),
-                };
-                offset += piece.len() as u64;
+    let producer = tokio::spawn(produce(
+        source.stream(),
+        tx,
+        fail_tx,
+        Header {
+            reference: reference.to_string(),
+            digest: digest.to_string(),
+            size,
+        },
+        labels,
+    ));
+    let _stop = AbortOnDrop(producer);
+    let answer = async {
+        let mut responses = ContentClient::new(c.channel())
+            .write(c.request(ReceiverStream::new(rx)))
+            .await?
+            .into_inner();
+        while let Some(r) = responses.message().await? {
+            progress(r.offset.max(0) as u64);
+            if r.action == WriteAction::Commit as i32 {
+                return Ok(true);
+            }
+        }
+        Ok::<bool, Status>(false)
+    }
+    .await;
+    // A failed source ends the stream early, whatever containerd makes of that.
+    if let Ok(e) = fail_rx.try_recv() {
+        return Err(WriteFailure::Source(e));
+    }
+    match answer {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(WriteFailure::Rpc(Status::unknown(
+            "containerd ended the write stream before the commit",
+        ))),
+        Err(s) => Err(WriteFailure::Rpc(s)),
+    }
+}
+
+/// What every write message of one blob names.
+struct Header {
+    reference: String,
+    digest: String,
+    size: u64,
+}
+
+impl Header {
+    /// A message writing `data` at `offset`; the first one (and the commit) also carries
+    /// the expected size and digest.
+    fn message(&self, action: WriteAction, offset: u64, data: Vec<u8>) -> WriteContentRequest {
+        let announce = offset == 0 || action == WriteAction::Commit;
+        WriteContentRequest {
+            action: action as i32,
+            r#ref: self.reference.clone(),
+            total: if announce { self.size as i64 } else { 0 },
+            expected: if announce {
+                self.digest.clone()
+            } else {
+                String::new()
+            },
+            offset: offset as i64,
+            data,
+            labels: HashMap::new(),
+        }
+    }
+}
+
+/// Feeds the write stream: the source's bytes in [`WRITE_PIECE`] messages, the last piece
+/// with the commit. A source error goes to `fail` and ends the stream without a commit.
+async fn produce(
+    mut stream: ByteStream,
+    tx: tokio::sync::mpsc::Sender<WriteContentRequest>,
+    fail: tokio::sync::oneshot::Sender<RegistryError>,
+    header: Header,
+    labels: HashMap<String, String>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(WRITE_PIECE);
+    let mut offset = 0u64;
+    while let Some(item) = stream.next().await {
+        let mut chunk = match item {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = fail.send(e);
+                return;
+            }
+        };
+        while !chunk.is_empty() {
+            let take = (WRITE_PIECE - buf.len()).min(chunk.len());
+            buf.extend_from_slice(&chunk.split_to(take));
+            if buf.len() == WRITE_PIECE {
+                let data = std::mem::replace(&mut buf, Vec::with_capacity(WRITE_PIECE));
+                let msg = header.message(WriteAction::Write, offset, data);
+                offset += WRITE_PIECE as u64;
                 if tx.send(msg).await.is_err() {
                     return; // containerd ended the stream; its answer says why
                 }
             }
         }
-        let commit = WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: reference_p,
-            total: size as i64,
-            expected: digest_p,
-            offset: offset as i64,
-            data: Vec::new(),
-            labels,
-        };
-        let _ = tx.send(commit).await;
-    });
-    let _stop = AbortOnDrop(producer);
-    let mut responses = ContentClient::new(c.channel())
-        .write(c.request(ReceiverStream::new(rx)))
-        .await
-        .map_err(WriteFailure::Rpc)?
-        .into_inner();
-    loop {
-        match responses.message().await {
-            Ok(Some(r)) => {
-                progress(r.offset.max(0) as u64);
-                if r.action == WriteAction::Commit as i32 {
-                    return Ok(());
-                }
-            }
-            Ok(None) => break,
-            Err(s) => return Err(WriteFailure::Rpc(s)),
-        }
     }
-    // containerd closed the stream without a commit: the source failed (or a bug).
-    match fail_rx.try_recv() {
-        Ok(e) => Err(WriteFailure::Source(e)),
-        Err(_) => Err(WriteFailure::Rpc(Status::unknown(
-            "the write stream ended before the commit",
-        ))),
-    }
+    let mut commit = header.message(WriteAction::Commit, offset, buf);
+    commit.labels = labels;
+    let _ = tx.send(commit).await;
 }
 
 /// Drops a partial ingest (best effort).
@@ -301,5 +333,112 @@ pub(crate) struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(size: u64) -> Header {
+        Header {
+            reference: "layer-sha256:x".into(),
+            digest: "sha256:x".into(),
+            size,
+        }
+    }
+
+    async fn messages(
+        chunks: Vec<Result<Bytes, RegistryError>>,
+        size: u64,
+    ) -> (Vec<WriteContentRequest>, Option<RegistryError>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (fail_tx, mut fail_rx) = tokio::sync::oneshot::channel();
+        let labels = HashMap::from([("k".to_string(), "v".to_string())]);
+        let task = tokio::spawn(produce(
+            Box::pin(futures::stream::iter(chunks)),
+            tx,
+            fail_tx,
+            header(size),
+            labels,
+        ));
+        let mut got = Vec::new();
+        while let Some(m) = rx.recv().await {
+            got.push(m);
+        }
+        task.await.unwrap();
+        (got, fail_rx.try_recv().ok())
+    }
+
+    #[tokio::test]
+    async fn writes_are_pieced_and_committed_with_labels() {
+        let data: Vec<u8> = (0..(2 * WRITE_PIECE + 10)).map(|i| i as u8).collect();
+        // Uneven network chunks, one larger than a piece.
+        let chunks = [7, WRITE_PIECE + 3, 100, WRITE_PIECE]
+            .iter()
+            .scan(0usize, |at, n| {
+                let end = (*at + n).min(data.len());
+                let c = Bytes::copy_from_slice(&data[*at..end]);
+                *at = end;
+                Some(Ok(c))
+            })
+            .collect();
+        let (msgs, fail) = messages(chunks, data.len() as u64).await;
+        assert!(fail.is_none());
+        assert_eq!(msgs.len(), 3);
+        let mut joined = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            assert_eq!(
+                m.offset as usize,
+                joined.len(),
+                "message {i} continues the blob"
+            );
+            assert_eq!(m.r#ref, "layer-sha256:x");
+            joined.extend_from_slice(&m.data);
+        }
+        assert_eq!(joined, data);
+        assert_eq!(msgs[0].action, WriteAction::Write as i32);
+        assert_eq!(
+            (msgs[0].total, msgs[0].expected.as_str()),
+            (data.len() as i64, "sha256:x")
+        );
+        assert_eq!((msgs[1].total, msgs[1].expected.as_str()), (0, ""));
+        let commit = &msgs[2];
+        assert_eq!(commit.action, WriteAction::Commit as i32);
+        assert_eq!(commit.data.len(), 10);
+        assert_eq!(
+            (commit.total, commit.expected.as_str()),
+            (data.len() as i64, "sha256:x")
+        );
+        assert_eq!(commit.labels.get("k").map(String::as_str), Some("v"));
+        assert!(msgs[..2].iter().all(|m| m.labels.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn small_and_empty_blobs_are_one_commit() {
+        let (msgs, _) = messages(vec![Ok(Bytes::from_static(b"{}"))], 2).await;
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].action, WriteAction::Commit as i32);
+        assert_eq!((msgs[0].offset, msgs[0].data.as_slice()), (0, &b"{}"[..]));
+        let (msgs, _) = messages(vec![], 0).await;
+        assert_eq!(msgs.len(), 1);
+        assert_eq!((msgs[0].total, msgs[0].data.len()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_source_error_ends_the_stream_without_commit() {
+        let err = RegistryError::InvalidReference {
+            reference: "x".into(),
+            reason: "test".into(),
+        };
+        let chunks = vec![
+            Ok(Bytes::from(vec![1u8; WRITE_PIECE])),
+            Err(err),
+            Ok(Bytes::from_static(b"never")),
+        ];
+        let (msgs, fail) = messages(chunks, 2 * WRITE_PIECE as u64).await;
+        assert!(fail.is_some());
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].action, WriteAction::Write as i32);
     }
 }
