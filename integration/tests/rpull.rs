@@ -111,6 +111,54 @@ fn images(s: &Stack) -> (String, String, String) {
     (plain, esgz, expected)
 }
 
+/// `app:mixed`: the plain image's bottom layer (gzip) under the eStargz image's two upper
+/// layers, pushed from an OCI layout; returns its reference.
+fn mixed_image(s: &Stack) -> String {
+    let reg = &s.registry;
+    let json = |b: &[u8]| -> Value { serde_json::from_slice(b).unwrap() };
+    let blob = |d: &str| -> Vec<u8> {
+        let r = integration::http::get(&reg.blob_url("app", d), &[]).unwrap();
+        assert_eq!(r.status, 200, "blob {d}");
+        r.body
+    };
+    let plain = json(&reg.manifest("app", "plain").unwrap().body);
+    let esgz = json(&reg.manifest("app", "esgz").unwrap().body);
+    let plain_cfg = json(&blob(plain["config"]["digest"].as_str().unwrap()));
+    let mut cfg = json(&blob(esgz["config"]["digest"].as_str().unwrap()));
+    cfg["rootfs"]["diff_ids"][0] = plain_cfg["rootfs"]["diff_ids"][0].clone();
+    let mut m = esgz.clone();
+    m["layers"][0] = plain["layers"][0].clone();
+
+    let layout = s.wd.join("mixed-layout");
+    integration::oci::image::init_layout(&layout).unwrap();
+    let blobs = layout.join("blobs/sha256");
+    for l in m["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        assert_eq!(
+            integration::oci::image::write_blob(&blobs, &blob(d)).unwrap(),
+            d
+        );
+    }
+    let cfg_bytes = serde_json::to_vec(&cfg).unwrap();
+    m["config"]["digest"] = integration::oci::image::write_blob(&blobs, &cfg_bytes)
+        .unwrap()
+        .into();
+    m["config"]["size"] = cfg_bytes.len().into();
+    let m_bytes = serde_json::to_vec(&m).unwrap();
+    let m_digest = integration::oci::image::write_blob(&blobs, &m_bytes).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": m_digest, "size": m_bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "mixed"}}]});
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    reg.push_layout(&layout, "mixed", "app:mixed").unwrap();
+    reg.reference("app:mixed")
+}
+
 /// `starling rpull --address A --namespace N --snapshotter S --plain-http [EXTRA] REF`.
 fn starling_rpull(ctr: &Ctr, reference: &str, snapshotter: &str, extra: &[&str]) -> CmdOutput {
     let mut cmd = Command::new(starling_bin().unwrap());
@@ -535,10 +583,24 @@ fn rpull_is_lazy_with_the_stargz_peer() {
     .unwrap();
     let ctr = s.ctr();
     let (_, esgz, expected) = images(&s);
+    let mark = s.registry.access_mark();
     let summary = rpull_ok(ctr, &esgz, "stargz-peer");
     assert!(
         summary.contains("3 layers: 3 lazy, 0 applied"),
         "the reference remote snapshotter mounts every layer: {summary}"
+    );
+    let log = s.registry.access_since_settled(mark);
+    let config_digest = manifest(ctr, &esgz)["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let own_blob_gets: Vec<_> = log
+        .iter()
+        .filter(|e| e.is_blob_get() && e.user_agent.starts_with("starling/"))
+        .collect();
+    assert!(
+        own_blob_gets.len() == 1 && own_blob_gets[0].uri.contains(&config_digest),
+        "rpull itself fetched only the config blob: {own_blob_gets:?}"
     );
     let lazy = check_unpacked(
         ctr,
@@ -548,4 +610,69 @@ fn rpull_is_lazy_with_the_stargz_peer() {
     );
     assert!(lazy);
     assert_eq!(ctr.run_ok(&esgz, "stargz-peer", CMD).unwrap(), expected);
+}
+
+#[test]
+fn mixed_image_is_lazy_where_it_can_be_with_the_stargz_peer() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::ctr_remote(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let bin = match integration::peer::peer_binary() {
+        Ok(b) => b,
+        Err(reason) => return prereq::skip_optional(module_path!(), &reason),
+    };
+    let s = Stack::start(
+        "rpl-mix",
+        StackOptions {
+            peer: Some((bin, Default::default())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ctr = s.ctr();
+    let (_, _, expected) = images(&s);
+    let mixed = mixed_image(&s);
+    let mark = s.registry.access_mark();
+    let summary = rpull_ok(ctr, &mixed, "stargz-peer");
+    assert!(
+        summary.contains("3 layers: 2 lazy, 1 applied"),
+        "the gzip layer falls back, the eStargz ones stay lazy: {summary}"
+    );
+    let m = manifest(ctr, &mixed);
+    let digests: Vec<&str> = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    let log = s.registry.access_since_settled(mark);
+    // Bytes the client itself (not the peer's lazy reads) fetched of each layer.
+    let fetched = |d: &str| -> u64 {
+        log.iter()
+            .filter(|e| {
+                e.is_blob_get() && e.user_agent.starts_with("starling/") && e.uri.contains(d)
+            })
+            .map(|e| e.bytes)
+            .sum()
+    };
+    let size0 = m["layers"][0]["size"].as_u64().unwrap();
+    assert_eq!(
+        fetched(digests[0]),
+        size0,
+        "the gzip layer was fetched once: {log:?}"
+    );
+    for d in &digests[1..] {
+        assert_eq!(
+            fetched(d),
+            0,
+            "lazy layer {d} was not fetched by rpull: {log:?}"
+        );
+    }
+    let blobs = content(ctr);
+    assert!(blobs.contains_key(digests[0]));
+    assert!(!blobs.contains_key(digests[1]) && !blobs.contains_key(digests[2]));
+    assert_eq!(ctr.run_ok(&mixed, "stargz-peer", CMD).unwrap(), expected);
 }

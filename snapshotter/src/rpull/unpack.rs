@@ -13,10 +13,11 @@
 //!    `containerd.io/uncompressed`. On failure the extract snapshot is removed.
 //!
 //! After the first fallback, blobs of later layers that will fall back too (all of them if
-//! the snapshotter declined an eStargz layer, else those without a TOC digest) are fetched
-//! ahead, a few at a time, as containerd does.
+//! the snapshotter declined an eStargz layer before mounting any layer remotely, else those
+//! without a TOC digest) are fetched ahead, a few at a time, as containerd does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use containerd_client::tonic::Code;
@@ -43,7 +44,9 @@ type Download = AbortOnDrop<Result<u64, RpullError>>;
 pub(crate) struct Unpacker {
     shared: Arc<Shared>,
     ahead: Mutex<HashMap<usize, Download>>,
-    ahead_started: Mutex<bool>,
+    ahead_started: AtomicBool,
+    /// Whether the snapshotter mounted (or had mounted) a layer of this image remotely.
+    seen_remote: AtomicBool,
 }
 
 /// What background downloads need too.
@@ -74,7 +77,8 @@ impl Unpacker {
                 slots: Semaphore::new(AHEAD),
             }),
             ahead: Mutex::new(HashMap::new()),
-            ahead_started: Mutex::new(false),
+            ahead_started: AtomicBool::new(false),
+            seen_remote: AtomicBool::new(false),
         }
     }
 
@@ -83,6 +87,12 @@ impl Unpacker {
         let mut outcomes = Vec::new();
         for i in 0..self.shared.image.layers.len() {
             let outcome = self.layer(i).await?;
+            if matches!(
+                outcome,
+                LayerOutcome::Lazy | LayerOutcome::Present { remote: true }
+            ) {
+                self.seen_remote.store(true, Ordering::Relaxed);
+            }
             self.shared
                 .progress
                 .event(Event::LayerDone { index: i, outcome });
@@ -257,16 +267,13 @@ impl Unpacker {
 
     /// Starts downloads of the later layers that will fall back too (once per pull).
     fn fetch_ahead(&self, i: usize) {
-        {
-            let mut started = self.ahead_started.lock().unwrap_or_else(|e| e.into_inner());
-            if *started {
-                return;
-            }
-            *started = true;
+        if self.ahead_started.swap(true, Ordering::Relaxed) {
+            return;
         }
         let img = &self.shared.image;
-        // A declined eStargz layer means the snapshotter is not lazy for this image.
-        let all = is_estargz(&img.layers[i]);
+        // A declined eStargz layer, with no layer mounted remotely before it, means the
+        // snapshotter is not lazy for this image: every later layer will fall back too.
+        let all = is_estargz(&img.layers[i]) && !self.seen_remote.load(Ordering::Relaxed);
         let mut ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
         for j in i + 1..img.layers.len() {
             if !all && is_estargz(&img.layers[j]) {
