@@ -51,7 +51,7 @@ pub struct Args {
     /// Platform to pull from a multi-platform image: OS/ARCH[/VARIANT] [default: this host's].
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
-    /// Image reference: HOST[:PORT]/REPO[:TAG][@DIGEST]. The image record gets this name.
+    /// Image reference, `HOST[:PORT]/REPO[:TAG][@DIGEST]`. The image record gets this name.
     #[arg(value_name = "REF")]
     pub reference: String,
 }

@@ -6,21 +6,21 @@
 //!    config and diff IDs;
 //! 2. under a lease (so GC cannot take half-pulled content), store the config, manifest and
 //!    index in containerd's content store with containerd's GC reference labels
-//!    (`containerd.io/gc.ref.content.*`) and distribution-source labels ([`content`],
+//!    (`containerd.io/gc.ref.content.*`) and distribution-source labels (`content`,
 //!    [`labels`]);
 //! 3. unpack the layers through the snapshots service of the chosen snapshotter
-//!    ([`unpack`]): remote layers are committed by the snapshotter itself (Prepare answers
+//!    (`unpack`): remote layers are committed by the snapshotter itself (Prepare answers
 //!    AlreadyExists), the others are fetched and applied with the diff service;
 //! 4. label the config with `containerd.io/gc.ref.snapshot.<snapshotter>` = the top chain
 //!    ID, create or update the image record, and delete the lease.
 
-pub mod client;
-pub mod content;
+mod client;
+mod content;
 mod error;
 pub mod image;
 pub mod labels;
 pub mod progress;
-pub mod unpack;
+mod unpack;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
