@@ -9,7 +9,9 @@
 //! - [`snapshots`]: [`Snapshots`], the operations, tying store, overlay and hooks together;
 //! - [`remote`] and [`labels`]: the remote-layer extension point and its label protocol;
 //! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
-//!   socket server the daemon runs.
+//!   socket server the daemon runs;
+//! - [`rpull`]: the lazy-pull client (`starling rpull`), a containerd client that unpacks
+//!   images into a snapshotter with the remote-snapshot labels.
 
 pub mod cli;
 pub mod error;
@@ -18,6 +20,7 @@ pub mod filter;
 pub mod labels;
 pub mod overlay;
 pub mod remote;
+pub mod rpull;
 pub mod server;
 pub mod service;
 pub mod snapshots;
