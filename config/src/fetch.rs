@@ -42,7 +42,9 @@ pub struct FetchConfig {
     pub max_backoff: Duration,
     /// HTTP requests in flight at once per registry host (on-demand reads go first).
     pub max_concurrent_requests: usize,
-    /// Chunk ranges closer than this are fetched as one range (the gap bytes are discarded).
+    /// Chunk ranges closer than this are fetched as one range (the gap bytes are fetched and
+    /// discarded). Small by default: in a multi-range request a separate range costs only a
+    /// part header; raise it for registries without multi-range support.
     #[serde(with = "crate::units::size")]
     pub coalesce_gap: u64,
     /// Ask for several ranges in one request (`Range: bytes=a-b,c-d`) when the server supports
@@ -67,7 +69,7 @@ impl Default for FetchConfig {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             max_concurrent_requests: 16,
-            coalesce_gap: 64 << 10,
+            coalesce_gap: 4 << 10,
             multi_range: true,
             stream_threshold: 0.5,
         }

@@ -10,7 +10,9 @@
 //! - [`remote`] and [`labels`]: the remote-layer extension point and its label protocol;
 //! - [`merge`]: merged snapshots (stacked, hardlinked or copied; cache-aware);
 //! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
-//!   socket server the daemon runs.
+//!   socket server the daemon runs;
+//! - [`rpull`]: the lazy-pull client (`starling rpull`), a containerd client that unpacks
+//!   images into a snapshotter with the remote-snapshot labels.
 
 pub mod cli;
 pub mod error;
@@ -20,6 +22,7 @@ pub mod labels;
 pub mod merge;
 pub mod overlay;
 pub mod remote;
+pub mod rpull;
 pub mod server;
 pub mod service;
 pub mod snapshots;

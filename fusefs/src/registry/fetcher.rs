@@ -1,0 +1,356 @@
+//! The chunk fetcher the lazy filesystem calls: given chunks (cache key + byte range of the
+//! blob holding the chunk's stored form), it answers from the chunk cache, joins fetches
+//! already in flight for the same key (one fetch per chunk at a time), fetches the rest from
+//! the blob in few requests (see [`Blob::read_ranges`]), decodes each chunk with the layer's
+//! [`ChunkDecoder`], verifies it against its key, caches it and returns it. A chunk that fails
+//! verification is fetched again (bounded by `fetch.max_retries`) and is never returned or
+//! cached.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::{Blob, Priority, RegistryError, Target};
+use crate::cache::{ChunkCache, ChunkKey};
+use crate::metrics::Metrics;
+
+/// One chunk to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRequest {
+    /// The chunk's cache key (digest of its decoded content, or an unverifiable key).
+    pub key: ChunkKey,
+    /// The bytes of the blob that hold the chunk's stored (e.g. compressed) form.
+    pub range: Range<u64>,
+}
+
+/// Turns the stored form of a chunk into its content (e.g. gunzip of an eStargz chunk). The
+/// fetcher checks the result against the chunk's key afterwards.
+pub trait ChunkDecoder: Send + Sync + 'static {
+    /// Decodes `raw` (the bytes of `request.range`). Errors are treated like corruption.
+    fn decode(&self, request: &ChunkRequest, raw: Bytes) -> Result<Bytes, String>;
+}
+
+/// The identity decoder: the blob range holds the chunk's content as is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawChunks;
+
+impl ChunkDecoder for RawChunks {
+    fn decode(&self, _request: &ChunkRequest, raw: Bytes) -> Result<Bytes, String> {
+        Ok(raw)
+    }
+}
+
+/// Why a chunk could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// The registry could not deliver the bytes.
+    #[error(transparent)]
+    Registry(Box<RegistryError>),
+    /// Every fetched copy of the chunk failed decoding or verification.
+    #[error(transparent)]
+    Corrupt(Box<CorruptChunk>),
+    /// The fetch task ended without an answer (runtime shutting down).
+    #[error("chunk fetch abandoned")]
+    Abandoned,
+}
+
+/// Details of [`FetchError::Corrupt`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{target}: chunk {key} at bytes {}..{} failed verification {attempts} time(s): {reason}", range.start, range.end)]
+pub struct CorruptChunk {
+    /// The blob.
+    pub target: Target,
+    /// The chunk.
+    pub key: ChunkKey,
+    /// Its range in the blob.
+    pub range: Range<u64>,
+    /// Copies fetched.
+    pub attempts: u32,
+    /// The last decoder or verification failure.
+    pub reason: String,
+}
+
+impl From<RegistryError> for FetchError {
+    fn from(e: RegistryError) -> Self {
+        FetchError::Registry(Box::new(e))
+    }
+}
+
+type Pending = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
+
+/// Fetches, verifies and caches the chunks of one blob. Cheap to clone.
+#[derive(Clone)]
+pub struct ChunkFetcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    blob: Blob,
+    cache: ChunkCache,
+    decoder: Arc<dyn ChunkDecoder>,
+    inflight: Mutex<HashMap<ChunkKey, Pending>>,
+    /// Woken whenever chunks leave `inflight`.
+    settled: tokio::sync::Notify,
+    metrics: Arc<Metrics>,
+    max_retries: u32,
+    backoff: std::time::Duration,
+}
+
+struct Job {
+    request: ChunkRequest,
+    reply: oneshot::Sender<Result<Bytes, FetchError>>,
+}
+
+impl ChunkFetcher {
+    /// A fetcher for `blob`'s chunks, caching into `cache`, decoding with `decoder`.
+    pub fn new(blob: Blob, cache: ChunkCache, decoder: Arc<dyn ChunkDecoder>) -> Self {
+        let fetch = blob.client_fetch_config();
+        ChunkFetcher {
+            inner: Arc::new(Inner {
+                metrics: cache.metrics().clone(),
+                max_retries: fetch.max_retries,
+                backoff: fetch.min_backoff,
+                blob,
+                cache,
+                decoder,
+                inflight: Mutex::new(HashMap::new()),
+                settled: tokio::sync::Notify::new(),
+            }),
+        }
+    }
+
+    /// The blob.
+    pub fn blob(&self) -> &Blob {
+        &self.inner.blob
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &ChunkCache {
+        &self.inner.cache
+    }
+
+    /// Waits until no fetch is in flight and every fetched chunk has been written to the
+    /// cache (chunks are answered before they are cached).
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.settled.notified();
+            if self.inner.inflight.lock().is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// [`ChunkFetcher::get_many`] for threads outside the runtime (FUSE workers); must not be
+    /// called from inside it.
+    pub fn get_many_blocking(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        requests: &[ChunkRequest],
+        priority: Priority,
+    ) -> Vec<Result<Bytes, FetchError>> {
+        runtime.block_on(self.get_many(requests, priority))
+    }
+
+    /// Reads one chunk.
+    pub async fn get(
+        &self,
+        request: &ChunkRequest,
+        priority: Priority,
+    ) -> Result<Bytes, FetchError> {
+        self.get_many(std::slice::from_ref(request), priority)
+            .await
+            .pop()
+            .unwrap_or(Err(FetchError::Abandoned))
+    }
+
+    /// Reads chunks; answers come in the order of `requests`. Chunks missing from the cache
+    /// are fetched together (merged and multi-range where possible); the fetch runs in its
+    /// own task, so it completes (and caches) even if the caller stops waiting.
+    pub async fn get_many(
+        &self,
+        requests: &[ChunkRequest],
+        priority: Priority,
+    ) -> Vec<Result<Bytes, FetchError>> {
+        let inner = &self.inner;
+        let mut out: Vec<Option<Result<Bytes, FetchError>>> = vec![None; requests.len()];
+        // Memory hits are answered here; disk lookups (and first-use verification) run off
+        // the async threads.
+        let mut cached: Vec<Option<Bytes>> = requests
+            .iter()
+            .map(|r| inner.cache.get_memory(&r.key))
+            .collect();
+        let on_disk: Vec<(usize, ChunkKey)> = cached
+            .iter()
+            .enumerate()
+            .filter(|(i, hit)| hit.is_none() && inner.cache.contains(&requests[*i].key))
+            .map(|(i, _)| (i, requests[i].key))
+            .collect();
+        if !on_disk.is_empty() {
+            let cache = inner.cache.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                on_disk
+                    .into_iter()
+                    .map(|(i, k)| (i, cache.get(&k).ok().flatten()))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (i, hit) in found {
+                cached[i] = hit;
+            }
+        }
+        let mut waits: Vec<(usize, Pending)> = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
+        {
+            let mut inflight = inner.inflight.lock();
+            for (i, (req, hit)) in requests.iter().zip(cached).enumerate() {
+                if let Some(data) = hit {
+                    out[i] = Some(Ok(data));
+                    continue;
+                }
+                if let Some(p) = inflight.get(&req.key) {
+                    if !jobs.iter().any(|j| j.request.key == req.key) {
+                        Metrics::inc(&inner.metrics.fetch_joins);
+                    }
+                    waits.push((i, p.clone()));
+                    continue;
+                }
+                let (tx, rx) = oneshot::channel();
+                let pending: Pending = rx
+                    .map(|r| r.unwrap_or(Err(FetchError::Abandoned)))
+                    .boxed()
+                    .shared();
+                inflight.insert(req.key, pending.clone());
+                waits.push((i, pending));
+                jobs.push(Job {
+                    request: req.clone(),
+                    reply: tx,
+                });
+            }
+        }
+        if !jobs.is_empty() {
+            tokio::spawn(fetch_and_store(inner.clone(), jobs, priority));
+        }
+        for (i, p) in waits {
+            out[i] = Some(p.await);
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or(Err(FetchError::Abandoned)))
+            .collect()
+    }
+}
+
+async fn fetch_and_store(inner: Arc<Inner>, mut jobs: Vec<Job>, priority: Priority) {
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let ranges: Vec<Range<u64>> = jobs.iter().map(|j| j.request.range.clone()).collect();
+        let raws = match inner.blob.read_ranges(&ranges, priority).await {
+            Ok(r) => r,
+            Err(e) => {
+                for j in jobs {
+                    finish(&inner, j, Err(FetchError::from(e.clone())));
+                }
+                return;
+            }
+        };
+        let requests: Vec<ChunkRequest> = jobs.iter().map(|j| j.request.clone()).collect();
+        let worker = inner.clone();
+        let verdicts = tokio::task::spawn_blocking(move || {
+            requests
+                .into_iter()
+                .zip(raws)
+                .map(|(req, raw)| decode_verify(&worker, &req, raw))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(verdicts) = verdicts else {
+            for j in jobs {
+                finish(&inner, j, Err(FetchError::Abandoned));
+            }
+            return;
+        };
+        let mut bad = Vec::new();
+        let mut good = Vec::new();
+        for (job, verdict) in jobs.into_iter().zip(verdicts) {
+            match verdict {
+                Ok(data) => {
+                    // Answer now; the chunk stays "in flight" (answered) until it is cached,
+                    // so callers arriving meanwhile get it without a new fetch.
+                    let _ = job.reply.send(Ok(data.clone()));
+                    good.push((job.request.key, data));
+                }
+                Err(reason) => {
+                    Metrics::inc(&inner.metrics.digest_mismatches);
+                    bad.push((job, reason));
+                }
+            }
+        }
+        if !good.is_empty() {
+            let store = inner.clone();
+            tokio::task::spawn_blocking(move || {
+                for (key, data) in good {
+                    if let Err(e) = store.cache.insert_verified(&key, data) {
+                        tracing::warn!(chunk = %key, error = %e, "cannot cache chunk; it was served uncached");
+                    }
+                    store.inflight.lock().remove(&key);
+                }
+                store.settled.notify_waiters();
+            });
+        }
+        if bad.is_empty() {
+            return;
+        }
+        if attempts > inner.max_retries {
+            for (job, reason) in bad {
+                let err = FetchError::Corrupt(Box::new(CorruptChunk {
+                    target: inner.blob.target(),
+                    key: job.request.key,
+                    range: job.request.range.clone(),
+                    attempts,
+                    reason,
+                }));
+                tracing::warn!(error = %err, "giving up on a corrupted chunk");
+                finish(&inner, job, Err(err));
+            }
+            return;
+        }
+        tracing::debug!(
+            chunks = bad.len(),
+            attempt = attempts,
+            "refetching chunks that failed verification"
+        );
+        Metrics::inc(&inner.metrics.retries);
+        tokio::time::sleep(inner.backoff * attempts).await;
+        jobs = bad.into_iter().map(|(j, _)| j).collect();
+    }
+}
+
+/// Decodes one chunk and checks it against its key. Runs on a blocking thread.
+fn decode_verify(inner: &Inner, req: &ChunkRequest, raw: Bytes) -> Result<Bytes, String> {
+    let data = inner.decoder.decode(req, raw)?;
+    if !req.key.matches(&data) {
+        return Err(if req.key.is_verifiable() {
+            "content does not match the chunk digest".to_string()
+        } else {
+            format!(
+                "decoded {} bytes, expected {:?}",
+                data.len(),
+                req.key.size()
+            )
+        });
+    }
+    Ok(data)
+}
+
+fn finish(inner: &Inner, job: Job, result: Result<Bytes, FetchError>) {
+    inner.inflight.lock().remove(&job.request.key);
+    inner.settled.notify_waiters();
+    let _ = job.reply.send(result);
+}
