@@ -8,6 +8,7 @@
 //! - [`filter`]: containerd's filter language for List;
 //! - [`snapshots`]: [`Snapshots`], the operations, tying store, overlay and hooks together;
 //! - [`remote`] and [`labels`]: the remote-layer extension point and its label protocol;
+//! - [`merge`]: merged snapshots (stacked, hardlinked or copied; cache-aware);
 //! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
 //!   socket server the daemon runs;
 //! - [`rpull`]: the lazy-pull client (`starling rpull`), a containerd client that unpacks
@@ -18,6 +19,7 @@ pub mod error;
 pub mod extract;
 pub mod filter;
 pub mod labels;
+pub mod merge;
 pub mod overlay;
 pub mod remote;
 pub mod rpull;

@@ -69,6 +69,16 @@ fn remote_layers(cfg: &Config) -> anyhow::Result<Option<Arc<dyn RemoteLayers>>> 
     Ok(None)
 }
 
+/// The configuration's default merge mode (`overlay` is the stack mode).
+fn merge_mode(mode: config::MergeMode) -> crate::merge::MergeMode {
+    match mode {
+        config::MergeMode::Auto => crate::merge::MergeMode::Auto,
+        config::MergeMode::Overlay => crate::merge::MergeMode::Stack,
+        config::MergeMode::Hardlink => crate::merge::MergeMode::Hardlink,
+        config::MergeMode::Copy => crate::merge::MergeMode::Copy,
+    }
+}
+
 /// Resolves when SIGTERM or SIGINT arrives. The handlers are installed on call.
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
@@ -111,6 +121,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         features,
         remote: remote_layers(&cfg)?,
         allow_fallback: cfg.snapshotter.allow_fallback,
+        merge: crate::merge::MergeOptions {
+            default_mode: merge_mode(cfg.merge.default_mode),
+            ..Default::default()
+        },
     };
     let core = Snapshots::open(&cfg.root, options)
         .with_context(|| format!("open snapshotter state in {}", cfg.root.display()))?;

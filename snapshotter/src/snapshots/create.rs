@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use super::Snapshots;
 use crate::error::{Error, Result};
 use crate::labels;
+use crate::merge;
 use crate::overlay::layout::remove_tree;
 use crate::overlay::{sys, Mount};
 use crate::remote::{LayerOutcome, LayerRequest, RemoteLayers, RemoteSnapshot};
@@ -38,11 +39,15 @@ struct Created {
 }
 
 impl Snapshots {
-    /// containerd's Prepare: a new active snapshot on `parent`. With a remote-layer hook
+    /// containerd's Prepare: a new active snapshot on `parent`; with the merge labels, a
+    /// merged snapshot instead (see [`crate::merge`]). With a remote-layer hook
     /// and a `containerd.io/snapshot.ref` label naming a layer, the layer may instead be
     /// mounted remotely and committed under the target name: then the answer is
     /// AlreadyExists (see [`crate::remote`]).
     pub fn prepare(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        if let Some(req) = merge::intercept(Kind::Active, key, parent, &labels)? {
+            return self.merge(&req).map(|m| m.mounts);
+        }
         let target = labels
             .get(labels::TARGET_REF)
             .filter(|t| !t.is_empty())
@@ -92,8 +97,12 @@ impl Snapshots {
         self.mounts_for(&created.rec, &created.lowers)
     }
 
-    /// containerd's View: a read-only snapshot of `parent`.
+    /// containerd's View: a read-only snapshot of `parent`, or of a merge (see
+    /// [`crate::merge`]).
     pub fn view(&self, key: &str, parent: &str, labels: Labels) -> Result<Vec<Mount>> {
+        if let Some(req) = merge::intercept(Kind::View, key, parent, &labels)? {
+            return self.merge(&req).map(|m| m.mounts);
+        }
         self.create(NewSnapshot {
             kind: Kind::View,
             key: key.to_string(),

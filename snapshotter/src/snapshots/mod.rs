@@ -20,6 +20,7 @@ pub use create::NewSnapshot;
 use crate::error::{Error, Result};
 use crate::filter::{Fields, Filter};
 use crate::labels;
+use crate::merge::{self, MergeOptions, MergeState};
 use crate::overlay::layout::remove_tree;
 use crate::overlay::mounts::MountPlan;
 use crate::overlay::{usage, Layout, Mount, OverlayFeatures};
@@ -36,6 +37,8 @@ pub struct Options {
     /// When the hook declines a layer: true (default) goes on with a normal snapshot
     /// that containerd fills; false fails the Prepare with Unavailable.
     pub allow_fallback: bool,
+    /// Merged snapshots (see [`crate::merge`]).
+    pub merge: MergeOptions,
 }
 
 impl Default for Options {
@@ -44,6 +47,7 @@ impl Default for Options {
             features: OverlayFeatures::default(),
             remote: None,
             allow_fallback: true,
+            merge: MergeOptions::default(),
         }
     }
 }
@@ -72,11 +76,12 @@ pub struct RestoreReport {
 
 /// The snapshotter core.
 pub struct Snapshots {
-    layout: Layout,
-    store: MetaStore,
-    features: OverlayFeatures,
-    remote: Option<Arc<dyn RemoteLayers>>,
+    pub(crate) layout: Layout,
+    pub(crate) store: MetaStore,
+    pub(crate) features: OverlayFeatures,
+    pub(crate) remote: Option<Arc<dyn RemoteLayers>>,
     allow_fallback: bool,
+    pub(crate) merge: MergeState,
 }
 
 impl Fields for Info {
@@ -101,12 +106,16 @@ impl Snapshots {
         let layout = Layout::new(root);
         layout.create_dirs()?;
         let store = MetaStore::open(&layout.db_path())?;
+        let merge = MergeState::new(layout.root(), options.merge);
+        // No build runs yet: leftovers of a crash go now (they may be large copies).
+        merge.cleanup();
         Ok(Snapshots {
             layout,
             store,
             features: options.features,
             remote: options.remote,
             allow_fallback: options.allow_fallback,
+            merge,
         })
     }
 
@@ -128,14 +137,23 @@ impl Snapshots {
         Ok(info)
     }
 
-    /// Usage of `key`: stored at commit for committed snapshots, walked for active ones.
+    /// Usage of `key`: stored at commit for committed snapshots, walked for active ones;
+    /// plus, for a flattened merge, what its merge result owns.
     pub fn usage(&self, key: &str) -> Result<Usage> {
-        let rec = self.store.read()?.expect(key, "")?;
-        if rec.kind != Kind::Active {
-            return Ok(rec.usage);
-        }
-        let dir = self.layout.fs_dir(rec.id);
-        usage::disk_usage(&dir).map_err(|e| Error::io("compute usage of", &dir, e))
+        let tx = self.store.read()?;
+        let rec = tx.expect(key, "")?;
+        let merged = merge::nodes_usage(&tx, &rec)?;
+        drop(tx);
+        let own = if rec.kind == Kind::Active {
+            let dir = self.layout.fs_dir(rec.id);
+            usage::disk_usage(&dir).map_err(|e| Error::io("compute usage of", &dir, e))?
+        } else {
+            rec.usage
+        };
+        Ok(Usage {
+            size: own.size.saturating_add(merged.size),
+            inodes: own.inodes.saturating_add(merged.inodes),
+        })
     }
 
     /// Mounts of the active or view snapshot `key`.
@@ -155,6 +173,7 @@ impl Snapshots {
     /// Commits the active snapshot `key` as `name` with `labels` (replacing its labels)
     /// and its disk usage.
     pub fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
+        merge::check_client_key(name)?;
         // Walk the upper dir before taking the write lock; the kind and id are checked
         // again in the transaction.
         let before = self.store.read()?.record(key)?;
@@ -178,12 +197,15 @@ impl Snapshots {
     }
 
     /// Removes `key` (NotFound if missing, FailedPrecondition if it has children). A
-    /// remote snapshot's layer is unmounted through the hook first. Failures to delete
-    /// the directory are logged and left for [`Snapshots::cleanup`].
+    /// remote snapshot's layer is unmounted through the hook first. Merge results no
+    /// longer used go with it (see [`crate::merge`]). Failures to delete the directory
+    /// are logged and left for [`Snapshots::cleanup`].
     pub fn remove(&self, key: &str) -> Result<()> {
         let tx = self.store.write()?;
         let rec = tx.remove(key)?;
+        let released = merge::release_nodes(&tx, &rec)?;
         tx.commit()?;
+        self.remove_dirs(&released);
         if rec.labels.contains_key(labels::REMOTE) {
             if let Some(hook) = &self.remote {
                 let mountpoint = self.layout.fs_dir(rec.id);
@@ -205,10 +227,15 @@ impl Snapshots {
         Ok(())
     }
 
-    /// Every snapshot matching `filters` (containerd's filter syntax; none = all).
+    /// Every snapshot matching `filters` (containerd's filter syntax; none = all),
+    /// newest first, without the internal merge results. Newest first lets containerd's
+    /// GC, which prunes the trees it walks in order, remove a merged snapshot before the
+    /// (older) inputs it holds.
     pub fn list(&self, filters: &[String]) -> Result<Vec<Info>> {
         let filter = Filter::parse_all(filters)?;
-        let all = self.store.read()?.all()?;
+        let mut all = self.store.read()?.all()?;
+        all.retain(|(key, _)| !merge::is_node_key(key));
+        all.sort_by_key(|(_, rec)| std::cmp::Reverse(rec.id));
         Ok(all
             .into_iter()
             .map(|(key, rec)| rec.info(&key))
@@ -216,9 +243,28 @@ impl Snapshots {
             .collect())
     }
 
+    /// Deletes the directories of snapshots whose records are gone (failures are left
+    /// for cleanup).
+    fn remove_dirs(&self, removed: &[SnapshotRecord]) {
+        for rec in removed {
+            if let Err(e) = remove_tree(&self.layout.snapshot_dir(rec.id)) {
+                tracing::warn!(id = rec.id, error = %e, "snapshot directory left for cleanup");
+            }
+        }
+    }
+
     /// Removes directories under `snapshots/` that belong to no snapshot (left by a crash,
-    /// a failed create or a failed delete). Returns how many were removed.
+    /// a failed create or a failed delete), unused merge results and stale merge build
+    /// directories. Returns how many directories were removed.
     pub fn cleanup(&self) -> Result<usize> {
+        let orphans = {
+            let tx = self.store.write()?;
+            let orphans = merge::orphan_nodes(&tx)?;
+            tx.commit()?;
+            orphans
+        };
+        self.remove_dirs(&orphans);
+        let stale_builds = self.merge.cleanup();
         let dir = self.layout.snapshots_dir();
         let stray: Vec<PathBuf> = {
             // Holding the write transaction keeps creates (which assemble their directory
@@ -255,7 +301,7 @@ impl Snapshots {
         if removed > 0 {
             tracing::info!(removed, "cleanup removed stray snapshot directories");
         }
-        Ok(removed)
+        Ok(removed + stale_builds + orphans.len())
     }
 
     /// Mounts every committed remote snapshot again through the hook (daemon start).
@@ -310,7 +356,7 @@ impl Snapshots {
     }
 
     /// Mounts for `rec` standing on `lowers`, after checking remote lowers are available.
-    fn mounts_for(
+    pub(crate) fn mounts_for(
         &self,
         rec: &SnapshotRecord,
         lowers: &[(String, SnapshotRecord)],

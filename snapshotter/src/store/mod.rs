@@ -150,6 +150,9 @@ pub trait Lookup {
     /// The record stored under `key`, if any.
     fn record(&self, key: &str) -> Result<Option<SnapshotRecord>>;
 
+    /// Every record whose key starts with `prefix`, in key order.
+    fn with_prefix(&self, prefix: &str) -> Result<Vec<(String, SnapshotRecord)>>;
+
     /// The record under `key`, or NotFound naming `what` (e.g. "parent").
     fn expect(&self, key: &str, what: &str) -> Result<SnapshotRecord> {
         self.record(key)?
@@ -192,6 +195,22 @@ pub trait Lookup {
     }
 }
 
+fn scan_prefix(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+) -> Result<Vec<(String, SnapshotRecord)>> {
+    let mut out = Vec::new();
+    for entry in table.range(prefix..).map_err(dberr)? {
+        let (k, v) = entry.map_err(dberr)?;
+        let key = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        out.push((key.to_string(), decode(key, v.value())?));
+    }
+    Ok(out)
+}
+
 /// A read-only transaction.
 pub struct ReadTx {
     tx: redb::ReadTransaction,
@@ -202,6 +221,11 @@ impl Lookup for ReadTx {
         let table = self.tx.open_table(SNAPSHOTS).map_err(dberr)?;
         let bytes = table.get(key).map_err(dberr)?;
         bytes.map(|v| decode(key, v.value())).transpose()
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Result<Vec<(String, SnapshotRecord)>> {
+        let table = self.tx.open_table(SNAPSHOTS).map_err(dberr)?;
+        scan_prefix(&table, prefix)
     }
 }
 
@@ -231,6 +255,11 @@ impl Lookup for WriteTx {
         let table = self.tx.open_table(SNAPSHOTS).map_err(dberr)?;
         let bytes = table.get(key).map_err(dberr)?;
         bytes.map(|v| decode(key, v.value())).transpose()
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Result<Vec<(String, SnapshotRecord)>> {
+        let table = self.tx.open_table(SNAPSHOTS).map_err(dberr)?;
+        scan_prefix(&table, prefix)
     }
 }
 
@@ -323,6 +352,7 @@ impl WriteTx {
             kind: new.kind,
             parent: new.parent.to_string(),
             merged: new.merged.to_vec(),
+            holds: Vec::new(),
             labels: without_empty(new.labels),
             created: now,
             updated: now,
@@ -457,6 +487,30 @@ impl WriteTx {
         rec.updated = SystemTime::now();
         self.put(key, &rec)?;
         Ok(rec.info(key))
+    }
+
+    /// Makes the committed snapshot `key` hold `holds` (committed snapshots it does not
+    /// stack): they cannot be removed while `key` exists. NotFound / InvalidArgument
+    /// like merge sources of [`WriteTx::create`].
+    pub fn hold(&self, key: &str, holds: &[String]) -> Result<SnapshotRecord> {
+        let mut rec = self.expect(key, "")?;
+        let mut children = self.tx.open_multimap_table(CHILDREN).map_err(dberr)?;
+        for held in holds {
+            if rec.holds.contains(held) || rec.bases().any(|b| b == held) {
+                continue;
+            }
+            let h = self.expect(held, "held")?;
+            if h.kind != Kind::Committed {
+                return Err(Error::InvalidArgument(format!(
+                    "held snapshot {held:?} is not a committed snapshot"
+                )));
+            }
+            children.insert(held.as_str(), key).map_err(dberr)?;
+            rec.holds.push(held.clone());
+        }
+        drop(children);
+        self.put(key, &rec)?;
+        Ok(rec)
     }
 
     /// Keys of the snapshots standing directly on `key` (for tests and diagnostics).

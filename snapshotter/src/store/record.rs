@@ -54,6 +54,10 @@ pub struct SnapshotRecord {
     /// (merge snapshots, see `Snapshots::create`). Empty for ordinary snapshots.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged: Vec<String>,
+    /// Keys of committed snapshots this one keeps from being removed without stacking
+    /// them (a flattened merge holds its inputs, see `crate::merge`). Usually empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<String>,
     /// Labels.
     #[serde(default)]
     pub labels: Labels,
@@ -67,11 +71,13 @@ pub struct SnapshotRecord {
 }
 
 impl SnapshotRecord {
-    /// Every snapshot this one stands on directly: the parent, then the merge sources.
+    /// Every snapshot this one stands on or holds directly: the parent, the merge
+    /// sources, then the held snapshots.
     pub fn bases(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.parent.as_str())
             .filter(|p| !p.is_empty())
             .chain(self.merged.iter().map(String::as_str))
+            .chain(self.holds.iter().map(String::as_str))
     }
 
     /// The public info of this record stored under `key`.
