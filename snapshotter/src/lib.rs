@@ -9,9 +9,11 @@
 //! - [`snapshots`]: [`Snapshots`], the operations, tying store, overlay and hooks together;
 //! - [`remote`] and [`labels`]: the remote-layer extension point and its label protocol;
 //! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
-//!   socket server the daemon runs.
+//!   socket server the daemon runs;
+//! - [`convert`]: the image converter behind `starling convert`.
 
 pub mod cli;
+pub mod convert;
 pub mod error;
 pub mod extract;
 pub mod filter;
