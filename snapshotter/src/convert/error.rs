@@ -1,5 +1,6 @@
 //! Errors of the image converter: every one names the image (and, for a layer, its
-//! position and digest) and what failed.
+//! position and digest) and what failed. Causes are part of each message (not chained as
+//! `source`, so `{:#}` prints them once).
 
 use std::io;
 use std::path::PathBuf;
@@ -21,13 +22,12 @@ pub enum ConvertError {
     #[error("invalid option: {0}")]
     Option(String),
     /// A registry request failed (the error names host, repository and object).
-    #[error("{image}: {source}")]
+    #[error("{image}: {cause}")]
     Registry {
         /// The image being read or written.
         image: String,
         /// The registry error.
-        #[source]
-        source: RegistryError,
+        cause: RegistryError,
     },
     /// An OCI layout is missing, malformed or could not be written.
     #[error("OCI layout {}: {reason}", dir.display())]
@@ -45,10 +45,8 @@ pub enum ConvertError {
         /// What is wrong.
         reason: String,
     },
-    /// The requested platform is not in the image index.
-    #[error(
-        "{image}: no manifest for platform {wanted} in the image index (available: {available})"
-    )]
+    /// The requested platform is not in the image index (or not the image's).
+    #[error("{image}: no image for platform {wanted} (available: {available})")]
     NoPlatform {
         /// The image.
         image: String,
@@ -58,7 +56,7 @@ pub enum ConvertError {
         available: String,
     },
     /// One layer failed.
-    #[error("{image}: layer {position}/{count} {digest}: {source}")]
+    #[error("{image}: layer {position}/{count} {digest}: {cause}")]
     Layer {
         /// The image.
         image: String,
@@ -69,17 +67,15 @@ pub enum ConvertError {
         /// The source layer's digest.
         digest: String,
         /// What failed.
-        #[source]
-        source: LayerError,
+        cause: LayerError,
     },
     /// Temporary files could not be created.
-    #[error("temporary directory {}: {source}", dir.display())]
+    #[error("temporary directory {}: {cause}", dir.display())]
     Temp {
         /// The directory.
         dir: PathBuf,
         /// The cause.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// A background task stopped unexpectedly.
     #[error("internal error: {0}")]
@@ -90,20 +86,20 @@ pub enum ConvertError {
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
     /// The layer's media type is not an image layer we can convert.
-    #[error("unsupported layer media type {0:?}")]
+    #[error("unsupported layer: {0}")]
     MediaType(String),
     /// Fetching the source blob failed.
     #[error("fetching the source blob: {0}")]
-    Fetch(#[source] RegistryError),
+    Fetch(RegistryError),
     /// Reading the source blob from an OCI layout failed.
     #[error("reading the source blob: {0}")]
-    Read(#[source] io::Error),
+    Read(io::Error),
     /// The source blob does not match its digest or size.
     #[error("source blob is corrupt: {0}")]
     Corrupt(String),
     /// The source blob could not be decompressed.
     #[error("decompressing the source blob: {0}")]
-    Decompress(#[source] io::Error),
+    Decompress(io::Error),
     /// The source is compressed with an algorithm we do not read.
     #[error("source blob is {0}-compressed; only plain, gzip and zstd layers are supported")]
     Compression(&'static str),
@@ -117,10 +113,10 @@ pub enum LayerError {
     },
     /// The eStargz writer failed (malformed tar, unsupported entry, I/O).
     #[error("building the eStargz blob: {0}")]
-    Build(#[source] estargz::WriteError),
+    Build(estargz::WriteError),
     /// Reading back the built blob failed.
     #[error("reading the built blob: {0}")]
-    Output(#[source] io::Error),
+    Output(io::Error),
     /// Scanning the layer's tar for prioritized files failed.
     #[error("scanning the layer for prioritized files: {0}")]
     Scan(String),
@@ -129,7 +125,7 @@ pub enum LayerError {
     Store(String),
     /// Pushing the blob failed.
     #[error("pushing the blob: {0}")]
-    Push(#[source] RegistryError),
+    Push(RegistryError),
     /// A worker thread stopped.
     #[error("conversion worker stopped unexpectedly: {0}")]
     Worker(String),

@@ -223,8 +223,8 @@ impl LayerJob<'_> {
         started: Instant,
         note: Option<String>,
     ) -> Result<LayerOutcome, LayerError> {
-        self.stage(ctx, Stage::Converting);
         let permit = ctx.permit().await;
+        self.stage(ctx, Stage::Converting);
         let out = NamedTempFile::new_in(&ctx.temp)
             .map_err(|e| LayerError::Store(format!("temporary file: {e}")))?;
         let opts = BuildOptions {
@@ -313,9 +313,9 @@ pub async fn spool(
     assigner: Arc<Assigner>,
 ) -> Result<(NamedTempFile, HashSet<Vec<u8>>), LayerError> {
     image::layer_compression(&desc.media_type).map_err(LayerError::MediaType)?;
+    let _permit = ctx.permit().await;
     ctx.progress
         .layer_stage(id, desc.digest.as_ref(), desc.size, Stage::Spooling);
-    let _permit = ctx.permit().await;
     let reader = ctx.source.reader(desc, id, ctx.progress.clone()).await?;
     let expected = expected_diff.to_string();
     let temp = ctx.temp.clone();

@@ -199,7 +199,7 @@ impl Layout {
             .tempdir_in(&self.dir)
             .map_err(|source| ConvertError::Temp {
                 dir: self.dir.clone(),
-                source,
+                cause: source,
             })
     }
 

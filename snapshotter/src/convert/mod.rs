@@ -341,7 +341,7 @@ async fn convert_image(
         position: pos + 1,
         count,
         digest: layers[pos].digest.to_string(),
-        source,
+        cause: source,
     };
     let diff_ids = image::config_diff_ids(&img.config).map_err(&image_err)?;
     if diff_ids.len() != count {

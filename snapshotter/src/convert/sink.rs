@@ -90,7 +90,7 @@ impl Sink {
     fn registry_err(&self, e: RegistryError) -> ConvertError {
         ConvertError::Registry {
             image: self.name(),
-            source: e,
+            cause: e,
         }
     }
 
@@ -106,7 +106,10 @@ impl Sink {
         tempfile::Builder::new()
             .prefix("starling-convert-")
             .tempdir_in(&base)
-            .map_err(|source| ConvertError::Temp { dir: base, source })
+            .map_err(|source| ConvertError::Temp {
+                dir: base,
+                cause: source,
+            })
     }
 
     /// Stores a finished blob file.

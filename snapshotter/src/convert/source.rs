@@ -103,7 +103,7 @@ impl Source {
     fn registry_err(&self, e: fusefs::registry::RegistryError) -> ConvertError {
         ConvertError::Registry {
             image: self.name(),
-            source: e,
+            cause: e,
         }
     }
 
