@@ -112,12 +112,31 @@ fn ctr_remote_reads_tocs(ctr: &Ctr, m: &Value, zstd: bool) {
     }
 }
 
+/// Mounts an image's root file system read-only. The view snapshot has no GC root, so
+/// containerd's garbage collector (scheduled by the pulls just before) may remove it
+/// between `ctr snapshots view` and `ctr snapshots mounts`: then try again.
+fn mount_view(ctr: &Ctr, reference: &str, target: &Path) -> integration::containerd::SnapshotMount {
+    let mut last = String::new();
+    for _ in 0..5 {
+        match ctr.mount_image(reference, "overlayfs", target) {
+            Ok(m) => return m,
+            Err(e) if e.to_string().contains("does not exist") => {
+                last = e.to_string();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("mount {reference}: {e}"),
+        }
+    }
+    panic!("mount {reference}: {last}")
+}
+
 /// Pulls both images with plain containerd + overlayfs and compares the unpacked root
 /// file systems: equal except the files the eStargz layers add at the root — the top
 /// layer's landmark (one byte 0x0f) and, for gzip eStargz, its TOC `stargz.index.json`
 /// (whose SHA-256 is the top layer's TOC digest); zstd:chunked keeps the TOC outside the
-/// tar stream. The root directory's own mtime is not compared (containerd sets it when
-/// it creates the snapshot).
+/// tar stream. The mtimes of the root and of `synthesized` directories (parents a layer
+/// lacks, which containerd creates at unpack time) are not compared.
+#[allow(clippy::too_many_arguments)]
 fn assert_unpacks_like(
     ctr: &Ctr,
     wd: &Workdir,
@@ -126,30 +145,22 @@ fn assert_unpacks_like(
     m: &Value,
     zstd: bool,
     landmark: &str,
+    synthesized: &[&std::path::Path],
 ) {
     ctr.pull(original, "overlayfs").unwrap();
     ctr.pull(converted, "overlayfs").unwrap();
     let token = sha256_hex(converted.as_bytes());
-    let a = ctr
-        .mount_image(
-            original,
-            "overlayfs",
-            &wd.join(format!("a-{}", &token[..8])),
-        )
-        .unwrap();
-    let b = ctr
-        .mount_image(
-            converted,
-            "overlayfs",
-            &wd.join(format!("b-{}", &token[..8])),
-        )
-        .unwrap();
+    let a = mount_view(ctr, original, &wd.join(format!("a-{}", &token[..8])));
+    let b = mount_view(ctr, converted, &wd.join(format!("b-{}", &token[..8])));
     let added = [
         "stargz.index.json",
         ".no.prefetch.landmark",
         ".prefetch.landmark",
     ];
     let mut opts = CompareOptions::default().with_mtime().ignore_mtime_of("");
+    for d in synthesized {
+        opts = opts.ignore_mtime_of(d);
+    }
     for f in added {
         assert!(!a.path().join(f).exists(), "the original has no {f}");
         opts = opts.ignore(f);
@@ -192,6 +203,7 @@ fn edge_image_registry_to_registry_gzip_and_zstd_unpacks_like_the_original() {
     let cd = Containerd::start(&wd, ContainerdOptions::default()).unwrap();
     let ctr = cd.ctr();
     let src = reg.reference("edge:latest");
+    let implicit: Vec<&Path> = edge.implicit_dirs.iter().map(|p| p.as_path()).collect();
     for (tag, zstd) in [("esgz", false), ("zstd", true)] {
         let dst = reg.reference(&format!("edge:{tag}"));
         let extra: &[&str] = if zstd { &["--zstdchunked"] } else { &[] };
@@ -230,7 +242,16 @@ fn edge_image_registry_to_registry_gzip_and_zstd_unpacks_like_the_original() {
             .map(|l| l["diff_id"].as_str().unwrap())
             .collect();
         assert_eq!(cfg["rootfs"]["diff_ids"], serde_json::json!(diff_ids));
-        assert_unpacks_like(ctr, &wd, &src, &dst, &m, zstd, ".no.prefetch.landmark");
+        assert_unpacks_like(
+            ctr,
+            &wd,
+            &src,
+            &dst,
+            &m,
+            zstd,
+            ".no.prefetch.landmark",
+            &implicit,
+        );
         ctr_remote_reads_tocs(ctr, &m, zstd);
         // Converting again changes nothing (the writer is deterministic) and uploads nothing.
         let again = convert(&src, &dst, extra);
@@ -253,13 +274,6 @@ fn edge_image_registry_to_registry_gzip_and_zstd_unpacks_like_the_original() {
         .zip(zstd_direct["layers"].as_array().unwrap())
     {
         assert_eq!(l["kept"], false);
-        assert!(
-            l["note"]
-                .as_str()
-                .unwrap()
-                .contains("not the target format"),
-            "{l}"
-        );
         // The regenerated landmark and TOC replace the old ones: same blob as converting
         // the original directly.
         assert_eq!(l["digest"], d["digest"]);
@@ -300,7 +314,7 @@ fn pydeb_registry_to_registry_runs_like_the_original() {
             "pydeb {tag}: {} -> {} bytes in {:.1} s",
             report["source_layer_bytes"], report["layer_bytes"], report["seconds"]
         );
-        assert_unpacks_like(ctr, &wd, &src, &dst, &m, zstd, ".no.prefetch.landmark");
+        assert_unpacks_like(ctr, &wd, &src, &dst, &m, zstd, ".no.prefetch.landmark", &[]);
         assert_eq!(ctr.run_ok(&dst, "overlayfs", &cmd).unwrap(), expected);
         ctr_remote_reads_tocs(ctr, &m, zstd);
     }
@@ -567,7 +581,16 @@ fn prioritized_files_go_to_the_topmost_layer_that_has_them() {
         "{n2:?}"
     );
     let cd = Containerd::start(&wd, ContainerdOptions::default()).unwrap();
-    assert_unpacks_like(cd.ctr(), &wd, &src, &dst, &m, false, ".prefetch.landmark");
+    assert_unpacks_like(
+        cd.ctr(),
+        &wd,
+        &src,
+        &dst,
+        &m,
+        false,
+        ".prefetch.landmark",
+        &[],
+    );
     ctr_remote_reads_tocs(cd.ctr(), &m, false);
 }
 

@@ -22,7 +22,7 @@ pub enum ConvertError {
     #[error("invalid option: {0}")]
     Option(String),
     /// A registry request failed (the error names host, repository and object).
-    #[error("{image}: {cause}")]
+    #[error("{cause}")]
     Registry {
         /// The image being read or written.
         image: String,

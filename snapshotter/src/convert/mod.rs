@@ -265,6 +265,8 @@ pub async fn convert(
     let source = Source::new(client, src)?;
     let sink = Sink::new(client, dst)?;
     let resolved = source.resolve(&opts.platform).await?;
+    sink.check(&resolved.images[0].manifest.config.digest)
+        .await?;
     let temp = sink.temp_dir(opts.temp_dir.as_deref())?;
     let ctx = Ctx {
         source,

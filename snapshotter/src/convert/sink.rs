@@ -94,6 +94,18 @@ impl Sink {
         }
     }
 
+    /// Fails early when a registry destination cannot be reached (before any layer is
+    /// converted): asks whether it has `probe` (a blob digest; absent is fine).
+    pub async fn check(&self, probe: &Digest) -> Result<(), ConvertError> {
+        if let Sink::Registry { client, reference } = self {
+            client
+                .blob_exists(&reference.repository, probe)
+                .await
+                .map_err(|e| self.registry_err(e))?;
+        }
+        Ok(())
+    }
+
     /// A directory for temporary blobs: inside the layout (so blobs are renamed into
     /// place), else `dir` or the system's.
     pub fn temp_dir(&self, dir: Option<&Path>) -> Result<tempfile::TempDir, ConvertError> {
