@@ -67,7 +67,7 @@ pub enum ConvertError {
         /// The source layer's digest.
         digest: String,
         /// What failed.
-        cause: LayerError,
+        cause: Box<LayerError>,
     },
     /// Temporary files could not be created.
     #[error("temporary directory {}: {cause}", dir.display())]

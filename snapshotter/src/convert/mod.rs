@@ -343,7 +343,7 @@ async fn convert_image(
         position: pos + 1,
         count,
         digest: layers[pos].digest.to_string(),
-        cause: source,
+        cause: Box::new(source),
     };
     let diff_ids = image::config_diff_ids(&img.config).map_err(&image_err)?;
     if diff_ids.len() != count {
@@ -455,3 +455,6 @@ async fn convert_image(
     };
     Ok((report, body))
 }
+
+#[cfg(test)]
+mod tests;
