@@ -471,6 +471,16 @@ fn oci_layout_to_registry_and_back_keeps_estargz_layers() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
+    // registry → registry on the same host: kept layers are mounted from the source
+    // repository, not downloaded and uploaded.
+    let mounted = convert(&dst, &reg.reference("other:kept"), &[]);
+    assert_eq!(mounted["digest"], a["digest"]);
+    for l in mounted["images"][0]["layers"].as_array().unwrap() {
+        assert_eq!(l["kept"], true, "{l}");
+        assert_eq!(l["stored"], "mounted", "{l}");
+    }
+    assert!(reg.has_tag("other", "kept"));
+
     // Without the annotations, a kept layer gets them back (TOC digest from the TOC, the
     // uncompressed size by decompressing it).
     let mut stripped =
@@ -807,4 +817,57 @@ fn progress_lines_and_plain_http_flag() {
     );
     assert!(out.stdout.contains("layer 1:"), "{}", out.stdout);
     assert!(reg.has_tag("bb", "esgz"));
+}
+
+#[test]
+fn docker_schema2_image_becomes_oci_and_runs() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::binaries(&["skopeo"]),
+        prereq::starling_binary()
+    );
+    let wd = Workdir::new("cvdocker").unwrap();
+    let reg = Registry::start(&wd).unwrap();
+    let layout = wd.join("bb");
+    integration::images::busybox()
+        .unwrap()
+        .write_layout(&layout, "latest")
+        .unwrap();
+    let src = reg.reference("bb:docker");
+    let out = run_cmd(
+        Command::new("skopeo").args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--format",
+            "v2s2",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:latest", layout.display()),
+            &format!("docker://{src}"),
+        ]),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    let orig = manifest(&reg, "bb", "docker");
+    assert_eq!(
+        orig["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        orig["layers"][0]["mediaType"],
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    let dst = reg.reference("bb:esgz");
+    let r = convert(&src, &dst, &[]);
+    let m = manifest(&reg, "bb", "esgz");
+    check_manifest(&r, &m, false);
+    let cd = Containerd::start(&wd, ContainerdOptions::default()).unwrap();
+    let ctr = cd.ctr();
+    ctr.pull(&dst, "overlayfs").unwrap();
+    assert_eq!(
+        ctr.run_ok(&dst, "overlayfs", &["/bin/sh", "-c", "echo converted"])
+            .unwrap(),
+        "converted\n"
+    );
 }

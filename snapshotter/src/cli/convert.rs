@@ -129,13 +129,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(async {
+    let result = runtime.block_on(async {
         let client = RegistryClient::new(&cfg, Arc::new(Metrics::default()))
             .context("setting up the registry client")?;
         convert::convert(&client, &src, &dst, &opts, progress)
             .await
             .with_context(|| format!("converting {src} to {dst}"))
-    })?;
+    });
+    // After a failure other layers' conversion threads may still be running: do not
+    // wait for them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let report = result?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
