@@ -54,7 +54,7 @@ fn put(dir: &Path, data: &[u8]) -> String {
 
 /// Writes an image (gzip layers from tars, or raw `(media type, blob, diff)` layers) and
 /// returns its manifest descriptor.
-fn write_image(dir: &Path, arch: &str, layers: &[(&str, Vec<u8>, String)]) -> Value {
+fn write_image(dir: &Path, arch: &str, layers: &[RawLayer]) -> Value {
     let descs: Vec<Value> = layers
         .iter()
         .map(|(mt, blob, _)| json!({"mediaType": mt, "digest": put(dir, blob), "size": blob.len()}))
@@ -76,7 +76,10 @@ fn write_image(dir: &Path, arch: &str, layers: &[(&str, Vec<u8>, String)]) -> Va
            "platform": {"os": "linux", "architecture": arch}})
 }
 
-fn gz_layer(tar: &[u8]) -> (&'static str, Vec<u8>, String) {
+/// A layer as (media type, blob, diff ID).
+type RawLayer = (&'static str, Vec<u8>, String);
+
+fn gz_layer(tar: &[u8]) -> RawLayer {
     (
         image::OCI_LAYER_GZIP,
         gzip(tar),
@@ -394,7 +397,7 @@ fn failures_name_the_layer_and_write_no_image() {
     let (src, out) = (t.path().join("src"), t.path().join("out"));
     let good = tar_of(&[("f", b"x")]);
     let junk = vec![0x5au8; 4096];
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>, String)>, &str)> = vec![
+    let cases: Vec<(&str, Vec<RawLayer>, &str)> = vec![
         (
             "notar",
             vec![gz_layer(&good), gz_layer(&junk)],
