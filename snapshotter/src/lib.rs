@@ -13,8 +13,10 @@
 //!   socket server the daemon runs;
 //! - [`rpull`]: the lazy-pull client (`starling rpull`), a containerd client that unpacks
 //!   images into a snapshotter with the remote-snapshot labels.
+//! - [`convert`]: the image converter behind `starling convert`.
 
 pub mod cli;
+pub mod convert;
 pub mod error;
 pub mod extract;
 pub mod filter;
