@@ -209,3 +209,63 @@ fn draw_panel(
     chart.draw_series(totals).map_err(chart_err)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::plan::{Cell, Snapshotter, Variant};
+    use crate::bench::runner::Sample;
+
+    fn sample(workload: &str, cell: Cell, pull: f64) -> Sample {
+        Sample {
+            round: 0,
+            image: "pydeb".into(),
+            workload: workload.into(),
+            cell,
+            ok: true,
+            error: None,
+            pull_s: pull,
+            create_s: 0.1,
+            run_s: 0.5,
+            first_output_s: Some(pull + 0.5),
+            total_s: pull + 0.6,
+            link_bytes: 1,
+            requests: 1,
+            rss_peak_kib: None,
+            lazy_mounts: None,
+            pull_method: String::new(),
+        }
+    }
+
+    #[test]
+    fn draws_a_png_per_image() {
+        if !Path::new(FONT).exists() {
+            eprintln!("SKIP: {FONT} missing (fonts-dejavu-core)");
+            return;
+        }
+        let ov = Cell {
+            snapshotter: Snapshotter::Overlayfs,
+            variant: Variant::Orig,
+        };
+        let peer = Cell {
+            snapshotter: Snapshotter::Stargz,
+            variant: Variant::Esgz,
+        };
+        let r = Results {
+            cells: vec![ov, peer],
+            samples: vec![
+                sample("print", ov, 8.6),
+                sample("print", peer, 0.4),
+                sample("imports", ov, 8.7),
+                sample("imports", peer, 0.5),
+            ],
+            ..Default::default()
+        };
+        let wd = crate::workdir::Workdir::new("bchart").unwrap();
+        let files = draw(&r, wd.path()).unwrap();
+        assert_eq!(files, vec![wd.join("chart-pydeb.png")]);
+        let png = std::fs::read(&files[0]).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(png.len() > 5000, "a chart with text, not an empty image");
+    }
+}

@@ -123,14 +123,21 @@ pub fn write_results(
     let json = serde_json::to_vec_pretty(results).map_err(|e| BenchError::Setup(e.to_string()))?;
     write(&out.join("results.json"), &json)?;
     write(&out.join("results.md"), results.markdown().as_bytes())?;
-    let mut files = vec![out.join("results.json"), out.join("results.md")];
-    if charts {
-        #[cfg(feature = "chart")]
-        files.extend(chart::draw(results, out)?);
-        #[cfg(not(feature = "chart"))]
-        eprintln!("bench: built without feature `chart`: no PNG");
+    let files = vec![out.join("results.json"), out.join("results.md")];
+    if !charts {
+        return Ok(files);
     }
-    Ok(files)
+    #[cfg(feature = "chart")]
+    {
+        let mut files = files;
+        files.extend(chart::draw(results, out)?);
+        Ok(files)
+    }
+    #[cfg(not(feature = "chart"))]
+    {
+        eprintln!("bench: built without feature `chart`: no PNG");
+        Ok(files)
+    }
 }
 
 /// Runs the whole benchmark; results land in `opts.out`.

@@ -449,7 +449,7 @@ impl BenchEnv {
                 "the image is not in containerd namespace {} afterwards",
                 self.ctr().namespace
             )),
-            Ok(o) => Some(format!("{}", o.stderr.trim())),
+            Ok(o) => Some(o.stderr.trim().to_string()),
             Err(e) => Some(e.to_string()),
         };
         if let Some(why) = why {
