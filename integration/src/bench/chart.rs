@@ -75,7 +75,7 @@ fn draw_image(results: &Results, image: &str, path: &Path) -> Result<(), BenchEr
     title
         .draw_text(
             &format!(
-                "{} ms RTT, {} Mbit/s, n = {}, load avg {} at start; labels: total",
+                "{} ms RTT, {} Mbit/s, n = {}, load avg {} at start; labels: median total",
                 i.rtt_ms,
                 i.rate_mbit,
                 i.runs,
@@ -189,13 +189,14 @@ fn draw_panel(
         let _ = name;
         chart.draw_series(rects).map_err(chart_err)?;
     }
+    // label: the median total (as in the tables), above the stacked medians
     let totals = bars
         .iter()
         .enumerate()
         .filter(|(_, b)| b.0 + b.1 + b.2 > 0.0)
         .map(|(i, b)| {
             Text::new(
-                secs(b.0 + b.1 + b.2),
+                secs(med(cells[i], |s| s.total_s)),
                 (
                     SegmentValue::CenterOf(i as u32),
                     b.0 + b.1 + b.2 + ymax * 0.01,

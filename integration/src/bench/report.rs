@@ -86,8 +86,14 @@ pub fn secs(x: f64) -> String {
 pub fn fmt_summary(s: Option<Summary>, f: impl Fn(f64) -> String) -> String {
     match s {
         None => "–".into(),
-        Some(s) if s.n == 1 || s.min == s.max => f(s.median),
-        Some(s) => format!("{} [{}–{}]", f(s.median), f(s.min), f(s.max)),
+        Some(s) => {
+            let (lo, hi) = (f(s.min), f(s.max));
+            if lo == hi {
+                lo
+            } else {
+                format!("{} [{lo}–{hi}]", f(s.median))
+            }
+        }
     }
 }
 
@@ -470,5 +476,7 @@ mod tests {
         assert_eq!(fmt_summary(None, secs), "–");
         let one = Summary::of([2.0]);
         assert_eq!(fmt_summary(one, secs), "2.00");
+        let same = Summary::of([68_200_001.0, 68_249_000.0]);
+        assert_eq!(fmt_summary(same, |x| format!("{:.1}", x / 1e6)), "68.2");
     }
 }
