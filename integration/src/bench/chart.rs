@@ -235,6 +235,7 @@ mod tests {
             rss_peak_kib: None,
             lazy_mounts: None,
             pull_method: String::new(),
+            load1: None,
         }
     }
 

@@ -208,6 +208,13 @@ impl Results {
             load(&i.load_end),
             i.duration_s / 60.0
         );
+        if let Some(l) = Summary::of(self.samples.iter().filter_map(|s| s.load1)) {
+            let _ = writeln!(
+                m,
+                "1-minute load average at the end of each run: median {:.1}, range {:.1}–{:.1}.\n",
+                l.median, l.min, l.max
+            );
+        }
         let _ = writeln!(m, "Command: `{}`\n", i.command);
         if !self.notes.is_empty() {
             let _ = writeln!(m, "Notes:");
@@ -406,6 +413,7 @@ mod tests {
             rss_peak_kib: Some(64 * 1024),
             lazy_mounts: Some(2),
             pull_method: "x".into(),
+            load1: Some(9.0),
         }
     }
 
@@ -462,6 +470,10 @@ mod tests {
         );
         assert!(md.contains("| print | stargz peer | esgz |"), "{md}");
         assert!(md.contains("5.7 |"), "MB column: {md}");
+        assert!(
+            md.contains("load average at the end of each run: median 9.0"),
+            "{md}"
+        );
         assert!(
             md.contains("round 2 pydeb print starling / stl-esgz: boom"),
             "{md}"

@@ -57,6 +57,9 @@ pub struct Sample {
     pub lazy_mounts: Option<usize>,
     /// How the image was pulled.
     pub pull_method: String,
+    /// 1-minute load average when the run ended (the machine may be shared).
+    #[serde(default)]
+    pub load1: Option<f64>,
 }
 
 /// Output of a streamed command.
@@ -377,10 +380,12 @@ impl BenchEnv {
             } else {
                 String::new()
             },
+            load1: None,
         };
         if let Err(e) = self.sample_inner(&mut s, image, cell, w, warm) {
             s.error = Some(e.to_string());
         }
+        s.load1 = super::load_average().first().copied();
         s
     }
 
