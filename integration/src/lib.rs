@@ -7,7 +7,8 @@
 //! plumbing; [`registry`], [`containerd`], [`starling`], [`peer`], [`proxy`] and [`shaped`]
 //! run the real parts; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and
 //! [`treecmp`] compute and compare expected trees; [`stack`] wires a whole environment;
-//! [`prereq`] decides whether a test can run here.
+//! [`prereq`] decides whether a test can run here. [`bench`] is the side-by-side benchmark
+//! suite built on all of it (`scripts/bench`).
 //!
 //! ```no_run
 //! use integration::{prereq, require, stack::{Stack, StackOptions}, starling::StarlingOptions};
@@ -23,6 +24,7 @@
 //! } // drop: tasks killed, daemons stopped by PID, mounts detached, workdir removed
 //! ```
 
+pub mod bench;
 pub mod containerd;
 pub mod error;
 pub mod extract;

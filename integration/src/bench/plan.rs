@@ -1,0 +1,543 @@
+//! What a benchmark run measures: the snapshotters, image variants and workloads, the
+//! options that select them, and the cells (image × variant × snapshotter) each workload
+//! runs on, in the per-round interleaved order.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::BenchError;
+
+/// A snapshotter column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Snapshotter {
+    /// containerd's built-in overlayfs snapshotter: full pull and unpack.
+    Overlayfs,
+    /// starling (`starling daemon`, proxy plugin named `starling`).
+    Starling,
+    /// The reference stargz snapshotter (stargz-mini), proxy plugin named `stargz`.
+    Stargz,
+}
+
+impl Snapshotter {
+    /// All, in column order.
+    pub const ALL: [Snapshotter; 3] = [
+        Snapshotter::Overlayfs,
+        Snapshotter::Starling,
+        Snapshotter::Stargz,
+    ];
+
+    /// Its name in containerd (`--snapshotter NAME`) and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Snapshotter::Overlayfs => "overlayfs",
+            Snapshotter::Starling => "starling",
+            Snapshotter::Stargz => "stargz",
+        }
+    }
+
+    /// Column label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Snapshotter::Overlayfs => "overlayfs",
+            Snapshotter::Starling => "starling",
+            Snapshotter::Stargz => "stargz peer",
+        }
+    }
+
+    /// True for the lazy-pulling ones (a daemon to restart, RSS to read).
+    pub fn is_lazy(self) -> bool {
+        self != Snapshotter::Overlayfs
+    }
+
+    /// Parses a name (`stargz-peer` and `peer` are accepted for the peer).
+    pub fn parse(s: &str) -> Result<Snapshotter, BenchError> {
+        match s {
+            "overlayfs" | "overlay" => Ok(Snapshotter::Overlayfs),
+            "starling" => Ok(Snapshotter::Starling),
+            "stargz" | "stargz-peer" | "peer" => Ok(Snapshotter::Stargz),
+            _ => Err(BenchError::Option(format!(
+                "unknown snapshotter {s:?} (expected overlayfs, starling or stargz)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Snapshotter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An image variant (one tag per variant in the benchmark registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Variant {
+    /// The original gzip image.
+    #[serde(rename = "orig")]
+    Orig,
+    /// eStargz by `ctr-remote image convert --estargz --oci`.
+    #[serde(rename = "esgz")]
+    Esgz,
+    /// Optimized eStargz by `ctr-remote image optimize --oci`.
+    #[serde(rename = "esgz-opt")]
+    EsgzOpt,
+    /// eStargz by `starling convert`.
+    #[serde(rename = "stl-esgz")]
+    StlEsgz,
+    /// Optimized eStargz by `starling optimize`.
+    #[serde(rename = "stl-opt")]
+    StlOpt,
+}
+
+impl Variant {
+    /// All, in row order.
+    pub const ALL: [Variant; 5] = [
+        Variant::Orig,
+        Variant::Esgz,
+        Variant::EsgzOpt,
+        Variant::StlEsgz,
+        Variant::StlOpt,
+    ];
+
+    /// Registry tag.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Variant::Orig => "orig",
+            Variant::Esgz => "esgz",
+            Variant::EsgzOpt => "esgz-opt",
+            Variant::StlEsgz => "stl-esgz",
+            Variant::StlOpt => "stl-opt",
+        }
+    }
+
+    /// What it is, for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Variant::Orig => "original gzip",
+            Variant::Esgz => "eStargz (ctr-remote convert)",
+            Variant::EsgzOpt => "eStargz optimized (ctr-remote optimize)",
+            Variant::StlEsgz => "eStargz (starling convert)",
+            Variant::StlOpt => "eStargz optimized (starling optimize)",
+        }
+    }
+
+    /// The ctr-remote variant a starling-made one is compared with (itself otherwise).
+    pub fn counterpart(self) -> Variant {
+        match self {
+            Variant::StlEsgz => Variant::Esgz,
+            Variant::StlOpt => Variant::EsgzOpt,
+            v => v,
+        }
+    }
+
+    /// Parses a tag.
+    pub fn parse(s: &str) -> Result<Variant, BenchError> {
+        Variant::ALL
+            .into_iter()
+            .find(|v| v.tag() == s)
+            .ok_or_else(|| {
+                BenchError::Option(format!(
+                    "unknown variant {s:?} (expected one of orig, esgz, esgz-opt, stl-esgz, stl-opt)"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.tag())
+    }
+}
+
+/// A command run in a container: `INTERPRETER /.stl-bench/NAME` with the script
+/// bind-mounted read-only (`ctr containers create` in containerd 1.6 reorders arguments, so
+/// a command line with `-c` cannot be passed to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workload {
+    /// Short name (`--workloads`), also the script's file name.
+    pub name: &'static str,
+    /// `python3` or `sh`.
+    pub interpreter: &'static str,
+    /// The script.
+    pub script: &'static str,
+    /// Text its stdout must contain (checks the run really did its work).
+    pub expect: &'static str,
+    /// Only on these images (`None`: all).
+    pub images: Option<&'static [&'static str]>,
+    /// A warm workload runs right after this cold one, image still present, caches warm.
+    pub after: Option<&'static str>,
+    /// For the report.
+    pub describe: &'static str,
+}
+
+/// Where the workload scripts are mounted in the container.
+pub const SCRIPT_DIR: &str = "/.stl-bench";
+
+const READ_ALL: &str = "tar -cf - /usr 2>/dev/null | cat >/dev/null\necho read-all-done\n";
+
+/// Every workload, in row order. Each prints a marker at its end, so "first output" is
+/// defined for all of them and the output can be checked.
+pub const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "print",
+        interpreter: "python3",
+        script: "print(1)\n",
+        expect: "1",
+        images: None,
+        after: None,
+        describe: "python3 -c 'print(1)'",
+    },
+    Workload {
+        name: "imports",
+        interpreter: "python3",
+        script: "import json, sqlite3, asyncio, email, http.client, xml.etree.ElementTree\nprint('imported')\n",
+        expect: "imported",
+        images: None,
+        after: None,
+        describe: "python3 -c 'import json, sqlite3, asyncio, email, http.client, xml.etree.ElementTree'",
+    },
+    Workload {
+        name: "gcc",
+        interpreter: "sh",
+        script: "set -e\nprintf '#include <stdio.h>\\nint main(void) { puts(\"hello gcc\"); return 0; }\\n' >/tmp/h.c\ngcc -O0 -o /tmp/h /tmp/h.c\n/tmp/h\n",
+        expect: "hello gcc",
+        images: Some(&["pylarge"]),
+        after: None,
+        describe: "gcc hello world (compile + run)",
+    },
+    Workload {
+        name: "read-all",
+        interpreter: "sh",
+        script: READ_ALL,
+        expect: "read-all-done",
+        images: None,
+        after: None,
+        describe: "read everything: tar -cf - /usr | cat >/dev/null",
+    },
+    Workload {
+        name: "warm-read-all",
+        interpreter: "sh",
+        script: READ_ALL,
+        expect: "read-all-done",
+        images: None,
+        after: Some("read-all"),
+        describe: "warm read everything (second run, image and cache kept)",
+    },
+    Workload {
+        name: "warm-walk",
+        interpreter: "sh",
+        script: "find / -xdev -printf '%p %s %m\\n' >/dev/null\necho walk-done\n",
+        expect: "walk-done",
+        images: None,
+        after: Some("read-all"),
+        describe: "warm metadata walk: find / -xdev -printf '%p %s %m\\n'",
+    },
+];
+
+/// Looks a workload up by name.
+pub fn workload(name: &str) -> Result<&'static Workload, BenchError> {
+    WORKLOADS.iter().find(|w| w.name == name).ok_or_else(|| {
+        BenchError::Option(format!(
+            "unknown workload {name:?} (expected one of {})",
+            WORKLOADS
+                .iter()
+                .map(|w| w.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+impl Workload {
+    /// The container's command.
+    pub fn command(&self) -> [String; 2] {
+        [
+            self.interpreter.to_string(),
+            format!("{SCRIPT_DIR}/{}", self.name),
+        ]
+    }
+
+    /// True when it runs on `image`.
+    pub fn runs_on(&self, image: &str) -> bool {
+        self.images.is_none_or(|l| l.contains(&image))
+    }
+}
+
+/// The test images the benchmark knows.
+pub const IMAGES: &[&str] = &["pydeb", "pylarge"];
+
+/// Everything that selects what a run does.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Rounds (samples per cell and workload).
+    pub runs: usize,
+    /// Images (`pydeb`, `pylarge`).
+    pub images: Vec<String>,
+    /// Workload names.
+    pub workloads: Vec<String>,
+    /// Snapshotter columns wanted (those that cannot run here are dropped with a note).
+    pub snapshotters: Vec<Snapshotter>,
+    /// Restrict image variants (`None`: each snapshotter's defaults).
+    pub variants: Option<Vec<Variant>>,
+    /// Shaped link round-trip time.
+    pub rtt: Duration,
+    /// Shaped link rate in Mbit/s.
+    pub rate_mbit: u32,
+    /// Results directory (`results/<timestamp>`).
+    pub out: PathBuf,
+    /// Run the micro-benchmarks (single layer mounts, daemon RSS with N layers).
+    pub micro: bool,
+    /// `ctr-remote image optimize --period` seconds.
+    pub optimize_period: u32,
+}
+
+impl BenchOptions {
+    /// The full default run into `out`.
+    pub fn full(out: PathBuf) -> BenchOptions {
+        BenchOptions {
+            runs: 5,
+            images: IMAGES.iter().map(|s| s.to_string()).collect(),
+            workloads: WORKLOADS.iter().map(|w| w.name.to_string()).collect(),
+            snapshotters: Snapshotter::ALL.to_vec(),
+            variants: None,
+            rtt: Duration::from_millis(20),
+            rate_mbit: 100,
+            out,
+            micro: true,
+            optimize_period: 3,
+        }
+    }
+
+    /// `--quick`: one run, pydeb, print(1), no micro-benchmarks.
+    pub fn quick(out: PathBuf) -> BenchOptions {
+        BenchOptions {
+            runs: 1,
+            images: vec!["pydeb".into()],
+            workloads: vec!["print".into()],
+            micro: false,
+            ..BenchOptions::full(out)
+        }
+    }
+
+    /// Checks names and numbers.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        if self.runs == 0 {
+            return Err(BenchError::Option("--runs must be at least 1".into()));
+        }
+        if self.runs > 1000 {
+            return Err(BenchError::Option("--runs is at most 1000".into()));
+        }
+        for i in &self.images {
+            if !IMAGES.contains(&i.as_str()) {
+                return Err(BenchError::Option(format!(
+                    "unknown image {i:?} (expected pydeb or pylarge)"
+                )));
+            }
+        }
+        for w in &self.workloads {
+            workload(w)?;
+        }
+        if self.images.is_empty() || self.workloads.is_empty() || self.snapshotters.is_empty() {
+            return Err(BenchError::Option(
+                "--images, --workloads and --snapshotters must not be empty".into(),
+            ));
+        }
+        if self.rate_mbit == 0 {
+            return Err(BenchError::Option("--rate must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The selected workloads that run on `image`, in row order.
+    pub fn workloads_for(&self, image: &str) -> Vec<&'static Workload> {
+        WORKLOADS
+            .iter()
+            .filter(|w| self.workloads.iter().any(|n| n == w.name) && w.runs_on(image))
+            .collect()
+    }
+
+    /// Cold workloads to execute on `image`: the selected ones plus the parents of selected
+    /// warm ones (a parent that is not selected runs but is not reported).
+    pub fn cold_steps(&self, image: &str) -> Vec<(&'static Workload, bool)> {
+        let sel = self.workloads_for(image);
+        WORKLOADS
+            .iter()
+            .filter(|w| w.after.is_none() && w.runs_on(image))
+            .filter_map(|w| {
+                let selected = sel.iter().any(|s| s.name == w.name);
+                let parent = sel.iter().any(|s| s.after == Some(w.name));
+                (selected || parent).then_some((w, selected))
+            })
+            .collect()
+    }
+}
+
+/// What the tools here can do, decided at setup.
+#[derive(Debug, Clone, Default)]
+pub struct Availability {
+    /// Snapshotters that run (wanted and available).
+    pub snapshotters: Vec<Snapshotter>,
+    /// `starling convert` works.
+    pub starling_convert: bool,
+    /// `starling optimize` works.
+    pub starling_optimize: bool,
+}
+
+/// One column of results: an image variant on a snapshotter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Cell {
+    /// Snapshotter.
+    pub snapshotter: Snapshotter,
+    /// Variant.
+    pub variant: Variant,
+}
+
+impl Cell {
+    /// `stargz peer / esgz-opt`.
+    pub fn label(&self) -> String {
+        format!("{} / {}", self.snapshotter.label(), self.variant.tag())
+    }
+}
+
+/// The default variants each snapshotter runs.
+pub fn default_variants(s: Snapshotter, avail: &Availability) -> Vec<Variant> {
+    match s {
+        Snapshotter::Overlayfs => vec![Variant::Orig],
+        Snapshotter::Stargz => vec![Variant::Esgz, Variant::EsgzOpt],
+        Snapshotter::Starling => {
+            let mut v = vec![Variant::Esgz, Variant::EsgzOpt];
+            if avail.starling_convert {
+                v.push(Variant::StlEsgz);
+            }
+            if avail.starling_optimize {
+                v.push(Variant::StlOpt);
+            }
+            v
+        }
+    }
+}
+
+/// The cells of a run, in column order.
+pub fn cells(opts: &BenchOptions, avail: &Availability) -> Vec<Cell> {
+    let mut out = Vec::new();
+    for s in Snapshotter::ALL {
+        if !avail.snapshotters.contains(&s) {
+            continue;
+        }
+        for v in default_variants(s, avail) {
+            if opts.variants.as_ref().is_none_or(|l| l.contains(&v)) {
+                out.push(Cell {
+                    snapshotter: s,
+                    variant: v,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The variants that must be built (every variant some cell uses).
+pub fn needed_variants(cells: &[Cell]) -> Vec<Variant> {
+    let mut v: Vec<Variant> = cells.iter().map(|c| c.variant).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// `cells` rotated by `round`, so no snapshotter always goes first.
+pub fn round_order(cells: &[Cell], round: usize) -> Vec<Cell> {
+    if cells.is_empty() {
+        return Vec::new();
+    }
+    let k = round % cells.len();
+    cells[k..]
+        .iter()
+        .chain(cells[..k].iter())
+        .copied()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn avail(s: &[Snapshotter], convert: bool) -> Availability {
+        Availability {
+            snapshotters: s.to_vec(),
+            starling_convert: convert,
+            starling_optimize: false,
+        }
+    }
+
+    #[test]
+    fn cells_follow_availability_and_variant_filter() {
+        let o = BenchOptions::full("/tmp/x".into());
+        let a = avail(&[Snapshotter::Overlayfs, Snapshotter::Stargz], false);
+        let c = cells(&o, &a);
+        let l: Vec<String> = c.iter().map(Cell::label).collect();
+        assert_eq!(
+            l,
+            [
+                "overlayfs / orig",
+                "stargz peer / esgz",
+                "stargz peer / esgz-opt"
+            ]
+        );
+        let a = avail(&Snapshotter::ALL, true);
+        let c = cells(&o, &a);
+        assert!(c.contains(&Cell {
+            snapshotter: Snapshotter::Starling,
+            variant: Variant::StlEsgz
+        }));
+        assert!(!c.iter().any(|c| c.variant == Variant::StlOpt));
+        let mut o2 = o.clone();
+        o2.variants = Some(vec![Variant::Esgz]);
+        let c = cells(&o2, &a);
+        assert_eq!(c.len(), 2);
+        assert_eq!(needed_variants(&c), vec![Variant::Esgz]);
+    }
+
+    #[test]
+    fn rounds_rotate() {
+        let a = avail(&Snapshotter::ALL, false);
+        let c = cells(&BenchOptions::full("/x".into()), &a);
+        assert_eq!(round_order(&c, 0), c);
+        let r1 = round_order(&c, 1);
+        assert_eq!(r1[0], c[1]);
+        assert_eq!(r1[r1.len() - 1], c[0]);
+        assert_eq!(round_order(&c, c.len()), c);
+    }
+
+    #[test]
+    fn workloads_per_image_and_warm_parents() {
+        let mut o = BenchOptions::full("/x".into());
+        let names = |v: Vec<&'static Workload>| v.iter().map(|w| w.name).collect::<Vec<_>>();
+        assert!(!names(o.workloads_for("pydeb")).contains(&"gcc"));
+        assert!(names(o.workloads_for("pylarge")).contains(&"gcc"));
+        o.workloads = vec!["print".into(), "warm-walk".into()];
+        let steps: Vec<(&str, bool)> = o
+            .cold_steps("pydeb")
+            .into_iter()
+            .map(|(w, s)| (w.name, s))
+            .collect();
+        assert_eq!(steps, [("print", true), ("read-all", false)]);
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let mut o = BenchOptions::quick("/x".into());
+        assert!(o.validate().is_ok());
+        o.images = vec!["alpine".into()];
+        assert!(o.validate().unwrap_err().to_string().contains("alpine"));
+        let mut o = BenchOptions::quick("/x".into());
+        o.runs = 0;
+        assert!(o.validate().is_err());
+        assert!(Snapshotter::parse("zfs").is_err());
+        assert_eq!(Snapshotter::parse("peer").unwrap(), Snapshotter::Stargz);
+        assert_eq!(Variant::parse("esgz-opt").unwrap(), Variant::EsgzOpt);
+        assert!(workload("nope").is_err());
+    }
+}

@@ -1,0 +1,494 @@
+//! The results of a run (raw JSON) and their Markdown rendering: a summary table of total
+//! times per image × workload × cell, starling's ratios paired round by round, and a detail
+//! table per image with every measured quantity as median [min–max].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::micro::MicroResults;
+use super::plan::{self, Cell, Snapshotter, Variant};
+use super::runner::Sample;
+use super::stats::{paired_ratios, Summary};
+
+/// Where and how a run happened.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Start time (UTC, `YYYYMMDD-HHMMSS`).
+    pub started: String,
+    /// Wall-clock seconds of the whole run.
+    pub duration_s: f64,
+    /// Load averages (1, 5, 15 min) when the run started.
+    pub load_start: Vec<f64>,
+    /// Load averages when it ended.
+    pub load_end: Vec<f64>,
+    /// `uname -r`.
+    pub kernel: String,
+    /// CPUs online.
+    pub cpus: usize,
+    /// Link RTT in ms.
+    pub rtt_ms: u64,
+    /// Link rate in Mbit/s.
+    pub rate_mbit: u32,
+    /// Rounds.
+    pub runs: usize,
+    /// The command line.
+    pub command: String,
+    /// Tool versions.
+    pub versions: BTreeMap<String, String>,
+}
+
+/// An image variant as reported.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VariantReport {
+    /// `repo:tag`.
+    pub repo_tag: String,
+    /// How it was made.
+    pub how: String,
+    /// Seconds to make it (0 = from cache).
+    pub build_secs: f64,
+    /// Compressed bytes of all layers.
+    pub compressed_bytes: u64,
+    /// Layer count.
+    pub layers: usize,
+}
+
+/// Everything a run produced (`results.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Results {
+    /// Run information.
+    pub info: RunInfo,
+    /// Fallbacks and skipped columns.
+    pub notes: Vec<String>,
+    /// image → variant tag → variant.
+    pub variants: BTreeMap<String, BTreeMap<String, VariantReport>>,
+    /// The cells (columns), in order.
+    pub cells: Vec<Cell>,
+    /// Every sample.
+    pub samples: Vec<Sample>,
+    /// Micro-benchmarks, when run.
+    pub micro: Option<MicroResults>,
+}
+
+/// Formats seconds: 2 decimals below 10 s, 1 below 100 s, none above.
+pub fn secs(x: f64) -> String {
+    if x < 10.0 {
+        format!("{x:.2}")
+    } else if x < 100.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// `median [min–max]` with `f` for each number; `–` when there is nothing.
+pub fn fmt_summary(s: Option<Summary>, f: impl Fn(f64) -> String) -> String {
+    match s {
+        None => "–".into(),
+        Some(s) => {
+            let (lo, hi) = (f(s.min), f(s.max));
+            if lo == hi {
+                lo
+            } else {
+                format!("{} [{lo}–{hi}]", f(s.median))
+            }
+        }
+    }
+}
+
+/// Ratio formatting (`0.43×`).
+pub fn ratio(x: f64) -> String {
+    format!("{x:.2}×")
+}
+
+impl Results {
+    /// Successful samples of one image × workload × cell.
+    pub fn ok_samples<'a>(
+        &'a self,
+        image: &'a str,
+        workload: &'a str,
+        cell: Cell,
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples
+            .iter()
+            .filter(move |s| s.ok && s.image == image && s.workload == workload && s.cell == cell)
+    }
+
+    /// Summary of one quantity.
+    pub fn summary(
+        &self,
+        image: &str,
+        workload: &str,
+        cell: Cell,
+        f: impl Fn(&Sample) -> Option<f64>,
+    ) -> Option<Summary> {
+        Summary::of(self.ok_samples(image, workload, cell).filter_map(f))
+    }
+
+    /// Total seconds by round.
+    fn totals_by_round(&self, image: &str, workload: &str, cell: Cell) -> BTreeMap<usize, f64> {
+        self.ok_samples(image, workload, cell)
+            .map(|s| (s.round, s.total_s))
+            .collect()
+    }
+
+    /// Ratios of `cell`'s total time to `base`'s, paired by round.
+    pub fn ratio(&self, image: &str, workload: &str, cell: Cell, base: Cell) -> Option<Summary> {
+        if !self.cells.contains(&base) {
+            return None;
+        }
+        Summary::of(paired_ratios(
+            &self.totals_by_round(image, workload, cell),
+            &self.totals_by_round(image, workload, base),
+        ))
+    }
+
+    /// The stargz and overlayfs cells a starling cell is compared with.
+    pub fn bases(cell: Cell) -> (Cell, Cell) {
+        (
+            Cell {
+                snapshotter: Snapshotter::Stargz,
+                variant: cell.variant.counterpart(),
+            },
+            Cell {
+                snapshotter: Snapshotter::Overlayfs,
+                variant: Variant::Orig,
+            },
+        )
+    }
+
+    /// (image, workload) rows that have samples, in plan order.
+    pub fn rows(&self) -> Vec<(String, String)> {
+        let mut rows = Vec::new();
+        for image in plan::IMAGES {
+            for w in plan::WORKLOADS {
+                if self
+                    .samples
+                    .iter()
+                    .any(|s| s.image == *image && s.workload == w.name)
+                {
+                    rows.push((image.to_string(), w.name.to_string()));
+                }
+            }
+        }
+        rows
+    }
+
+    fn attempts(&self, image: &str, workload: &str, cell: Cell) -> (usize, usize) {
+        let all: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| s.image == image && s.workload == workload && s.cell == cell)
+            .collect();
+        (all.iter().filter(|s| s.ok).count(), all.len())
+    }
+
+    /// The whole Markdown report.
+    pub fn markdown(&self) -> String {
+        let mut m = String::new();
+        let i = &self.info;
+        let load = |l: &[f64]| {
+            l.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let _ = writeln!(m, "# starling benchmark {}\n", i.started);
+        let _ = writeln!(
+            m,
+            "Shaped link {} ms RTT, {} Mbit/s; {} run(s) per cell, snapshotters interleaved per round; \
+             {} CPUs, kernel {}; load average (1/5/15 min) {} at start, {} at end; run took {:.0} min.\n",
+            i.rtt_ms,
+            i.rate_mbit,
+            i.runs,
+            i.cpus,
+            i.kernel,
+            load(&i.load_start),
+            load(&i.load_end),
+            i.duration_s / 60.0
+        );
+        if let Some(l) = Summary::of(self.samples.iter().filter_map(|s| s.load1)) {
+            let _ = writeln!(
+                m,
+                "1-minute load average at the end of each run: median {:.1}, range {:.1}–{:.1}.\n",
+                l.median, l.min, l.max
+            );
+        }
+        let _ = writeln!(m, "Command: `{}`\n", i.command);
+        if !self.notes.is_empty() {
+            let _ = writeln!(m, "Notes:");
+            for n in &self.notes {
+                let _ = writeln!(m, "- {n}");
+            }
+            let _ = writeln!(m);
+        }
+        self.summary_table(&mut m);
+        self.ratio_table(&mut m);
+        self.detail_tables(&mut m);
+        self.variant_table(&mut m);
+        if let Some(micro) = &self.micro {
+            m.push_str(&micro.markdown());
+        }
+        m
+    }
+
+    fn summary_table(&self, m: &mut String) {
+        let _ = writeln!(
+            m,
+            "## Total time (pull + create + run), seconds, median [min–max]\n"
+        );
+        let _ = write!(m, "| image | workload |");
+        for c in &self.cells {
+            let _ = write!(m, " {} |", c.label());
+        }
+        let _ = write!(m, "\n|---|---|");
+        for _ in &self.cells {
+            let _ = write!(m, "---|");
+        }
+        let _ = writeln!(m);
+        for (image, w) in self.rows() {
+            let _ = write!(m, "| {image} | {w} |");
+            for c in &self.cells {
+                let s = self.summary(&image, &w, *c, |s| Some(s.total_s));
+                let (ok, n) = self.attempts(&image, &w, *c);
+                let fail = if ok < n {
+                    format!(" ({} failed)", n - ok)
+                } else {
+                    String::new()
+                };
+                let _ = write!(m, " {}{fail} |", fmt_summary(s, secs));
+            }
+            let _ = writeln!(m);
+        }
+        let _ = writeln!(m);
+    }
+
+    fn ratio_table(&self, m: &mut String) {
+        let starling: Vec<Cell> = self
+            .cells
+            .iter()
+            .copied()
+            .filter(|c| c.snapshotter == Snapshotter::Starling)
+            .collect();
+        let _ = writeln!(
+            m,
+            "## starling ratios (total time, paired within each round), median [min–max]\n"
+        );
+        if starling.is_empty() {
+            let _ = writeln!(m, "No starling column in this run.\n");
+            return;
+        }
+        let _ = writeln!(
+            m,
+            "| image | workload | starling variant | starling / stargz peer | starling / overlayfs |\n|---|---|---|---|---|"
+        );
+        for (image, w) in self.rows() {
+            for c in &starling {
+                let (stargz, overlay) = Self::bases(*c);
+                let _ = writeln!(
+                    m,
+                    "| {image} | {w} | {} | {} | {} |",
+                    c.variant.tag(),
+                    fmt_summary(self.ratio(&image, &w, *c, stargz), ratio),
+                    fmt_summary(self.ratio(&image, &w, *c, overlay), ratio)
+                );
+            }
+        }
+        let _ = writeln!(m);
+    }
+
+    fn detail_tables(&self, m: &mut String) {
+        let _ = writeln!(
+            m,
+            "## Details, median [min–max]\n\n\
+             pull: `ctr images pull` (overlayfs, incl. unpack) or the lazy pull; create: \
+             `ctr containers create`; run: `ctr tasks start` until the task exits; first output: \
+             from the start of the pull to the container's first stdout byte. MB: bytes over \
+             the shaped link (veth rx+tx) until the task exited; requests: HTTP requests \
+             through the link; RSS: the snapshotter daemon's peak (VmHWM; restarted before each \
+             cold run); lazy: FUSE mounts under the daemon root after the pull.\n"
+        );
+        let mut images: Vec<String> = self.rows().into_iter().map(|r| r.0).collect();
+        images.dedup();
+        for image in images {
+            let _ = writeln!(m, "### {image}\n");
+            let _ = writeln!(
+                m,
+                "| workload | snapshotter | variant | pull s | create s | run s | first output s | total s | MB | requests | RSS MB | lazy | ok |\n\
+                 |---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            );
+            for (img, w) in self.rows().into_iter().filter(|r| r.0 == image) {
+                for c in &self.cells {
+                    let (ok, n) = self.attempts(&img, &w, *c);
+                    if n == 0 {
+                        continue;
+                    }
+                    let q = |f: &dyn Fn(&Sample) -> Option<f64>| self.summary(&img, &w, *c, f);
+                    let mb = |x: f64| format!("{:.1}", x / 1e6);
+                    let rss = |x: f64| format!("{:.0}", x / 1024.0);
+                    let _ =
+                        writeln!(
+                        m,
+                        "| {w} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {ok}/{n} |",
+                        c.snapshotter.label(),
+                        c.variant.tag(),
+                        fmt_summary(q(&|s| Some(s.pull_s)), secs),
+                        fmt_summary(q(&|s| Some(s.create_s)), secs),
+                        fmt_summary(q(&|s| Some(s.run_s)), secs),
+                        fmt_summary(q(&|s| s.first_output_s), secs),
+                        fmt_summary(q(&|s| Some(s.total_s)), secs),
+                        fmt_summary(q(&|s| Some(s.link_bytes as f64)), mb),
+                        fmt_summary(q(&|s| Some(s.requests as f64)), |x| format!("{x:.0}")),
+                        fmt_summary(q(&|s| s.rss_peak_kib.map(|k| k as f64)), rss),
+                        fmt_summary(q(&|s| s.lazy_mounts.map(|k| k as f64)), |x| format!("{x:.0}")),
+                    );
+                }
+            }
+            let _ = writeln!(m);
+        }
+        let failures: Vec<&Sample> = self.samples.iter().filter(|s| !s.ok).collect();
+        if !failures.is_empty() {
+            let _ = writeln!(m, "### Failed runs\n");
+            for s in failures {
+                let e = s.error.as_deref().unwrap_or("").replace('\n', " ");
+                let short: String = e.chars().take(300).collect();
+                let _ = writeln!(
+                    m,
+                    "- round {} {} {} {}: {short}",
+                    s.round,
+                    s.image,
+                    s.workload,
+                    s.cell.label()
+                );
+            }
+            let _ = writeln!(m);
+        }
+    }
+
+    fn variant_table(&self, m: &mut String) {
+        let _ = writeln!(
+            m,
+            "## Image variants\n\n| image | variant | made by | layers | compressed MB | made in s |\n|---|---|---|---|---|---|"
+        );
+        for (image, vs) in &self.variants {
+            for (tag, v) in vs {
+                let _ = writeln!(
+                    m,
+                    "| {image} | {tag} | {} | {} | {:.1} | {} |",
+                    v.how,
+                    v.layers,
+                    v.compressed_bytes as f64 / 1e6,
+                    if v.build_secs > 0.0 {
+                        secs(v.build_secs)
+                    } else {
+                        "cached".into()
+                    }
+                );
+            }
+        }
+        let _ = writeln!(m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(round: usize, cell: Cell, total: f64, ok: bool) -> Sample {
+        Sample {
+            round,
+            image: "pydeb".into(),
+            workload: "print".into(),
+            cell,
+            ok,
+            error: (!ok).then(|| "boom".into()),
+            pull_s: total / 2.0,
+            create_s: 0.1,
+            run_s: total / 2.0 - 0.1,
+            first_output_s: Some(total - 0.01),
+            total_s: total,
+            link_bytes: 5_700_000,
+            requests: 12,
+            rss_peak_kib: Some(64 * 1024),
+            lazy_mounts: Some(2),
+            pull_method: "x".into(),
+            load1: Some(9.0),
+        }
+    }
+
+    const OV: Cell = Cell {
+        snapshotter: Snapshotter::Overlayfs,
+        variant: Variant::Orig,
+    };
+    const PEER: Cell = Cell {
+        snapshotter: Snapshotter::Stargz,
+        variant: Variant::Esgz,
+    };
+    const STL: Cell = Cell {
+        snapshotter: Snapshotter::Starling,
+        variant: Variant::StlEsgz,
+    };
+
+    fn results() -> Results {
+        Results {
+            cells: vec![OV, STL, PEER],
+            samples: vec![
+                sample(0, OV, 8.8, true),
+                sample(0, PEER, 1.2, true),
+                sample(0, STL, 0.6, true),
+                sample(1, OV, 9.0, true),
+                sample(1, PEER, 1.0, true),
+                sample(1, STL, 0.8, true),
+                sample(2, STL, 0.1, false),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ratios_use_counterpart_and_same_round() {
+        let r = results();
+        let (stargz, overlay) = Results::bases(STL);
+        assert_eq!(stargz, PEER);
+        let s = r.ratio("pydeb", "print", STL, stargz).unwrap();
+        assert_eq!(s.n, 2);
+        assert!((s.min - 0.5).abs() < 1e-9 && (s.max - 0.8).abs() < 1e-9);
+        let o = r.ratio("pydeb", "print", STL, overlay).unwrap();
+        assert!((o.median - (0.6 / 8.8 + 0.8 / 9.0) / 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn markdown_has_rows_columns_and_failures() {
+        let md = results().markdown();
+        assert!(md.contains("| image | workload | overlayfs / orig | starling / stl-esgz | stargz peer / esgz |"), "{md}");
+        assert!(md.contains("| pydeb | print | 8.90 [8.80–9.00] |"), "{md}");
+        assert!(md.contains("(1 failed)"), "{md}");
+        assert!(
+            md.contains("| pydeb | print | stl-esgz | 0.65× [0.50×–0.80×] |"),
+            "{md}"
+        );
+        assert!(md.contains("| print | stargz peer | esgz |"), "{md}");
+        assert!(md.contains("5.7 |"), "MB column: {md}");
+        assert!(
+            md.contains("load average at the end of each run: median 9.0"),
+            "{md}"
+        );
+        assert!(
+            md.contains("round 2 pydeb print starling / stl-esgz: boom"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(secs(1.234), "1.23");
+        assert_eq!(secs(27.34), "27.3");
+        assert_eq!(secs(127.6), "128");
+        assert_eq!(fmt_summary(None, secs), "–");
+        let one = Summary::of([2.0]);
+        assert_eq!(fmt_summary(one, secs), "2.00");
+        let same = Summary::of([68_200_001.0, 68_249_000.0]);
+        assert_eq!(fmt_summary(same, |x| format!("{:.1}", x / 1e6)), "68.2");
+    }
+}

@@ -1,0 +1,126 @@
+//! `stl-bench`: the side-by-side benchmark driver behind `scripts/bench` (see
+//! `docs/benchmarks.md`). Parses flags into [`BenchOptions`] and runs
+//! [`integration::bench::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use integration::bench::plan::{BenchOptions, Snapshotter, Variant};
+
+/// Side-by-side benchmark: overlayfs vs starling vs the stargz peer over a shaped link.
+#[derive(Parser, Debug)]
+#[command(name = "stl-bench")]
+struct Args {
+    /// Smoke test: 1 run, pydeb only, print(1) only, no micro-benchmarks (flags given
+    /// explicitly still apply on top).
+    #[arg(long)]
+    quick: bool,
+    /// Runs (rounds) per cell and workload [default: 5, 1 with --quick].
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Images, comma-separated: pydeb, pylarge [default: both; pydeb with --quick].
+    #[arg(long, value_delimiter = ',')]
+    images: Option<Vec<String>>,
+    /// Workloads, comma-separated: print, imports, gcc, read-all, warm-read-all, warm-walk
+    /// [default: all; print with --quick].
+    #[arg(long, value_delimiter = ',')]
+    workloads: Option<Vec<String>>,
+    /// Snapshotters, comma-separated: overlayfs, starling, stargz [default: all three].
+    #[arg(long, value_delimiter = ',')]
+    snapshotters: Option<Vec<String>>,
+    /// Restrict image variants: orig, esgz, esgz-opt, stl-esgz, stl-opt [default: each
+    /// snapshotter's own].
+    #[arg(long, value_delimiter = ',')]
+    variants: Option<Vec<String>>,
+    /// Shaped link round-trip time in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    rtt: u64,
+    /// Shaped link rate in Mbit/s.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Results directory [default: results/<UTC timestamp>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip the micro-benchmarks.
+    #[arg(long)]
+    no_micro: bool,
+    /// Run the micro-benchmarks even with --quick.
+    #[arg(long)]
+    micro: bool,
+    /// `ctr-remote image optimize --period` in seconds.
+    #[arg(long, default_value_t = 3)]
+    optimize_period: u32,
+    /// Only re-render results.md and the charts of an earlier run's results.json in DIR.
+    #[arg(long, value_name = "DIR")]
+    render: Option<PathBuf>,
+}
+
+fn options(a: Args) -> anyhow::Result<BenchOptions> {
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from("results").join(integration::bench::timestamp()));
+    let mut o = if a.quick {
+        BenchOptions::quick(out)
+    } else {
+        BenchOptions::full(out)
+    };
+    if let Some(r) = a.runs {
+        o.runs = r;
+    }
+    if let Some(i) = a.images {
+        o.images = i;
+    }
+    if let Some(w) = a.workloads {
+        o.workloads = w;
+    }
+    if let Some(s) = a.snapshotters {
+        o.snapshotters = s
+            .iter()
+            .map(|x| Snapshotter::parse(x))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(v) = a.variants {
+        o.variants = Some(
+            v.iter()
+                .map(|x| Variant::parse(x))
+                .collect::<Result<_, _>>()?,
+        );
+    }
+    o.rtt = Duration::from_millis(a.rtt);
+    o.rate_mbit = a.rate;
+    o.optimize_period = a.optimize_period;
+    if a.no_micro {
+        o.micro = false;
+    }
+    if a.micro {
+        o.micro = true;
+    }
+    o.validate()?;
+    Ok(o)
+}
+
+fn main() -> anyhow::Result<()> {
+    let command = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let args = Args::parse();
+    if let Some(dir) = &args.render {
+        let path = dir.join("results.json");
+        let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        let results: integration::bench::report::Results =
+            serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?;
+        for f in integration::bench::write_results(&results, dir, true)? {
+            println!("wrote {}", f.display());
+        }
+        return Ok(());
+    }
+    let opts = options(args)?;
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("the benchmark needs root (containerd, mounts, network namespaces)");
+    }
+    let results = integration::bench::run(&opts, &format!("scripts/bench {command}"))
+        .context("benchmark failed")?;
+    println!("{}", results.markdown());
+    println!("results in {}", opts.out.display());
+    Ok(())
+}
