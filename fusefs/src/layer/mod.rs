@@ -40,6 +40,8 @@ use access::AccessLog;
 use progress::Progress;
 use stream::StreamGate;
 
+/// Fetches of a TOC that fails verification before the layer is declared unusable.
+const TOC_ATTEMPTS: u32 = 3;
 /// Most distinct files whose read errors are logged per layer (then one summary line).
 const MAX_LOGGED_ERRORS: usize = 1024;
 
@@ -139,29 +141,54 @@ impl RemoteLayer {
                 .into(),
             ));
         }
-        let toc = blob
-            .read_range(footer.toc_range(), Priority::OnDemand)
-            .await
-            .map_err(reg)?;
-        let opts = OpenOptions {
-            index: index_options(),
-            expected_toc_digest: source.toc_digest,
-        };
-        let dir = state_dir.to_path_buf();
         let src = LayerSource {
             size: Some(size),
             ..source
         };
-        let saved_src = src.clone();
-        let layer = tokio::task::spawn_blocking(move || {
-            let layer = estargz::Layer::from_toc_bytes(footer, &toc, &opts).map_err(format)?;
-            state::save(&dir, &saved_src, size, &tail, &toc, &layer.toc_digest)?;
-            Ok::<_, LayerError>(layer)
+        // A TOC that fails to decode or to match its digest may have been damaged in
+        // transit: fetch it again (a few times) before declaring the layer unusable.
+        let attempts = if src.toc_digest.is_some() {
+            TOC_ATTEMPTS
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        let layer = loop {
+            attempt += 1;
+            let toc = blob
+                .read_range(footer.toc_range(), Priority::OnDemand)
+                .await
+                .map_err(reg)?;
+            let opts = OpenOptions {
+                index: index_options(),
+                expected_toc_digest: src.toc_digest,
+            };
+            let parsed = tokio::task::spawn_blocking(move || {
+                estargz::Layer::from_toc_bytes(footer, &toc, &opts).map(|l| (l, toc))
+            })
+            .await
+            .map_err(|e| LayerError::State {
+                dir: state_dir.to_path_buf(),
+                reason: format!("indexing task failed: {e}"),
+            })?;
+            match parsed {
+                Ok(done) => break done,
+                Err(e @ estargz::Error::Toc(_)) if attempt < attempts => {
+                    tracing::debug!(layer = %digest, error = %e, attempt, "TOC unusable; fetching it again");
+                }
+                Err(e) => return Err(format(e)),
+            }
+        };
+        let (layer, toc) = layer;
+        let (dir, saved_src) = (state_dir.to_path_buf(), src.clone());
+        let toc_digest = layer.toc_digest;
+        tokio::task::spawn_blocking(move || {
+            state::save(&dir, &saved_src, size, &tail, &toc, &toc_digest)
         })
         .await
         .map_err(|e| LayerError::State {
             dir: state_dir.to_path_buf(),
-            reason: format!("indexing task failed: {e}"),
+            reason: format!("state task failed: {e}"),
         })??;
         Self::build(ctx, src, layer, blob, state_dir).await
     }
