@@ -85,20 +85,17 @@ pub struct LayerContext {
 
 impl LayerContext {
     /// A context from the configuration: opens the cache (`[cache]`), builds the registry
-    /// client (`[fetch]`, `[registry]`); fetches run on `runtime`.
+    /// client (`[fetch]`, `[registry]`); fetches run on `runtime`. `settings` usually come
+    /// from [`LayerSettings::from_config`] (then adjusted, e.g. the opaque xattr).
     pub fn new(
         config: &config::Config,
+        settings: LayerSettings,
         runtime: Handle,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ContextError> {
         let client = RegistryClient::new(config, metrics.clone())?;
         let cache = ChunkCache::open(CacheOptions::from_config(config), metrics)?;
-        Ok(Self::with_parts(
-            client,
-            cache,
-            runtime,
-            LayerSettings::from_config(config),
-        ))
+        Ok(Self::with_parts(client, cache, runtime, settings))
     }
 
     /// A context from its parts.

@@ -238,3 +238,70 @@ impl Progress {
         self.stream_requested.store(false, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use estargz::testutil::{pattern, Meta, TarBuilder};
+
+    fn index(files: u64, size: usize) -> estargz::Layer {
+        let mut t = TarBuilder::new();
+        for i in 0..files {
+            t.file(format!("f{i:03}").as_bytes(), &Meta::default(), &pattern(size, i));
+        }
+        let mut blob = Vec::new();
+        estargz::build(&t.finish()[..], &mut blob, &Default::default()).unwrap();
+        estargz::open(&blob, &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn marks_count_once_and_complete_the_layer() {
+        let layer = index(3, 10_000);
+        let idx = &layer.index;
+        let p = Progress::new(idx);
+        assert_eq!((p.fetched_bytes(), p.chunks()), (0, 3));
+        assert!(p.total_bytes() > 0);
+        assert!(p.mark(idx, 0));
+        assert!(!p.mark(idx, 0));
+        assert!(p.is_done(0) && !p.is_done(1));
+        assert_eq!(p.state(), FetchState::OnDemand);
+        p.mark(idx, 1);
+        p.mark(idx, 2);
+        assert!(p.complete());
+        assert_eq!(p.fetched_bytes(), p.total_bytes());
+        assert_eq!(p.state(), FetchState::Complete);
+    }
+
+    #[test]
+    fn files_fetched_in_blob_order_make_a_scan_but_one_big_file_does_not() {
+        let layer = index(40, 5_000);
+        let idx = &layer.index;
+        let p = Progress::new(idx);
+        let ranges: Vec<_> = idx
+            .chunks_in_blob_order()
+            .map(|c| crate::layer::chunks::fetch_range(&c))
+            .collect();
+        let mut fired = Vec::new();
+        for (i, r) in ranges.iter().enumerate() {
+            if p.record_on_demand(r.clone(), i as u32, 0.99) {
+                fired.push(i);
+            }
+        }
+        assert_eq!(fired, vec![SCAN_RUN as usize - 1], "fires once, after the run");
+        // The same chunk ranges all attributed to one file do not fire (until the bytes
+        // threshold).
+        let p = Progress::new(idx);
+        assert!(!ranges[..30]
+            .iter()
+            .any(|r| p.record_on_demand(r.clone(), 7, 0.99)));
+        // Streaming off.
+        let p = Progress::new(idx);
+        assert!(!ranges
+            .iter()
+            .enumerate()
+            .any(|(i, r)| p.record_on_demand(r.clone(), i as u32, 1.0)));
+        // By bytes: a threshold of 0 fires on the first fetch.
+        let p = Progress::new(idx);
+        assert!(p.record_on_demand(ranges[5].clone(), 5, 0.0));
+    }
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use config::Config;
-use fusefs::context::LayerContext;
+use fusefs::context::{LayerContext, LayerSettings};
 use fusefs::layer::LayerSource;
 use fusefs::metrics::Metrics;
 use fusefs::mount::{MountManager, MountedLayer};
@@ -206,8 +206,13 @@ fn mount_and_wait(
         .thread_name("starling-mount")
         .build()
         .context("start tokio runtime")?;
-    let ctx = LayerContext::new(&cfg, runtime.handle().clone(), Arc::new(Metrics::default()))
-        .context("set up the layer context")?;
+    let ctx = LayerContext::new(
+        &cfg,
+        LayerSettings::from_config(&cfg),
+        runtime.handle().clone(),
+        Arc::new(Metrics::default()),
+    )
+    .context("set up the layer context")?;
     let source = runtime.block_on(source(args, &ctx))?;
     let manager = MountManager::new(ctx);
     let mounted = manager
