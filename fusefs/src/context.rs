@@ -106,13 +106,16 @@ impl LayerContext {
         settings: LayerSettings,
     ) -> Arc<Self> {
         let slots = settings.fetch.background_concurrency.max(1);
-        Arc::new(LayerContext {
+        let ctx = Arc::new(LayerContext {
             client,
             cache,
             runtime,
             settings,
             background: Arc::new(Semaphore::new(slots)),
-        })
+        });
+        ctx.runtime
+            .spawn(crate::memory::trim_while_fetching(Arc::downgrade(&ctx)));
+        ctx
     }
 
     /// The registry client.

@@ -16,12 +16,14 @@
 //! - [`mount`]: mounting layers at paths, unmounting (lazily when busy), for the daemon
 //!   and `starling mount` ([`mount::MountManager`]).
 //! - [`status`]: per-layer status files read by `starling status`.
+//! - [`memory`]: returning freed heap memory to the system after fetches.
 //! - [`metrics`]: counters shared by all of the above.
 
 pub mod cache;
 pub mod context;
 pub mod fuse;
 pub mod layer;
+pub mod memory;
 pub mod metrics;
 pub mod mount;
 pub mod registry;

@@ -9,8 +9,12 @@
 //! the worker thread only when every byte is in the local cache; otherwise it moves to a
 //! task on the tokio runtime and the worker goes on, so reads waiting for the network never
 //! hold up cached reads or metadata calls (the kernel bounds outstanding requests).
-//! Opens keep the page cache (`FOPEN_KEEP_CACHE`; contents never change) and, when the
-//! whole file is one verified cache entry, use FUSE passthrough to it ([`open`]).
+//! Opens keep the page cache (contents never change). Without passthrough, opens and
+//! opendirs answer ENOSYS, which switches the kernel to zero-message opens (no OPEN,
+//! RELEASE, OPENDIR or RELEASEDIR round trips; `FOPEN_KEEP_CACHE` and cached listings by
+//! default), and FLUSH answers ENOSYS so closes cost nothing either. With passthrough
+//! (`[fuse] passthrough`), opens are answered: a file that is one verified cache entry is
+//! opened with FUSE passthrough to it ([`open`]), others with `FOPEN_KEEP_CACHE`.
 
 mod attr;
 mod open;
@@ -78,6 +82,12 @@ pub struct FsStats {
     pub passthrough_opens: AtomicU64,
     /// Opens answered through the page cache.
     pub cached_opens: AtomicU64,
+    /// Name lookups.
+    pub lookups: AtomicU64,
+    /// Attribute requests.
+    pub getattrs: AtomicU64,
+    /// Directory listing requests (readdir and readdirplus).
+    pub readdirs: AtomicU64,
 }
 
 /// The FUSE file system of one layer.
@@ -187,6 +197,7 @@ impl fuser::Filesystem for LayerFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
         let index = self.layer.index();
         let Some(pid) = id_of(parent) else {
             return reply.error(Errno::ENOENT);
@@ -219,6 +230,7 @@ impl fuser::Filesystem for LayerFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stats.getattrs.fetch_add(1, Ordering::Relaxed);
         match self.entry(ino) {
             Ok(e) => reply.attr(&self.options.attr_timeout, &attr_of(&e)),
             Err(e) => reply.error(e),
@@ -236,6 +248,11 @@ impl fuser::Filesystem for LayerFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            // Zero-message opens: the kernel stops sending OPEN/RELEASE for this mount and
+            // opens files with FOPEN_KEEP_CACHE itself (write opens fail: the mount is ro).
+            return reply.error(Errno::ENOSYS);
+        }
         let e = match self.entry(ino) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -249,9 +266,8 @@ impl fuser::Filesystem for LayerFs {
             return reply.error(Errno::EROFS);
         }
         let id = e.id();
-        let try_passthrough =
-            self.passthrough.load(Ordering::Relaxed) && self.layer.whole_file_key(id).is_some();
-        let cached = FopenFlags::FOPEN_KEEP_CACHE;
+        let try_passthrough = self.layer.whole_file_key(id).is_some();
+        let cached = FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH;
         let stats = &self.stats;
         self.opens.with(id, |st| {
             if st.passthrough == 0 && (st.cached > 0 || !try_passthrough) {
@@ -274,7 +290,11 @@ impl fuser::Filesystem for LayerFs {
             // Reads bypass the daemon: count the file as read when it is opened.
             self.layer.note_read(id);
             let backing = &st.backing.as_ref().expect("registered above").id;
-            reply.opened_passthrough(self.fh(OpenMode::Passthrough), FopenFlags::empty(), backing)
+            reply.opened_passthrough(
+                self.fh(OpenMode::Passthrough),
+                FopenFlags::FOPEN_NOFLUSH,
+                backing,
+            )
         });
     }
 
@@ -324,7 +344,9 @@ impl fuser::Filesystem for LayerFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush on a read-only layer; ENOSYS makes the kernel stop sending
+        // FLUSH on close (one round trip less per file).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -359,15 +381,10 @@ impl fuser::Filesystem for LayerFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.entry(ino) {
-            Ok(e) if e.kind() == EntryKind::Dir => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Zero-message opendir: the kernel stops sending OPENDIR/RELEASEDIR and caches
+        // listings (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR); readdir checks the inode.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
@@ -378,6 +395,7 @@ impl fuser::Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.stats.readdirs.fetch_add(1, Ordering::Relaxed);
         let e = match self.entry(ino) {
             Ok(e) if e.kind() == EntryKind::Dir => e,
             Ok(_) => return reply.error(Errno::ENOTDIR),
@@ -423,6 +441,7 @@ impl fuser::Filesystem for LayerFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stats.readdirs.fetch_add(1, Ordering::Relaxed);
         let e = match self.entry(ino) {
             Ok(e) if e.kind() == EntryKind::Dir => e,
             Ok(_) => return reply.error(Errno::ENOTDIR),

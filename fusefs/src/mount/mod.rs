@@ -215,6 +215,20 @@ impl MountedLayer {
         }
         self.layer.close();
         self.status.lock().take();
+        let st = &self.stats;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        tracing::info!(
+            mountpoint = %self.mountpoint.display(),
+            lookups = n(&st.lookups),
+            getattrs = n(&st.getattrs),
+            readdirs = n(&st.readdirs),
+            cached_opens = n(&st.cached_opens),
+            passthrough_opens = n(&st.passthrough_opens),
+            cached_reads = n(&st.cached_reads),
+            fetched_reads = n(&st.fetched_reads),
+            failed_reads = n(&st.failed_reads),
+            "unmounting layer"
+        );
         let mp = &self.mountpoint;
         let uerr = |source| MountError::Unmount {
             path: mp.clone(),
