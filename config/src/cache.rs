@@ -22,7 +22,9 @@ pub struct CacheConfig {
     /// use by a mounted layer's open files are kept). A size such as "20GiB"; 0 = unbounded.
     #[serde(with = "crate::units::size")]
     pub max_size: u64,
-    /// Bytes of hot chunks kept in memory in front of the disk cache (LRU). 0 turns it off.
+    /// Bytes of hot chunks kept in memory in front of the disk cache (LRU). 0 turns it off
+    /// (the default: mounted layers keep file contents in the kernel's page cache, and fully
+    /// cached files are read by FUSE passthrough, so an in-process copy only costs memory).
     #[serde(with = "crate::units::size")]
     pub memory_size: u64,
 }
@@ -32,7 +34,7 @@ impl Default for CacheConfig {
         CacheConfig {
             dir: PathBuf::new(),
             max_size: 20 << 30,
-            memory_size: 64 << 20,
+            memory_size: 0,
         }
     }
 }

@@ -11,7 +11,8 @@ use crate::error::{Invalid, KeyPath};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct FuseConfig {
-    /// How long the kernel may cache file attributes (layers are immutable, so this is safe).
+    /// How long the kernel may cache file attributes (layers are immutable, so this is safe;
+    /// long timeouts keep repeated metadata walks in the kernel's caches).
     #[serde(with = "crate::units::duration")]
     pub attr_timeout: Duration,
     /// How long the kernel may cache name lookups.
@@ -20,23 +21,25 @@ pub struct FuseConfig {
     /// How long the kernel may cache "no such file" answers ("0s" = do not cache).
     #[serde(with = "crate::units::duration")]
     pub negative_timeout: Duration,
-    /// Serve reads of fully cached files by FUSE passthrough to the cache file (kernel >= 6.9).
+    /// Serve reads of fully cached files by FUSE passthrough to the cache file (kernel >= 6.9;
+    /// without kernel support, reads go through the daemon).
     pub passthrough: bool,
     /// FUSE request worker threads per mount (at least 1).
     pub threads: usize,
     /// Let users other than the mounting one (root) access the mounts; containers need it.
     pub allow_other: bool,
-    /// Log every file access (path, offset, length) at debug level; for profiling, not production.
+    /// Record, per layer, the files read in first-read order (`access.log` in the layer's state
+    /// directory; drives `starling optimize`). Off in production.
     pub access_log: bool,
 }
 
 impl Default for FuseConfig {
     fn default() -> Self {
         FuseConfig {
-            attr_timeout: Duration::from_secs(1),
-            entry_timeout: Duration::from_secs(1),
-            negative_timeout: Duration::from_secs(1),
-            passthrough: false,
+            attr_timeout: Duration::from_secs(3600),
+            entry_timeout: Duration::from_secs(3600),
+            negative_timeout: Duration::from_secs(3600),
+            passthrough: true,
             threads: 4,
             allow_other: true,
             access_log: false,

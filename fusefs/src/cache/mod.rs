@@ -170,6 +170,71 @@ impl ChunkCache {
         }
     }
 
+    /// Copies up to `buf.len()` bytes of the entry for `key` from `offset` into `buf`, without
+    /// loading the whole entry (after its first-use check, which reads it once); returns the
+    /// count (0 at or past its end), or `None` if the entry is absent or was found corrupted.
+    /// The memory LRU is consulted but not filled: callers reading a chunk piece by piece
+    /// (FUSE reads) rely on the kernel's page cache instead.
+    pub fn read_at(
+        &self,
+        key: &ChunkKey,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, CacheError> {
+        let inner = &self.inner;
+        let copy = |data: &[u8], buf: &mut [u8]| {
+            let start = (offset as usize).min(data.len());
+            let n = (data.len() - start).min(buf.len());
+            buf[..n].copy_from_slice(&data[start..start + n]);
+            n
+        };
+        if let Some(b) = inner.memory.lock().get(key) {
+            Metrics::inc(&inner.metrics.memory_hits);
+            return Ok(Some(copy(&b, buf)));
+        }
+        let verified = match inner.index.lock().entries.get(key) {
+            None => {
+                Metrics::inc(&inner.metrics.misses);
+                return Ok(None);
+            }
+            Some(e) => e.verified,
+        };
+        if !verified {
+            return match inner.load(key)? {
+                Some(data) => {
+                    Metrics::inc(&inner.metrics.disk_hits);
+                    Ok(Some(copy(&data, buf)))
+                }
+                None => {
+                    Metrics::inc(&inner.metrics.misses);
+                    Ok(None)
+                }
+            };
+        }
+        let path = inner.path(key);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                inner.drop_entry(key);
+                Metrics::inc(&inner.metrics.misses);
+                return Ok(None);
+            }
+            Err(e) => return Err(CacheError::io("open", &path, e)),
+        };
+        let mut done = 0;
+        while done < buf.len() {
+            match std::os::unix::fs::FileExt::read_at(&file, &mut buf[done..], offset + done as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CacheError::io("read", &path, e)),
+            }
+        }
+        Metrics::inc(&inner.metrics.disk_hits);
+        Ok(Some(done))
+    }
+
     /// The chunk's content if it is in the memory LRU (no disk access; counts a memory hit).
     pub fn get_memory(&self, key: &ChunkKey) -> Option<Bytes> {
         let hit = self.inner.memory.lock().get(key);
@@ -212,6 +277,25 @@ impl ChunkCache {
         disk::write_atomic(&inner.dir, key, &data, !key.is_verifiable())?;
         inner.add_entry(*key, data.len() as u64);
         inner.remember(*key, data);
+        Ok(())
+    }
+
+    /// Like [`ChunkCache::insert_verified`], but leaves the memory LRU alone: for chunks
+    /// fetched ahead of use (prefetch, background fetch, streaming), which would otherwise
+    /// push the hot chunks of on-demand reads out of it.
+    pub fn store_verified(&self, key: &ChunkKey, data: &[u8]) -> Result<(), CacheError> {
+        let inner = &self.inner;
+        let known_good = inner
+            .index
+            .lock()
+            .entries
+            .get(key)
+            .is_some_and(|e| e.verified);
+        if known_good {
+            return Ok(());
+        }
+        disk::write_atomic(&inner.dir, key, data, !key.is_verifiable())?;
+        inner.add_entry(*key, data.len() as u64);
         Ok(())
     }
 

@@ -338,12 +338,21 @@ impl Blob {
     /// they stopped (up to `fetch.max_retries` times in a row); each network read is bounded by
     /// the request timeout. A stream that starts at 0 checks the blob digest at its end.
     pub fn stream(&self, from: u64, priority: Priority) -> BlobStream {
+        self.stream_range(from..self.size(), priority)
+    }
+
+    /// Like [`Blob::stream`], but ends at `range.end` (asked for as a bounded range, so no
+    /// bytes past it cross the network). Only a stream of the whole blob checks its digest.
+    pub fn stream_range(&self, range: Range<u64>, priority: Priority) -> BlobStream {
+        let end = range.end.min(self.size());
+        let offset = range.start.min(end);
         BlobStream {
             blob: self.clone(),
-            offset: from.min(self.size()),
+            offset,
+            end,
             current: None,
             failures: 0,
-            hasher: (from == 0).then(Sha256::new),
+            hasher: (offset == 0 && end == self.size()).then(Sha256::new),
             priority,
             finished: false,
         }
@@ -413,6 +422,8 @@ pub(crate) fn check_digest(
 pub struct BlobStream {
     blob: Blob,
     offset: u64,
+    /// Where the stream ends (exclusive).
+    end: u64,
     current: Option<(reqwest::Response, Permit)>,
     failures: u32,
     hasher: Option<Sha256>,
@@ -448,7 +459,7 @@ impl BlobStream {
     }
 
     async fn advance(&mut self) -> Option<Result<Bytes, RegistryError>> {
-        let size = self.blob.size();
+        let size = self.end;
         let client = self.blob.inner.client.clone();
         loop {
             if self.offset >= size {
@@ -515,9 +526,13 @@ impl BlobStream {
 
     async fn open(&self) -> Result<(reqwest::Response, Permit), RegistryError> {
         let from = self.offset;
-        let mut req = self
-            .blob
-            .request(format!("bytes={from}-"), 1, self.priority);
+        let whole_tail = self.end == self.blob.size();
+        let header = if whole_tail {
+            format!("bytes={from}-")
+        } else {
+            format!("bytes={from}-{}", self.end - 1)
+        };
+        let mut req = self.blob.request(header, 1, self.priority);
         req.streaming = true;
         let i = &self.blob.inner;
         let deadline = Instant::now() + i.client.fetch.read_timeout;
@@ -534,6 +549,7 @@ impl BlobStream {
                         }
                         Ok((a.response, a.permit))
                     }
+                    // A whole-blob answer is usable from offset 0 (the stream stops at its end).
                     200 if from == 0 => Ok((a.response, a.permit)),
                     200 => Err(RegistryError::Range {
                         target: a.target.clone(),

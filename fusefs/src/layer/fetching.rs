@@ -1,0 +1,202 @@
+//! Fetching a layer ahead of reads: first the prioritized region (every chunk before the
+//! `.prefetch.landmark`, in one streamed request; skipped with `.no.prefetch.landmark`),
+//! then the rest in blob order at background priority: batches of a few MiB, at most
+//! `fetch.background_concurrency` requests over all layers, pausing while applications
+//! wait on the network and while the layer streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::chunks::{key_of, request_of, LARGE_CHUNK};
+use super::{FetchState, RemoteLayer};
+use crate::registry::Priority;
+
+/// Compressed bytes per background request.
+const BATCH_BYTES: u64 = 4 << 20;
+/// Chunks per background request.
+const BATCH_CHUNKS: usize = 128;
+/// Longest pause after failed background fetches.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Resolves once the layer's prefetch is over (done, failed, or there was none).
+pub struct Prefetch(watch::Receiver<bool>);
+
+impl Prefetch {
+    /// Waits for the prefetch, at most `timeout`; true if it finished.
+    pub async fn wait(mut self, timeout: Duration) -> bool {
+        let done = self.0.wait_for(|d| *d);
+        matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(_)))
+    }
+}
+
+impl RemoteLayer {
+    /// Starts prefetch and background fetch as configured (`[fetch] prefetch`,
+    /// `background_fetch`) on the context's runtime; returns a handle on the prefetch.
+    /// Later calls start nothing.
+    pub fn start_fetching(self: &Arc<Self>) -> Prefetch {
+        let (tx, rx) = watch::channel(false);
+        if self.fetching_started() {
+            tx.send_replace(true);
+            return Prefetch(rx);
+        }
+        let this = self.clone();
+        self.ctx
+            .runtime
+            .spawn(async move { this.fetch_task(tx).await });
+        Prefetch(rx)
+    }
+
+    async fn fetch_task(self: Arc<Self>, done: watch::Sender<bool>) {
+        let fetch = &self.ctx.settings.fetch;
+        let index = &self.layer.index;
+        if fetch.prefetch && !index.has_no_prefetch_landmark() {
+            if let Some(landmark) = index.prefetch_landmark() {
+                self.progress.set_state(FetchState::Prefetching);
+                match self.stream_region(0, landmark, Priority::Prefetch).await {
+                    Ok(n) => {
+                        tracing::debug!(layer = %self.source.digest, chunks = n, "prefetch done")
+                    }
+                    Err(e) => {
+                        tracing::warn!(layer = %self.source.digest, error = %e, "prefetch stopped")
+                    }
+                }
+            }
+        }
+        done.send_replace(true);
+        if !fetch.background_fetch || self.is_closed() {
+            self.progress.set_state(FetchState::OnDemand);
+            return;
+        }
+        self.progress.set_state(FetchState::Background);
+        self.background().await;
+        if !self.progress.complete() {
+            self.progress.set_state(FetchState::OnDemand);
+        }
+    }
+
+    /// Sleeps `d` unless the layer closes first; false if it closed.
+    async fn nap(&self, closed: &mut watch::Receiver<bool>, d: Duration) -> bool {
+        let closing = tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = closed.wait_for(|c| *c) => true,
+        };
+        !closing && !*closed.borrow()
+    }
+
+    async fn background(self: &Arc<Self>) {
+        let fetch = &self.ctx.settings.fetch;
+        let index = &self.layer.index;
+        let mut closed = self.closed.subscribe();
+        let n = index.num_chunks() as u32;
+        let mut cursor = 0u32;
+        let mut failures = 0u32;
+        let mut fetched_this_pass = false;
+        loop {
+            if *closed.borrow() || self.progress.complete() {
+                return;
+            }
+            if self.stream.is_active() {
+                if !self.nap(&mut closed, Duration::from_millis(200)).await {
+                    return;
+                }
+                continue;
+            }
+            if let Some(since) = self.progress.since_on_demand() {
+                let pause = fetch.background_pause_after_read;
+                if since < pause {
+                    if !self.nap(&mut closed, pause - since).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            // The next batch of chunks that are not local, in blob order.
+            let mut batch = Vec::new();
+            let mut bytes = 0u64;
+            let mut large = None;
+            while cursor < n && batch.len() < BATCH_CHUNKS && bytes < BATCH_BYTES {
+                let c = index.chunk(cursor).expect("in range");
+                cursor += 1;
+                if self.progress.is_done(c.id) {
+                    continue;
+                }
+                let Some(key) = key_of(&c) else { continue };
+                if self.ctx.cache.contains(&key) {
+                    self.progress.mark(index, c.id);
+                    continue;
+                }
+                if c.size > LARGE_CHUNK {
+                    large = Some(c);
+                    break;
+                }
+                if let Some(r) = request_of(&c) {
+                    bytes += r.range.end - r.range.start;
+                    batch.push((c.id, r));
+                }
+            }
+            if batch.is_empty() && large.is_none() {
+                if cursor < n {
+                    continue;
+                }
+                // End of a pass: chunks left over failed; retry them later.
+                cursor = 0;
+                if !fetched_this_pass {
+                    failures += 1;
+                }
+                fetched_this_pass = false;
+                let backoff = Duration::from_secs(1 << failures.min(5)).min(MAX_BACKOFF);
+                if !self.nap(&mut closed, backoff).await {
+                    return;
+                }
+                continue;
+            }
+            let permit = tokio::select! {
+                p = self.ctx.background.clone().acquire_owned() => p,
+                _ = closed.wait_for(|c| *c) => return,
+            };
+            let Ok(_permit) = permit else { return };
+            let mut ok = true;
+            if let Some(c) = large {
+                if let Err(e) = self.fetch_large(&c).await {
+                    tracing::debug!(layer = %self.source.digest, error = %e, "background fetch failed");
+                    ok = false;
+                }
+            }
+            if !batch.is_empty() {
+                let requests: Vec<_> = batch.iter().map(|(_, r)| r.clone()).collect();
+                let answers = tokio::select! {
+                    a = self.fetcher.get_many(&requests, Priority::Background) => a,
+                    _ = closed.wait_for(|c| *c) => return,
+                };
+                for ((id, _), a) in batch.iter().zip(answers) {
+                    match a {
+                        Ok(_) => {
+                            self.progress.mark(index, *id);
+                        }
+                        Err(e) => {
+                            if ok {
+                                tracing::debug!(layer = %self.source.digest, error = %e, "background fetch failed");
+                            }
+                            ok = false;
+                        }
+                    }
+                }
+            }
+            if ok {
+                failures = 0;
+                fetched_this_pass = true;
+            } else {
+                failures += 1;
+                if failures == 3 {
+                    tracing::warn!(layer = %self.source.digest, "background fetch keeps failing; retrying with backoff");
+                }
+                let backoff = Duration::from_millis(250 << failures.min(7)).min(MAX_BACKOFF);
+                if !self.nap(&mut closed, backoff).await {
+                    return;
+                }
+            }
+        }
+    }
+}

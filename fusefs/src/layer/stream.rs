@@ -1,0 +1,294 @@
+//! Streaming a region of the blob in one sequential request, decoding and verifying chunks
+//! as they pass and storing them in the cache. Used for the prefetch region (up to the
+//! landmark) and, when a workload reads most of a layer, for the rest of the blob: a full
+//! sequential transfer instead of one round trip per file.
+//!
+//! The [`StreamGate`] tells reads whether to wait for the stream instead of fetching a
+//! chunk themselves: only when the stream will reach the chunk soon (within about two
+//! seconds at its measured rate), so a read never waits behind a long transfer.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use estargz::Chunk;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::chunks::{fetch_range, first_chunk_at, key_of};
+use super::RemoteLayer;
+use crate::cache::ChunkKey;
+use crate::registry::Priority;
+
+/// Smallest look-ahead of a stream (bytes) within which reads wait for it.
+const MIN_LOOKAHEAD: u64 = 4 << 20;
+/// How far ahead, in time at the stream's rate, reads wait for it.
+const LOOKAHEAD_TIME: f64 = 2.0;
+/// Decoded chunks are handed to a blocking thread in batches of about this many raw bytes.
+const BATCH_BYTES: usize = 1 << 20;
+const BATCH_CHUNKS: usize = 256;
+
+/// Progress of the layer's current stream, shared with readers.
+#[derive(Default)]
+pub(crate) struct StreamGate {
+    active: AtomicBool,
+    /// Every chunk with a compressed offset below this has been dealt with.
+    pos: AtomicU64,
+    start: AtomicU64,
+    end: AtomicU64,
+    began: Mutex<Option<Instant>>,
+    notify: Notify,
+}
+
+impl StreamGate {
+    /// Claims the gate for a stream of `[from, end)`; false if a stream is running.
+    fn begin(&self, from: u64, end: u64) -> bool {
+        if self.active.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.pos.store(from, Ordering::SeqCst);
+        self.start.store(from, Ordering::SeqCst);
+        self.end.store(end, Ordering::SeqCst);
+        *self.began.lock() = Some(Instant::now());
+        true
+    }
+
+    fn advance(&self, pos: u64) {
+        self.pos.fetch_max(pos, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    fn finish(&self) {
+        self.active.store(false, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Wakes every waiter (they re-check and fall back to fetching).
+    pub(crate) fn wake_all(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// True while a stream runs.
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Whether a read of the chunk at compressed `offset` should wait for the stream.
+    pub(crate) fn should_wait(&self, offset: u64) -> bool {
+        if !self.is_active() {
+            return false;
+        }
+        let pos = self.pos.load(Ordering::SeqCst);
+        if offset < pos || offset >= self.end.load(Ordering::SeqCst) {
+            return false;
+        }
+        offset - pos <= self.lookahead(pos)
+    }
+
+    fn lookahead(&self, pos: u64) -> u64 {
+        let elapsed = self
+            .began
+            .lock()
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        let done = pos.saturating_sub(self.start.load(Ordering::SeqCst)) as f64;
+        if elapsed < 0.1 {
+            return MIN_LOOKAHEAD;
+        }
+        ((done / elapsed * LOOKAHEAD_TIME) as u64).max(MIN_LOOKAHEAD)
+    }
+
+    /// Waits until the stream has dealt with the chunk at `offset`, has stopped, or
+    /// `timeout` passed.
+    pub(crate) async fn wait_past(&self, offset: u64, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            if !self.is_active() || self.pos.load(Ordering::SeqCst) > offset {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A fetched chunk waiting to be decoded.
+struct Pending {
+    chunk: Chunk,
+    key: ChunkKey,
+    raw: Bytes,
+}
+
+/// Why a stream stopped early.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    #[error("another stream is running")]
+    Busy,
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error("the blob stream ended before byte {0}")]
+    Truncated(u64),
+    #[error("layer closed")]
+    Closed,
+}
+
+impl RemoteLayer {
+    /// Streams every chunk whose compressed offset is in `[from, to)` and is not local yet,
+    /// in one sequential request. Returns how many chunks it stored.
+    pub(crate) async fn stream_region(
+        self: &Arc<Self>,
+        from: u64,
+        to: u64,
+        priority: Priority,
+    ) -> Result<u64, StreamError> {
+        let index = &self.layer.index;
+        let data_end = self.layer.footer.data_end();
+        let n = index.num_chunks() as u32;
+        let todo = |c: &Chunk| !c.zeros && !self.progress.is_done(c.id);
+        let mut first = first_chunk_at(index, from);
+        while first < n {
+            let c = index.chunk(first).expect("in range");
+            if c.compressed_offset >= to || todo(&c) {
+                break;
+            }
+            first += 1;
+        }
+        let mut last = None;
+        let mut end = 0u64;
+        for id in first..n {
+            let c = index.chunk(id).expect("in range");
+            if c.compressed_offset >= to {
+                break;
+            }
+            if todo(&c) {
+                last = Some(id);
+                end = end.max(fetch_range(&c).end.min(data_end));
+            }
+        }
+        let Some(last) = last else { return Ok(0) };
+        let start = index.chunk(first).expect("in range").compressed_offset;
+        if !self.stream.begin(start, end) {
+            return Err(StreamError::Busy);
+        }
+        let result = self.run_stream(first, last, start, end, priority).await;
+        self.stream.finish();
+        result
+    }
+
+    async fn run_stream(
+        self: &Arc<Self>,
+        first: u32,
+        last: u32,
+        start: u64,
+        end: u64,
+        priority: Priority,
+    ) -> Result<u64, StreamError> {
+        let index = &self.layer.index;
+        let mut closed = self.closed.subscribe();
+        let mut stream = self.blob.stream_range(start..end, priority);
+        let mut buf = BytesMut::new();
+        let mut buf_start = start;
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut stored = 0u64;
+        for id in first..=last {
+            if *closed.borrow_and_update() {
+                return Err(StreamError::Closed);
+            }
+            let c = index.chunk(id).expect("in range");
+            let Some(key) = key_of(&c) else { continue };
+            let flush = batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS;
+            if flush && batch.last().map(|p| p.chunk.compressed_offset) < Some(c.compressed_offset)
+            {
+                // Every chunk before this one is dealt with once the batch is stored.
+                stored += self.store_batch(std::mem::take(&mut batch)).await;
+                batch_bytes = 0;
+                self.stream.advance(c.compressed_offset);
+            }
+            let range = fetch_range(&c);
+            let want_end = range.end.min(end);
+            while buf_start + (buf.len() as u64) < want_end {
+                let piece = tokio::select! {
+                    p = stream.next_chunk() => p,
+                    _ = closed.changed() => return Err(StreamError::Closed),
+                };
+                match piece {
+                    Some(Ok(b)) => buf.extend_from_slice(&b),
+                    Some(Err(e)) => {
+                        self.store_batch(batch).await;
+                        return Err(e.into());
+                    }
+                    None => {
+                        self.store_batch(batch).await;
+                        return Err(StreamError::Truncated(want_end));
+                    }
+                }
+            }
+            // Drop bytes before this chunk (gaps: tar headers of entries without data).
+            if c.compressed_offset > buf_start {
+                let skip = (c.compressed_offset - buf_start) as usize;
+                buf.advance(skip.min(buf.len()));
+                buf_start = c.compressed_offset;
+            }
+            if self.progress.is_done(id) || self.ctx.cache.contains(&key) {
+                self.progress.mark(index, id);
+                continue;
+            }
+            let len = (want_end - buf_start) as usize;
+            let raw = Bytes::copy_from_slice(&buf[..len]);
+            batch_bytes += raw.len();
+            batch.push(Pending { chunk: c, key, raw });
+        }
+        stored += self.store_batch(batch).await;
+        self.stream.advance(u64::MAX);
+        Ok(stored)
+    }
+
+    /// Decodes, verifies and stores a batch on a blocking thread; returns how many chunks
+    /// were stored. Chunks failing verification are skipped (a read then fetches them and
+    /// fails with EIO if they stay bad): nothing unverified is stored.
+    async fn store_batch(self: &Arc<Self>, batch: Vec<Pending>) -> u64 {
+        if batch.is_empty() {
+            return 0;
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let index = &this.layer.index;
+            let mut stored = 0;
+            for p in batch {
+                if p.chunk.size > super::chunks::LARGE_CHUNK {
+                    continue;
+                }
+                let mut out = vec![0u8; p.chunk.size as usize];
+                let ok = estargz::chunk::decompress(
+                    index.compression(),
+                    &p.raw,
+                    p.chunk.inner_offset,
+                    &mut out,
+                )
+                .is_ok()
+                    && p.key.matches(&out);
+                if !ok {
+                    crate::metrics::Metrics::inc(&this.ctx.metrics().digest_mismatches);
+                    tracing::debug!(chunk = %p.key, "streamed chunk failed verification; left to on-demand fetch");
+                    continue;
+                }
+                match this.ctx.cache.store_verified(&p.key, &out) {
+                    Ok(()) => {
+                        this.progress.mark(index, p.chunk.id);
+                        stored += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(chunk = %p.key, error = %e, "cannot cache a streamed chunk");
+                    }
+                }
+            }
+            stored
+        })
+        .await
+        .unwrap_or(0)
+    }
+}

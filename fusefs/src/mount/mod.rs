@@ -1,0 +1,452 @@
+//! Mounting lazy layers: [`MountedLayer`] is one FUSE mount of a [`RemoteLayer`] (its
+//! session threads, its status file; dropping it unmounts), and [`MountManager`] owns the
+//! mounts of a process by mountpoint — what the daemon's remote-layer hook and
+//! `starling mount` use.
+//!
+//! Life cycle, as the daemon sees it:
+//! - [`MountManager::mount`]: open the layer from the registry (footer + TOC, verified
+//!   against the TOC digest, saved in the layer's state directory), mount it, start the
+//!   prefetch and wait for it at most `fetch.prefetch_timeout`, then background fetch.
+//! - [`MountManager::restore`]: after a restart, mount the layer again from its state
+//!   directory without the registry (a stale mount on the mountpoint is detached first).
+//! - [`MountManager::unmount`]: stop fetching, unmount (detaching lazily if busy), remove
+//!   the status file. [`MountManager::check`]: is the mount still served.
+//!
+//! The blocking methods must not be called from inside an async task (they block on the
+//! context's runtime); the `*_async` ones are for async callers.
+
+pub mod sys;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fuser::{MountOption, Session, SessionACL};
+use parking_lot::Mutex;
+
+use crate::context::LayerContext;
+use crate::fuse::{FsOptions, FsStats, LayerFs};
+use crate::layer::{LayerError, LayerSource, RemoteLayer};
+use crate::status::StatusFile;
+pub use sys::Unmounted;
+
+/// How long an unmount waits for the session threads to end.
+const SESSION_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of mounting and unmounting.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The layer could not be opened or restored.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// The FUSE mount failed.
+    #[error("mounting at {path}: {source}")]
+    Mount {
+        /// The mountpoint.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Unmounting failed.
+    #[error("unmounting {path}: {source}")]
+    Unmount {
+        /// The mountpoint.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// This manager already has a layer mounted there.
+    #[error("a layer is already mounted at {0}")]
+    AlreadyMounted(PathBuf),
+    /// This manager has nothing mounted there.
+    #[error("no layer is mounted at {0}")]
+    NotMounted(PathBuf),
+    /// The mount no longer answers (its session ended or its connection is gone).
+    #[error("the layer mount at {0} is not served any more")]
+    Dead(PathBuf),
+}
+
+/// One mounted layer. Dropping it unmounts.
+pub struct MountedLayer {
+    layer: Arc<RemoteLayer>,
+    mountpoint: PathBuf,
+    dev: Option<u64>,
+    session: Mutex<Option<JoinHandle<std::io::Result<()>>>>,
+    stats: Arc<FsStats>,
+    status: Mutex<Option<StatusFile>>,
+    unmounted: AtomicBool,
+}
+
+impl std::fmt::Debug for MountedLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountedLayer")
+            .field("mountpoint", &self.mountpoint)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl MountedLayer {
+    /// Mounts `layer` at `mountpoint` (an existing directory) with the context's `[fuse]`
+    /// settings and starts its status file. Fetching is not started.
+    pub fn mount(layer: Arc<RemoteLayer>, mountpoint: &Path) -> Result<Self, MountError> {
+        let err = |source| MountError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        };
+        let mountpoint = std::fs::canonicalize(mountpoint).map_err(err)?;
+        let settings = layer.context().settings().clone();
+        let fs = LayerFs::new(
+            layer.clone(),
+            FsOptions::from_config(&settings.fuse, settings.opaque_xattr),
+        );
+        let stats = fs.stats();
+        let digest = layer.source().digest_hex();
+        let mut cfg = fuser::Config::default();
+        cfg.mount_options = vec![
+            MountOption::FSName(format!("starling:{}", &digest[..digest.len().min(12)])),
+            MountOption::Subtype("starling".into()),
+            MountOption::RO,
+            MountOption::DefaultPermissions,
+            MountOption::Dev,
+            MountOption::Suid,
+            MountOption::NoAtime,
+        ];
+        cfg.acl = if settings.fuse.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        let threads = settings.fuse.threads.max(1);
+        cfg.n_threads = Some(threads);
+        cfg.clone_fd = threads > 1;
+        let session = Session::new(fs, &mountpoint, &cfg).map_err(err)?;
+        let thread = std::thread::Builder::new()
+            .name("starling-fuse".into())
+            .spawn(move || session.run())
+            .map_err(err)?;
+        let dev = sys::device_of(&mountpoint).ok().flatten();
+        let status = match &settings.status_dir {
+            Some(dir) => match StatusFile::start(dir, &layer, &mountpoint) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot write layer status files");
+                    None
+                }
+            },
+            None => None,
+        };
+        tracing::info!(layer = %layer.source().digest, mountpoint = %mountpoint.display(), "layer mounted");
+        Ok(MountedLayer {
+            layer,
+            mountpoint,
+            dev,
+            session: Mutex::new(Some(thread)),
+            stats,
+            status: Mutex::new(status),
+            unmounted: AtomicBool::new(false),
+        })
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &Arc<RemoteLayer> {
+        &self.layer
+    }
+
+    /// Where it is mounted (canonical path).
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Counters of its file system.
+    pub fn stats(&self) -> &FsStats {
+        &self.stats
+    }
+
+    /// The status file, if one is written.
+    pub fn status_file(&self) -> Option<PathBuf> {
+        self.status.lock().as_ref().map(|s| s.path().to_path_buf())
+    }
+
+    /// True while the FUSE session runs (false after an unmount, also an external one).
+    pub fn is_served(&self) -> bool {
+        self.session
+            .lock()
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+    }
+
+    /// Blocks until the session ends (the mount was unmounted) or `timeout` passes; true if
+    /// it ended.
+    pub fn wait_session(&self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if !self.is_served() {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Checks that the mount is served and answers.
+    pub fn check(&self) -> Result<(), MountError> {
+        if self.unmounted.load(Ordering::SeqCst) || !self.is_served() {
+            return Err(MountError::Dead(self.mountpoint.clone()));
+        }
+        match sys::device_of(&self.mountpoint) {
+            Ok(Some(d)) if Some(d) == self.dev => Ok(()),
+            _ => Err(MountError::Dead(self.mountpoint.clone())),
+        }
+    }
+
+    /// Stops fetching and unmounts; a busy mount is detached and goes away with its last
+    /// user. Idempotent.
+    pub fn unmount(&self) -> Result<Unmounted, MountError> {
+        if self.unmounted.swap(true, Ordering::SeqCst) {
+            return Ok(Unmounted::NotMounted);
+        }
+        self.layer.close();
+        self.status.lock().take();
+        let st = &self.stats;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        tracing::info!(
+            mountpoint = %self.mountpoint.display(),
+            lookups = n(&st.lookups),
+            getattrs = n(&st.getattrs),
+            readdirs = n(&st.readdirs),
+            cached_opens = n(&st.cached_opens),
+            passthrough_opens = n(&st.passthrough_opens),
+            cached_reads = n(&st.cached_reads),
+            fetched_reads = n(&st.fetched_reads),
+            failed_reads = n(&st.failed_reads),
+            "unmounting layer"
+        );
+        let mp = &self.mountpoint;
+        let uerr = |source| MountError::Unmount {
+            path: mp.clone(),
+            source,
+        };
+        let outcome = match sys::device_of(mp) {
+            // Ours, or a connection that is gone (nothing else can be on our path then).
+            Ok(Some(d)) if Some(d) == self.dev => sys::unmount(mp).map_err(uerr)?,
+            Ok(None) => sys::unmount(mp).map_err(uerr)?,
+            Ok(Some(_)) => {
+                if self.is_served() {
+                    tracing::warn!(mountpoint = %mp.display(), "another mount covers the layer mount; leaving both");
+                }
+                Unmounted::NotMounted
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Unmounted::NotMounted,
+            Err(e) => return Err(uerr(e)),
+        };
+        if outcome == Unmounted::Detached {
+            tracing::info!(mountpoint = %mp.display(), "layer mount busy: detached, it goes away with its last user");
+        } else if let Some(t) = self.session.lock().take() {
+            // The session ends once the kernel drops the connection.
+            let end = Instant::now() + SESSION_JOIN_TIMEOUT;
+            while !t.is_finished() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else if let Some(dev) = self.dev {
+                tracing::warn!(mountpoint = %mp.display(), "FUSE session did not end after unmount; aborting its connection");
+                let _ = sys::abort_connection(dev);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Aborts the FUSE connection (pending and future requests fail with ENOTCONN); for a
+    /// mount stuck after a lazy detach.
+    pub fn abort(&self) -> std::io::Result<()> {
+        match self.dev {
+            Some(d) => sys::abort_connection(d),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MountedLayer {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            tracing::warn!(error = %e, "unmount on drop failed");
+        }
+    }
+}
+
+/// The layer mounts of one process, by mountpoint. Dropping it unmounts them all.
+pub struct MountManager {
+    ctx: Arc<LayerContext>,
+    mounts: Mutex<HashMap<PathBuf, Arc<MountedLayer>>>,
+}
+
+fn canonical(mountpoint: &Path) -> Result<PathBuf, MountError> {
+    std::fs::canonicalize(mountpoint).map_err(|source| MountError::Mount {
+        path: mountpoint.to_path_buf(),
+        source,
+    })
+}
+
+impl MountManager {
+    /// A manager for layers of `ctx`.
+    pub fn new(ctx: Arc<LayerContext>) -> Self {
+        MountManager {
+            ctx,
+            mounts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Arc<LayerContext> {
+        &self.ctx
+    }
+
+    /// Opens the layer from the registry (saving its state in `state_dir`), mounts it at
+    /// `mountpoint` and prefetches (waiting at most `fetch.prefetch_timeout`). Blocking.
+    pub fn mount(
+        &self,
+        source: LayerSource,
+        state_dir: &Path,
+        mountpoint: &Path,
+    ) -> Result<Arc<MountedLayer>, MountError> {
+        self.ctx
+            .runtime
+            .block_on(self.mount_async(source, state_dir, mountpoint))
+    }
+
+    /// [`MountManager::mount`] for async callers.
+    pub async fn mount_async(
+        &self,
+        source: LayerSource,
+        state_dir: &Path,
+        mountpoint: &Path,
+    ) -> Result<Arc<MountedLayer>, MountError> {
+        let mp = canonical(mountpoint)?;
+        if self.mounts.lock().contains_key(&mp) {
+            return Err(MountError::AlreadyMounted(mp));
+        }
+        let layer = RemoteLayer::open(&self.ctx, source, state_dir).await?;
+        let mounted = self.attach(layer, &mp).await?;
+        let prefetch = mounted.layer().start_fetching();
+        let timeout = self.ctx.settings.fetch.prefetch_timeout;
+        if !prefetch.wait(timeout).await {
+            tracing::info!(mountpoint = %mp.display(), ?timeout, "prefetch not done in time; the mount is ready anyway");
+        }
+        Ok(mounted)
+    }
+
+    /// Mounts the layer saved in `state_dir` at `mountpoint` again, without network access
+    /// (a stale mount on `mountpoint`, e.g. of a crashed daemon, is detached first), and
+    /// starts fetching in the background. Blocking.
+    pub fn restore(
+        &self,
+        state_dir: &Path,
+        mountpoint: &Path,
+    ) -> Result<Arc<MountedLayer>, MountError> {
+        self.ctx
+            .runtime
+            .block_on(self.restore_async(state_dir, mountpoint))
+    }
+
+    /// [`MountManager::restore`] for async callers.
+    pub async fn restore_async(
+        &self,
+        state_dir: &Path,
+        mountpoint: &Path,
+    ) -> Result<Arc<MountedLayer>, MountError> {
+        let abs = std::path::absolute(mountpoint).map_err(|source| MountError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
+        if let Ok(Some(kind)) = sys::mounted_type(&abs) {
+            if self.mounts.lock().contains_key(&abs) {
+                return Err(MountError::AlreadyMounted(abs));
+            }
+            tracing::info!(mountpoint = %abs.display(), kind, "detaching a stale mount before restoring the layer");
+            sys::unmount(&abs).map_err(|source| MountError::Unmount {
+                path: abs.clone(),
+                source,
+            })?;
+        }
+        let mp = canonical(&abs)?;
+        let layer = RemoteLayer::restore(&self.ctx, state_dir).await?;
+        let mounted = self.attach(layer, &mp).await?;
+        let _ = mounted.layer().start_fetching();
+        Ok(mounted)
+    }
+
+    async fn attach(
+        &self,
+        layer: Arc<RemoteLayer>,
+        mp: &Path,
+    ) -> Result<Arc<MountedLayer>, MountError> {
+        let path = mp.to_path_buf();
+        let mounted = tokio::task::spawn_blocking(move || MountedLayer::mount(layer, &path))
+            .await
+            .map_err(|e| MountError::Mount {
+                path: mp.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let mounted = Arc::new(mounted);
+        let mut mounts = self.mounts.lock();
+        if mounts.contains_key(mp) {
+            drop(mounts);
+            return Err(MountError::AlreadyMounted(mp.to_path_buf()));
+        }
+        mounts.insert(mp.to_path_buf(), mounted.clone());
+        Ok(mounted)
+    }
+
+    /// The mount at `mountpoint`, if this manager has one.
+    pub fn get(&self, mountpoint: &Path) -> Option<Arc<MountedLayer>> {
+        let mp = std::fs::canonicalize(mountpoint)
+            .unwrap_or_else(|_| std::path::absolute(mountpoint).unwrap_or_default());
+        self.mounts.lock().get(&mp).cloned()
+    }
+
+    /// Every mount.
+    pub fn list(&self) -> Vec<Arc<MountedLayer>> {
+        self.mounts.lock().values().cloned().collect()
+    }
+
+    /// Checks that the layer at `mountpoint` is mounted and served.
+    pub fn check(&self, mountpoint: &Path) -> Result<(), MountError> {
+        self.get(mountpoint)
+            .ok_or_else(|| MountError::NotMounted(mountpoint.to_path_buf()))?
+            .check()
+    }
+
+    /// Unmounts the layer at `mountpoint` and forgets it.
+    pub fn unmount(&self, mountpoint: &Path) -> Result<Unmounted, MountError> {
+        let m = self
+            .get(mountpoint)
+            .ok_or_else(|| MountError::NotMounted(mountpoint.to_path_buf()))?;
+        self.mounts.lock().remove(m.mountpoint());
+        m.unmount()
+    }
+
+    /// Unmounts everything.
+    pub fn unmount_all(&self) {
+        let all: Vec<_> = self.mounts.lock().drain().map(|(_, m)| m).collect();
+        for m in all {
+            if let Err(e) = m.unmount() {
+                tracing::warn!(error = %e, "unmount failed");
+            }
+        }
+    }
+}
+
+impl Drop for MountManager {
+    fn drop(&mut self) {
+        self.unmount_all();
+    }
+}

@@ -1,0 +1,567 @@
+//! Benchmarks of the lazy layer filesystem (ignored by default; they print a table and
+//! write it to `$STL_BENCH_OUT`, default `target/fuse-bench.md`). Ratios are measured pair
+//! by pair in one run, on the realistic image (`pydeb`, unoptimized eStargz from
+//! `ctr-remote image convert`):
+//!
+//! ```sh
+//! cargo build --release -p snapshotter
+//! cargo test --release -p integration --test fuse_bench -- --ignored --nocapture --test-threads 1
+//! ```
+//!
+//! - `fuse_bench_local` (loopback registry): metadata walk (`find -printf` of every entry)
+//!   and warm sequential read (`tar -cf - usr | cat`, page cache of the files dropped with
+//!   `posix_fadvise`, and again warm), FUSE overlay stack vs the same layers extracted on
+//!   overlayfs, and vs the stargz peer's mount when it can be built; RSS of the
+//!   `starling mount` processes after the walk and after reading everything.
+//! - `fuse_bench_shaped` (20 ms RTT, 100 Mbit/s link): cold read of the files
+//!   `python3 -c 'print(1)'` opens (list from strace against an extracted copy): bytes over
+//!   the link vs their compressed size plus the TOCs; and read-everything cold vs a full
+//!   pull (download + extract) of the same layers.
+
+mod fuse_common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fuse_common::*;
+use integration::extract::{extract_layer, ExtractOptions};
+use integration::oci::OciImage;
+use integration::overlay::OverlayStack;
+use integration::process::run_cmd;
+use integration::registry::Registry;
+use integration::shaped::{ShapedLink, ShapedOptions};
+use integration::workdir::Workdir;
+use integration::{prereq, require};
+
+const ROUNDS: usize = 3;
+
+struct Report {
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn new(title: &str) -> Self {
+        Report {
+            lines: vec![format!("## {title}"), String::new()],
+        }
+    }
+    fn line(&mut self, l: impl Into<String>) {
+        let l = l.into();
+        eprintln!("{l}");
+        self.lines.push(l);
+    }
+    fn finish(self) {
+        let out = std::env::var_os("STL_BENCH_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| integration::starling::workspace_root().join("target/fuse-bench.md"));
+        let mut text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.push_str(&self.lines.join("\n"));
+        text.push_str("\n\n");
+        let _ = std::fs::write(&out, text);
+        eprintln!("(written to {})", out.display());
+    }
+}
+
+/// Runs a shell command, returns its wall time.
+fn timed(cmd: &str) -> Duration {
+    let t = Instant::now();
+    run_cmd(Command::new("sh").arg("-c").arg(cmd), Duration::from_secs(1800))
+        .unwrap()
+        .check()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    t.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+/// Drops the page cache of every regular file under `dir` (`posix_fadvise(DONTNEED)`),
+/// without touching the rest of the machine.
+fn evict(dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                if let Ok(f) = std::fs::File::open(e.path()) {
+                    let _ = nix::fcntl::posix_fadvise(
+                        &f,
+                        0,
+                        0,
+                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn walk(dir: &Path) -> String {
+    format!(
+        "find '{}' -xdev -printf '%p %s %m %U %G %T@\\n' > /dev/null",
+        dir.display()
+    )
+}
+
+fn read_all(dir: &Path) -> String {
+    format!("tar -C '{}' -cf - usr | cat > /dev/null", dir.display())
+}
+
+fn rss_sum(mounts: &[LazyMount]) -> (u64, Vec<u64>) {
+    let each: Vec<u64> = mounts.iter().map(|m| m.rss_kib().unwrap_or(0)).collect();
+    (each.iter().sum(), each)
+}
+
+fn pid_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until every status record under `root` says `complete`.
+fn wait_complete(root: &Path, layers: usize, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        let dir = root.join("status");
+        let done = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| {
+                        std::fs::read_to_string(e.path())
+                            .map(|t| t.contains("\"state\": \"complete\""))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if done >= layers {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// Sum of the compressed bytes the status files say are local.
+fn fetched_bytes(root: &Path) -> u64 {
+    std::fs::read_dir(root.join("status"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter_map(|v| v["fetched_bytes"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn extracted(image: &OciImage, dir: &Path) -> Vec<PathBuf> {
+    image
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let d = dir.join(i.to_string());
+            extract_layer(&l.path, &d, &ExtractOptions::overlay()).unwrap();
+            d
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored"]
+fn fuse_bench_local() {
+    require!(
+        prereq::root(),
+        prereq::fuse(),
+        prereq::registry(),
+        prereq::starling_binary(),
+        prereq::debian_images(),
+        prereq::binaries(&["skopeo", "tar", "find"]),
+        prereq::containerd_stack(),
+        prereq::ctr_remote(),
+    );
+    let mut rep = Report::new("fuse_bench_local: pydeb (ctr-remote eStargz), loopback registry");
+    let esgz = pydeb_ctr_remote(false).unwrap();
+    let original = integration::images::pydeb().unwrap().image("latest").unwrap();
+    let image = OciImage::open(&esgz.layout, "latest").unwrap();
+    let wd = Workdir::new("fbench").unwrap();
+    let registry = Registry::start(&wd).unwrap();
+    let reference = push(&registry, &esgz.layout, "latest", "bench/py:latest").unwrap();
+    let native_dirs = extracted(&original, &wd.join("native"));
+    let native = OverlayStack::mount(&native_dirs, &wd.join("merged-native"), &[]).unwrap();
+    let config = wd.join("starling.toml");
+    MountConfig::default().write(&config).unwrap();
+    let root = wd.join("root");
+    let t = Instant::now();
+    let mounts = mount_all(&root, &config, &reference, &image, &wd.join("mnt")).unwrap();
+    rep.line(format!("- mount of {} layers: {}", mounts.len(), secs(t.elapsed())));
+    let dirs: Vec<&Path> = mounts.iter().map(|m| m.mountpoint.as_path()).collect();
+    let fuse = OverlayStack::mount(&dirs, &wd.join("merged-fuse"), &[]).unwrap();
+    let (rss0, _) = rss_sum(&mounts);
+
+    // Metadata walk: first walk of a fresh mount, then warm (median of rounds).
+    let fw1 = timed(&walk(fuse.path()));
+    let nw1 = timed(&walk(native.path()));
+    let mut fw = Vec::new();
+    let mut nw = Vec::new();
+    for _ in 0..ROUNDS {
+        fw.push(timed(&walk(fuse.path())));
+        nw.push(timed(&walk(native.path())));
+    }
+    let (fw2, nw2) = (median(fw), median(nw));
+    let (rss_walk, each_walk) = rss_sum(&mounts);
+
+    // Let background fetch finish: "warm" means every chunk is local.
+    let complete = wait_complete(&root, mounts.len(), Duration::from_secs(600));
+    assert!(complete, "background fetch did not complete");
+    let mut fr = Vec::new();
+    let mut nr = Vec::new();
+    for _ in 0..ROUNDS {
+        evict(&root.join("cache"));
+        evict(fuse.path());
+        fr.push(timed(&read_all(fuse.path())));
+        evict(native.path());
+        nr.push(timed(&read_all(native.path())));
+    }
+    let (fr_cold, nr_cold) = (median(fr), median(nr));
+    let mut fr = Vec::new();
+    let mut nr = Vec::new();
+    for _ in 0..ROUNDS {
+        fr.push(timed(&read_all(fuse.path())));
+        nr.push(timed(&read_all(native.path())));
+    }
+    let (fr_warm, nr_warm) = (median(fr), median(nr));
+    let (rss_read, each_read) = rss_sum(&mounts);
+
+    let ratio = |native: Duration, fuse: Duration| native.as_secs_f64() / fuse.as_secs_f64();
+    rep.line("");
+    rep.line("| measure | native overlayfs | starling FUSE | ratio native/starling (goal) |");
+    rep.line("|---|---|---|---|");
+    rep.line(format!("| metadata walk, first (fresh mount) | {} | {} | {:.2} (>= 0.7) |", secs(nw1), secs(fw1), ratio(nw1, fw1)));
+    rep.line(format!("| metadata walk, warm (median of {ROUNDS}) | {} | {} | {:.2} (>= 0.7) |", secs(nw2), secs(fw2), ratio(nw2, fw2)));
+    rep.line(format!("| read /usr, chunks local, page cache dropped | {} | {} | {:.2} (>= 0.9) |", secs(nr_cold), secs(fr_cold), ratio(nr_cold, fr_cold)));
+    rep.line(format!("| read /usr, page cache warm | {} | {} | {:.2} (>= 0.9) |", secs(nr_warm), secs(fr_warm), ratio(nr_warm, fr_warm)));
+    rep.line("");
+    rep.line(format!(
+        "- `starling mount` RSS (one process per layer): after mount {:.1} MiB, after walk {:.1} MiB ({:?} KiB), after reading everything {:.1} MiB ({:?} KiB)",
+        rss0 as f64 / 1024.0,
+        rss_walk as f64 / 1024.0,
+        each_walk,
+        rss_read as f64 / 1024.0,
+        each_read
+    ));
+
+    // The peer's mount of the same image, where it can be built.
+    match integration::peer::peer_binary() {
+        Ok(bin) => peer_local(&mut rep, &bin, &esgz.layout, native.path(), nw2, nr_warm),
+        Err(why) => rep.line(format!("- stargz peer: skipped ({why})")),
+    }
+    drop(fuse);
+    drop(mounts);
+    rep.finish();
+}
+
+fn peer_local(rep: &mut Report, bin: &Path, layout: &Path, native: &Path, nw2: Duration, nr_warm: Duration) {
+    use integration::peer::PeerOptions;
+    use integration::stack::{Stack, StackOptions};
+    let mut stack = Stack::start(
+        "fbench-peer",
+        StackOptions {
+            peer: Some((bin.to_path_buf(), PeerOptions::default())),
+            peer_name: Some("stargz".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let reference = push(&stack.registry, layout, "latest", "bench/py:latest").unwrap();
+    let pid = stack.peer.as_mut().map(|p| p.daemon().pid()).unwrap_or(0);
+    let ctr = stack.ctr();
+    ctr.rpull(&reference, "stargz").unwrap();
+    let view = ctr
+        .mount_image(&reference, "stargz", &stack.wd.join("peer-view"))
+        .unwrap();
+    let pw1 = timed(&walk(view.path()));
+    let pw2 = median((0..ROUNDS).map(|_| timed(&walk(view.path()))).collect());
+    let rss_walk = pid_rss_kib(pid);
+    // Read everything twice (the first fetches what background fetch has not), then time.
+    timed(&read_all(view.path()));
+    let pr = median((0..ROUNDS).map(|_| timed(&read_all(view.path()))).collect());
+    let rss_read = pid_rss_kib(pid);
+    let _ = native;
+    rep.line(format!(
+        "- stargz peer mount: metadata walk first {} / warm {} (native/peer {:.2}); read /usr warm {} (native/peer {:.2}); peer RSS after walk {:.1} MiB, after reading everything {:.1} MiB",
+        secs(pw1),
+        secs(pw2),
+        nw2.as_secs_f64() / pw2.as_secs_f64(),
+        secs(pr),
+        nr_warm.as_secs_f64() / pr.as_secs_f64(),
+        rss_walk as f64 / 1024.0,
+        rss_read as f64 / 1024.0
+    ));
+}
+
+/// Files `python3 -c 'print(1)'` opens in the image (absolute, symlinks resolved, regular
+/// files only), from strace against an extracted copy.
+fn print1_files(rootfs: &Path, scratch: &Path) -> Vec<String> {
+    let trace = scratch.join("print1.strace");
+    run_cmd(
+        Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=open,openat,execve", "-o"])
+            .arg(&trace)
+            .arg("chroot")
+            .arg(rootfs)
+            .args(["/usr/bin/python3", "-c", "print(1)"]),
+        Duration::from_secs(120),
+    )
+    .unwrap()
+    .check()
+    .unwrap();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut paths = BTreeSet::new();
+    let mut order = Vec::new();
+    for l in text.lines() {
+        if l.contains("= -1") || l.contains("O_DIRECTORY") {
+            continue;
+        }
+        let Some(start) = l.find('"') else { continue };
+        let Some(len) = l[start + 1..].find('"') else { continue };
+        let p = &l[start + 1..start + 1 + len];
+        if p.starts_with('/') && paths.insert(p.to_string()) {
+            order.push(p.to_string());
+        }
+    }
+    let out = run_cmd(
+        Command::new("chroot").arg(rootfs).arg("realpath").arg("-e").args(&order),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut files = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in out.stdout.lines() {
+        let host = rootfs.join(p.trim_start_matches('/'));
+        if std::fs::metadata(&host).map(|m| m.is_file()).unwrap_or(false) && seen.insert(p.to_string()) {
+            files.push(p.to_string());
+        }
+    }
+    files
+}
+
+/// Compressed bytes per file path and the TOC size, from a gzip eStargz blob's TOC.
+struct TocSizes {
+    files: BTreeMap<String, u64>,
+    toc_bytes: u64,
+}
+
+fn toc_sizes(blob: &Path) -> TocSizes {
+    let data = std::fs::read(blob).unwrap();
+    let tail = &data[data.len() - 51..];
+    let pos = tail.windows(6).position(|w| w == b"STARGZ").expect("eStargz footer");
+    let hex = std::str::from_utf8(&tail[pos - 16..pos]).unwrap();
+    let toc_offset = u64::from_str_radix(hex, 16).unwrap();
+    let mut tar_bytes = Vec::new();
+    flate2::read::GzDecoder::new(&data[toc_offset as usize..])
+        .read_to_end(&mut tar_bytes)
+        .unwrap();
+    let mut ar = tar::Archive::new(&tar_bytes[..]);
+    let mut json = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_string_lossy() == "stargz.index.json" {
+            e.read_to_end(&mut json).unwrap();
+        }
+    }
+    let toc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let entries = toc["entries"].as_array().unwrap();
+    let mut offsets: Vec<u64> = entries
+        .iter()
+        .filter_map(|e| e["offset"].as_u64())
+        .filter(|o| *o > 0)
+        .collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    let len_at = |o: u64| {
+        let i = offsets.partition_point(|x| *x <= o);
+        offsets.get(i).copied().unwrap_or(toc_offset) - o
+    };
+    let mut files = BTreeMap::new();
+    let mut current = String::new();
+    for e in entries {
+        let ty = e["type"].as_str().unwrap_or("");
+        let name = e["name"].as_str().unwrap_or("");
+        if ty == "reg" {
+            current = format!("/{}", name.trim_start_matches("./"));
+        } else if ty != "chunk" {
+            continue;
+        }
+        if let Some(o) = e["offset"].as_u64().filter(|o| *o > 0) {
+            *files.entry(current.clone()).or_insert(0) += len_at(o);
+        }
+    }
+    TocSizes {
+        files,
+        toc_bytes: data.len() as u64 - toc_offset,
+    }
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored"]
+fn fuse_bench_shaped() {
+    require!(
+        prereq::root(),
+        prereq::fuse(),
+        prereq::registry(),
+        prereq::netns(),
+        prereq::starling_binary(),
+        prereq::debian_images(),
+        prereq::binaries(&["skopeo", "tar", "strace", "curl"]),
+        prereq::containerd_stack(),
+        prereq::ctr_remote(),
+    );
+    let mut rep = Report::new("fuse_bench_shaped: pydeb (ctr-remote eStargz) over 20 ms RTT, 100 Mbit/s");
+    let esgz = pydeb_ctr_remote(false).unwrap();
+    let original = integration::images::pydeb().unwrap().image("latest").unwrap();
+    let image = OciImage::open(&esgz.layout, "latest").unwrap();
+    let wd = Workdir::new("fbench-sh").unwrap();
+    let registry = Registry::start(&wd).unwrap();
+    push(&registry, &esgz.layout, "latest", "bench/py:latest").unwrap();
+    let shaped = ShapedLink::start(&wd, &registry, ShapedOptions::default()).unwrap();
+    let reference = shaped.reference("bench/py:latest");
+    let native_dirs = extracted(&original, &wd.join("native"));
+    let native = OverlayStack::mount(&native_dirs, &wd.join("merged-native"), &[]).unwrap();
+
+    // 1. Cold read of the files print(1) opens: only those chunks cross the link.
+    let files = print1_files(native.path(), wd.path());
+    let sizes: Vec<TocSizes> = image.layers.iter().map(|l| toc_sizes(&l.path)).collect();
+    let mut compressed = 0u64;
+    for f in &files {
+        // The topmost layer holding the file serves it.
+        if let Some(s) = sizes.iter().rev().find_map(|s| s.files.get(f)) {
+            compressed += s;
+        }
+    }
+    let tocs: u64 = sizes.iter().map(|s| s.toc_bytes).sum();
+    let config = wd.join("ondemand.toml");
+    MountConfig {
+        prefetch: false,
+        background_fetch: false,
+        ..Default::default()
+    }
+    .write(&config)
+    .unwrap();
+    let root = wd.join("root-cold");
+    let before = shaped.link_bytes();
+    let t = Instant::now();
+    let mounts = mount_all(&root, &config, &reference, &image, &wd.join("mnt-cold")).unwrap();
+    let dirs: Vec<&Path> = mounts.iter().map(|m| m.mountpoint.as_path()).collect();
+    let fuse = OverlayStack::mount(&dirs, &wd.join("merged-cold"), &[]).unwrap();
+    let mounted = t.elapsed();
+    for f in &files {
+        let _ = std::fs::read(fuse.path().join(f.trim_start_matches('/'))).unwrap();
+    }
+    let took = t.elapsed();
+    let link = shaped.link_bytes().rx - before.rx;
+    let status = fetched_bytes(&root);
+    rep.line(format!(
+        "- print(1) opens {} files; their compressed size {:.2} MiB + TOCs {:.2} MiB = {:.2} MiB",
+        files.len(),
+        compressed as f64 / 1048576.0,
+        tocs as f64 / 1048576.0,
+        (compressed + tocs) as f64 / 1048576.0
+    ));
+    rep.line(format!(
+        "- cold read of them through starling: {:.2} MiB over the link (IP level; status files: {:.2} MiB of chunks), ratio {:.2} (goal <= 1.2); mount {} , mount + reads {}",
+        link as f64 / 1048576.0,
+        status as f64 / 1048576.0,
+        link as f64 / (compressed + tocs) as f64,
+        secs(mounted),
+        secs(took)
+    ));
+    // python itself, cold, on a fresh cache.
+    drop(fuse);
+    drop(mounts);
+    let root = wd.join("root-py");
+    let t = Instant::now();
+    let mounts = mount_all(&root, &config, &reference, &image, &wd.join("mnt-py")).unwrap();
+    let dirs: Vec<&Path> = mounts.iter().map(|m| m.mountpoint.as_path()).collect();
+    let fuse = OverlayStack::mount(&dirs, &wd.join("merged-py"), &[]).unwrap();
+    let out = run_cmd(
+        Command::new("chroot")
+            .arg(fuse.path())
+            .args(["/usr/bin/python3", "-c", "print(1)"]),
+        Duration::from_secs(300),
+    )
+    .unwrap()
+    .check()
+    .unwrap();
+    assert_eq!(out.stdout.trim(), "1");
+    rep.line(format!(
+        "- mount + `python3 -c 'print(1)'` (chroot on the FUSE overlay, cold cache): {}",
+        secs(t.elapsed())
+    ));
+    drop(fuse);
+    drop(mounts);
+
+    // 2. Read everything, cold: starling (defaults: background fetch, streaming) vs a full
+    //    pull (download + extract every layer, then read from overlayfs).
+    let config = wd.join("default.toml");
+    MountConfig::default().write(&config).unwrap();
+    let root = wd.join("root-all");
+    let before = shaped.link_bytes();
+    let t = Instant::now();
+    let mounts = mount_all(&root, &config, &reference, &image, &wd.join("mnt-all")).unwrap();
+    let dirs: Vec<&Path> = mounts.iter().map(|m| m.mountpoint.as_path()).collect();
+    let fuse = OverlayStack::mount(&dirs, &wd.join("merged-all"), &[]).unwrap();
+    timed(&read_all(fuse.path()));
+    let starling_all = t.elapsed();
+    let starling_bytes = shaped.link_bytes().rx - before.rx;
+    let (rss, each) = rss_sum(&mounts);
+    drop(fuse);
+    drop(mounts);
+
+    let pull_dir = wd.join("pulled");
+    let t = Instant::now();
+    let mut dirs = Vec::new();
+    for (i, l) in image.layers.iter().enumerate() {
+        let d = pull_dir.join(i.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        timed(&format!(
+            "curl -sf http://{}/v2/bench/py/blobs/{} | tar -xzf - --numeric-owner --xattrs --xattrs-include='*' -C '{}'",
+            shaped.host(),
+            l.digest,
+            d.display()
+        ));
+        dirs.push(d);
+    }
+    let pulled = OverlayStack::mount(&dirs, &wd.join("merged-pulled"), &[]).unwrap();
+    timed(&read_all(pulled.path()));
+    let pull_all = t.elapsed();
+    rep.line(format!(
+        "- read everything (`tar -cf - usr | cat`), cold: starling mount + read {} ({:.1} MiB over the link), full pull (download + extract) + read {}; ratio starling/full pull {:.2} (goal <= 1.0); `starling mount` RSS after it {:.1} MiB ({each:?} KiB)",
+        secs(starling_all),
+        starling_bytes as f64 / 1048576.0,
+        secs(pull_all),
+        starling_all.as_secs_f64() / pull_all.as_secs_f64(),
+        rss as f64 / 1024.0
+    ));
+    drop(pulled);
+    rep.finish();
+}
