@@ -64,12 +64,14 @@ impl RemoteLayer {
                 }
             }
         }
-        done.send_replace(true);
+        // The state after the prefetch is set before waiters are told it is done.
         if !fetch.background_fetch || self.is_closed() {
             self.progress.set_state(FetchState::OnDemand);
+            done.send_replace(true);
             return;
         }
         self.progress.set_state(FetchState::Background);
+        done.send_replace(true);
         self.background().await;
         if !self.progress.complete() {
             self.progress.set_state(FetchState::OnDemand);
