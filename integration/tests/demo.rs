@@ -73,7 +73,10 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 /// After teardown only `logs/` is left in the demo dir, and nothing runs or is mounted.
 fn assert_clean(dir: &Path, output: &str) {
     let procs = processes_using(dir);
-    assert!(procs.is_empty(), "processes left running: {procs:#?}\n{output}");
+    assert!(
+        procs.is_empty(),
+        "processes left running: {procs:#?}\n{output}"
+    );
     let mounts = mounts_under(dir);
     assert!(mounts.is_empty(), "mounts left: {mounts:#?}\n{output}");
     let mut left: Vec<String> = std::fs::read_dir(dir)
