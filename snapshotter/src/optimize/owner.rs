@@ -101,7 +101,7 @@ mod tests {
         let tar = t.finish();
         let mut blob = Vec::new();
         estargz::build(&tar[..], &mut blob, &BuildOptions::default()).unwrap();
-        estargz::open(&blob[..], &OpenOptions::default()).unwrap()
+        estargz::open(&blob, &OpenOptions::default()).unwrap()
     }
 
     fn stack() -> Vec<Layer> {

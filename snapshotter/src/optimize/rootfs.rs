@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(r.find_command("sh", path, "/"), None);
         assert_eq!(
             r.find_command("./run", path, "/app").as_deref(),
-            Some("/app/run")
+            Some("/app/./run")
         );
         assert_eq!(
             r.find_command("/usr/bin/python3", "", "/").as_deref(),
