@@ -122,7 +122,11 @@ fn optimizes_pydeb_for_an_import_workload() {
     ]);
     let stl_secs = t.elapsed().as_secs_f64();
     assert!(out.success(), "{}\n{}", out.command, out.stderr);
-    assert!(out.stderr.contains("[1]"), "workload output: {}", out.stderr);
+    assert!(
+        out.stderr.contains("[1]"),
+        "workload output: {}",
+        out.stderr
+    );
     let report: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(report["ending"], "exited");
     assert_eq!(report["exit_code"], 0);
@@ -150,7 +154,11 @@ fn optimizes_pydeb_for_an_import_workload() {
     let json_init = "usr/lib/python3.11/json/__pycache__/__init__.cpython-311.pyc";
     let json_decoder = "usr/lib/python3.11/json/__pycache__/decoder.cpython-311.pyc";
     for (layer, path) in [(0, libc), (1, python), (1, json_init), (1, json_decoder)] {
-        assert!(listed[layer].contains(path), "{path} not listed in layer {}", layer + 1);
+        assert!(
+            listed[layer].contains(path),
+            "{path} not listed in layer {}",
+            layer + 1
+        );
         assert!(
             order[layer].before.contains(path),
             "{path} not before the landmark of layer {}",
@@ -160,8 +168,14 @@ fn optimizes_pydeb_for_an_import_workload() {
     // Not read by the workload: after the landmark.
     for (layer, path) in [
         (1, "usr/lib/python3.11/__pycache__/asyncio.cpython-311.pyc"),
-        (1, "usr/lib/python3.11/sqlite3/__pycache__/__init__.cpython-311.pyc"),
-        (1, "usr/lib/python3.11/email/__pycache__/parser.cpython-311.pyc"),
+        (
+            1,
+            "usr/lib/python3.11/sqlite3/__pycache__/__init__.cpython-311.pyc",
+        ),
+        (
+            1,
+            "usr/lib/python3.11/email/__pycache__/parser.cpython-311.pyc",
+        ),
         (0, "usr/bin/bash"),
     ] {
         if order[layer].after.contains(path) || order[layer].before.contains(path) {
@@ -173,7 +187,11 @@ fn optimizes_pydeb_for_an_import_workload() {
         }
     }
     for (i, o) in order.iter().enumerate() {
-        assert!(o.prefetch_landmark, "layer {} has no .prefetch.landmark", i + 1);
+        assert!(
+            o.prefetch_landmark,
+            "layer {} has no .prefetch.landmark",
+            i + 1
+        );
         // Exactly the listed regular files (empty ones have no data) are before it.
         let want: HashSet<String> = listed[i]
             .iter()
@@ -190,7 +208,10 @@ fn optimizes_pydeb_for_an_import_workload() {
         .extract_layers(&wd.join("xa"), &ExtractOptions::overlay())
         .unwrap();
     let b = opt
-        .extract_layers(&wd.join("xb"), &ExtractOptions::overlay().skip_estargz_metadata())
+        .extract_layers(
+            &wd.join("xb"),
+            &ExtractOptions::overlay().skip_estargz_metadata(),
+        )
         .unwrap();
     let sa = OverlayStack::mount(&a, &wd.join("ma"), &[]).unwrap();
     let sb = OverlayStack::mount(&b, &wd.join("mb"), &[]).unwrap();
@@ -258,7 +279,10 @@ fn optimizes_pydeb_for_an_import_workload() {
     for (i, (s, r)) in order.iter().zip(&rorder).enumerate() {
         let only_s: Vec<&String> = s.before.difference(&r.before).take(10).collect();
         let only_r: Vec<&String> = r.before.difference(&s.before).take(10).collect();
-        println!("layer {}: only starling {only_s:?}; only ctr-remote {only_r:?}", i + 1);
+        println!(
+            "layer {}: only starling {only_s:?}; only ctr-remote {only_r:?}",
+            i + 1
+        );
     }
 }
 

@@ -272,7 +272,9 @@ impl BenchEnv {
                     Variant::Esgz | Variant::EsgzOpt => {
                         Some(self.ctr_remote_variant(image, &cached, *v, &crv, opts)?)
                     }
-                    Variant::StlEsgz | Variant::StlOpt => self.starling_variant(image, *v, opts.optimize_period)?,
+                    Variant::StlEsgz | Variant::StlOpt => {
+                        self.starling_variant(image, *v, opts.optimize_period)?
+                    }
                 };
                 if let Some(info) = made {
                     set.insert(*v, info);
@@ -378,13 +380,7 @@ impl BenchEnv {
         let (mut cmd, what) = match v {
             Variant::StlEsgz => (cli.convert_cmd(&src, &dst), "starling convert"),
             _ => (
-                cli.optimize_cmd(
-                    self.ctr(),
-                    "starling",
-                    &src,
-                    &dst,
-                    optimize_period,
-                ),
+                cli.optimize_cmd(self.ctr(), "starling", &src, &dst, optimize_period),
                 "starling optimize",
             ),
         };
