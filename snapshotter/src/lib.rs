@@ -14,6 +14,7 @@
 //! - [`rpull`]: the lazy-pull client (`starling rpull`), a containerd client that unpacks
 //!   images into a snapshotter with the remote-snapshot labels.
 //! - [`convert`]: the image converter behind `starling convert`.
+//! - [`optimize`]: workload profiling + prioritized conversion (`starling optimize`).
 
 pub mod cli;
 pub mod convert;
@@ -22,6 +23,7 @@ pub mod extract;
 pub mod filter;
 pub mod labels;
 pub mod merge;
+pub mod optimize;
 pub mod overlay;
 pub mod remote;
 pub mod rpull;
