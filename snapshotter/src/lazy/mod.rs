@@ -199,10 +199,14 @@ impl LazyLayers {
         let state = state_dir(mountpoint);
         let started = Instant::now();
         let ctx = self.manager.context().clone();
-        let result = ctx.runtime().block_on(tokio::time::timeout(
-            self.prepare_timeout,
-            self.manager.mount_async(source, &state, mountpoint),
-        ));
+        // The timer is created inside the runtime (the caller may be outside it).
+        let result = ctx.runtime().block_on(async {
+            tokio::time::timeout(
+                self.prepare_timeout,
+                self.manager.mount_async(source, &state, mountpoint),
+            )
+            .await
+        });
         let failure = match result {
             Ok(Ok(_)) => {
                 tracing::info!(
@@ -318,6 +322,7 @@ impl RemoteLayers for LazyLayers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::labels;
 
     #[test]
     fn state_dir_is_next_to_the_mountpoint() {
@@ -325,5 +330,130 @@ mod tests {
             state_dir(Path::new("/r/snapshots/7/fs")),
             Path::new("/r/snapshots/7/layer")
         );
+    }
+
+    fn hook(root: &Path, rt: &tokio::runtime::Runtime) -> LazyLayers {
+        let mut cfg = config::Config {
+            root: root.to_path_buf(),
+            ..Default::default()
+        };
+        cfg.fetch.request_timeout = Duration::from_secs(2);
+        cfg.fetch.read_timeout = Duration::from_secs(3);
+        cfg.fetch.max_retries = 0;
+        LazyLayers::new(
+            &cfg,
+            &OverlayFeatures::default(),
+            rt.handle().clone(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap()
+    }
+
+    fn offer(h: &LazyLayers, mountpoint: &Path, kv: &[(&str, &str)]) -> LayerOutcome {
+        let labels: Labels = kv
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        h.prepare(&LayerRequest {
+            key: "default/1/extract",
+            parent: "",
+            target: "default/sha256:c",
+            labels: &labels,
+            id: 1,
+            mountpoint,
+        })
+    }
+
+    fn declined(kind: Decline, h: &LazyLayers) -> u64 {
+        let i = Decline::ALL.iter().position(|k| *k == kind).unwrap();
+        h.counters().declined[i].load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn layers_without_toc_digest_or_registry_are_declined_and_leave_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = hook(tmp.path(), &rt);
+        let mp = tmp.path().join("snapshots/1/fs");
+        std::fs::create_dir_all(&mp).unwrap();
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let toc = format!("sha256:{}", "b".repeat(64));
+
+        let out = offer(
+            &h,
+            &mp,
+            &[
+                (labels::CRI_IMAGE_REF, "127.0.0.1:1/x/y:t"),
+                (labels::CRI_LAYER_DIGEST, &digest),
+            ],
+        );
+        match out {
+            LayerOutcome::Declined { reason } => {
+                assert!(reason.contains(&digest) && reason.contains(labels::TOC_DIGEST), "{reason}")
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(declined(Decline::Labels, &h), 1);
+
+        // Nothing listens on port 1: declined quickly, no state, no mount.
+        let started = Instant::now();
+        let out = offer(
+            &h,
+            &mp,
+            &[
+                (labels::STARGZ_REFERENCE, "127.0.0.1:1/x/y:t"),
+                (labels::STARGZ_DIGEST, &digest),
+                (labels::TOC_DIGEST, &toc),
+            ],
+        );
+        match out {
+            LayerOutcome::Declined { reason } => {
+                assert!(reason.contains(&digest), "{reason}");
+                assert!(reason.contains("127.0.0.1:1"), "names the registry: {reason}");
+            }
+            o => panic!("{o:?}"),
+        }
+        eprintln!("declined after {:?}", started.elapsed());
+        assert_eq!(declined(Decline::Registry, &h), 1);
+        assert!(!state_dir(&mp).exists(), "state of a declined layer removed");
+        assert!(h.mounted().is_empty());
+        assert_eq!(h.counters().mounted.load(Ordering::Relaxed), 0);
+
+        // A malformed TOC digest is a labels problem, named.
+        let out = offer(
+            &h,
+            &mp,
+            &[
+                (labels::STARGZ_REFERENCE, "127.0.0.1:1/x/y:t"),
+                (labels::STARGZ_DIGEST, &digest),
+                (labels::TOC_DIGEST, "sha256:zz"),
+            ],
+        );
+        assert!(
+            matches!(&out, LayerOutcome::Declined { reason } if reason.contains("sha256:zz")),
+            "{out:?}"
+        );
+        assert_eq!(declined(Decline::Labels, &h), 2);
+    }
+
+    #[test]
+    fn restore_without_saved_state_fails_and_remove_of_unmounted_is_fine() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = hook(tmp.path(), &rt);
+        let mp = tmp.path().join("snapshots/2/fs");
+        std::fs::create_dir_all(&mp).unwrap();
+        let labels = Labels::new();
+        let snap = RemoteSnapshot {
+            name: "default/sha256:c",
+            id: 2,
+            labels: &labels,
+            mountpoint: &mp,
+        };
+        let e = h.restore(&snap).unwrap_err();
+        assert!(e.to_string().contains("no saved layer state"), "{e}");
+        assert_eq!(h.counters().restore_failed.load(Ordering::Relaxed), 1);
+        h.remove(&snap).unwrap();
+        assert!(h.check(&snap).is_err(), "nothing is mounted there");
     }
 }

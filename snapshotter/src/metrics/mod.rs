@@ -350,4 +350,41 @@ mod tests {
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
+
+    #[test]
+    fn lazy_layer_counters_are_exported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cfg = config::Config {
+            root: tmp.path().to_path_buf(),
+            ..Default::default()
+        };
+        let fuse_metrics = Arc::new(fusefs::metrics::Metrics::default());
+        let lazy = Arc::new(
+            LazyLayers::new(
+                &cfg,
+                &crate::overlay::OverlayFeatures::default(),
+                rt.handle().clone(),
+                fuse_metrics.clone(),
+            )
+            .unwrap(),
+        );
+        fuse_metrics.bytes_fetched.fetch_add(12345, Ordering::Relaxed);
+        fuse_metrics.disk_hits.fetch_add(3, Ordering::Relaxed);
+        fuse_metrics.evictions.fetch_add(2, Ordering::Relaxed);
+        lazy.counters().mounted.fetch_add(4, Ordering::Relaxed);
+        let text = DaemonMetrics::new(Some(lazy)).encode();
+        for line in [
+            "starling_fetch_bytes_total 12345",
+            "starling_cache_hits_total{tier=\"disk\"} 3",
+            "starling_cache_hits_total{tier=\"memory\"} 0",
+            "starling_cache_evictions_total 2",
+            "starling_lazy_prepares_total{outcome=\"mounted\"} 4",
+            "starling_lazy_prepares_total{outcome=\"not_estargz\"} 0",
+            "starling_lazy_layers_mounted 0",
+            "# TYPE starling_layer_state gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
 }
