@@ -126,8 +126,7 @@ fn daemon_log(s: &Stack) -> String {
 /// The daemon's metrics (read from the address it wrote to `<root>/metrics.addr`).
 fn scrape(s: &Stack) -> String {
     let file = root(s).join("metrics.addr");
-    let addr = std::fs::read_to_string(&file)
-        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let addr = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let r = integration::http::get(&format!("http://{}/metrics", addr.trim()), &[]).unwrap();
     assert_eq!(r.status, 200);
     String::from_utf8(r.body).unwrap()
@@ -635,7 +634,10 @@ fn stack_merge_over_half_pulled_estargz_layers_fetches_nothing() {
         .map(|m| m.mount(&target).unwrap())
         .collect();
     let (entries, _) = walk(&target);
-    assert!(entries > 400, "busybox applets, data and other files: {entries}");
+    assert!(
+        entries > 400,
+        "busybox applets, data and other files: {entries}"
+    );
     let a = std::fs::read(target.join("data/a.bin")).unwrap();
     assert_eq!(a.len(), 1 << 20);
     let after = fetched(&s);

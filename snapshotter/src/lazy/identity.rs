@@ -24,13 +24,20 @@ pub struct LayerIdentity {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
     /// Neither label family names both a reference and a digest.
-    #[error("the labels name no layer (need {} + {} or {} + {})",
-        labels::CRI_IMAGE_REF, labels::CRI_LAYER_DIGEST,
-        labels::STARGZ_REFERENCE, labels::STARGZ_DIGEST)]
+    #[error(
+        "the labels name no layer (need {} + {} or {} + {})",
+        labels::CRI_IMAGE_REF,
+        labels::CRI_LAYER_DIGEST,
+        labels::STARGZ_REFERENCE,
+        labels::STARGZ_DIGEST
+    )]
     NoLayer,
     /// The two label families name different layers.
-    #[error("the labels disagree on the layer: {cri} ({}) vs {stargz} ({})",
-        labels::CRI_LAYER_DIGEST, labels::STARGZ_DIGEST)]
+    #[error(
+        "the labels disagree on the layer: {cri} ({}) vs {stargz} ({})",
+        labels::CRI_LAYER_DIGEST,
+        labels::STARGZ_DIGEST
+    )]
     Conflict {
         /// The CRI label's digest.
         cri: String,

@@ -122,10 +122,7 @@ impl std::fmt::Debug for LazyLayers {
 
 /// The state directory of the layer mounted at `mountpoint` (`.../<id>/fs` → `.../<id>/layer`).
 pub fn state_dir(mountpoint: &Path) -> PathBuf {
-    mountpoint
-        .parent()
-        .unwrap_or(mountpoint)
-        .join(STATE_DIR)
+    mountpoint.parent().unwrap_or(mountpoint).join(STATE_DIR)
 }
 
 impl LazyLayers {
@@ -389,7 +386,10 @@ mod tests {
         );
         match out {
             LayerOutcome::Declined { reason } => {
-                assert!(reason.contains(&digest) && reason.contains(labels::TOC_DIGEST), "{reason}")
+                assert!(
+                    reason.contains(&digest) && reason.contains(labels::TOC_DIGEST),
+                    "{reason}"
+                )
             }
             o => panic!("{o:?}"),
         }
@@ -409,13 +409,19 @@ mod tests {
         match out {
             LayerOutcome::Declined { reason } => {
                 assert!(reason.contains(&digest), "{reason}");
-                assert!(reason.contains("127.0.0.1:1"), "names the registry: {reason}");
+                assert!(
+                    reason.contains("127.0.0.1:1"),
+                    "names the registry: {reason}"
+                );
             }
             o => panic!("{o:?}"),
         }
         eprintln!("declined after {:?}", started.elapsed());
         assert_eq!(declined(Decline::Registry, &h), 1);
-        assert!(!state_dir(&mp).exists(), "state of a declined layer removed");
+        assert!(
+            !state_dir(&mp).exists(),
+            "state of a declined layer removed"
+        );
         assert!(h.mounted().is_empty());
         assert_eq!(h.counters().mounted.load(Ordering::Relaxed), 0);
 

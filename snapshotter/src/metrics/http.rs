@@ -147,14 +147,19 @@ mod tests {
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.contains(CONTENT_TYPE), "{ok}");
         assert!(
-            ok.contains("starling_snapshot_operation_duration_seconds_count{op=\"usage\",code=\"ok\"} 1"),
+            ok.contains(
+                "starling_snapshot_operation_duration_seconds_count{op=\"usage\",code=\"ok\"} 1"
+            ),
             "{ok}"
         );
         let nf = get(addr, "/");
         assert!(nf.starts_with("HTTP/1.1 404"), "{nf}");
         let _ = tx.send(());
         rt.block_on(task).unwrap();
-        assert!(std::net::TcpStream::connect(addr).is_err(), "listener closed");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "listener closed"
+        );
     }
 
     #[test]

@@ -233,7 +233,10 @@ impl Collector for LazyCollector {
         )?;
 
         let c = self.lazy.counters();
-        let mut prepares = vec![(vec![("outcome", "mounted")], c.mounted.load(Ordering::Relaxed))];
+        let mut prepares = vec![(
+            vec![("outcome", "mounted")],
+            c.mounted.load(Ordering::Relaxed),
+        )];
         for (i, kind) in Decline::ALL.iter().enumerate() {
             prepares.push((
                 vec![("outcome", kind.name())],
@@ -276,7 +279,10 @@ impl Collector for LazyCollector {
                 .zip(&paths)
                 .map(|(l, p)| {
                     (
-                        vec![("layer", l.status.digest.as_str()), ("mountpoint", p.as_str())],
+                        vec![
+                            ("layer", l.status.digest.as_str()),
+                            ("mountpoint", p.as_str()),
+                        ],
                         f(l),
                     )
                 })
@@ -325,10 +331,8 @@ mod tests {
     #[test]
     fn operation_latencies_are_exported() {
         let m = DaemonMetrics::new(None);
-        m.ops()
-            .observe("prepare", "ok", Duration::from_millis(3));
-        m.ops()
-            .observe("prepare", "ok", Duration::from_millis(5));
+        m.ops().observe("prepare", "ok", Duration::from_millis(3));
+        m.ops().observe("prepare", "ok", Duration::from_millis(5));
         m.ops()
             .observe("stat", "not_found", Duration::from_micros(50));
         let text = m.encode();
@@ -369,7 +373,9 @@ mod tests {
             )
             .unwrap(),
         );
-        fuse_metrics.bytes_fetched.fetch_add(12345, Ordering::Relaxed);
+        fuse_metrics
+            .bytes_fetched
+            .fetch_add(12345, Ordering::Relaxed);
         fuse_metrics.disk_hits.fetch_add(3, Ordering::Relaxed);
         fuse_metrics.evictions.fetch_add(2, Ordering::Relaxed);
         lazy.counters().mounted.fetch_add(4, Ordering::Relaxed);
@@ -384,7 +390,10 @@ mod tests {
             "starling_lazy_layers_mounted 0",
             "# TYPE starling_layer_state gauge",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 }
