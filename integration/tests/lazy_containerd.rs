@@ -140,7 +140,7 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (n, ls) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.iter().all(|x| ls.contains(x))).then(|| value.parse().ok())?
+            (n == name && labels.iter().all(|x| ls.contains(x))).then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
@@ -237,7 +237,8 @@ fn lazy_image_runs_from_fuse_mounts_and_fetches_less_than_the_blobs() {
     let mut s = stack("lz-run", config(), &[]);
     let (esgz, expected) = data_images(&s, READ_A);
     let blobs = layers(&s.registry, "data", "esgz");
-    let ctr = s.ctr();
+    let ctr = s.ctr().clone();
+    let ctr = &ctr;
     let summary = rpull(ctr, &esgz, "starling");
     assert!(
         summary.contains("2 layers: 2 lazy, 0 applied"),
