@@ -140,7 +140,8 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (n, ls) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.iter().all(|x| ls.contains(x))).then(|| value.parse::<f64>().ok())?
+            (n == name && labels.iter().all(|x| ls.contains(x)))
+                .then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
