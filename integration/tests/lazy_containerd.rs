@@ -278,9 +278,20 @@ fn lazy_image_runs_from_fuse_mounts_and_fetches_less_than_the_blobs() {
         2.0,
         "{m}"
     );
-    assert!(
-        metric(&m, "starling_layer_state", &["state=\"on-demand\""]) == 2.0,
-        "{m}"
+    let data_layer = format!("layer=\"{data_digest}\"");
+    assert_eq!(
+        metric(
+            &m,
+            "starling_layer_state",
+            &[&data_layer, "state=\"on-demand\""]
+        ),
+        1.0,
+        "half-read data layer, no background fetch\n{m}"
+    );
+    assert_eq!(
+        metric(&m, "starling_layer_state", &[&data_layer]),
+        1.0,
+        "one state at a time\n{m}"
     );
     assert!(
         metric(
