@@ -398,17 +398,18 @@ fn removed_image_pulled_again_reads_from_the_chunk_cache() {
     let summary = rpull(ctr, &esgz, "starling");
     assert!(summary.contains("2 lazy"), "{summary}");
     let b3 = fetched(&s);
-    let hits = metric(&scrape(&s), "starling_cache_hits_total", &[]);
     assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
-    let m = scrape(&s);
+    // (Fully cached files are opened with FUSE passthrough: their reads never reach the
+    // daemon, so the fetched-bytes counter is the thing to check.)
     assert_eq!(
-        metric(&m, "starling_fetch_bytes_total", &[]),
+        fetched(&s),
         b3,
         "the second run fetched bytes it had read before the image was removed"
     );
     assert!(
-        metric(&m, "starling_cache_hits_total", &[]) > hits,
-        "served from the chunk cache\n{m}"
+        b3 - b2 < (b2 - b1) / 10.0,
+        "the second pull fetched {} bytes (footer and TOC only)",
+        b3 - b2
     );
     eprintln!("second pull: {} bytes, second run: 0 bytes", b3 - b2);
 }
@@ -648,9 +649,12 @@ fn stack_merge_over_half_pulled_estargz_layers_fetches_nothing() {
         .collect();
     let (entries, _) = walk(&target);
     assert!(
-        entries > 400,
+        entries > 200,
         "busybox applets, data and other files: {entries}"
     );
+    for f in ["bin/busybox", "bin/sh", "data/b.bin", "etc/other.bin"] {
+        assert!(target.join(f).exists(), "{f} in the merged view");
+    }
     let a = std::fs::read(target.join("data/a.bin")).unwrap();
     assert_eq!(a.len(), 1 << 20);
     let after = fetched(&s);
