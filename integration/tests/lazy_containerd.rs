@@ -218,8 +218,13 @@ fn data_images(s: &Stack, cmd: &[&str]) -> (String, String) {
     let esgz = s.registry.reference("data:esgz");
     convert(&plain, &esgz);
     let ctr = s.ctr();
+    let t = Instant::now();
     ctr.pull(&plain, "overlayfs").unwrap();
     let expected = ctr.run_ok(&plain, "overlayfs", cmd).unwrap();
+    eprintln!(
+        "data image (busybox + 7 MiB): overlayfs pull+run {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
     ctr.remove_all_images().unwrap();
     (esgz, expected)
 }
@@ -240,6 +245,7 @@ fn lazy_image_runs_from_fuse_mounts_and_fetches_less_than_the_blobs() {
     let blobs = layers(&s.registry, "data", "esgz");
     let ctr = s.ctr().clone();
     let ctr = &ctr;
+    let t = Instant::now();
     let summary = rpull(ctr, &esgz, "starling");
     assert!(
         summary.contains("2 layers: 2 lazy, 0 applied"),
@@ -252,10 +258,14 @@ fn lazy_image_runs_from_fuse_mounts_and_fetches_less_than_the_blobs() {
     assert_eq!(fuse_mounts(&s).len(), 2, "one FUSE mount per layer");
 
     assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
+    let lazy = t.elapsed();
     let m = scrape(&s);
     let bytes = metric(&m, "starling_fetch_bytes_total", &[]);
     let total: u64 = blobs.iter().map(|(_, n)| n).sum();
-    eprintln!("fetched {bytes} of {total} blob bytes");
+    eprintln!(
+        "data image: starling rpull+run {:.2}s, fetched {bytes} of {total} blob bytes",
+        lazy.as_secs_f64()
+    );
     assert!(bytes > 0.0, "reads fetched nothing?\n{m}");
     assert!(
         bytes < total as f64,
