@@ -56,7 +56,9 @@ impl Report {
     fn finish(self) {
         let out = std::env::var_os("STL_BENCH_OUT")
             .map(PathBuf::from)
-            .unwrap_or_else(|| integration::starling::workspace_root().join("target/fuse-bench.md"));
+            .unwrap_or_else(|| {
+                integration::starling::workspace_root().join("target/fuse-bench.md")
+            });
         let mut text = std::fs::read_to_string(&out).unwrap_or_default();
         text.push_str(&self.lines.join("\n"));
         text.push_str("\n\n");
@@ -68,10 +70,13 @@ impl Report {
 /// Runs a shell command, returns its wall time.
 fn timed(cmd: &str) -> Duration {
     let t = Instant::now();
-    run_cmd(Command::new("sh").arg("-c").arg(cmd), Duration::from_secs(1800))
-        .unwrap()
-        .check()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    run_cmd(
+        Command::new("sh").arg("-c").arg(cmd),
+        Duration::from_secs(1800),
+    )
+    .unwrap()
+    .check()
+    .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     t.elapsed()
 }
 
@@ -89,7 +94,9 @@ fn secs(d: Duration) -> String {
 fn evict(dir: &Path) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
@@ -201,7 +208,10 @@ fn fuse_bench_local() {
     );
     let mut rep = Report::new("fuse_bench_local: pydeb (ctr-remote eStargz), loopback registry");
     let esgz = pydeb_ctr_remote(false).unwrap();
-    let original = integration::images::pydeb().unwrap().image("latest").unwrap();
+    let original = integration::images::pydeb()
+        .unwrap()
+        .image("latest")
+        .unwrap();
     let image = OciImage::open(&esgz.layout, "latest").unwrap();
     let wd = Workdir::new("fbench").unwrap();
     let registry = Registry::start(&wd).unwrap();
@@ -213,7 +223,11 @@ fn fuse_bench_local() {
     let root = wd.join("root");
     let t = Instant::now();
     let mounts = mount_all(&root, &config, &reference, &image, &wd.join("mnt")).unwrap();
-    rep.line(format!("- mount of {} layers: {}", mounts.len(), secs(t.elapsed())));
+    rep.line(format!(
+        "- mount of {} layers: {}",
+        mounts.len(),
+        secs(t.elapsed())
+    ));
     let dirs: Vec<&Path> = mounts.iter().map(|m| m.mountpoint.as_path()).collect();
     let fuse = OverlayStack::mount(&dirs, &wd.join("merged-fuse"), &[]).unwrap();
     let (rss0, _) = rss_sum(&mounts);
@@ -256,10 +270,30 @@ fn fuse_bench_local() {
     rep.line("");
     rep.line("| measure | native overlayfs | starling FUSE | ratio native/starling (goal) |");
     rep.line("|---|---|---|---|");
-    rep.line(format!("| metadata walk, first (fresh mount) | {} | {} | {:.2} (>= 0.7) |", secs(nw1), secs(fw1), ratio(nw1, fw1)));
-    rep.line(format!("| metadata walk, warm (median of {ROUNDS}) | {} | {} | {:.2} (>= 0.7) |", secs(nw2), secs(fw2), ratio(nw2, fw2)));
-    rep.line(format!("| read /usr, chunks local, page cache dropped | {} | {} | {:.2} (>= 0.9) |", secs(nr_cold), secs(fr_cold), ratio(nr_cold, fr_cold)));
-    rep.line(format!("| read /usr, page cache warm | {} | {} | {:.2} (>= 0.9) |", secs(nr_warm), secs(fr_warm), ratio(nr_warm, fr_warm)));
+    rep.line(format!(
+        "| metadata walk, first (fresh mount) | {} | {} | {:.2} (>= 0.7) |",
+        secs(nw1),
+        secs(fw1),
+        ratio(nw1, fw1)
+    ));
+    rep.line(format!(
+        "| metadata walk, warm (median of {ROUNDS}) | {} | {} | {:.2} (>= 0.7) |",
+        secs(nw2),
+        secs(fw2),
+        ratio(nw2, fw2)
+    ));
+    rep.line(format!(
+        "| read /usr, chunks local, page cache dropped | {} | {} | {:.2} (>= 0.9) |",
+        secs(nr_cold),
+        secs(fr_cold),
+        ratio(nr_cold, fr_cold)
+    ));
+    rep.line(format!(
+        "| read /usr, page cache warm | {} | {} | {:.2} (>= 0.9) |",
+        secs(nr_warm),
+        secs(fr_warm),
+        ratio(nr_warm, fr_warm)
+    ));
     rep.line("");
     rep.line(format!(
         "- `starling mount` RSS (one process per layer): after mount {:.1} MiB, after walk {:.1} MiB ({:?} KiB), after reading everything {:.1} MiB ({:?} KiB)",
@@ -280,7 +314,14 @@ fn fuse_bench_local() {
     rep.finish();
 }
 
-fn peer_local(rep: &mut Report, bin: &Path, layout: &Path, native: &Path, nw2: Duration, nr_warm: Duration) {
+fn peer_local(
+    rep: &mut Report,
+    bin: &Path,
+    layout: &Path,
+    native: &Path,
+    nw2: Duration,
+    nr_warm: Duration,
+) {
     use integration::peer::PeerOptions;
     use integration::stack::{Stack, StackOptions};
     let mut stack = Stack::start(
@@ -343,14 +384,20 @@ fn print1_files(rootfs: &Path, scratch: &Path) -> Vec<String> {
             continue;
         }
         let Some(start) = l.find('"') else { continue };
-        let Some(len) = l[start + 1..].find('"') else { continue };
+        let Some(len) = l[start + 1..].find('"') else {
+            continue;
+        };
         let p = &l[start + 1..start + 1 + len];
         if p.starts_with('/') && paths.insert(p.to_string()) {
             order.push(p.to_string());
         }
     }
     let out = run_cmd(
-        Command::new("chroot").arg(rootfs).arg("realpath").arg("-e").args(&order),
+        Command::new("chroot")
+            .arg(rootfs)
+            .arg("realpath")
+            .arg("-e")
+            .args(&order),
         Duration::from_secs(60),
     )
     .unwrap();
@@ -358,7 +405,11 @@ fn print1_files(rootfs: &Path, scratch: &Path) -> Vec<String> {
     let mut seen = BTreeSet::new();
     for p in out.stdout.lines() {
         let host = rootfs.join(p.trim_start_matches('/'));
-        if std::fs::metadata(&host).map(|m| m.is_file()).unwrap_or(false) && seen.insert(p.to_string()) {
+        if std::fs::metadata(&host)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+            && seen.insert(p.to_string())
+        {
             files.push(p.to_string());
         }
     }
@@ -374,7 +425,10 @@ struct TocSizes {
 fn toc_sizes(blob: &Path) -> TocSizes {
     let data = std::fs::read(blob).unwrap();
     let tail = &data[data.len() - 51..];
-    let pos = tail.windows(6).position(|w| w == b"STARGZ").expect("eStargz footer");
+    let pos = tail
+        .windows(6)
+        .position(|w| w == b"STARGZ")
+        .expect("eStargz footer");
     let hex = std::str::from_utf8(&tail[pos - 16..pos]).unwrap();
     let toc_offset = u64::from_str_radix(hex, 16).unwrap();
     let mut tar_bytes = Vec::new();
@@ -436,9 +490,13 @@ fn fuse_bench_shaped() {
         prereq::containerd_stack(),
         prereq::ctr_remote(),
     );
-    let mut rep = Report::new("fuse_bench_shaped: pydeb (ctr-remote eStargz) over 20 ms RTT, 100 Mbit/s");
+    let mut rep =
+        Report::new("fuse_bench_shaped: pydeb (ctr-remote eStargz) over 20 ms RTT, 100 Mbit/s");
     let esgz = pydeb_ctr_remote(false).unwrap();
-    let original = integration::images::pydeb().unwrap().image("latest").unwrap();
+    let original = integration::images::pydeb()
+        .unwrap()
+        .image("latest")
+        .unwrap();
     let image = OciImage::open(&esgz.layout, "latest").unwrap();
     let wd = Workdir::new("fbench-sh").unwrap();
     let registry = Registry::start(&wd).unwrap();

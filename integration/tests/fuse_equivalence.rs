@@ -98,7 +98,9 @@ fn tar_listing(dir: &Path, skip: &BTreeSet<PathBuf>) -> Vec<String> {
             let path = l.split_whitespace().nth(5).unwrap_or("");
             let path = path.strip_prefix('.').unwrap_or(path);
             let path = path.trim_start_matches('/').trim_end_matches('/');
-            !skip.iter().any(|s| s.as_os_str().as_bytes() == path.as_bytes())
+            !skip
+                .iter()
+                .any(|s| s.as_os_str().as_bytes() == path.as_bytes())
         })
         .map(str::to_string)
         .collect()
@@ -110,10 +112,14 @@ fn block_mismatches(expected: &Path, actual: &Path) -> Vec<String> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let e = expected.join(&rel);
-        let Ok(rd) = std::fs::read_dir(&e) else { continue };
+        let Ok(rd) = std::fs::read_dir(&e) else {
+            continue;
+        };
         for ent in rd.flatten() {
             let r = rel.join(ent.file_name());
-            let Ok(em) = std::fs::symlink_metadata(expected.join(&r)) else { continue };
+            let Ok(em) = std::fs::symlink_metadata(expected.join(&r)) else {
+                continue;
+            };
             if em.is_dir() {
                 stack.push(r);
                 continue;
@@ -121,21 +127,33 @@ fn block_mismatches(expected: &Path, actual: &Path) -> Vec<String> {
             if !em.is_file() {
                 continue;
             }
-            let Ok(am) = std::fs::symlink_metadata(actual.join(&r)) else { continue };
+            let Ok(am) = std::fs::symlink_metadata(actual.join(&r)) else {
+                continue;
+            };
             let full = em.len().div_ceil(4096) * 8;
             if em.blocks() == full && am.blocks() != full {
-                out.push(format!("{}: {} blocks, expected {full}", r.display(), am.blocks()));
+                out.push(format!(
+                    "{}: {} blocks, expected {full}",
+                    r.display(),
+                    am.blocks()
+                ));
             }
         }
     }
     out
 }
 
-fn check(test: &str, original: &OciImage, variants: Vec<Variant>, extra_implicit: &BTreeSet<PathBuf>) {
+fn check(
+    test: &str,
+    original: &OciImage,
+    variants: Vec<Variant>,
+    extra_implicit: &BTreeSet<PathBuf>,
+) {
     let wd = Workdir::new(test).unwrap();
     let registry = Registry::start(&wd).unwrap();
     let expected = extract(original, &wd.join("expect"));
-    let merged_expected = OverlayStack::mount(&expected.dirs, &wd.join("merged-expect"), &[]).unwrap();
+    let merged_expected =
+        OverlayStack::mount(&expected.dirs, &wd.join("merged-expect"), &[]).unwrap();
     let config = wd.join("starling.toml");
     MountConfig::default().write(&config).unwrap();
     let root = wd.join("root");
@@ -146,7 +164,14 @@ fn check(test: &str, original: &OciImage, variants: Vec<Variant>, extra_implicit
         assert_eq!(image.layers.len(), original.layers.len(), "{}", v.name);
         let name = format!("{test}/{}:{}", v.name, v.tag);
         let reference = push(&registry, &v.layout, &v.tag, &name).unwrap();
-        let mounts = mount_all(&root, &config, &reference, &image, &wd.join(format!("mnt-{}", v.name))).unwrap();
+        let mounts = mount_all(
+            &root,
+            &config,
+            &reference,
+            &image,
+            &wd.join(format!("mnt-{}", v.name)),
+        )
+        .unwrap();
         for (i, m) in mounts.iter().enumerate() {
             // The root's mtime too, unless the layer has a root entry (see the module docs).
             let mut o = CompareOptions::default().with_mtime().ignore_mtime_of("");
@@ -157,9 +182,15 @@ fn check(test: &str, original: &OciImage, variants: Vec<Variant>, extra_implicit
                 o = o.ignore(p);
             }
             let what = format!("{}: layer {i} ({})", v.name, m.digest);
-            compare_trees(&expected.dirs[i], &m.mountpoint, &o).unwrap().assert_equal(&what);
+            compare_trees(&expected.dirs[i], &m.mountpoint, &o)
+                .unwrap()
+                .assert_equal(&what);
             let blocks = block_mismatches(&expected.dirs[i], &m.mountpoint);
-            assert!(blocks.is_empty(), "{what}: block counts differ:\n{}", blocks.join("\n"));
+            assert!(
+                blocks.is_empty(),
+                "{what}: block counts differ:\n{}",
+                blocks.join("\n")
+            );
             if v.ignore.is_empty() {
                 let mut skip = expected.implicit[i].clone();
                 skip.insert(PathBuf::new());
@@ -170,7 +201,11 @@ fn check(test: &str, original: &OciImage, variants: Vec<Variant>, extra_implicit
                         .iter()
                         .filter(|l| !got.contains(l))
                         .map(|l| format!("- {l}"))
-                        .chain(got.iter().filter(|l| !want.contains(l)).map(|l| format!("+ {l}")))
+                        .chain(
+                            got.iter()
+                                .filter(|l| !want.contains(l))
+                                .map(|l| format!("+ {l}")),
+                        )
                         .take(40)
                         .collect();
                     panic!("{what}: tar listings differ:\n{}", diff.join("\n"));
@@ -179,7 +214,8 @@ fn check(test: &str, original: &OciImage, variants: Vec<Variant>, extra_implicit
             eprintln!("{what}: equal ({} vs extracted)", m.mountpoint.display());
         }
         let dirs: Vec<&Path> = mounts.iter().map(|m| m.mountpoint.as_path()).collect();
-        let merged = OverlayStack::mount(&dirs, &wd.join(format!("merged-{}", v.name)), &[]).unwrap();
+        let merged =
+            OverlayStack::mount(&dirs, &wd.join(format!("merged-{}", v.name)), &[]).unwrap();
         let mut o = CompareOptions::default().with_mtime().ignore_mtime_of("");
         for d in &all_implicit {
             o = o.ignore_mtime_of(d);
@@ -218,7 +254,11 @@ fn fuse_pydeb_layers_equal_extracted_layers() {
             Variant::new("ctr-remote-estargz", &ctr_remote.layout, tag),
         ];
         if tag == "latest" {
-            variants.push(Variant::new("starling-zstdchunked", &starling_zstd.layout, tag));
+            variants.push(Variant::new(
+                "starling-zstdchunked",
+                &starling_zstd.layout,
+                tag,
+            ));
         }
         check(
             &format!("fuse-pydeb-{tag}"),
@@ -242,7 +282,10 @@ fn fuse_edge_layers_equal_extracted_layers() {
     );
     let wd = Workdir::new("fuse-edge-src").unwrap();
     let edge = edge_image(&EdgeOptions::default());
-    let original = edge.builder().write_layout(&wd.join("orig"), "latest").unwrap();
+    let original = edge
+        .builder()
+        .write_layout(&wd.join("orig"), "latest")
+        .unwrap();
     let mut variants = Vec::new();
     for zstd in [false, true] {
         let format = if zstd { "zstdchunked" } else { "estargz" };
@@ -252,7 +295,11 @@ fn fuse_edge_layers_equal_extracted_layers() {
         let c = wd.join(format!("ctr-remote-{format}"));
         ctr_remote_convert_layout(&original.layout, &["latest"], &c, zstd).unwrap();
         let mut v = Variant::new(&format!("ctr-remote-{format}"), &c, "latest");
-        for name in [&b"data/bad-\xff\xfe"[..], b"data/latin1-caf\xe9", b"data/\xc3("] {
+        for name in [
+            &b"data/bad-\xff\xfe"[..],
+            b"data/latin1-caf\xe9",
+            b"data/\xc3(",
+        ] {
             v.ignore.push(PathBuf::from(OsStr::from_bytes(name)));
             let mangled = String::from_utf8_lossy(name).into_owned();
             v.ignore.push(PathBuf::from(mangled));

@@ -16,6 +16,7 @@
 //! - [`rpull`]: the lazy-pull client (`starling rpull`), a containerd client that unpacks
 //!   images into a snapshotter with the remote-snapshot labels.
 //! - [`convert`]: the image converter behind `starling convert`.
+//! - [`optimize`]: workload profiling + prioritized conversion (`starling optimize`).
 
 pub mod cli;
 pub mod convert;
@@ -26,6 +27,7 @@ pub mod labels;
 pub mod lazy;
 pub mod merge;
 pub mod metrics;
+pub mod optimize;
 pub mod overlay;
 pub mod remote;
 pub mod rpull;

@@ -247,7 +247,11 @@ mod tests {
     fn index(files: u64, size: usize) -> estargz::Layer {
         let mut t = TarBuilder::new();
         for i in 0..files {
-            t.file(format!("f{i:03}").as_bytes(), &Meta::default(), &pattern(size, i));
+            t.file(
+                format!("f{i:03}").as_bytes(),
+                &Meta::default(),
+                &pattern(size, i),
+            );
         }
         let mut blob = Vec::new();
         estargz::build(&t.finish()[..], &mut blob, &Default::default()).unwrap();
@@ -287,7 +291,11 @@ mod tests {
                 fired.push(i);
             }
         }
-        assert_eq!(fired, vec![SCAN_RUN as usize - 1], "fires once, after the run");
+        assert_eq!(
+            fired,
+            vec![SCAN_RUN as usize - 1],
+            "fires once, after the run"
+        );
         // The same chunk ranges all attributed to one file do not fire (until the bytes
         // threshold).
         let p = Progress::new(idx);
@@ -296,10 +304,11 @@ mod tests {
             .any(|r| p.record_on_demand(r.clone(), 7, 0.99)));
         // Streaming off.
         let p = Progress::new(idx);
-        assert!(!ranges
-            .iter()
-            .enumerate()
-            .any(|(i, r)| p.record_on_demand(r.clone(), i as u32, 1.0)));
+        assert!(!ranges.iter().enumerate().any(|(i, r)| p.record_on_demand(
+            r.clone(),
+            i as u32,
+            1.0
+        )));
         // By bytes: a threshold of 0 fires on the first fetch.
         let p = Progress::new(idx);
         assert!(p.record_on_demand(ranges[5].clone(), 5, 0.0));

@@ -272,7 +272,9 @@ impl BenchEnv {
                     Variant::Esgz | Variant::EsgzOpt => {
                         Some(self.ctr_remote_variant(image, &cached, *v, &crv, opts)?)
                     }
-                    Variant::StlEsgz | Variant::StlOpt => self.starling_variant(image, *v)?,
+                    Variant::StlEsgz | Variant::StlOpt => {
+                        self.starling_variant(image, *v, opts.optimize_period)?
+                    }
                 };
                 if let Some(info) = made {
                     set.insert(*v, info);
@@ -368,6 +370,7 @@ impl BenchEnv {
         &mut self,
         image: &str,
         v: Variant,
+        optimize_period: u32,
     ) -> Result<Option<VariantInfo>, BenchError> {
         let Some(cli) = self.starling_cli.clone() else {
             return Ok(None);
@@ -377,7 +380,7 @@ impl BenchEnv {
         let (mut cmd, what) = match v {
             Variant::StlEsgz => (cli.convert_cmd(&src, &dst), "starling convert"),
             _ => (
-                cli.optimize_cmd(self.ctr(), "starling", &src, &dst),
+                cli.optimize_cmd(self.ctr(), "starling", &src, &dst, optimize_period),
                 "starling optimize",
             ),
         };

@@ -153,12 +153,23 @@ impl StarlingCli {
         c
     }
 
-    /// `starling optimize [--address A] [--namespace N] [--snapshotter S] --plain-http SRC DST`.
-    pub fn optimize_cmd(&self, ctr: &Ctr, snapshotter: &str, src: &str, dst: &str) -> Command {
+    /// `starling optimize [--address A] [--namespace N] [--snapshotter S] [--period P]
+    /// --plain-http SRC DST` (the period as ctr-remote's, when the command takes one).
+    pub fn optimize_cmd(
+        &self,
+        ctr: &Ctr,
+        snapshotter: &str,
+        src: &str,
+        dst: &str,
+        period_secs: u32,
+    ) -> Command {
         let mut c = self.command(Some(ctr));
         c.arg("optimize")
-            .args(self.containerd_flags(&self.optimize, ctr, snapshotter))
-            .args(["--plain-http", src, dst]);
+            .args(self.containerd_flags(&self.optimize, ctr, snapshotter));
+        if self.optimize.has_flag("--period") {
+            c.args(["--period", &period_secs.to_string()]);
+        }
+        c.args(["--plain-http", src, dst]);
         c
     }
 

@@ -161,7 +161,9 @@ pub fn mount_all(
         .layers
         .iter()
         .enumerate()
-        .map(|(i, l)| LazyMount::start(root, config, reference, &l.digest, &dir.join(i.to_string())))
+        .map(|(i, l)| {
+            LazyMount::start(root, config, reference, &l.digest, &dir.join(i.to_string()))
+        })
         .collect()
 }
 
@@ -189,7 +191,9 @@ pub fn starling_convert(src: &OciImage, dst: &Path, tag: &str, zstd: bool) -> Re
         cmd.arg(&l.path).arg(&out);
         let r = run_cmd(&mut cmd, Duration::from_secs(1800))?.check()?;
         let v: Value = serde_json::from_str(r.stdout.trim())?;
-        let digest = v["blobDigest"].as_str().ok_or_else(|| anyhow!("no blobDigest"))?;
+        let digest = v["blobDigest"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no blobDigest"))?;
         std::fs::rename(&out, blob_path(dst, digest))?;
         let media = if zstd {
             "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -240,7 +244,11 @@ fn ctr_remote_version() -> String {
         .args(["-W", "-f", "${Version}", "stargz-snapshotter"])
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace(['/', ' '], "_"))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .replace(['/', ' '], "_")
+        })
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "unknown".into())
 }
@@ -254,7 +262,9 @@ pub fn ctr_remote_convert_layout(src: &Path, tags: &[&str], dst: &Path, zstd: bo
     for tag in tags {
         let orig = stack.registry.reference(&format!("conv/orig:{tag}"));
         let conv = stack.registry.reference(&format!("conv/esgz:{tag}"));
-        stack.registry.push_layout(src, tag, &format!("conv/orig:{tag}"))?;
+        stack
+            .registry
+            .push_layout(src, tag, &format!("conv/orig:{tag}"))?;
         ctr.ctr_ok(["content", "fetch", "--plain-http", &orig])?;
         let flag = if zstd { "--zstdchunked" } else { "--estargz" };
         ctr.ctr_remote_ok(["image", "convert", flag, "--oci", &orig, &conv])?;
@@ -287,8 +297,9 @@ pub fn pydeb_starling(zstd: bool) -> Result<CachedImage> {
     );
     Ok(cached(&key, |layout, _scratch, _logs| {
         for tag in ["latest", "implicit-parents"] {
-            starling_convert(&src.image(tag)?, layout, tag, zstd)
-                .map_err(|e| integration::error::Error::invalid("starling convert", e.to_string()))?;
+            starling_convert(&src.image(tag)?, layout, tag, zstd).map_err(|e| {
+                integration::error::Error::invalid("starling convert", e.to_string())
+            })?;
         }
         Ok(())
     })?)

@@ -118,13 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         reconvert: args.reconvert,
         temp_dir: args.temp_dir.clone(),
     };
-    let progress: Arc<dyn Progress> = if args.quiet {
-        Arc::new(convert::NoProgress)
-    } else if std::io::stderr().is_terminal() {
-        Arc::new(Bars::default())
-    } else {
-        Arc::new(Lines::default())
-    };
+    let progress = progress_for(args.quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,7 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let cfg = match path {
         Some(p) => {
             Config::load(p).with_context(|| format!("configuration file {}", p.display()))?
@@ -160,6 +154,17 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     };
     cfg.validate().context("invalid settings")?;
     Ok(cfg)
+}
+
+/// Progress output: none when quiet, bars on a terminal, else plain lines (stderr).
+pub(crate) fn progress_for(quiet: bool) -> Arc<dyn Progress> {
+    if quiet {
+        Arc::new(convert::NoProgress)
+    } else if std::io::stderr().is_terminal() {
+        Arc::new(Bars::default())
+    } else {
+        Arc::new(Lines::default())
+    }
 }
 
 fn mb(bytes: u64) -> String {
