@@ -2,13 +2,13 @@
 //! rpull` against starling registered as `stargz`: real docker-registry, containerd 1.6,
 //! runc and the starling daemon.
 //!
-//! Lazy or not: until the daemon has its remote-layer hook it declines remote layers and
-//! every layer is fetched and applied (the fallback). The eStargz tests check whichever
-//! path ran completely (lazy: every layer snapshot carries `containerd.io/snapshot/remote`
-//! and no layer blob is in the content store; fallback: every blob is there with its
-//! `containerd.io/uncompressed` label and no snapshot is remote) and print which one it was.
-//! `STARLING_EXPECT_LAZY=1` makes them require the lazy path (set it in CI once the hook is
-//! in), `STARLING_EXPECT_LAZY=0` the fallback. Plain-gzip images must fall back either way.
+//! Lazy or not: the eStargz tests check whichever path ran completely (lazy: every layer
+//! snapshot carries `containerd.io/snapshot/remote` and no layer blob is in the content
+//! store; fallback: every blob is there with its `containerd.io/uncompressed` label and no
+//! snapshot is remote), print which one it was, and require the lazy path (the daemon
+//! mounts eStargz layers over FUSE) unless `STARLING_EXPECT_LAZY=0` (e.g. a daemon
+//! configured with `snapshotter.lazy = false`), which requires the fallback. Plain-gzip
+//! images must fall back either way.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -65,12 +65,11 @@ fn three_layers() -> ImageBuilder {
         )
 }
 
-/// `STARLING_EXPECT_LAZY`: `Some(true)` lazy required, `Some(false)` fallback required.
+/// `STARLING_EXPECT_LAZY`: lazy required unless it is `0` (then the fallback is).
 fn expect_lazy() -> Option<bool> {
     match std::env::var("STARLING_EXPECT_LAZY").as_deref() {
-        Ok("1") => Some(true),
         Ok("0") => Some(false),
-        _ => None,
+        _ => Some(true),
     }
 }
 
@@ -309,7 +308,7 @@ fn check_path(test: &str, lazy: bool) {
         if lazy {
             "mounted lazily"
         } else {
-            "fetched and applied (fallback: the daemon has no remote-layer hook yet)"
+            "fetched and applied (fallback)"
         }
     );
     if let Some(want) = expect_lazy() {

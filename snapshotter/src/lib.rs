@@ -8,6 +8,8 @@
 //! - [`filter`]: containerd's filter language for List;
 //! - [`snapshots`]: [`Snapshots`], the operations, tying store, overlay and hooks together;
 //! - [`remote`] and [`labels`]: the remote-layer extension point and its label protocol;
+//!   [`lazy`]: its implementation over the lazy eStargz file system (`fusefs`);
+//! - [`metrics`]: the daemon's Prometheus metrics and their HTTP endpoint;
 //! - [`merge`]: merged snapshots (stacked, hardlinked or copied; cache-aware);
 //! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
 //!   socket server the daemon runs;
@@ -22,7 +24,9 @@ pub mod error;
 pub mod extract;
 pub mod filter;
 pub mod labels;
+pub mod lazy;
 pub mod merge;
+pub mod metrics;
 pub mod optimize;
 pub mod overlay;
 pub mod remote;

@@ -123,6 +123,15 @@ impl Drop for Socket {
 /// at most [`DRAIN_GRACE`].
 pub async fn serve(
     core: Arc<Snapshots>,
+    socket: Socket,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_service(Service::new(core), socket, shutdown).await
+}
+
+/// [`serve`] for a given service (e.g. one recording metrics).
+pub async fn serve_service(
+    service: Service,
     mut socket: Socket,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -133,7 +142,7 @@ pub async fn serve(
         let _ = asked_tx.send(());
     };
     let server = Server::builder()
-        .add_service(containerd_snapshots::server(Arc::new(Service::new(core))))
+        .add_service(containerd_snapshots::server(Arc::new(service)))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
     let deadline = async move {
         match asked_rx.await {

@@ -11,6 +11,7 @@ use containerd_snapshots::{Info as GrpcInfo, Kind as GrpcKind, Usage as GrpcUsag
 use futures::stream;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::OpMetrics;
 use crate::overlay::Mount;
 use crate::store::{Info, Kind, Labels};
 use crate::Snapshots;
@@ -64,12 +65,33 @@ fn labels(l: HashMap<String, String>) -> Labels {
 #[derive(Clone)]
 pub struct Service {
     core: Arc<Snapshots>,
+    ops: Option<OpMetrics>,
+}
+
+/// The metrics label of an outcome.
+fn code(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::AlreadyExists => "already_exists",
+        ErrorKind::FailedPrecondition => "failed_precondition",
+        ErrorKind::InvalidArgument => "invalid_argument",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Internal => "internal",
+    }
 }
 
 impl Service {
     /// Serves `core`.
     pub fn new(core: Arc<Snapshots>) -> Self {
-        Service { core }
+        Service { core, ops: None }
+    }
+
+    /// Serves `core`, recording each call's latency in `ops`.
+    pub fn with_metrics(core: Arc<Snapshots>, ops: OpMetrics) -> Self {
+        Service {
+            core,
+            ops: Some(ops),
+        }
     }
 
     /// Runs `f` on a blocking thread, logging failures that are not the caller's fault.
@@ -79,9 +101,14 @@ impl Service {
         F: FnOnce(&Snapshots) -> Result<T> + Send + 'static,
     {
         let core = self.core.clone();
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || f(&core))
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("{op} did not complete: {e}"))));
+        if let Some(ops) = &self.ops {
+            let outcome = result.as_ref().map_or_else(|e| code(e.kind()), |_| "ok");
+            ops.observe(op, outcome, started.elapsed());
+        }
         match &result {
             Ok(_) => tracing::debug!(op, key, "ok"),
             Err(e) if e.kind() == ErrorKind::Internal => {

@@ -5,9 +5,9 @@
 //! input removed while a flattened merge reads it makes the merge fail with nothing
 //! left behind.
 //!
-//! The same check against a real half-pulled eStargz layer (the fetched-bytes counter of
-//! the lazy file system) is `stack_merge_over_half_pulled_estargz_layers_fetches_nothing`,
-//! ignored until the FUSE layer lands.
+//! The same check against real half-pulled eStargz layers (the daemon's fetched-bytes
+//! metric, through containerd) is `stack_merge_over_half_pulled_estargz_layers_fetches_nothing`
+//! in `integration/tests/lazy_containerd.rs`.
 
 mod merge_util;
 
@@ -488,13 +488,4 @@ fn an_input_removed_while_a_merge_reads_it_fails_cleanly() {
     let merging = s.layout().root().join("merging");
     assert_eq!(fs::read_dir(merging).unwrap().count(), 0, "no build left");
     drop(st.session.take());
-}
-
-/// The real lazy case: merge (stack) over half-pulled eStargz layers served by the lazy
-/// file system and check its fetched-bytes counter does not move, then read the merged
-/// view. Needs the fusefs layer (remote-layer hook) that is not on main yet.
-#[test]
-#[ignore = "TODO: needs the lazy eStargz FUSE layer (fusefs) and its fetched-bytes counter"]
-fn stack_merge_over_half_pulled_estargz_layers_fetches_nothing() {
-    unimplemented!("wire up once the fusefs remote-layer hook lands on main");
 }

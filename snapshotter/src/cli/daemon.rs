@@ -1,5 +1,8 @@
 //! `starling daemon`: serve containerd's snapshots API (a proxy plugin) on a unix socket
-//! until SIGTERM or SIGINT.
+//! until SIGTERM or SIGINT, with lazy eStargz layers ([`crate::lazy`]) and the Prometheus
+//! endpoint ([`crate::metrics`]) when `metrics_address` is set. On SIGTERM/SIGINT every
+//! lazy layer is unmounted (busy ones detached); at start they are mounted again from
+//! their saved state.
 //!
 //! Settings come from the configuration file (`--config`, default
 //! `/etc/starling/config.toml`; the default file may be missing, a named one must exist),
@@ -13,9 +16,15 @@ use anyhow::Context;
 use config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 
+use tokio::sync::watch;
+
+use crate::lazy::LazyLayers;
+use crate::metrics::http::MetricsServer;
+use crate::metrics::DaemonMetrics;
 use crate::overlay::OverlayFeatures;
 use crate::remote::RemoteLayers;
 use crate::server::{self, Socket};
+use crate::service::Service;
 use crate::{Options, Snapshots};
 
 /// Arguments of `starling daemon`.
@@ -61,12 +70,52 @@ fn load_config(args: &Args, log_level: Option<&str>) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-/// The remote-layer hook for this configuration. Extension point: the lazy eStargz file
-/// system plugs in here (built from `cfg.fetch`, `cfg.cache`, `cfg.fuse`, `cfg.registry`).
-/// Until then every snapshot is a normal overlay snapshot.
-fn remote_layers(cfg: &Config) -> anyhow::Result<Option<Arc<dyn RemoteLayers>>> {
-    let _ = cfg;
-    Ok(None)
+/// The remote-layer hook for this configuration: lazy eStargz layers over FUSE (built
+/// from `cfg.fetch`, `cfg.cache`, `cfg.fuse`, `cfg.registry`), unless `snapshotter.lazy`
+/// is off (then every snapshot is a normal overlay snapshot).
+fn remote_layers(
+    cfg: &Config,
+    features: &OverlayFeatures,
+) -> anyhow::Result<Option<Arc<LazyLayers>>> {
+    if !cfg.snapshotter.lazy {
+        tracing::info!("lazy layers are off (snapshotter.lazy = false)");
+        return Ok(None);
+    }
+    let lazy = LazyLayers::new(
+        cfg,
+        features,
+        tokio::runtime::Handle::current(),
+        Arc::new(fusefs::metrics::Metrics::default()),
+    )
+    .context("set up lazy layers")?;
+    Ok(Some(Arc::new(lazy)))
+}
+
+/// Where the daemon writes the metrics endpoint's bound address (useful with port 0).
+pub fn metrics_address_file(root: &Path) -> PathBuf {
+    root.join("metrics.addr")
+}
+
+/// Starts the metrics endpoint if configured; it stops when `stop` turns true.
+async fn start_metrics(
+    cfg: &Config,
+    metrics: Arc<DaemonMetrics>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let file = metrics_address_file(&cfg.root);
+    let _ = std::fs::remove_file(&file);
+    if cfg.metrics_address.is_empty() {
+        return Ok(());
+    }
+    let server = MetricsServer::bind(&cfg.metrics_address, metrics).await?;
+    let addr = server.local_addr().context("metrics endpoint address")?;
+    std::fs::write(&file, format!("{addr}\n"))
+        .with_context(|| format!("write {}", file.display()))?;
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    tokio::spawn(server.serve(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
+    Ok(())
 }
 
 /// The configuration's default merge mode (`overlay` is the stack mode).
@@ -114,12 +163,39 @@ pub fn run(args: Args, log_level: Option<&str>) -> anyhow::Result<()> {
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signalled = {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
     crate::overlay::Layout::new(&cfg.root).create_dirs()?;
     let features = OverlayFeatures::probe(&cfg.root)?;
     tracing::debug!(?features, "overlay features");
+    let lazy = remote_layers(&cfg, &features)?;
+    let result = serve_with(&cfg, features, lazy.clone(), stop_rx, signalled).await;
+    if let Some(lazy) = lazy {
+        // Unmount every lazy layer (busy ones are detached) before the process goes.
+        let _ = tokio::task::spawn_blocking(move || lazy.shutdown()).await;
+    }
+    result
+}
+
+async fn serve_with(
+    cfg: &Config,
+    features: OverlayFeatures,
+    lazy: Option<Arc<LazyLayers>>,
+    stop: watch::Receiver<bool>,
+    signalled: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let options = Options {
         features,
-        remote: remote_layers(&cfg)?,
+        remote: lazy.clone().map(|l| l as Arc<dyn RemoteLayers>),
         allow_fallback: cfg.snapshotter.allow_fallback,
         merge: crate::merge::MergeOptions {
             default_mode: merge_mode(cfg.merge.default_mode),
@@ -128,8 +204,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let core = Snapshots::open(&cfg.root, options)
         .with_context(|| format!("open snapshotter state in {}", cfg.root.display()))?;
+    let core = Arc::new(core);
     if cfg.snapshotter.restore_on_start {
-        let report = core.restore_remote()?;
+        // Hooks block on the runtime: run them on a blocking thread.
+        let c = core.clone();
+        let report = tokio::task::spawn_blocking(move || c.restore_remote())
+            .await
+            .context("restore remote snapshots")??;
         if report.restored > 0 || !report.failed.is_empty() {
             tracing::info!(
                 restored = report.restored,
@@ -138,14 +219,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             );
         }
     }
-    let core = Arc::new(core);
+    let metrics = Arc::new(DaemonMetrics::new(lazy));
+    start_metrics(cfg, metrics.clone(), stop).await?;
     let socket = Socket::bind(&cfg.address)?;
     tracing::info!(
         address = %cfg.address.display(),
         root = %cfg.root.display(),
         "serving containerd snapshots API"
     );
-    server::serve(core, socket, shutdown).await?;
+    let service = Service::with_metrics(core, metrics.ops().clone());
+    server::serve_service(service, socket, signalled).await?;
     tracing::info!("stopped; metadata store closed");
     Ok(())
 }

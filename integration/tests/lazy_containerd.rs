@@ -1,0 +1,683 @@
+//! Lazy pulling end to end: real containerd 1.6, runc, docker-registry and the starling
+//! daemon with its remote-layer hook (FUSE mounts of eStargz layers).
+//!
+//! - busybox + a data layer, converted with `starling convert`, pulled with `starling
+//!   rpull`: every layer is a remote snapshot on a FUSE mount, `ctr run` works, fewer
+//!   bytes are fetched than the blobs hold (metrics endpoint), and the metrics name the
+//!   layers; SIGTERM unmounts every layer; `ctr images rm` + GC leaves no mount or
+//!   directory (`lazy_image_runs_from_fuse_mounts_and_fetches_less_than_the_blobs`);
+//! - pydeb `python3 -c 'print(1)'`, lazy vs overlayfs, timings printed
+//!   (`lazy_pydeb_prints_1`);
+//! - an image removed and pulled again reads what it read before from the chunk cache
+//!   (`removed_image_pulled_again_reads_from_the_chunk_cache`);
+//! - SIGKILL, registry down, restart: layers restored from saved state, metadata walks
+//!   and cached files work, uncached reads fail until the registry is back
+//!   (`killed_daemon_restores_layers_without_the_registry`);
+//! - a wrong or malformed TOC digest falls back to a normal pull with a log line naming
+//!   the layer (`wrong_toc_digest_falls_back_with_a_clear_log_line`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration::containerd::Ctr;
+use integration::images::{busybox, pydeb};
+use integration::oci::{Content, ImageBuilder, LayerBuilder};
+use integration::process::{run_cmd, CmdOutput};
+use integration::registry::Registry;
+use integration::stack::{Stack, StackOptions};
+use integration::starling::{starling_bin, StarlingConfig, StarlingOptions};
+use integration::{prereq, require};
+use serde_json::Value;
+
+const REMOTE_LABEL: &str = "containerd.io/snapshot/remote";
+
+/// busybox + a layer with two data files: `a.bin` (1 MiB) and `b.bin` (6 MiB: two
+/// eStargz chunks).
+fn data_image() -> ImageBuilder {
+    busybox().unwrap().layer(
+        LayerBuilder::new()
+            .dir("data")
+            .file(
+                "data/a.bin",
+                Content::Pattern {
+                    len: 1 << 20,
+                    seed: 11,
+                },
+            )
+            .file(
+                "data/b.bin",
+                Content::Pattern {
+                    len: 6 << 20,
+                    seed: 12,
+                },
+            )
+            .file("data/hello", "hello from the data layer\n"),
+    )
+}
+
+/// Default test config: metrics on a free port, no background fetch (so what is fetched
+/// is what was read), short timeouts (a dead registry fails reads quickly).
+fn config() -> StarlingConfig {
+    StarlingConfig::new()
+        .set("metrics_address", "127.0.0.1:0")
+        .set("fetch.background_fetch", false)
+        .set("fetch.request_timeout", "5s")
+        .set("fetch.read_timeout", "10s")
+        .set("fetch.max_retries", 2i64)
+}
+
+fn stack(name: &str, cfg: StarlingConfig, names: &[&str]) -> Stack {
+    Stack::start(
+        name,
+        StackOptions {
+            starling: Some(StarlingOptions {
+                config: Some(cfg),
+                log_level: Some("info,fusefs=info".into()),
+                ..Default::default()
+            }),
+            starling_names: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn starling_cmd(args: &[&str]) -> CmdOutput {
+    let mut cmd = Command::new(starling_bin().unwrap());
+    cmd.env_remove("CONTAINERD_ADDRESS")
+        .env_remove("CONTAINERD_NAMESPACE")
+        .args(args);
+    run_cmd(&mut cmd, Duration::from_secs(600)).unwrap()
+}
+
+/// `starling convert --plain-http SRC DST`.
+fn convert(src: &str, dst: &str) {
+    let out = starling_cmd(&["convert", "--plain-http", src, dst]);
+    assert!(out.success(), "convert {src}: {}", out.stderr);
+}
+
+/// `starling rpull` into `snapshotter`; returns its summary.
+fn rpull(ctr: &Ctr, reference: &str, snapshotter: &str) -> String {
+    let out = starling_cmd(&[
+        "rpull",
+        "--address",
+        &ctr.address.to_string_lossy(),
+        "--namespace",
+        &ctr.namespace,
+        "--snapshotter",
+        snapshotter,
+        "--plain-http",
+        reference,
+    ]);
+    assert!(out.success(), "starling rpull {reference}: {out:?}");
+    out.stdout
+}
+
+fn root(s: &Stack) -> PathBuf {
+    s.starling.as_ref().unwrap().root().to_path_buf()
+}
+
+fn daemon_log(s: &Stack) -> String {
+    std::fs::read_to_string(s.starling.as_ref().unwrap().dir().join("starling.log"))
+        .unwrap_or_default()
+}
+
+/// The daemon's metrics (read from the address it wrote to `<root>/metrics.addr`).
+fn scrape(s: &Stack) -> String {
+    let file = root(s).join("metrics.addr");
+    let addr = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let r = integration::http::get(&format!("http://{}/metrics", addr.trim()), &[]).unwrap();
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body).unwrap()
+}
+
+/// Sum of the samples of `name` whose labels contain every one of `labels`
+/// (`key="value"` strings).
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, ls) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|x| ls.contains(x)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+fn fetched(s: &Stack) -> f64 {
+    metric(&scrape(s), "starling_fetch_bytes_total", &[])
+}
+
+/// FUSE mounts below the daemon's root.
+fn fuse_mounts(s: &Stack) -> Vec<PathBuf> {
+    integration::mounts::mounts_under(&root(s))
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.fs_type.starts_with("fuse"))
+        .map(|m| m.mount_point)
+        .collect()
+}
+
+fn snapshot_dirs(s: &Stack) -> Vec<String> {
+    std::fs::read_dir(root(s).join("snapshots"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Layer digests and sizes of `repo:tag` in the registry.
+fn layers(reg: &Registry, repo: &str, tag: &str) -> Vec<(String, u64)> {
+    let m: Value = serde_json::from_slice(&reg.manifest(repo, tag).unwrap().body).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Labels of snapshot `key`.
+fn snapshot_labels(ctr: &Ctr, snapshotter: &str, key: &str) -> Value {
+    let out = ctr
+        .ctr_ok(["snapshots", "--snapshotter", snapshotter, "info", key])
+        .unwrap();
+    serde_json::from_str::<Value>(&out).unwrap()["Labels"].clone()
+}
+
+/// Removes every image and waits for containerd's GC to remove every snapshot, and for
+/// the daemon to leave no snapshot directory and no FUSE mount.
+fn remove_all_and_wait_for_gc(s: &Stack) {
+    let ctr = s.ctr();
+    ctr.remove_all_images().unwrap();
+    let mut last = String::new();
+    let gone = integration::poll::wait_for("GC", Duration::from_secs(60), || {
+        let snaps = ctr.snapshots("starling").unwrap();
+        let dirs = snapshot_dirs(s);
+        let mounts = fuse_mounts(s);
+        last = format!("snapshots {snaps:?}, dirs {dirs:?}, FUSE mounts {mounts:?}");
+        snaps.is_empty() && dirs.is_empty() && mounts.is_empty()
+    });
+    assert!(gone.is_ok(), "left behind after images rm + GC: {last}");
+}
+
+/// Pushes [`data_image`] as `data:plain`, converts it to `data:esgz`, and returns the
+/// eStargz reference and what `cmd` prints in the plain image on overlayfs.
+fn data_images(s: &Stack, cmd: &[&str]) -> (String, String) {
+    data_image().push(&s.registry, "data:plain").unwrap();
+    let plain = s.registry.reference("data:plain");
+    let esgz = s.registry.reference("data:esgz");
+    convert(&plain, &esgz);
+    let ctr = s.ctr();
+    let t = Instant::now();
+    ctr.pull(&plain, "overlayfs").unwrap();
+    let expected = ctr.run_ok(&plain, "overlayfs", cmd).unwrap();
+    eprintln!(
+        "data image (busybox + 7 MiB): overlayfs pull+run {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    ctr.remove_all_images().unwrap();
+    (esgz, expected)
+}
+
+const READ_A: &[&str] = &["/bin/sh", "-c", "cat /data/hello; md5sum /data/a.bin"];
+const READ_B: &[&str] = &["/bin/md5sum", "/data/b.bin"];
+const WALK: &[&str] = &["/bin/sh", "-c", "find / -xdev | wc -l; ls -l /data"];
+
+#[test]
+fn lazy_image_runs_from_fuse_mounts_and_fetches_less_than_the_blobs() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let mut s = stack("lz-run", config(), &[]);
+    let (esgz, expected) = data_images(&s, READ_A);
+    let blobs = layers(&s.registry, "data", "esgz");
+    let ctr = s.ctr().clone();
+    let ctr = &ctr;
+    let t = Instant::now();
+    let summary = rpull(ctr, &esgz, "starling");
+    assert!(
+        summary.contains("2 layers: 2 lazy, 0 applied"),
+        "{summary}\n{}",
+        daemon_log(&s)
+    );
+    let chain = ctr.image_chain_id(&esgz).unwrap();
+    let labels = snapshot_labels(ctr, "starling", &chain);
+    assert!(labels.get(REMOTE_LABEL).is_some(), "{labels}");
+    assert_eq!(fuse_mounts(&s).len(), 2, "one FUSE mount per layer");
+
+    assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
+    let lazy = t.elapsed();
+    let m = scrape(&s);
+    let bytes = metric(&m, "starling_fetch_bytes_total", &[]);
+    let total: u64 = blobs.iter().map(|(_, n)| n).sum();
+    eprintln!(
+        "data image: starling rpull+run {:.2}s, fetched {bytes} of {total} blob bytes",
+        lazy.as_secs_f64()
+    );
+    assert!(bytes > 0.0, "reads fetched nothing?\n{m}");
+    assert!(
+        bytes < total as f64,
+        "a lazy run fetched {bytes} bytes, the blobs hold {total}"
+    );
+    // b.bin (6 MiB of the data layer) was not read.
+    let (data_digest, data_size) = &blobs[1];
+    let data_fetched = metric(
+        &m,
+        "starling_layer_fetched_bytes",
+        &[&format!("layer=\"{data_digest}\"")],
+    );
+    assert!(
+        data_fetched > 0.0 && data_fetched < (*data_size as f64) / 2.0,
+        "data layer: {data_fetched} of {data_size} bytes local\n{m}"
+    );
+    assert_eq!(metric(&m, "starling_lazy_layers_mounted", &[]), 2.0, "{m}");
+    assert_eq!(
+        metric(&m, "starling_lazy_prepares_total", &["outcome=\"mounted\""]),
+        2.0,
+        "{m}"
+    );
+    let data_layer = format!("layer=\"{data_digest}\"");
+    assert_eq!(
+        metric(
+            &m,
+            "starling_layer_state",
+            &[&data_layer, "state=\"on-demand\""]
+        ),
+        1.0,
+        "half-read data layer, no background fetch\n{m}"
+    );
+    assert_eq!(
+        metric(&m, "starling_layer_state", &[&data_layer]),
+        1.0,
+        "one state at a time\n{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "starling_snapshot_operation_duration_seconds_count",
+            &["op=\"prepare\""]
+        ) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "starling_cache_misses_total", &[]) > 0.0,
+        "cold reads missed the cache\n{m}"
+    );
+
+    // SIGTERM unmounts every layer; a start mounts them again.
+    let st = s.starling.as_mut().unwrap();
+    st.stop().unwrap();
+    assert!(
+        fuse_mounts(&s).is_empty(),
+        "mounts after SIGTERM: {:?}",
+        fuse_mounts(&s)
+    );
+    s.starling.as_mut().unwrap().start_again().unwrap();
+    ctr.wait_snapshotter("starling", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(fuse_mounts(&s).len(), 2, "restored at start");
+    assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
+
+    remove_all_and_wait_for_gc(&s);
+}
+
+#[test]
+fn lazy_pydeb_prints_1() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::debian_images(),
+        prereq::starling_binary()
+    );
+    let img = pydeb().unwrap();
+    let s = stack("lz-py", config(), &[]);
+    img.push(&s.registry, "latest", "py:plain").unwrap();
+    let plain = s.registry.reference("py:plain");
+    let esgz = s.registry.reference("py:esgz");
+    convert(&plain, &esgz);
+    let ctr = s.ctr();
+    let cmd = &["python3", "-c", "print(1)"];
+
+    let t = Instant::now();
+    ctr.pull(&plain, "overlayfs").unwrap();
+    assert_eq!(ctr.run_ok(&plain, "overlayfs", cmd).unwrap(), "1\n");
+    let overlay = t.elapsed();
+    ctr.remove_all_images().unwrap();
+
+    let before = fetched(&s);
+    let t = Instant::now();
+    let summary = rpull(ctr, &esgz, "starling");
+    let pulled = t.elapsed();
+    assert_eq!(ctr.run_ok(&esgz, "starling", cmd).unwrap(), "1\n");
+    let lazy = t.elapsed();
+    assert!(summary.contains("2 layers: 2 lazy"), "{summary}");
+    let bytes = fetched(&s) - before;
+    let total: u64 = layers(&s.registry, "py", "esgz").iter().map(|l| l.1).sum();
+    eprintln!(
+        "pydeb print(1) on loopback: overlayfs pull+run {:.2}s; starling rpull {:.2}s, \
+         rpull+run {:.2}s ({:.2}x); fetched {:.1} MB of {:.1} MB ({:.1}%)",
+        overlay.as_secs_f64(),
+        pulled.as_secs_f64(),
+        lazy.as_secs_f64(),
+        lazy.as_secs_f64() / overlay.as_secs_f64(),
+        bytes / 1e6,
+        total as f64 / 1e6,
+        100.0 * bytes / total as f64
+    );
+    assert!(
+        bytes < total as f64 / 2.0,
+        "print(1) fetched {bytes} of {total} bytes"
+    );
+}
+
+#[test]
+fn removed_image_pulled_again_reads_from_the_chunk_cache() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let s = stack("lz-again", config(), &[]);
+    let (esgz, expected) = data_images(&s, READ_A);
+    let ctr = s.ctr();
+    let b0 = fetched(&s);
+    rpull(ctr, &esgz, "starling");
+    let b1 = fetched(&s);
+    assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
+    let b2 = fetched(&s);
+    assert!(b2 > b1, "the first run fetched what it read");
+    eprintln!(
+        "first pull: {} bytes (footer + TOC), first run: {} bytes",
+        b1 - b0,
+        b2 - b1
+    );
+
+    remove_all_and_wait_for_gc(&s);
+    let summary = rpull(ctr, &esgz, "starling");
+    assert!(summary.contains("2 lazy"), "{summary}");
+    let b3 = fetched(&s);
+    assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
+    // (Fully cached files are opened with FUSE passthrough: their reads never reach the
+    // daemon, so the fetched-bytes counter is the thing to check.)
+    assert_eq!(
+        fetched(&s),
+        b3,
+        "the second run fetched bytes it had read before the image was removed"
+    );
+    assert!(
+        b3 - b2 < (b2 - b1) / 10.0,
+        "the second pull fetched {} bytes (footer and TOC only)",
+        b3 - b2
+    );
+    eprintln!("second pull: {} bytes, second run: 0 bytes", b3 - b2);
+}
+
+#[test]
+fn killed_daemon_restores_layers_without_the_registry() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let mut s = stack("lz-kill", config(), &[]);
+    let (esgz, expected_a) = data_images(&s, READ_A);
+    let ctr = s.ctr().clone();
+    ctr.pull(&s.registry.reference("data:plain"), "overlayfs")
+        .unwrap();
+    let plain = s.registry.reference("data:plain");
+    let expected_walk = ctr.run_ok(&plain, "overlayfs", WALK).unwrap();
+    let expected_b = ctr.run_ok(&plain, "overlayfs", READ_B).unwrap();
+    ctr.remove_all_images().unwrap();
+
+    rpull(&ctr, &esgz, "starling");
+    assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected_a);
+    assert_eq!(ctr.run_ok(&esgz, "starling", WALK).unwrap(), expected_walk);
+    let mounts = fuse_mounts(&s);
+    assert_eq!(mounts.len(), 2);
+
+    s.starling.as_mut().unwrap().kill().unwrap();
+    s.registry.stop().unwrap();
+    // The dead daemon's mounts are still there (ENOTCONN).
+    assert_eq!(fuse_mounts(&s).len(), 2);
+    s.starling.as_mut().unwrap().start_again().unwrap();
+    ctr.wait_snapshotter("starling", Duration::from_secs(60))
+        .unwrap();
+    let log = daemon_log(&s);
+    assert!(log.contains("remote snapshots restored"), "{log}");
+    let mut now = fuse_mounts(&s);
+    now.sort();
+    let mut before = mounts.clone();
+    before.sort();
+    assert_eq!(now, before, "one live mount per layer again, no stale ones");
+    for m in &now {
+        std::fs::read_dir(m).unwrap_or_else(|e| panic!("{}: {e}", m.display()));
+    }
+
+    // No registry: metadata and cached files work; an uncached file fails (EIO).
+    assert_eq!(ctr.run_ok(&esgz, "starling", WALK).unwrap(), expected_walk);
+    assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected_a);
+    let out = ctr.run(&esgz, "starling", READ_B).unwrap();
+    assert!(
+        !out.success(),
+        "an uncached read without the registry succeeded: {out:?}"
+    );
+    eprintln!("uncached read without the registry: {}", out.stderr.trim());
+
+    // Registry back: the same read works, a new container runs.
+    s.registry.start_again().unwrap();
+    assert_eq!(ctr.run_ok(&esgz, "starling", READ_B).unwrap(), expected_b);
+    assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected_a);
+    remove_all_and_wait_for_gc(&s);
+}
+
+/// Pushes `repo:tag` again as `repo:new_tag` with its manifest changed by `edit`.
+fn push_edited(s: &Stack, repo: &str, tag: &str, new_tag: &str, edit: impl FnOnce(&mut Value)) {
+    let reg = &s.registry;
+    let blob = |d: &str| -> Vec<u8> {
+        let r = integration::http::get(&reg.blob_url(repo, d), &[]).unwrap();
+        assert_eq!(r.status, 200, "blob {d}");
+        r.body
+    };
+    let mut m: Value = serde_json::from_slice(&reg.manifest(repo, tag).unwrap().body).unwrap();
+    let layout = s.wd.join(format!("layout-{new_tag}"));
+    integration::oci::image::init_layout(&layout).unwrap();
+    let blobs = layout.join("blobs/sha256");
+    let mut digests = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+    for l in m["layers"].as_array().unwrap() {
+        digests.push(l["digest"].as_str().unwrap().to_string());
+    }
+    for d in &digests {
+        assert_eq!(
+            &integration::oci::image::write_blob(&blobs, &blob(d)).unwrap(),
+            d
+        );
+    }
+    edit(&mut m);
+    let bytes = serde_json::to_vec(&m).unwrap();
+    let digest = integration::oci::image::write_blob(&blobs, &bytes).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest, "size": bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": new_tag}}]});
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    reg.push_layout(&layout, new_tag, &format!("{repo}:{new_tag}"))
+        .unwrap();
+}
+
+#[test]
+fn wrong_toc_digest_falls_back_with_a_clear_log_line() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let s = stack("lz-toc", config(), &[]);
+    let (_, expected) = data_images(&s, READ_A);
+    const TOC: &str = "containerd.io/snapshot/stargz/toc.digest";
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    push_edited(&s, "data", "esgz", "badtoc", |m| {
+        m["layers"][0]["annotations"][TOC] = wrong.clone().into();
+        m["layers"][1]["annotations"][TOC] = "sha256:not-hex".into();
+    });
+    let bad = s.registry.reference("data:badtoc");
+    let blobs = layers(&s.registry, "data", "badtoc");
+    let ctr = s.ctr();
+    let summary = rpull(ctr, &bad, "starling");
+    assert!(
+        summary.contains("2 layers: 0 lazy, 2 applied"),
+        "{summary}\n{}",
+        daemon_log(&s)
+    );
+    assert_eq!(ctr.run_ok(&bad, "starling", READ_A).unwrap(), expected);
+    let log = daemon_log(&s);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("layer not mounted lazily"))
+        .collect();
+    for (digest, _) in &blobs {
+        assert!(
+            lines.iter().any(|l| l.contains(digest.as_str())),
+            "no log line names {digest}: {lines:#?}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&blobs[0].0) && l.contains("not_estargz") && l.contains("TOC")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&blobs[1].0) && l.contains("TOC digest")),
+        "{lines:#?}"
+    );
+    assert!(fuse_mounts(&s).is_empty(), "{:?}", fuse_mounts(&s));
+    let m = scrape(&s);
+    assert_eq!(
+        metric(
+            &m,
+            "starling_lazy_prepares_total",
+            &["outcome=\"not_estargz\""]
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+/// `find` + `stat` of every entry under `dir`: (entries, sum of sizes).
+fn walk(dir: &std::path::Path) -> (usize, u64) {
+    let mut n = 0;
+    let mut size = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            n += 1;
+            size += md.len();
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    (n, size)
+}
+
+#[test]
+fn stack_merge_over_half_pulled_estargz_layers_fetches_nothing() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let s = stack("lz-merge", config(), &[]);
+    let (esgz, expected) = data_images(&s, READ_A);
+    ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .dir("etc")
+                .file("etc/other", "from the other image\n")
+                .file(
+                    "etc/other.bin",
+                    Content::Pattern {
+                        len: 2 << 20,
+                        seed: 5,
+                    },
+                ),
+        )
+        .push(&s.registry, "other:plain")
+        .unwrap();
+    let other = s.registry.reference("other:esgz");
+    convert(&s.registry.reference("other:plain"), &other);
+    let ctr = s.ctr();
+    rpull(ctr, &esgz, "starling");
+    rpull(ctr, &other, "starling");
+    assert_eq!(fuse_mounts(&s).len(), 3);
+    // Half pulled: a.bin read, b.bin and other.bin not.
+    assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
+    let (ca, cb) = (
+        ctr.image_chain_id(&esgz).unwrap(),
+        ctr.image_chain_id(&other).unwrap(),
+    );
+
+    let before = fetched(&s);
+    let target = s.wd.join("merged");
+    let mut cmd = Command::new(starling_bin().unwrap());
+    cmd.arg("merge")
+        .arg("--address")
+        .arg(&ctr.address)
+        .args(["--namespace", &ctr.namespace, "--snapshotter", "starling"])
+        .args(["--mode", "stack", "--view", "--target"])
+        .arg(&target)
+        .args(["merged-view", &ca, &cb]);
+    let out = run_cmd(&mut cmd, Duration::from_secs(120))
+        .unwrap()
+        .check()
+        .unwrap();
+    std::fs::create_dir_all(&target).unwrap();
+    let guards: Vec<_> = integration::mounts::MountSpec::parse_ctr(&out.stdout)
+        .unwrap()
+        .iter()
+        .map(|m| m.mount(&target).unwrap())
+        .collect();
+    let (entries, _) = walk(&target);
+    assert!(
+        entries > 200,
+        "busybox applets, data and other files: {entries}"
+    );
+    for f in ["bin/busybox", "bin/sh", "data/b.bin", "etc/other.bin"] {
+        assert!(target.join(f).exists(), "{f} in the merged view");
+    }
+    let a = std::fs::read(target.join("data/a.bin")).unwrap();
+    assert_eq!(a.len(), 1 << 20);
+    let after = fetched(&s);
+    assert_eq!(
+        after, before,
+        "merging, walking the merged view and reading a cached file fetched bytes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("etc/other")).unwrap(),
+        "from the other image\n"
+    );
+    let b = std::fs::read(target.join("data/b.bin")).unwrap();
+    assert_eq!(b.len(), 6 << 20);
+    assert!(fetched(&s) - after > 1e6, "b.bin came from the registry");
+    drop(guards);
+}

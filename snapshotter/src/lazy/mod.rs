@@ -1,0 +1,465 @@
+//! The daemon's remote-layer hook: [`LazyLayers`] implements [`RemoteLayers`] over the
+//! lazy eStargz file system ([`fusefs::mount::MountManager`]).
+//!
+//! - **prepare**: the layer's identity comes from the Prepare labels ([`identity`]); a
+//!   layer without a TOC digest label, one that is not eStargz, whose TOC does not match,
+//!   or whose registry does not answer within `fetch.read_timeout +
+//!   fetch.prefetch_timeout` is declined (the core falls back to a normal snapshot that
+//!   containerd fills). Otherwise the footer and TOC are fetched and verified, saved in the
+//!   layer's state directory `<root>/snapshots/<id>/layer` (next to the `fs` mountpoint, so
+//!   deleting the snapshot directory frees it), the layer is mounted on `fs` and the
+//!   prefetch runs (bounded by `fetch.prefetch_timeout`).
+//! - **restore** (daemon start): mounts the layer again from its state directory, without
+//!   the registry; a dead mount of a killed daemon on `fs` is detached first.
+//! - **remove**: stops fetching and unmounts (a busy mount is detached and goes with its
+//!   last user).
+//! - **check**: the mount is there and served by this process.
+//! - [`LazyLayers::shutdown`]: unmounts every layer (daemon stop).
+//!
+//! The chunk cache is shared by all layers and outlives them: a layer removed and pulled
+//! again reads what was cached before without fetching it.
+
+pub mod identity;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fusefs::context::{ContextError, LayerContext, LayerSettings, OpaqueXattr};
+use fusefs::layer::{has_saved_state, LayerError, LayerSource, LayerStatus};
+use fusefs::metrics::Metrics;
+use fusefs::mount::{MountError, MountManager};
+
+use crate::overlay::OverlayFeatures;
+use crate::remote::{HookError, LayerOutcome, LayerRequest, RemoteLayers, RemoteSnapshot};
+use crate::store::Labels;
+use identity::{IdentityError, LayerIdentity};
+
+/// Name of a layer's state directory inside its snapshot directory.
+pub const STATE_DIR: &str = "layer";
+
+/// Errors setting up the hook.
+#[derive(Debug, thiserror::Error)]
+pub enum LazyError {
+    /// The registry client or chunk cache could not be set up.
+    #[error("lazy layers: {0}")]
+    Context(#[from] ContextError),
+}
+
+/// Why a Prepare was not served lazily, for the log and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decline {
+    /// The labels do not name a layer with a TOC digest.
+    Labels,
+    /// The blob is not eStargz, or its TOC does not verify.
+    NotEstargz,
+    /// The registry failed or did not answer in time.
+    Registry,
+    /// A local failure (mount, state directory).
+    Local,
+}
+
+impl Decline {
+    /// Every kind, for metrics.
+    pub const ALL: [Decline; 4] = [
+        Decline::Labels,
+        Decline::NotEstargz,
+        Decline::Registry,
+        Decline::Local,
+    ];
+
+    /// Label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Decline::Labels => "labels",
+            Decline::NotEstargz => "not_estargz",
+            Decline::Registry => "registry",
+            Decline::Local => "local",
+        }
+    }
+}
+
+/// Counts of what the hook did since start.
+#[derive(Debug, Default)]
+pub struct HookCounters {
+    /// Layers mounted lazily on Prepare.
+    pub mounted: AtomicU64,
+    /// Prepares declined, by [`Decline`] (index = position in [`Decline::ALL`]).
+    pub declined: [AtomicU64; 4],
+    /// Layers mounted again at start.
+    pub restored: AtomicU64,
+    /// Layers that could not be restored.
+    pub restore_failed: AtomicU64,
+    /// Layers unmounted (removed).
+    pub removed: AtomicU64,
+}
+
+/// One mounted layer as the metrics see it.
+#[derive(Debug, Clone)]
+pub struct MountedStatus {
+    /// Where it is mounted (`<root>/snapshots/<id>/fs`).
+    pub mountpoint: PathBuf,
+    /// Its progress.
+    pub status: LayerStatus,
+}
+
+/// Lazy eStargz layers for the snapshotter core.
+pub struct LazyLayers {
+    manager: MountManager,
+    counters: HookCounters,
+    /// Bound of one Prepare's open + mount + prefetch.
+    prepare_timeout: Duration,
+}
+
+impl std::fmt::Debug for LazyLayers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyLayers")
+            .field("mounts", &self.manager.list().len())
+            .finish()
+    }
+}
+
+/// The state directory of the layer mounted at `mountpoint` (`.../<id>/fs` → `.../<id>/layer`).
+pub fn state_dir(mountpoint: &Path) -> PathBuf {
+    mountpoint.parent().unwrap_or(mountpoint).join(STATE_DIR)
+}
+
+impl LazyLayers {
+    /// The hook for `cfg` (`[fetch]`, `[cache]`, `[fuse]`, `[registry]`; status files in
+    /// `<root>/status`); the opaque-directory xattr follows the overlay `features`
+    /// (`userxattr` → `user.overlay.opaque`). Fetches run on `runtime`; `metrics` are the
+    /// daemon's shared counters.
+    pub fn new(
+        cfg: &config::Config,
+        features: &OverlayFeatures,
+        runtime: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, LazyError> {
+        let mut settings = LayerSettings::from_config(cfg);
+        if features.userxattr {
+            settings.opaque_xattr = OpaqueXattr::User;
+        }
+        let ctx = LayerContext::new(cfg, settings, runtime, metrics)?;
+        Ok(LazyLayers {
+            manager: MountManager::new(ctx),
+            counters: HookCounters::default(),
+            prepare_timeout: cfg.fetch.read_timeout + cfg.fetch.prefetch_timeout,
+        })
+    }
+
+    /// The counters of the hook.
+    pub fn counters(&self) -> &HookCounters {
+        &self.counters
+    }
+
+    /// The registry/cache counters shared by every layer.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.manager.context().metrics()
+    }
+
+    /// Every mounted layer with its progress.
+    pub fn mounted(&self) -> Vec<MountedStatus> {
+        let mut v: Vec<MountedStatus> = self
+            .manager
+            .list()
+            .iter()
+            .map(|m| MountedStatus {
+                mountpoint: m.mountpoint().to_path_buf(),
+                status: m.layer().status(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
+        v
+    }
+
+    /// Unmounts every layer (daemon shutdown). Blocking.
+    pub fn shutdown(&self) {
+        let n = self.manager.list().len();
+        self.manager.unmount_all();
+        if n > 0 {
+            tracing::info!(layers = n, "lazy layers unmounted");
+        }
+    }
+
+    fn decline(&self, kind: Decline, digest: &str, reason: String) -> LayerOutcome {
+        let i = Decline::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.counters.declined[i].fetch_add(1, Ordering::Relaxed);
+        tracing::info!(layer = digest, kind = kind.name(), %reason, "layer not mounted lazily");
+        LayerOutcome::Declined { reason }
+    }
+
+    /// Mounts the layer; on failure leaves nothing mounted and no state behind.
+    fn mount(&self, id: &LayerIdentity, mountpoint: &Path) -> Result<(), (Decline, String)> {
+        let source = LayerSource::new(&id.reference, &id.digest, None, Some(&id.toc_digest))
+            .map_err(|e| (Decline::Labels, e.to_string()))?;
+        let state = state_dir(mountpoint);
+        let started = Instant::now();
+        let ctx = self.manager.context().clone();
+        // The timer is created inside the runtime (the caller may be outside it).
+        let result = ctx.runtime().block_on(async {
+            tokio::time::timeout(
+                self.prepare_timeout,
+                self.manager.mount_async(source, &state, mountpoint),
+            )
+            .await
+        });
+        let failure = match result {
+            Ok(Ok(_)) => {
+                tracing::info!(
+                    layer = %id.digest,
+                    mountpoint = %mountpoint.display(),
+                    elapsed = ?started.elapsed(),
+                    "layer mounted lazily"
+                );
+                return Ok(());
+            }
+            Ok(Err(e)) => classify(&e),
+            Err(_) => (
+                Decline::Registry,
+                format!(
+                    "layer {}: the registry did not deliver the footer, TOC and prefetch \
+                     within {:?}",
+                    id.digest, self.prepare_timeout
+                ),
+            ),
+        };
+        // A cancelled mount may have been registered already: take it down.
+        let _ = self.manager.unmount(mountpoint);
+        if let Err(e) = std::fs::remove_dir_all(&state) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %state.display(), error = %e, "could not remove the state of a declined layer");
+            }
+        }
+        Err(failure)
+    }
+}
+
+/// The decline kind and reason (with every cause) of a failed mount.
+fn classify(e: &MountError) -> (Decline, String) {
+    let mut reason = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !reason.contains(&text) {
+            reason.push_str(": ");
+            reason.push_str(&text);
+        }
+        src = s.source();
+    }
+    let kind = match e {
+        MountError::Layer(l) if l.is_not_estargz() => Decline::NotEstargz,
+        MountError::Layer(LayerError::Registry { .. }) => Decline::Registry,
+        MountError::Layer(LayerError::Source(_)) => Decline::Labels,
+        _ => Decline::Local,
+    };
+    (kind, reason)
+}
+
+impl RemoteLayers for LazyLayers {
+    fn prepare(&self, req: &LayerRequest<'_>) -> LayerOutcome {
+        let id = match LayerIdentity::from_labels(req.labels) {
+            Ok(id) => id,
+            Err(e) => {
+                let digest = match &e {
+                    IdentityError::NoTocDigest { digest } => digest.clone(),
+                    _ => String::new(),
+                };
+                return self.decline(Decline::Labels, &digest, e.to_string());
+            }
+        };
+        match self.mount(&id, req.mountpoint) {
+            Ok(()) => {
+                self.counters.mounted.fetch_add(1, Ordering::Relaxed);
+                LayerOutcome::Mounted {
+                    labels: Labels::new(),
+                }
+            }
+            Err((kind, reason)) => self.decline(kind, &id.digest, reason),
+        }
+    }
+
+    fn restore(&self, snapshot: &RemoteSnapshot<'_>) -> Result<(), HookError> {
+        let state = state_dir(snapshot.mountpoint);
+        let result = if has_saved_state(&state) {
+            self.manager
+                .restore(&state, snapshot.mountpoint)
+                .map(|_| ())
+                .map_err(HookError::from)
+        } else {
+            Err(format!("no saved layer state in {}", state.display()).into())
+        };
+        match &result {
+            Ok(()) => {
+                self.counters.restored.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(snapshot = snapshot.name, "lazy layer restored");
+            }
+            Err(_) => {
+                self.counters.restore_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    fn remove(&self, snapshot: &RemoteSnapshot<'_>) -> Result<(), HookError> {
+        self.counters.removed.fetch_add(1, Ordering::Relaxed);
+        match self.manager.unmount(snapshot.mountpoint) {
+            Ok(_) | Err(MountError::NotMounted(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn check(&self, snapshot: &RemoteSnapshot<'_>) -> Result<(), HookError> {
+        self.manager
+            .check(snapshot.mountpoint)
+            .map_err(HookError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels;
+
+    #[test]
+    fn state_dir_is_next_to_the_mountpoint() {
+        assert_eq!(
+            state_dir(Path::new("/r/snapshots/7/fs")),
+            Path::new("/r/snapshots/7/layer")
+        );
+    }
+
+    fn hook(root: &Path, rt: &tokio::runtime::Runtime) -> LazyLayers {
+        let mut cfg = config::Config {
+            root: root.to_path_buf(),
+            ..Default::default()
+        };
+        cfg.fetch.request_timeout = Duration::from_secs(2);
+        cfg.fetch.read_timeout = Duration::from_secs(3);
+        cfg.fetch.max_retries = 0;
+        LazyLayers::new(
+            &cfg,
+            &OverlayFeatures::default(),
+            rt.handle().clone(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap()
+    }
+
+    fn offer(h: &LazyLayers, mountpoint: &Path, kv: &[(&str, &str)]) -> LayerOutcome {
+        let labels: Labels = kv
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        h.prepare(&LayerRequest {
+            key: "default/1/extract",
+            parent: "",
+            target: "default/sha256:c",
+            labels: &labels,
+            id: 1,
+            mountpoint,
+        })
+    }
+
+    fn declined(kind: Decline, h: &LazyLayers) -> u64 {
+        let i = Decline::ALL.iter().position(|k| *k == kind).unwrap();
+        h.counters().declined[i].load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn layers_without_toc_digest_or_registry_are_declined_and_leave_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = hook(tmp.path(), &rt);
+        let mp = tmp.path().join("snapshots/1/fs");
+        std::fs::create_dir_all(&mp).unwrap();
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let toc = format!("sha256:{}", "b".repeat(64));
+
+        let out = offer(
+            &h,
+            &mp,
+            &[
+                (labels::CRI_IMAGE_REF, "127.0.0.1:1/x/y:t"),
+                (labels::CRI_LAYER_DIGEST, &digest),
+            ],
+        );
+        match out {
+            LayerOutcome::Declined { reason } => {
+                assert!(
+                    reason.contains(&digest) && reason.contains(labels::TOC_DIGEST),
+                    "{reason}"
+                )
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(declined(Decline::Labels, &h), 1);
+
+        // Nothing listens on port 1: declined quickly, no state, no mount.
+        let started = Instant::now();
+        let out = offer(
+            &h,
+            &mp,
+            &[
+                (labels::STARGZ_REFERENCE, "127.0.0.1:1/x/y:t"),
+                (labels::STARGZ_DIGEST, &digest),
+                (labels::TOC_DIGEST, &toc),
+            ],
+        );
+        match out {
+            LayerOutcome::Declined { reason } => {
+                assert!(reason.contains(&digest), "{reason}");
+                assert!(
+                    reason.contains("127.0.0.1:1"),
+                    "names the registry: {reason}"
+                );
+            }
+            o => panic!("{o:?}"),
+        }
+        eprintln!("declined after {:?}", started.elapsed());
+        assert_eq!(declined(Decline::Registry, &h), 1);
+        assert!(
+            !state_dir(&mp).exists(),
+            "state of a declined layer removed"
+        );
+        assert!(h.mounted().is_empty());
+        assert_eq!(h.counters().mounted.load(Ordering::Relaxed), 0);
+
+        // A malformed TOC digest is a labels problem, named.
+        let out = offer(
+            &h,
+            &mp,
+            &[
+                (labels::STARGZ_REFERENCE, "127.0.0.1:1/x/y:t"),
+                (labels::STARGZ_DIGEST, &digest),
+                (labels::TOC_DIGEST, "sha256:zz"),
+            ],
+        );
+        assert!(
+            matches!(&out, LayerOutcome::Declined { reason } if reason.contains("sha256:zz")),
+            "{out:?}"
+        );
+        assert_eq!(declined(Decline::Labels, &h), 2);
+    }
+
+    #[test]
+    fn restore_without_saved_state_fails_and_remove_of_unmounted_is_fine() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = hook(tmp.path(), &rt);
+        let mp = tmp.path().join("snapshots/2/fs");
+        std::fs::create_dir_all(&mp).unwrap();
+        let labels = Labels::new();
+        let snap = RemoteSnapshot {
+            name: "default/sha256:c",
+            id: 2,
+            labels: &labels,
+            mountpoint: &mp,
+        };
+        let e = h.restore(&snap).unwrap_err();
+        assert!(e.to_string().contains("no saved layer state"), "{e}");
+        assert_eq!(h.counters().restore_failed.load(Ordering::Relaxed), 1);
+        h.remove(&snap).unwrap();
+        assert!(h.check(&snap).is_err(), "nothing is mounted there");
+    }
+}
