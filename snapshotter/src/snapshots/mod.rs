@@ -361,22 +361,28 @@ impl Snapshots {
         rec: &SnapshotRecord,
         lowers: &[(String, SnapshotRecord)],
     ) -> Result<Vec<Mount>> {
-        if let Some(hook) = &self.remote {
-            for (name, lower) in lowers {
-                if !lower.labels.contains_key(labels::REMOTE) {
-                    continue;
-                }
-                let mountpoint = self.layout.fs_dir(lower.id);
-                let snap = RemoteSnapshot {
-                    name,
-                    id: lower.id,
-                    labels: &lower.labels,
-                    mountpoint: &mountpoint,
-                };
-                hook.check(&snap).map_err(|e| {
-                    Error::Unavailable(format!("remote layer {name:?} is unavailable: {e}"))
-                })?;
+        for (name, lower) in lowers {
+            if !lower.labels.contains_key(labels::REMOTE) {
+                continue;
             }
+            // A remote layer's directory is empty unless the hook mounted it: without a
+            // hook (lazy layers switched off) it must not be served as an empty layer.
+            let Some(hook) = &self.remote else {
+                return Err(Error::Unavailable(format!(
+                    "remote layer {name:?} needs lazy layers, which are switched off \
+                     ([snapshotter] lazy = false): remove the image and pull it again"
+                )));
+            };
+            let mountpoint = self.layout.fs_dir(lower.id);
+            let snap = RemoteSnapshot {
+                name,
+                id: lower.id,
+                labels: &lower.labels,
+                mountpoint: &mountpoint,
+            };
+            hook.check(&snap).map_err(|e| {
+                Error::Unavailable(format!("remote layer {name:?} is unavailable: {e}"))
+            })?;
         }
         let plan = MountPlan {
             kind: rec.kind,

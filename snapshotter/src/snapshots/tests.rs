@@ -443,6 +443,27 @@ fn unavailable_remote_lower_fails_mounts() {
 }
 
 #[test]
+fn remote_lower_without_a_hook_is_unavailable_not_an_empty_layer() {
+    let (_t, s, _) = with_hook(FakeHook::default(), true);
+    s.prepare("ns/1/x", "", layer_labels("sha256:c1"))
+        .unwrap_err();
+    let root = s.layout().root().to_path_buf();
+    drop(s);
+    // Reopened with lazy layers switched off: nothing mounts the layer any more.
+    let s = Snapshots::open(&root, Options::default()).unwrap();
+    let err = s.view("ns/1/v", "sha256:c1", Labels::new()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(err.to_string().contains("lazy = false"), "{err}");
+    assert_eq!(
+        s.mounts("ns/1/v").unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
+    // Both can still be removed (e.g. by containerd's GC).
+    s.remove("ns/1/v").unwrap();
+    s.remove("sha256:c1").unwrap();
+}
+
+#[test]
 fn reopen_keeps_snapshots_and_the_store_is_exclusive() {
     let (_t, s) = open(Options::default());
     s.prepare("a", "", Labels::new()).unwrap();
