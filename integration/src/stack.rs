@@ -62,7 +62,15 @@ impl Stack {
             None => None,
         };
         let starling = match &opts.starling {
-            Some(o) => Some(Starling::start(&wd, o.clone())?),
+            Some(o) => {
+                // The shaped registry is not on loopback: the daemon would talk HTTPS to it
+                // (and fall back to full pulls) unless told it is plain HTTP.
+                let mut o = o.clone();
+                if let Some(link) = &shaped {
+                    o.config = Some(o.config.unwrap_or_default().insecure_host(&link.host()));
+                }
+                Some(Starling::start(&wd, o)?)
+            }
             None => None,
         };
         let peer = match &opts.peer {

@@ -90,6 +90,33 @@ impl StarlingConfig {
         self
     }
 
+    /// Marks registry `host` (`HOST:PORT`, dots kept in the key) as plain HTTP.
+    pub fn insecure_host(mut self, host: &str) -> Self {
+        let hosts = self
+            .table
+            .entry("registry".to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !hosts.is_table() {
+            *hosts = toml::Value::Table(toml::Table::new());
+        }
+        let hosts = hosts
+            .as_table_mut()
+            .expect("table just ensured")
+            .entry("hosts".to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !hosts.is_table() {
+            *hosts = toml::Value::Table(toml::Table::new());
+        }
+        let mut entry = toml::Table::new();
+        entry.insert("insecure".to_string(), toml::Value::Boolean(true));
+        hosts
+            .as_table_mut()
+            .expect("table just ensured")
+            .entry(host.to_string())
+            .or_insert(toml::Value::Table(entry));
+        self
+    }
+
     /// The TOML text.
     pub fn to_toml(&self) -> String {
         toml::to_string(&self.table).unwrap_or_default()
@@ -302,6 +329,19 @@ mod tests {
             .set("a.c", 2i64);
         assert!(r.to_toml().contains("c = 2"));
         assert!(StarlingConfig::raw("[a").is_err());
+    }
+
+    #[test]
+    fn config_marks_dotted_host_insecure() {
+        let c = StarlingConfig::new()
+            .set("registry.docker_config", "")
+            .insecure_host("10.201.0.2:5000");
+        let t: toml::Table = c.to_toml().parse().unwrap();
+        assert_eq!(
+            t["registry"]["hosts"]["10.201.0.2:5000"]["insecure"].as_bool(),
+            Some(true)
+        );
+        assert_eq!(t["registry"]["docker_config"].as_str(), Some(""));
     }
 
     #[test]
