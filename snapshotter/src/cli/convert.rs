@@ -77,22 +77,9 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let src: ImageLocation = args.src.parse()?;
     let dst: ImageLocation = args.dst.parse()?;
-    let mut cfg = load_config(args.config.as_deref())?;
-    if args.plain_http {
-        for host in [src.host(), dst.host()].into_iter().flatten() {
-            cfg.registry
-                .hosts
-                .entry(host.to_string())
-                .or_default()
-                .insecure = true;
-        }
-    }
+    let cfg = load_registry_config(args.config.as_deref(), args.plain_http, &src, &dst)?;
     let opts = ConvertOptions {
-        format: if args.zstdchunked {
-            OutputFormat::ZstdChunked
-        } else {
-            OutputFormat::Estargz
-        },
+        format: output_format(args.zstdchunked),
         chunk_size: args.chunk_size,
         level: args.level,
         prioritize: match &args.prioritize {
@@ -140,6 +127,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print_summary(&report);
     }
     Ok(())
+}
+
+/// The configuration for a command that reads SRC and writes DST: with `--plain-http`,
+/// both registries are marked insecure (plain HTTP).
+pub(crate) fn load_registry_config(
+    path: Option<&Path>,
+    plain_http: bool,
+    src: &ImageLocation,
+    dst: &ImageLocation,
+) -> anyhow::Result<Config> {
+    let mut cfg = load_config(path)?;
+    if plain_http {
+        for host in [src.host(), dst.host()].into_iter().flatten() {
+            cfg.registry
+                .hosts
+                .entry(host.to_string())
+                .or_default()
+                .insecure = true;
+        }
+    }
+    Ok(cfg)
+}
+
+/// The layer format `--zstdchunked` asks for.
+pub(crate) fn output_format(zstdchunked: bool) -> OutputFormat {
+    if zstdchunked {
+        OutputFormat::ZstdChunked
+    } else {
+        OutputFormat::Estargz
+    }
 }
 
 pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

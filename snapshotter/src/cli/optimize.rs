@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::convert::{load_config, progress_for};
-use crate::convert::{self, ConvertOptions, ImageLocation, OutputFormat};
+use crate::cli::convert::{load_registry_config, output_format, progress_for};
+use crate::convert::{self, ConvertOptions, ImageLocation};
 use crate::optimize::{self, OptimizeOptions, OptimizeReport, Overrides};
 
 /// Arguments of `starling optimize`.
@@ -133,24 +133,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.period
         );
     }
-    let mut cfg = load_config(args.config.as_deref())?;
-    if args.plain_http {
-        for host in [src.host(), dst.host()].into_iter().flatten() {
-            cfg.registry
-                .hosts
-                .entry(host.to_string())
-                .or_default()
-                .insecure = true;
-        }
-    }
+    let cfg = load_registry_config(args.config.as_deref(), args.plain_http, &src, &dst)?;
     let stop = Arc::new(AtomicBool::new(false));
     let opts = OptimizeOptions {
         convert: ConvertOptions {
-            format: if args.zstdchunked {
-                OutputFormat::ZstdChunked
-            } else {
-                OutputFormat::Estargz
-            },
+            format: output_format(args.zstdchunked),
             chunk_size: args.chunk_size,
             level: args.level,
             jobs: args.jobs,
