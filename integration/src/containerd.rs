@@ -66,6 +66,9 @@ pub struct Ctr {
     pub fifo_dir: PathBuf,
 }
 
+/// Where a foreground [`Ctr::run_with`] container writes its stdout and stderr.
+pub const RUN_IO_DIR: &str = "/dev/.stl-io";
+
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
@@ -225,6 +228,15 @@ impl Ctr {
 
     /// [`run`](Self::run) with extra `ctr run` flags (e.g. `--env`, `--mount`, `-d`: no `--rm`
     /// then).
+    ///
+    /// A foreground run does not take the container's output from `ctr`'s stdio: ctr 1.6's
+    /// `task.Delete` closes its end of the stdio fifos as soon as the exit status arrives,
+    /// before it has drained them, so the tail of a short-lived container's output is lost
+    /// now and then under load (containerd issue #5741). Instead the command runs as
+    /// `/bin/sh -c 'exec "$@" >OUT 2>ERR'` with OUT and ERR in a host directory bind-mounted
+    /// at [`RUN_IO_DIR`] (inside the container's `/dev` tmpfs, so the rootfs is untouched),
+    /// and the files are read once `ctr` has returned: the image needs a `/bin/sh`.
+    /// `ctr`'s own output is appended after the container's.
     pub fn run_with(
         &self,
         image: &str,
@@ -236,6 +248,7 @@ impl Ctr {
             .ctx(|| format!("create {}", self.fifo_dir.display()))?;
         let id = format!("stl-{}", unique_token(10));
         let detach = flags.iter().any(|f| *f == "-d" || *f == "--detach");
+        let io_dir = self.fifo_dir.join(format!("{id}.io"));
         let mut a: Vec<&OsStr> = vec!["run".as_ref()];
         if !detach {
             a.push("--rm".as_ref());
@@ -247,11 +260,44 @@ impl Ctr {
             OsStr::new("--runc-root"),
             self.runc_root.as_os_str(),
         ]);
+        let io_mount = format!(
+            "type=bind,src={},dst={RUN_IO_DIR},options=rbind:rw",
+            io_dir.display()
+        );
+        let redirect = format!("exec \"$@\" >{RUN_IO_DIR}/out 2>{RUN_IO_DIR}/err");
+        if !detach {
+            std::fs::create_dir_all(&io_dir).ctx(|| format!("create {}", io_dir.display()))?;
+            a.extend([OsStr::new("--mount"), io_mount.as_ref()]);
+        }
         a.extend(flags.iter().map(OsStr::new));
         a.push(image.as_ref());
         a.push(id.as_ref());
+        if !detach {
+            a.extend(["/bin/sh", "-c", &redirect, "sh"].map(OsStr::new));
+        }
         a.extend(cmd.iter().map(OsStr::new));
-        self.ctr(a)
+        let out = self.ctr(a);
+        if detach {
+            return out;
+        }
+        let read = |name: &str| std::fs::read(io_dir.join(name)).unwrap_or_default();
+        let (stdout, stderr) = (read("out"), read("err"));
+        let _ = std::fs::remove_dir_all(&io_dir);
+        let mut out = out?;
+        out.stdout = String::from_utf8_lossy(&stdout).into_owned() + &out.stdout;
+        out.stderr = String::from_utf8_lossy(&stderr).into_owned() + &out.stderr;
+        Ok(out)
+    }
+
+    /// Runs containerd's garbage collection now and waits for it: creates a lease and
+    /// deletes it with `--sync`. containerd 1.6's GC scheduler drops a deletion that lands
+    /// while a collection is running (the event predates the collection's end), so a
+    /// snapshot removed right after another one may wait for the next unrelated GC; this
+    /// forces one that starts after the call.
+    pub fn collect_garbage(&self) -> Result<()> {
+        let id = format!("stl-gc-{}", unique_token(10));
+        self.ctr_ok(["leases", "create", "--id", &id])?;
+        self.ctr_ok(["leases", "rm", "--sync", &id]).map(drop)
     }
 
     /// [`run`](Self::run) that must succeed; returns stdout.

@@ -19,7 +19,7 @@ use integration::images::busybox;
 use integration::oci::{chain_ids, Content, ImageBuilder, LayerBuilder};
 use integration::process::{run_cmd, CmdOutput};
 use integration::stack::{Stack, StackOptions};
-use integration::starling::{starling_bin, StarlingOptions};
+use integration::starling::{starling_bin, StarlingConfig, StarlingOptions};
 use integration::{prereq, require};
 use serde_json::Value;
 
@@ -74,11 +74,16 @@ fn expect_lazy() -> Option<bool> {
 }
 
 fn stack(name: &str, starling_names: &[&str]) -> Stack {
+    stack_with(name, starling_names, None)
+}
+
+fn stack_with(name: &str, starling_names: &[&str], config: Option<StarlingConfig>) -> Stack {
     Stack::start(
         name,
         StackOptions {
             starling: Some(StarlingOptions {
                 log_level: Some("debug".into()),
+                config,
                 ..Default::default()
             }),
             starling_names: starling_names.iter().map(|s| s.to_string()).collect(),
@@ -515,7 +520,10 @@ fn repull_skips_layers_that_exist() {
         prereq::fuse(),
         prereq::starling_binary()
     );
-    let s = stack("rpl-again", &[]);
+    // No background fetch: it would still be reading the first pull's layers while the
+    // second pull runs, and this test counts the layer reads of the second pull.
+    let cfg = StarlingConfig::new().set("fetch.background_fetch", false);
+    let s = stack_with("rpl-again", &[], Some(cfg));
     let ctr = s.ctr();
     let (_, esgz, expected) = images(&s);
     rpull_ok(ctr, &esgz, "starling");
