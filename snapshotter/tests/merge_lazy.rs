@@ -27,6 +27,7 @@ use fuser::{
 use merge_util::*;
 use snapshotter::merge::{MergeMode, MergeRequest, Strategy};
 use snapshotter::overlay::OverlayFeatures;
+use snapshotter::remote::{HookError, LayerOutcome, LayerRequest, RemoteLayers, RemoteSnapshot};
 use snapshotter::store::{Kind, Labels};
 use snapshotter::{labels, ErrorKind, Options, Snapshots};
 
@@ -282,6 +283,27 @@ struct Setup {
     lazy_dir: PathBuf,
 }
 
+/// The remote-layer hook of these tests: the test mounts the lazy layer itself (no
+/// Prepare is served remotely); the core only needs a hook to hand out mounts on a remote
+/// layer (without one it answers Unavailable, as a daemon with lazy layers off does).
+struct TestMountedLayers;
+
+impl RemoteLayers for TestMountedLayers {
+    fn prepare(&self, _: &LayerRequest<'_>) -> LayerOutcome {
+        LayerOutcome::Declined {
+            reason: "test hook".into(),
+        }
+    }
+
+    fn restore(&self, _: &RemoteSnapshot<'_>) -> Result<(), HookError> {
+        Ok(())
+    }
+
+    fn remove(&self, _: &RemoteSnapshot<'_>) -> Result<(), HookError> {
+        Ok(())
+    }
+}
+
 /// A store with a normal layer `a1` and a lazy layer `x1` (FUSE on its `fs`), both
 /// committed; x1 carries the remote label like a real lazy layer.
 fn setup() -> Setup {
@@ -296,6 +318,7 @@ fn setup() -> Setup {
                 index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
                 userxattr: false,
             },
+            remote: Some(Arc::new(TestMountedLayers)),
             ..Options::default()
         },
     )
