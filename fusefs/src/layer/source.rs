@@ -17,7 +17,7 @@ use super::LayerError;
 
 /// Bytes asked for at the end of a blob when a layer is opened: the footer and, for most
 /// layers, the whole TOC in one request (the start of a larger TOC is a second one).
-const TAIL_FETCH: u64 = 128 << 10;
+const TAIL_FETCH: u64 = 64 << 10;
 
 /// A layer blob's footer and TOC bytes, fetched but not verified (the TOC digest is checked
 /// by [`super::RemoteLayer::open_head`]).
