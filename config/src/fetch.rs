@@ -14,16 +14,26 @@ use crate::error::{Invalid, KeyPath};
 pub struct FetchConfig {
     /// Fetch a layer's prioritized files (the eStargz prefetch landmark) right after mounting.
     pub prefetch: bool,
-    /// How long a mount waits for its prefetch before it is reported ready anyway.
+    /// Whether a mount waits for its prefetch (at most `prefetch_timeout`) before it is
+    /// reported ready. Off: the mount is ready at once, the prefetch runs as one request
+    /// alongside the rest of the pull, and reads of prefetched files wait for it.
+    pub wait_for_prefetch: bool,
+    /// How long a mount waits for its prefetch when `wait_for_prefetch` is on.
     #[serde(with = "crate::units::duration")]
     pub prefetch_timeout: Duration,
     /// Fetch the rest of each mounted layer in the background, so later reads are local.
     pub background_fetch: bool,
     /// Background fetch requests in flight at once, over all layers.
     pub background_concurrency: usize,
-    /// Background fetch pauses this long after each on-demand read, to leave the link to it.
+    /// Silence window of background fetch: it starts only once no layer of the daemon has
+    /// waited on the network (reads, prefetch, mounting a layer) for this long, and pauses
+    /// again as soon as one does; the link is left to what applications wait for.
     #[serde(with = "crate::units::duration")]
     pub background_pause_after_read: Duration,
+    /// Compressed bytes asked for in one background request (smaller: an on-demand read
+    /// arriving meanwhile waits less behind it; larger: fewer requests).
+    #[serde(with = "crate::units::size")]
+    pub background_batch_size: u64,
     /// Timeout of one HTTP request (connect, headers and body). Per-host overrides exist.
     #[serde(with = "crate::units::duration")]
     pub request_timeout: Duration,
@@ -59,10 +69,12 @@ impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
             prefetch: true,
+            wait_for_prefetch: false,
             prefetch_timeout: Duration::from_secs(10),
             background_fetch: true,
             background_concurrency: 2,
             background_pause_after_read: Duration::from_secs(2),
+            background_batch_size: 1 << 20,
             request_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
             max_retries: 5,
@@ -104,6 +116,12 @@ impl FetchConfig {
             return Err(Invalid::new(
                 at.key("background_concurrency"),
                 "must be between 1 and 1024",
+            ));
+        }
+        if self.background_batch_size == 0 || self.background_batch_size > 64 << 20 {
+            return Err(Invalid::new(
+                at.key("background_batch_size"),
+                "must be between 1 byte and 64 MiB",
             ));
         }
         if self.max_retries > 100 {

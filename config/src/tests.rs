@@ -126,6 +126,10 @@ fn cross_field_and_range_checks_name_the_key() {
     assert_eq!(key, "fetch.stream_threshold");
     let (key, _, _) = invalid("[fetch]\nmax_concurrent_requests = 0\n");
     assert_eq!(key, "fetch.max_concurrent_requests");
+    let (key, _, _) = invalid("[fetch]\nbackground_batch_size = 0\n");
+    assert_eq!(key, "fetch.background_batch_size");
+    let (key, _, _) = invalid("[fetch]\nbackground_batch_size = \"1GiB\"\n");
+    assert_eq!(key, "fetch.background_batch_size");
     let (key, _, _) = invalid("metrics_address = \"localhost\"\n");
     assert_eq!(key, "metrics_address");
     let (key, _, _) = invalid("[registry.hosts.\"bad host\"]\n");
@@ -134,6 +138,27 @@ fn cross_field_and_range_checks_name_the_key() {
     assert_eq!(key, "registry.hosts.h.password");
     let (key, _, _) = invalid("[registry.hosts.h]\nheaders = { \"Bad Name\" = \"v\" }\n");
     assert_eq!(key, "registry.hosts.h.headers.\"Bad Name\"");
+}
+
+#[test]
+fn background_and_prefetch_keys_parse_with_defaults() {
+    let d = crate::FetchConfig::default();
+    assert!(
+        !d.wait_for_prefetch,
+        "mounts do not wait for the prefetch by default"
+    );
+    assert_eq!(d.background_batch_size, 1 << 20);
+    assert_eq!(d.background_pause_after_read, Duration::from_secs(2));
+    let c = parse(
+        "[fetch]\nwait_for_prefetch = true\nbackground_batch_size = \"4MiB\"\nbackground_pause_after_read = \"500ms\"\n",
+    )
+    .unwrap();
+    assert!(c.fetch.wait_for_prefetch);
+    assert_eq!(c.fetch.background_batch_size, 4 << 20);
+    assert_eq!(
+        c.fetch.background_pause_after_read,
+        Duration::from_millis(500)
+    );
 }
 
 #[test]

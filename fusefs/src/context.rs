@@ -1,6 +1,6 @@
 //! What every lazy layer of one process shares: the registry client, the chunk cache, the
-//! tokio runtime that runs fetches, the fetch and FUSE settings, and the global bound on
-//! background fetches.
+//! tokio runtime that runs fetches, the fetch and FUSE settings, the global bound on
+//! background fetches and the link activity background fetch waits out.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -81,6 +81,8 @@ pub struct LayerContext {
     pub(crate) settings: LayerSettings,
     /// Bounds background fetch requests over all layers.
     pub(crate) background: Arc<Semaphore>,
+    /// Whether something waits on the link (background fetch waits for quiet).
+    pub(crate) activity: Arc<crate::layer::Activity>,
 }
 
 impl LayerContext {
@@ -112,6 +114,7 @@ impl LayerContext {
             runtime,
             settings,
             background: Arc::new(Semaphore::new(slots)),
+            activity: Arc::default(),
         });
         ctx.runtime
             .spawn(crate::memory::trim_while_fetching(Arc::downgrade(&ctx)));

@@ -1,6 +1,7 @@
 //! The lazy layer API without FUSE, against a real docker-registry: every file reads back
 //! verified and equal to the tar; a layer restores from its state directory without the
-//! registry; prefetch brings the landmark region in one request; background fetch
+//! registry; prefetch brings the landmark region in one request, and reads that come while
+//! it runs wait for it; background fetch
 //! completes the layer; a scan in layer order switches to streaming; the access log keeps
 //! first reads in order; bad input is a typed error.
 
@@ -212,6 +213,64 @@ fn prefetch_brings_the_landmark_region_in_one_request() {
     let other = index.resolve(b"f20").unwrap();
     assert!(layer.read_cached(other, 0, 10).unwrap().is_none());
     assert_eq!(layer.status().state, FetchState::OnDemand);
+}
+
+#[test]
+fn reads_right_after_fetching_starts_wait_for_the_prefetch_request() {
+    require_registry!();
+    let rt = runtime();
+    let reg = RegistryProc::start(RegistryAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    for i in 0..40u64 {
+        t.file(
+            format!("f{i:02}").as_bytes(),
+            &Meta::default(),
+            &pattern(30_000, i),
+        );
+    }
+    let built = lazy::build(
+        &t.finish(),
+        &BuildOptions {
+            prioritized_files: vec![b"f07".to_vec(), b"f31".to_vec(), b"f12".to_vec()],
+            ..Default::default()
+        },
+    );
+    let fetch = config::FetchConfig {
+        prefetch: true,
+        background_fetch: false,
+        stream_threshold: 1.0,
+        ..fetch_config()
+    };
+    let (ctx, metrics) = lazy::context(
+        dir.path(),
+        rt.handle().clone(),
+        reg.dir.path(),
+        lazy::settings(fetch, false, None),
+    );
+    let repo = Repository::new(reg.host(), "lazy/prefetch-reads");
+    let layer = rt.block_on(async {
+        let source = lazy::push(ctx.client(), &repo, &built).await;
+        RemoteLayer::open(&ctx, source, &dir.path().join("state"))
+            .await
+            .unwrap()
+    });
+    let before = metrics.snapshot();
+    // Not waited for: the reads below come while the prefetch is (about to be) in flight.
+    let prefetch = layer.start_fetching();
+    let index = layer.index();
+    for name in ["f12", "f07", "f31"] {
+        let id = index.resolve(name.as_bytes()).unwrap();
+        let data = rt.block_on(layer.read(id, 0, 1 << 20)).unwrap();
+        assert_eq!(data, pattern(30_000, name[1..].parse().unwrap()), "{name}");
+    }
+    assert!(rt.block_on(prefetch.wait(Duration::from_secs(30))));
+    let after = metrics.snapshot();
+    assert_eq!(
+        after.requests - before.requests,
+        1,
+        "the reads waited for the prefetch's single request"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Against a real docker-registry without auth: push (monolithic, chunked, mount), HEAD,
 //! range and multi-range reads (and their single-range fallbacks), streams, manifest
-//! resolution, error naming, and one request for concurrent reads of one chunk.
+//! resolution, error naming, one request for concurrent reads of one chunk, and a blob's
+//! tail with its size in one suffix-range request (HEAD only where suffixes fail).
 
 mod common;
 
@@ -335,4 +336,108 @@ async fn errors_name_host_repository_digest_and_status() {
     let missing: Reference = format!("{}/test/missing:nope", reg.host()).parse().unwrap();
     let err = c.resolve(&missing).await.unwrap_err();
     assert!(err.to_string().contains(":nope"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_tail_is_one_suffix_request_with_fallbacks() {
+    use common::http::{HttpRequest, HttpResponse, HttpServer};
+    require_registry!();
+    let reg = RegistryProc::start(RegistryAuth::None);
+    let (client, metrics) = client(&fetch_config(), &registry_config(reg.dir.path()));
+    let repo = Repository::new(reg.host(), "test/tail");
+    let blob_data = data(7, 300_000);
+    let digest = digest_of(&blob_data);
+    client
+        .push_blob(&repo, &digest, &blob_data, &PushOptions::default())
+        .await
+        .unwrap();
+    // docker-registry honours `Range: bytes=-N`: size and bytes in one request.
+    let before = metrics.snapshot().requests;
+    let (blob, tail) = client
+        .blob_tail(&repo, &digest, None, 1000, Priority::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(metrics.snapshot().requests - before, 1, "one request");
+    assert_eq!(blob.size(), blob_data.len() as u64);
+    assert_eq!(tail, blob_data.slice(blob_data.len() - 1000..));
+    let r = blob.read_range(10..20, Priority::OnDemand).await.unwrap();
+    assert_eq!(r, blob_data.slice(10..20), "the handle reads the blob");
+    // A tail longer than the blob is the whole blob.
+    let (blob, tail) = client
+        .blob_tail(&repo, &digest, None, 1 << 20, Priority::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(
+        (blob.size(), tail),
+        (blob_data.len() as u64, blob_data.clone())
+    );
+    // A known size: one plain range request.
+    let before = metrics.snapshot().requests;
+    let (_, tail) = client
+        .blob_tail(
+            &repo,
+            &digest,
+            Some(blob_data.len() as u64),
+            64,
+            Priority::OnDemand,
+        )
+        .await
+        .unwrap();
+    assert_eq!(metrics.snapshot().requests - before, 1);
+    assert_eq!(tail, blob_data.slice(blob_data.len() - 64..));
+
+    // Registries without suffix ranges: one answers 416, one ignores the range (200 with
+    // the whole blob, whose length is the size). Both still give the right tail.
+    for mode in [416u16, 200] {
+        let (upstream, seen) = (
+            blob_data.clone(),
+            Arc::new(std::sync::Mutex::new(Vec::new())),
+        );
+        let log = seen.clone();
+        let server = HttpServer::start(Arc::new(move |req: &HttpRequest| {
+            let range = req.header("range").map(str::to_string);
+            log.lock().unwrap().push(format!(
+                "{} {}",
+                req.method,
+                range.clone().unwrap_or_default()
+            ));
+            let len = upstream.len();
+            if req.method == "HEAD" {
+                return HttpResponse::new(200).header("Content-Length", &len.to_string());
+            }
+            match range.as_deref().and_then(|r| r.strip_prefix("bytes=")) {
+                Some(r) if r.starts_with('-') => {
+                    if mode == 416 {
+                        HttpResponse::new(416)
+                    } else {
+                        HttpResponse::new(200).body(upstream.to_vec())
+                    }
+                }
+                Some(r) => {
+                    let (a, b) = r.split_once('-').unwrap();
+                    let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+                    HttpResponse::new(206)
+                        .header("Content-Range", &format!("bytes {a}-{b}/{len}"))
+                        .body(upstream[a..=b].to_vec())
+                }
+                None => HttpResponse::new(200).body(upstream.to_vec()),
+            }
+        }));
+        // A loopback host: plain HTTP.
+        let (c, _) = common::client(&fetch_config(), &registry_config(reg.dir.path()));
+        let repo = Repository::new(server.host(), "test/tail");
+        let (blob, tail) = c
+            .blob_tail(&repo, &digest, None, 500, Priority::OnDemand)
+            .await
+            .unwrap();
+        assert_eq!(blob.size(), blob_data.len() as u64, "mode {mode}");
+        assert_eq!(
+            tail,
+            blob_data.slice(blob_data.len() - 500..),
+            "mode {mode}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        let heads = seen.iter().filter(|s| s.starts_with("HEAD")).count();
+        assert_eq!(heads, usize::from(mode == 416), "mode {mode}: {seen:?}");
+    }
 }

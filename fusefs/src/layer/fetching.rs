@@ -1,20 +1,27 @@
 //! Fetching a layer ahead of reads: first the prioritized region (every chunk before the
 //! `.prefetch.landmark`, in one streamed request; skipped with `.no.prefetch.landmark`),
-//! then the rest in blob order at background priority: batches of a few MiB, at most
-//! `fetch.background_concurrency` requests over all layers, pausing while applications
-//! wait on the network and while the layer streams.
+//! then the rest in blob order at background priority: batches of
+//! `fetch.background_batch_size`, at most `fetch.background_concurrency` requests over all
+//! layers, each started only once the link has been quiet for
+//! `fetch.background_pause_after_read` (no read waiting on the network, no prefetch, no
+//! layer being opened or mounted, on any layer; see `quiet`) and while the layer does not
+//! stream.
+//!
+//! The prefetch claims the layer's stream gate when fetching starts, before anything is
+//! spawned: a read of a prefetched chunk that comes right after the mount waits for the
+//! prefetch's request instead of fetching the chunk again.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::chunks::{key_of, request_of, LARGE_CHUNK};
+use super::quiet::Quiet;
+use super::stream::Region;
 use super::{FetchState, RemoteLayer};
 use crate::registry::Priority;
 
-/// Compressed bytes per background request.
-const BATCH_BYTES: u64 = 4 << 20;
 /// Chunks per background request.
 const BATCH_CHUNKS: usize = 128;
 /// Longest pause after failed background fetches.
@@ -34,6 +41,7 @@ impl Prefetch {
 impl RemoteLayer {
     /// Starts prefetch and background fetch as configured (`[fetch] prefetch`,
     /// `background_fetch`) on the context's runtime; returns a handle on the prefetch.
+    /// When it returns, reads of the prefetched region already wait for the prefetch.
     /// Later calls start nothing.
     pub fn start_fetching(self: &Arc<Self>) -> Prefetch {
         let (tx, rx) = watch::channel(false);
@@ -41,26 +49,45 @@ impl RemoteLayer {
             tx.send_replace(true);
             return Prefetch(rx);
         }
+        // A mount is activity: background fetch (of every layer) waits a silence window.
+        self.ctx.activity.touch();
+        let region = self.claim_prefetch();
         let this = self.clone();
         self.ctx
             .runtime
-            .spawn(async move { this.fetch_task(tx).await });
+            .spawn(async move { this.fetch_task(region, tx).await });
         Prefetch(rx)
     }
 
-    async fn fetch_task(self: Arc<Self>, done: watch::Sender<bool>) {
-        let fetch = &self.ctx.settings.fetch;
+    /// Claims the stream gate for the prefetch region, if the layer has one to fetch.
+    fn claim_prefetch(self: &Arc<Self>) -> Option<Region> {
         let index = &self.layer.index;
-        if fetch.prefetch && !index.has_no_prefetch_landmark() {
-            if let Some(landmark) = index.prefetch_landmark() {
+        if !self.ctx.settings.fetch.prefetch || index.has_no_prefetch_landmark() {
+            return None;
+        }
+        let landmark = index.prefetch_landmark()?;
+        match self.claim_region(0, landmark) {
+            Ok(Some(region)) => {
                 self.progress.set_state(FetchState::Prefetching);
-                match self.stream_region(0, landmark, Priority::Prefetch).await {
-                    Ok(n) => {
-                        tracing::debug!(layer = %self.source.digest, chunks = n, "prefetch done")
-                    }
-                    Err(e) => {
-                        tracing::warn!(layer = %self.source.digest, error = %e, "prefetch stopped")
-                    }
+                Some(region)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(layer = %self.source.digest, error = %e, "no prefetch");
+                None
+            }
+        }
+    }
+
+    async fn fetch_task(self: Arc<Self>, region: Option<Region>, done: watch::Sender<bool>) {
+        let fetch = &self.ctx.settings.fetch;
+        if let Some(region) = region {
+            match region.run(Priority::Prefetch).await {
+                Ok(n) => {
+                    tracing::debug!(layer = %self.source.digest, chunks = n, "prefetch done")
+                }
+                Err(e) => {
+                    tracing::warn!(layer = %self.source.digest, error = %e, "prefetch stopped")
                 }
             }
         }
@@ -89,6 +116,10 @@ impl RemoteLayer {
 
     async fn background(self: &Arc<Self>) {
         let fetch = &self.ctx.settings.fetch;
+        let (window, batch_bytes) = (
+            fetch.background_pause_after_read,
+            fetch.background_batch_size.max(1),
+        );
         let index = &self.layer.index;
         let mut closed = self.closed.subscribe();
         let n = index.num_chunks() as u32;
@@ -105,20 +136,15 @@ impl RemoteLayer {
                 }
                 continue;
             }
-            if let Some(since) = self.progress.since_on_demand() {
-                let pause = fetch.background_pause_after_read;
-                if since < pause {
-                    if !self.nap(&mut closed, pause - since).await {
-                        return;
-                    }
-                    continue;
-                }
+            if !self.ctx.activity.wait_quiet(window, &mut closed).await {
+                return;
             }
             // The next batch of chunks that are not local, in blob order.
+            let batch_start = cursor;
             let mut batch = Vec::new();
             let mut bytes = 0u64;
             let mut large = None;
-            while cursor < n && batch.len() < BATCH_CHUNKS && bytes < BATCH_BYTES {
+            while cursor < n && batch.len() < BATCH_CHUNKS && bytes < batch_bytes {
                 let c = index.chunk(cursor).expect("in range");
                 cursor += 1;
                 if self.progress.is_done(c.id) {
@@ -159,6 +185,11 @@ impl RemoteLayer {
                 _ = closed.wait_for(|c| *c) => return,
             };
             let Ok(_permit) = permit else { return };
+            // Waiting for the permit may have taken long: go only if the link is still quiet.
+            if self.ctx.activity.check_at(Instant::now(), window) != Quiet::Yes {
+                cursor = batch_start;
+                continue;
+            }
             let mut ok = true;
             if let Some(c) = large {
                 if let Err(e) = self.fetch_large(&c).await {

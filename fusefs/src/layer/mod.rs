@@ -3,7 +3,8 @@
 //! and fetched on a miss (see [`read`]); prefetch, background fetch and streaming bring the
 //! rest (see [`fetching`] and [`stream`]); [`progress`] tracks what is local.
 //!
-//! Life cycle: [`RemoteLayer::open`] reads the footer and TOC from the registry, verifies
+//! Life cycle: [`RemoteLayer::open`] reads the footer and TOC from the registry
+//! ([`LayerHead::fetch`]; also usable ahead of time with [`RemoteLayer::open_head`]), verifies
 //! the TOC against the expected digest and saves both in the layer's state directory;
 //! [`RemoteLayer::restore`] builds the same layer from that directory without any network
 //! access (fetching starts on the first read). [`RemoteLayer::start_fetching`] runs the
@@ -14,6 +15,7 @@ mod chunks;
 mod error;
 mod fetching;
 mod progress;
+mod quiet;
 mod read;
 mod source;
 mod state;
@@ -24,14 +26,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use estargz::{EntryId, IndexOptions, LayerIndex, OpenOptions, MAX_FOOTER_SIZE};
+use estargz::{EntryId, IndexOptions, LayerIndex, OpenOptions};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use error::{LayerError, ReadError};
 pub use progress::FetchState;
-pub use source::LayerSource;
+pub(crate) use quiet::Activity;
+pub use source::{LayerHead, LayerSource};
 pub use state::has_saved_state;
 
 use crate::context::LayerContext;
@@ -104,7 +107,25 @@ impl RemoteLayer {
         source: LayerSource,
         state_dir: &Path,
     ) -> Result<Arc<Self>, LayerError> {
+        let head = LayerHead::fetch(ctx, &source).await?;
+        Self::open_head(ctx, source, head, state_dir).await
+    }
+
+    /// [`RemoteLayer::open`] with footer and TOC fetched earlier by [`LayerHead::fetch`]
+    /// (e.g. ahead of the layer's Prepare); they are verified here as in `open`.
+    pub async fn open_head(
+        ctx: &Arc<LayerContext>,
+        source: LayerSource,
+        head: LayerHead,
+        state_dir: &Path,
+    ) -> Result<Arc<Self>, LayerError> {
         let digest = source.digest.to_string();
+        if !head.is_of(&source) {
+            return Err(LayerError::Source(format!(
+                "fetched footer and TOC are of {}, not of layer {digest}",
+                head.blob.digest()
+            )));
+        }
         let reg = |e| LayerError::Registry {
             digest: digest.clone(),
             source: e,
@@ -116,31 +137,15 @@ impl RemoteLayer {
                 source: e,
             }
         };
-        let blob = ctx
-            .client
-            .blob(&source.repository, &source.digest, source.size)
-            .await
-            .map_err(reg)?;
+        // Prioritized traffic: background fetch of every layer waits while this runs.
+        let _busy = ctx.activity.begin();
+        let LayerHead {
+            blob,
+            tail,
+            footer,
+            toc: fetched_toc,
+        } = head;
         let size = blob.size();
-        let tail_len = (MAX_FOOTER_SIZE as u64).min(size);
-        let tail = if tail_len == 0 {
-            bytes::Bytes::new()
-        } else {
-            blob.read_range(size - tail_len..size, Priority::OnDemand)
-                .await
-                .map_err(reg)?
-        };
-        let footer = estargz::parse_footer(&tail, size).map_err(|e| format(e.into()))?;
-        let limits = index_options().limits;
-        if footer.toc_compressed_size > limits.max_compressed_size {
-            return Err(format(
-                estargz::TocError::CompressedTooLarge {
-                    size: footer.toc_compressed_size,
-                    limit: limits.max_compressed_size,
-                }
-                .into(),
-            ));
-        }
         let src = LayerSource {
             size: Some(size),
             ..source
@@ -155,10 +160,13 @@ impl RemoteLayer {
         let mut attempt = 0;
         let layer = loop {
             attempt += 1;
-            let toc = blob
-                .read_range(footer.toc_range(), Priority::OnDemand)
-                .await
-                .map_err(reg)?;
+            let toc = if attempt == 1 {
+                fetched_toc.clone()
+            } else {
+                blob.read_range(footer.toc_range(), Priority::OnDemand)
+                    .await
+                    .map_err(reg)?
+            };
             let opts = OpenOptions {
                 index: index_options(),
                 expected_toc_digest: src.toc_digest,

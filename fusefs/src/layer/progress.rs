@@ -1,10 +1,9 @@
 //! How much of a layer is local: a bit per chunk (set once the chunk is in the cache), the
-//! compressed bytes that stands for, the layer's fetch state, when an application last
-//! waited on the network (background fetch pauses after that), and the detector that
-//! decides to switch a layer to streaming.
+//! compressed bytes that stands for, the layer's fetch state, and the detector that decides
+//! to switch a layer to streaming. (When background fetch may run is decided per process,
+//! in `quiet`.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
 
 use estargz::LayerIndex;
 use parking_lot::Mutex;
@@ -68,10 +67,6 @@ pub(crate) struct Progress {
     fetched_bytes: AtomicU64,
     total_bytes: u64,
     state: AtomicU8,
-    start: Instant,
-    /// Milliseconds since `start` of the last read that had to wait for the network (+1;
-    /// 0 = never).
-    last_on_demand: AtomicU64,
     on_demand_bytes: AtomicU64,
     scan: Mutex<ScanDetector>,
     stream_requested: AtomicBool,
@@ -105,8 +100,6 @@ impl Progress {
             fetched_bytes: AtomicU64::new(0),
             total_bytes,
             state: AtomicU8::new(FetchState::OnDemand as u8),
-            start: Instant::now(),
-            last_on_demand: AtomicU64::new(0),
             on_demand_bytes: AtomicU64::new(0),
             scan: Mutex::new(ScanDetector {
                 last_end: 0,
@@ -177,24 +170,6 @@ impl Progress {
 
     pub(crate) fn chunks(&self) -> usize {
         self.chunks
-    }
-
-    /// Notes that a read is waiting for the network.
-    pub(crate) fn touch_on_demand(&self) {
-        let ms = self.start.elapsed().as_millis() as u64 + 1;
-        self.last_on_demand.store(ms, Ordering::Relaxed);
-    }
-
-    /// Time since the last read that waited for the network (`None`: never).
-    pub(crate) fn since_on_demand(&self) -> Option<Duration> {
-        match self.last_on_demand.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(
-                self.start
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(ms - 1)),
-            ),
-        }
     }
 
     /// Records an on-demand fetch of the compressed range `range` (of file `entry`) and says

@@ -141,7 +141,8 @@ impl RemoteLayer {
         if missing.is_empty() {
             return Ok(buf);
         }
-        self.progress.touch_on_demand();
+        // The link is busy for background fetch until this read has its chunks.
+        let _busy = self.ctx.activity.begin();
         let timeout = self.ctx.settings.fetch.read_timeout;
         // Chunks the stream is about to deliver: wait for it, then look again.
         let mut waited = false;

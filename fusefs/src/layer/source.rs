@@ -1,14 +1,128 @@
 //! Where a layer comes from: the repository, the blob digest (and size, if known) and the
-//! TOC digest it must have.
+//! TOC digest it must have; and its head ([`LayerHead`]): the footer and TOC bytes as
+//! fetched, before verification.
 
+use std::ops::Range;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use estargz::Sha256Digest;
+use bytes::{Bytes, BytesMut};
+use estargz::{Footer, Sha256Digest, MAX_FOOTER_SIZE};
 use oci_spec::image::Digest;
 
-use crate::registry::{Reference, RegistryClient, Repository};
+use crate::context::LayerContext;
+use crate::registry::{Blob, Priority, Reference, RegistryClient, RegistryError, Repository};
 
 use super::LayerError;
+
+/// Bytes asked for at the end of a blob when a layer is opened: the footer and, for most
+/// layers, the whole TOC in one request (the start of a larger TOC is a second one).
+const TAIL_FETCH: u64 = 64 << 10;
+
+/// A layer blob's footer and TOC bytes, fetched but not verified (the TOC digest is checked
+/// by [`super::RemoteLayer::open_head`]).
+pub struct LayerHead {
+    pub(crate) blob: Blob,
+    /// The blob's last bytes holding the footer (at most `MAX_FOOTER_SIZE`).
+    pub(crate) tail: Bytes,
+    pub(crate) footer: Footer,
+    /// The compressed TOC.
+    pub(crate) toc: Bytes,
+}
+
+impl std::fmt::Debug for LayerHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerHead")
+            .field("digest", &self.blob.digest().to_string())
+            .field("size", &self.blob.size())
+            .field("toc_bytes", &self.toc.len())
+            .finish()
+    }
+}
+
+impl LayerHead {
+    /// Fetches footer and TOC of `source`'s blob: one suffix-range request for the blob's
+    /// last bytes (which also gives its size when `source.size` is unknown), a second for
+    /// the start of a TOC longer than that.
+    pub async fn fetch(ctx: &Arc<LayerContext>, source: &LayerSource) -> Result<Self, LayerError> {
+        let digest = source.digest.to_string();
+        let reg = |e| LayerError::Registry {
+            digest: digest.clone(),
+            source: e,
+        };
+        let format = |e: estargz::Error| LayerError::Format {
+            digest: digest.clone(),
+            source: e,
+        };
+        // Prioritized traffic: background fetch of every layer waits while this runs.
+        let _busy = ctx.activity.begin();
+        let (blob, fetched) = ctx
+            .client
+            .blob_tail(
+                &source.repository,
+                &source.digest,
+                source.size,
+                TAIL_FETCH,
+                Priority::OnDemand,
+            )
+            .await
+            .map_err(reg)?;
+        let size = blob.size();
+        let tail_start = size - fetched.len() as u64;
+        let tail = fetched.slice(fetched.len() - MAX_FOOTER_SIZE.min(fetched.len())..);
+        let footer = estargz::parse_footer(&tail, size).map_err(|e| format(e.into()))?;
+        let limits = estargz::IndexOptions::default().limits;
+        if footer.toc_compressed_size > limits.max_compressed_size {
+            return Err(format(
+                estargz::TocError::CompressedTooLarge {
+                    size: footer.toc_compressed_size,
+                    limit: limits.max_compressed_size,
+                }
+                .into(),
+            ));
+        }
+        let toc = toc_bytes(&blob, footer.toc_range(), tail_start, &fetched)
+            .await
+            .map_err(reg)?;
+        Ok(LayerHead {
+            blob,
+            tail,
+            footer,
+            toc,
+        })
+    }
+
+    /// True if this is the head of `source`'s blob (same repository and digest).
+    pub fn is_of(&self, source: &LayerSource) -> bool {
+        self.blob.digest() == &source.digest && self.blob.repository() == &source.repository
+    }
+}
+
+/// The bytes `toc` of `blob`: taken from `tail` (the blob's bytes from `tail_start` to its
+/// end) where it covers them, the part before it fetched.
+async fn toc_bytes(
+    blob: &Blob,
+    toc: Range<u64>,
+    tail_start: u64,
+    tail: &Bytes,
+) -> Result<Bytes, RegistryError> {
+    let tail_end = tail_start + tail.len() as u64;
+    let in_tail =
+        |r: Range<u64>| tail.slice((r.start - tail_start) as usize..(r.end - tail_start) as usize);
+    if toc.end > tail_end || toc.start >= toc.end {
+        return blob.read_range(toc, Priority::OnDemand).await;
+    }
+    if toc.start >= tail_start {
+        return Ok(in_tail(toc));
+    }
+    let head = blob
+        .read_range(toc.start..tail_start, Priority::OnDemand)
+        .await?;
+    let mut all = BytesMut::with_capacity((toc.end - toc.start) as usize);
+    all.extend_from_slice(&head);
+    all.extend_from_slice(&in_tail(tail_start..toc.end));
+    Ok(all.freeze())
+}
 
 /// The identity of one lazily mounted layer.
 #[derive(Debug, Clone, PartialEq, Eq)]

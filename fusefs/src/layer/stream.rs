@@ -5,7 +5,9 @@
 //!
 //! The [`StreamGate`] tells reads whether to wait for the stream instead of fetching a
 //! chunk themselves: only when the stream will reach the chunk soon (within about two
-//! seconds at its measured rate), so a read never waits behind a long transfer.
+//! seconds at its measured rate), so a read never waits behind a long transfer. A stream
+//! claims the gate ([`RemoteLayer::claim_region`]) before it is spawned, so a read that
+//! comes right after a mount already waits for the prefetch.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -135,15 +137,42 @@ pub(crate) enum StreamError {
     Closed,
 }
 
+/// A region of the blob whose stream has claimed the layer's [`StreamGate`] (reads of its
+/// chunks wait for it from now on); dropping it releases the gate.
+pub(crate) struct Region {
+    layer: Arc<RemoteLayer>,
+    first: u32,
+    last: u32,
+    start: u64,
+    end: u64,
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        self.layer.stream.finish();
+    }
+}
+
+impl Region {
+    /// Streams the region in one sequential request; returns how many chunks it stored.
+    pub(crate) async fn run(self, priority: Priority) -> Result<u64, StreamError> {
+        // Prioritized traffic: background fetch of every layer waits while it runs.
+        let _busy = self.layer.ctx.activity.begin();
+        self.layer
+            .run_stream(self.first, self.last, self.start, self.end, priority)
+            .await
+    }
+}
+
 impl RemoteLayer {
-    /// Streams every chunk whose compressed offset is in `[from, to)` and is not local yet,
-    /// in one sequential request. Returns how many chunks it stored.
-    pub(crate) async fn stream_region(
+    /// Claims the stream gate for every chunk whose compressed offset is in `[from, to)`
+    /// and is not local yet: from now on reads of those chunks wait for the stream (within
+    /// its look-ahead) instead of fetching them. `Ok(None)`: nothing to fetch.
+    pub(crate) fn claim_region(
         self: &Arc<Self>,
         from: u64,
         to: u64,
-        priority: Priority,
-    ) -> Result<u64, StreamError> {
+    ) -> Result<Option<Region>, StreamError> {
         let index = &self.layer.index;
         let data_end = self.layer.footer.data_end();
         let n = index.num_chunks() as u32;
@@ -168,14 +197,32 @@ impl RemoteLayer {
                 end = end.max(fetch_range(&c).end.min(data_end));
             }
         }
-        let Some(last) = last else { return Ok(0) };
+        let Some(last) = last else { return Ok(None) };
         let start = index.chunk(first).expect("in range").compressed_offset;
         if !self.stream.begin(start, end) {
             return Err(StreamError::Busy);
         }
-        let result = self.run_stream(first, last, start, end, priority).await;
-        self.stream.finish();
-        result
+        Ok(Some(Region {
+            layer: self.clone(),
+            first,
+            last,
+            start,
+            end,
+        }))
+    }
+
+    /// Streams every chunk whose compressed offset is in `[from, to)` and is not local yet,
+    /// in one sequential request. Returns how many chunks it stored.
+    pub(crate) async fn stream_region(
+        self: &Arc<Self>,
+        from: u64,
+        to: u64,
+        priority: Priority,
+    ) -> Result<u64, StreamError> {
+        match self.claim_region(from, to)? {
+            Some(region) => region.run(priority).await,
+            None => Ok(0),
+        }
     }
 
     async fn run_stream(

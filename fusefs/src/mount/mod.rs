@@ -5,8 +5,10 @@
 //!
 //! Life cycle, as the daemon sees it:
 //! - [`MountManager::mount`]: open the layer from the registry (footer + TOC, verified
-//!   against the TOC digest, saved in the layer's state directory), mount it, start the
-//!   prefetch and wait for it at most `fetch.prefetch_timeout`, then background fetch.
+//!   against the TOC digest, saved in the layer's state directory), mount it and start
+//!   fetching: the prefetch runs alongside (reads of prefetched files wait for it; with
+//!   `fetch.wait_for_prefetch` the mount waits for it, at most `fetch.prefetch_timeout`),
+//!   background fetch once the link is quiet.
 //! - [`MountManager::restore`]: after a restart, mount the layer again from its state
 //!   directory without the registry (a stale mount on the mountpoint is detached first).
 //! - [`MountManager::unmount`]: stop fetching, unmount (detaching lazily if busy), remove
@@ -29,7 +31,7 @@ use parking_lot::Mutex;
 
 use crate::context::LayerContext;
 use crate::fuse::{FsOptions, FsStats, LayerFs};
-use crate::layer::{LayerError, LayerSource, RemoteLayer};
+use crate::layer::{LayerError, LayerHead, LayerSource, RemoteLayer};
 use crate::status::StatusFile;
 pub use sys::Unmounted;
 
@@ -311,7 +313,8 @@ impl MountManager {
     }
 
     /// Opens the layer from the registry (saving its state in `state_dir`), mounts it at
-    /// `mountpoint` and prefetches (waiting at most `fetch.prefetch_timeout`). Blocking.
+    /// `mountpoint` and starts the prefetch (waited for, at most `fetch.prefetch_timeout`,
+    /// only with `fetch.wait_for_prefetch`). Blocking.
     pub fn mount(
         &self,
         source: LayerSource,
@@ -330,16 +333,35 @@ impl MountManager {
         state_dir: &Path,
         mountpoint: &Path,
     ) -> Result<Arc<MountedLayer>, MountError> {
+        self.mount_head_async(source, None, state_dir, mountpoint)
+            .await
+    }
+
+    /// [`MountManager::mount_async`] with the layer's footer and TOC fetched earlier
+    /// ([`LayerHead::fetch`]; verified here); `None` fetches them.
+    pub async fn mount_head_async(
+        &self,
+        source: LayerSource,
+        head: Option<LayerHead>,
+        state_dir: &Path,
+        mountpoint: &Path,
+    ) -> Result<Arc<MountedLayer>, MountError> {
         let mp = canonical(mountpoint)?;
         if self.mounts.lock().contains_key(&mp) {
             return Err(MountError::AlreadyMounted(mp));
         }
-        let layer = RemoteLayer::open(&self.ctx, source, state_dir).await?;
+        let layer = match head {
+            Some(h) => RemoteLayer::open_head(&self.ctx, source, h, state_dir).await?,
+            None => RemoteLayer::open(&self.ctx, source, state_dir).await?,
+        };
         let mounted = self.attach(layer, &mp).await?;
         let prefetch = mounted.layer().start_fetching();
-        let timeout = self.ctx.settings.fetch.prefetch_timeout;
-        if !prefetch.wait(timeout).await {
-            tracing::info!(mountpoint = %mp.display(), ?timeout, "prefetch not done in time; the mount is ready anyway");
+        let fetch = &self.ctx.settings.fetch;
+        if fetch.wait_for_prefetch {
+            let timeout = fetch.prefetch_timeout;
+            if !prefetch.wait(timeout).await {
+                tracing::info!(mountpoint = %mp.display(), ?timeout, "prefetch not done in time; the mount is ready anyway");
+            }
         }
         Ok(mounted)
     }

@@ -1,6 +1,8 @@
 //! A blob on a registry: its size, byte ranges (nearby ranges merged, several ranges per
 //! request when the server supports `multipart/byteranges`, one range per request when it
-//! does not), a resumable sequential stream, and a blocking [`estargz::ReadAt`] adapter.
+//! does not), its tail with its size in one suffix-range request
+//! ([`RegistryClient::blob_tail`]), a resumable sequential stream, and a blocking
+//! [`estargz::ReadAt`] adapter.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use super::hosts::{MultiRange, RegistryHost};
 use super::limiter::{Permit, Priority};
 use super::ranges::{self, Span};
 use super::transport::{Answer, Request};
-use super::{ClientInner, RegistryError, Repository, Target};
+use super::{ClientInner, RegistryClient, RegistryError, Repository, Target};
 use crate::metrics::Metrics;
 
 /// Largest merged range (bytes) fetched as one piece.
@@ -555,6 +557,125 @@ impl BlobStream {
                         target: a.target.clone(),
                         reason: format!("{} ignored the Range header (HTTP 200)", a.endpoint),
                     }),
+                    _ => Err(a.status_error().await),
+                }
+            })
+            .await
+    }
+}
+
+/// What a suffix-range request (`Range: bytes=-N`) brought.
+enum Suffix {
+    /// The blob's size and its last bytes.
+    Tail(u64, Bytes),
+    /// The registry ignored the range but said how large the blob is.
+    Size(u64),
+    /// The registry does not serve suffix ranges (or gave no total size).
+    Unsupported,
+}
+
+impl RegistryClient {
+    /// A handle on a blob and its last `tail` bytes (the whole blob if it is smaller).
+    /// With `size: None`, one suffix-range request (`Range: bytes=-N`) brings both the size
+    /// (from `Content-Range`) and the bytes, instead of a HEAD and a range request; a
+    /// registry that does not honour suffix ranges is asked the usual way (HEAD unless its
+    /// answer carried the size, then a plain range).
+    pub async fn blob_tail(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        size: Option<u64>,
+        tail: u64,
+        priority: Priority,
+    ) -> Result<(Blob, Bytes), RegistryError> {
+        let host = self.inner.host(&repo.host)?;
+        let known = match size {
+            Some(s) => Some(s),
+            None => {
+                let probe = Blob::new(
+                    self.inner.clone(),
+                    host.clone(),
+                    repo.clone(),
+                    digest.clone(),
+                    0,
+                );
+                match probe.fetch_suffix(tail.max(1), priority).await? {
+                    Suffix::Tail(size, bytes) => {
+                        let blob = probe.with_size(size);
+                        return Ok((blob, bytes));
+                    }
+                    Suffix::Size(size) => Some(size),
+                    Suffix::Unsupported => {
+                        tracing::debug!(host = %host.name, "registry does not serve suffix ranges; asking for the blob size");
+                        None
+                    }
+                }
+            }
+        };
+        let blob = self.blob(repo, digest, known).await?;
+        let size = blob.size();
+        let from = size - tail.min(size);
+        let bytes = if from == size {
+            Bytes::new()
+        } else {
+            blob.read_range(from..size, priority).await?
+        };
+        Ok((blob, bytes))
+    }
+}
+
+impl Blob {
+    /// The same blob (sharing its redirect cache) with a size learnt later.
+    fn with_size(&self, size: u64) -> Blob {
+        let i = &self.inner;
+        Blob {
+            inner: Arc::new(BlobInner {
+                client: i.client.clone(),
+                host: i.host.clone(),
+                repo: i.repo.clone(),
+                digest: i.digest.clone(),
+                size,
+                redirect: i.redirect.clone(),
+            }),
+        }
+    }
+
+    /// Asks for the last `len` bytes with a suffix range.
+    async fn fetch_suffix(&self, len: u64, priority: Priority) -> Result<Suffix, RegistryError> {
+        let req = self.request(format!("bytes=-{len}"), 1, priority);
+        let i = &self.inner;
+        let deadline = Instant::now() + i.client.fetch.read_timeout;
+        i.client
+            .execute(&i.host, &req, deadline, |mut a: Answer| async move {
+                match a.status().as_u16() {
+                    206 => {
+                        let Some((got, Some(total))) = a
+                            .response
+                            .headers()
+                            .get(CONTENT_RANGE)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(ranges::parse_content_range)
+                        else {
+                            return Ok(Suffix::Unsupported);
+                        };
+                        if got.end != total || got.end - got.start != len.min(total) {
+                            return Err(a.protocol(format!(
+                                "asked for the last {len} bytes, got {}..{} of {total}",
+                                got.start, got.end
+                            )));
+                        }
+                        let body = a.body(got.end - got.start).await?;
+                        if body.len() as u64 != got.end - got.start {
+                            return Err(a.protocol("truncated range response".into()));
+                        }
+                        Ok(Suffix::Tail(total, body))
+                    }
+                    // The whole blob: don't read it; its length is the size.
+                    200 => Ok(a
+                        .response
+                        .content_length()
+                        .map_or(Suffix::Unsupported, Suffix::Size)),
+                    416 => Ok(Suffix::Unsupported),
                     _ => Err(a.status_error().await),
                 }
             })

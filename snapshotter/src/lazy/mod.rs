@@ -8,7 +8,11 @@
 //!   containerd fills). Otherwise the footer and TOC are fetched and verified, saved in the
 //!   layer's state directory `<root>/snapshots/<id>/layer` (next to the `fs` mountpoint, so
 //!   deleting the snapshot directory frees it), the layer is mounted on `fs` and the
-//!   prefetch runs (bounded by `fetch.prefetch_timeout`).
+//!   prefetch starts; the Prepare returns without waiting for it (reads of prefetched
+//!   files wait for its request) unless `fetch.wait_for_prefetch` is set (then bounded by
+//!   `fetch.prefetch_timeout`).
+//!   While a layer is prepared, the footer and TOC of the next layer of the image (from
+//!   the Prepare's layer-list labels) are fetched ahead ([`ahead`]).
 //! - **restore** (daemon start): mounts the layer again from its state directory, without
 //!   the registry; a dead mount of a killed daemon on `fs` is detached first.
 //! - **remove**: stops fetching and unmounts (a busy mount is detached and goes with its
@@ -19,6 +23,7 @@
 //! The chunk cache is shared by all layers and outlives them: a layer removed and pulled
 //! again reads what was cached before without fetching it.
 
+pub mod ahead;
 pub mod identity;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +39,7 @@ use fusefs::mount::{MountError, MountManager};
 use crate::overlay::OverlayFeatures;
 use crate::remote::{HookError, LayerOutcome, LayerRequest, RemoteLayers, RemoteSnapshot};
 use crate::store::Labels;
+use ahead::Ahead;
 use identity::{IdentityError, LayerIdentity};
 
 /// Name of a layer's state directory inside its snapshot directory.
@@ -110,6 +116,8 @@ pub struct LazyLayers {
     counters: HookCounters,
     /// Bound of one Prepare's open + mount + prefetch.
     prepare_timeout: Duration,
+    /// Footers and TOCs of next layers, fetched while the current one is prepared.
+    ahead: Ahead,
 }
 
 impl std::fmt::Debug for LazyLayers {
@@ -145,6 +153,7 @@ impl LazyLayers {
             manager: MountManager::new(ctx),
             counters: HookCounters::default(),
             prepare_timeout: cfg.fetch.read_timeout + cfg.fetch.prefetch_timeout,
+            ahead: Ahead::default(),
         })
     }
 
@@ -175,6 +184,7 @@ impl LazyLayers {
 
     /// Unmounts every layer (daemon shutdown). Blocking.
     pub fn shutdown(&self) {
+        self.ahead.clear();
         let n = self.manager.list().len();
         self.manager.unmount_all();
         if n > 0 {
@@ -190,18 +200,32 @@ impl LazyLayers {
     }
 
     /// Mounts the layer; on failure leaves nothing mounted and no state behind.
-    fn mount(&self, id: &LayerIdentity, mountpoint: &Path) -> Result<(), (Decline, String)> {
+    fn mount(
+        &self,
+        id: &LayerIdentity,
+        labels: &Labels,
+        mountpoint: &Path,
+    ) -> Result<(), (Decline, String)> {
         let source = LayerSource::new(&id.reference, &id.digest, None, Some(&id.toc_digest))
             .map_err(|e| (Decline::Labels, e.to_string()))?;
         let state = state_dir(mountpoint);
         let started = Instant::now();
         let ctx = self.manager.context().clone();
+        let early = self.ahead.take(&source);
+        if let Some(next) = ahead::next_layer(labels, &id.digest) {
+            self.ahead.start(&ctx, &id.reference, next);
+        }
         // The timer is created inside the runtime (the caller may be outside it).
         let result = ctx.runtime().block_on(async {
-            tokio::time::timeout(
-                self.prepare_timeout,
-                self.manager.mount_async(source, &state, mountpoint),
-            )
+            tokio::time::timeout(self.prepare_timeout, async {
+                let head = match early {
+                    Some(f) => ahead::finish(f, &id.digest).await,
+                    None => None,
+                };
+                self.manager
+                    .mount_head_async(source, head, &state, mountpoint)
+                    .await
+            })
             .await
         });
         let failure = match result {
@@ -268,7 +292,7 @@ impl RemoteLayers for LazyLayers {
                 return self.decline(Decline::Labels, &digest, e.to_string());
             }
         };
-        match self.mount(&id, req.mountpoint) {
+        match self.mount(&id, req.labels, req.mountpoint) {
             Ok(()) => {
                 self.counters.mounted.fetch_add(1, Ordering::Relaxed);
                 LayerOutcome::Mounted {
