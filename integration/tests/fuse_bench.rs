@@ -653,6 +653,8 @@ fn fuse_bench_shaped() {
     }
     let took = t.elapsed();
     let link = shaped.link_bytes().rx - before.rx;
+    // Status files are rewritten at most once a second.
+    std::thread::sleep(Duration::from_millis(1500));
     let status = fetched_bytes(&root);
     rep.line(format!(
         "- print(1) opens {} files; their compressed size {:.2} MiB + TOCs {:.2} MiB = {:.2} MiB",
@@ -690,6 +692,8 @@ fn fuse_bench_shaped() {
     assert_eq!(out.stdout.trim(), "1");
     let took = t.elapsed();
     let link = shaped.link_bytes().rx - before.rx;
+    // Status files are rewritten at most once a second.
+    std::thread::sleep(Duration::from_millis(1500));
     let status = fetched_bytes(&root);
     rep.line(format!(
         "- mount + `python3 -c 'print(1)'` (chroot on the FUSE overlay, cold cache): {}; {:.2} MiB over the link (status files: {:.2} MiB of chunks), ratio to compressed size + TOCs {:.2} (goal <= 1.2)",
@@ -777,21 +781,27 @@ fn memory_line(who: &str, when: &str, pid: u32) -> String {
     )
 }
 
-/// The cached `ctr-remote image optimize` variant of pydeb made by `scripts/bench`, if any.
-fn pydeb_optimized_layout() -> Option<PathBuf> {
+/// The cached `ctr-remote image optimize` variant of pydeb made by `scripts/bench`, if any:
+/// its layout and tag.
+fn pydeb_optimized_layout() -> Option<(PathBuf, String)> {
     let root = integration::images::cache_root();
-    std::fs::read_dir(&root)
+    let layout = std::fs::read_dir(&root)
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
+        .find(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("bench-pydeb-") && n.contains("-esgz-opt-"))
                 && p.join("layout/index.json").is_file()
-        })
-        .map(|p| p.join("layout"))
-        .next()
+        })?
+        .join("layout");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).ok()?).ok()?;
+    let tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()?
+        .to_string();
+    Some((layout, tag))
 }
 
 /// `starling rpull --plain-http` into containerd's `starling` snapshotter.
@@ -833,7 +843,7 @@ fn fuse_bench_rss() {
     let mut rep =
         Report::new("fuse_bench_rss: daemon memory, same lazy layers in starling and the peer");
     let esgz = pydeb_ctr_remote(false).unwrap();
-    let mut layouts = vec![esgz.layout.clone()];
+    let mut layouts = vec![(esgz.layout.clone(), "latest".to_string())];
     layouts.extend(pydeb_optimized_layout());
     let peer = integration::peer::peer_binary().ok();
     let mut stack = Stack::start(
@@ -852,7 +862,7 @@ fn fuse_bench_rss() {
     let refs: Vec<String> = layouts
         .iter()
         .enumerate()
-        .map(|(i, l)| push(&stack.registry, l, "latest", &format!("bench/py{i}:latest")).unwrap())
+        .map(|(i, (l, tag))| push(&stack.registry, l, tag, &format!("bench/py{i}:latest")).unwrap())
         .collect();
     let spid = stack.starling.as_mut().unwrap().daemon().pid();
     let ppid = stack.peer.as_mut().map(|p| p.daemon().pid());
