@@ -48,6 +48,14 @@ use open::{Backing, OpenMode, Opens};
 
 /// Most readahead the kernel may ask for (bytes).
 const MAX_READAHEAD: u32 = 1 << 20;
+/// A worker's read buffer larger than this is not kept between reads.
+const MAX_KEPT_READ_BUF: usize = 4 << 20;
+
+thread_local! {
+    /// Each FUSE worker's buffer for reads answered from the cache (reused: see
+    /// [`RemoteLayer::read_cached_into`]).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Kernel-facing options of one mount.
 #[derive(Debug, Clone)]
@@ -369,13 +377,28 @@ impl fuser::Filesystem for LayerFs {
         let Some(id) = id_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        match self.layer.read_cached(id, offset, size) {
-            Ok(Some(data)) => {
-                self.stats.cached_reads.fetch_add(1, Ordering::Relaxed);
-                reply.data(&data)
+        let mut reply = Some(reply);
+        let local = READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let r = self.layer.read_cached_into(id, offset, size, &mut buf);
+            if matches!(r, Ok(true)) {
+                if let Some(reply) = reply.take() {
+                    reply.data(&buf);
+                }
             }
+            if buf.capacity() > MAX_KEPT_READ_BUF {
+                *buf = Vec::new();
+            }
+            r
+        });
+        let Some(reply) = reply else {
+            self.stats.cached_reads.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match local {
+            Ok(true) => {} // answered above (the reply was taken)
             Err(e) => self.reply_read_error(reply, &e),
-            Ok(None) => {
+            Ok(false) => {
                 self.stats.fetched_reads.fetch_add(1, Ordering::Relaxed);
                 let layer = self.layer.clone();
                 let stats = self.stats.clone();
