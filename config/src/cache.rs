@@ -23,8 +23,8 @@ pub struct CacheConfig {
     #[serde(with = "crate::units::size")]
     pub max_size: u64,
     /// Bytes of hot chunks kept in memory in front of the disk cache (LRU). 0 turns it off
-    /// (the default: mounted layers keep file contents in the kernel's page cache, and fully
-    /// cached files are read by FUSE passthrough, so an in-process copy only costs memory).
+    /// (the default: mounted layers keep file contents in the kernel's page cache, so an
+    /// in-process copy only costs memory).
     #[serde(with = "crate::units::size")]
     pub memory_size: u64,
 }

@@ -22,7 +22,9 @@ pub struct FuseConfig {
     #[serde(with = "crate::units::duration")]
     pub negative_timeout: Duration,
     /// Serve reads of fully cached files by FUSE passthrough to the cache file (kernel >= 6.9;
-    /// without kernel support, reads go through the daemon).
+    /// without kernel support, reads go through the daemon). Off by default: passthrough
+    /// needs an OPEN round trip to the daemon for every open, while without it the kernel
+    /// opens files by itself and serves warm reads from its page cache (docs/benchmarks.md).
     pub passthrough: bool,
     /// FUSE request worker threads per mount (at least 1).
     pub threads: usize,
@@ -39,7 +41,7 @@ impl Default for FuseConfig {
             attr_timeout: Duration::from_secs(3600),
             entry_timeout: Duration::from_secs(3600),
             negative_timeout: Duration::from_secs(3600),
-            passthrough: true,
+            passthrough: false,
             threads: 4,
             allow_other: true,
             access_log: false,

@@ -197,6 +197,58 @@ fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
     })
 }
 
+#[test]
+fn a_layer_without_xattrs_stops_the_kernel_asking_for_them() {
+    require_fuse!();
+    let rt = runtime();
+    let reg = RegistryProc::start(RegistryAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let built = files_layer(3);
+    let (ctx, _) = lazy::context(
+        dir.path(),
+        rt.handle().clone(),
+        reg.dir.path(),
+        lazy::settings(lazy::on_demand_only(fetch_config()), false, None),
+    );
+    let source = rt.block_on(lazy::push(
+        ctx.client(),
+        &Repository::new(reg.host(), "fuse/noxattr"),
+        &built,
+    ));
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let manager = MountManager::new(ctx);
+    let m = manager
+        .mount(source, &dir.path().join("state"), &mp)
+        .unwrap();
+    let xattr_calls = || m.stats().xattrs.load(std::sync::atomic::Ordering::Relaxed);
+    for f in ["f0", "f1", "f2", "f0"] {
+        let p = mp.join(f);
+        assert_eq!(xattr_get(&p, "trusted.overlay.metacopy"), None);
+        assert_eq!(xattr_get(&p, "security.capability"), None);
+        assert_eq!(
+            errno_of(xattr_get_errno(&p, "user.x")),
+            Some(libc::EOPNOTSUPP)
+        );
+    }
+    // One GETXATTR reached the daemon; the kernel answered the rest itself.
+    assert_eq!(xattr_calls(), 1);
+    assert_eq!(std::fs::read(mp.join("f1")).unwrap(), pattern(100_000, 1));
+}
+
+fn xattr_get_errno(p: &Path, name: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings; a zero-size query writes nothing.
+    let r = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// A layer of `n` files `f<i>` of 100 KB each.
 fn files_layer(n: u64) -> lazy::BuiltLayer {
     let mut t = TarBuilder::new();

@@ -193,6 +193,94 @@ fn extracted(image: &OciImage, dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// One way of mounting the layers under test: the layer directories (bottom first).
+struct Column {
+    name: &'static str,
+    lowers: Vec<PathBuf>,
+}
+
+/// Per-measure samples of one column.
+#[derive(Default)]
+struct Samples {
+    by_measure: BTreeMap<&'static str, Vec<Duration>>,
+}
+
+impl Samples {
+    fn push(&mut self, measure: &'static str, d: Duration) {
+        self.by_measure.entry(measure).or_default().push(d);
+    }
+}
+
+/// The measures, in report order, with their goal (ratio native/column).
+const LOCAL_MEASURES: [(&str, &str, f64); 6] = [
+    ("walk", "metadata walk, same overlay (warm)", 0.7),
+    (
+        "walk-fresh",
+        "metadata walk, fresh overlay (as a new container)",
+        0.7,
+    ),
+    (
+        "read-cold",
+        "read /usr, chunks local, page cache dropped",
+        0.9,
+    ),
+    ("read", "read /usr, page cache warm, same overlay", 0.9),
+    (
+        "read-fresh",
+        "read /usr, page cache warm, fresh overlay",
+        0.9,
+    ),
+    (
+        "read-fresh-pc",
+        "read /usr, page cache dropped, fresh overlay",
+        0.9,
+    ),
+];
+
+/// Runs every measure once on `col` (a fresh overlay per measure where the name says so).
+fn measure_round(wd: &Workdir, round: usize, col: &Column, cache: &Path, out: &mut Samples) {
+    let fresh = |tag: &str| {
+        OverlayStack::mount(
+            &col.lowers,
+            &wd.join(format!("ov-{}-{tag}-{round}", col.name.replace(' ', "_"))),
+            &[],
+        )
+        .unwrap()
+    };
+    let same = fresh("same");
+    timed(&walk(same.path()));
+    out.push("walk", timed(&walk(same.path())));
+    let ov = fresh("walk");
+    out.push("walk-fresh", timed(&walk(ov.path())));
+    drop(ov);
+    evict(cache);
+    for l in &col.lowers {
+        evict(l);
+    }
+    out.push("read-cold", timed(&read_all(same.path())));
+    out.push("read", timed(&read_all(same.path())));
+    let ov = fresh("read");
+    out.push("read-fresh", timed(&read_all(ov.path())));
+    drop(ov);
+    evict(cache);
+    for l in &col.lowers {
+        evict(l);
+    }
+    let ov = fresh("readpc");
+    out.push("read-fresh-pc", timed(&read_all(ov.path())));
+}
+
+/// Median of each column's ratio native/column, paired by round.
+fn paired(native: &[Duration], other: &[Duration]) -> (f64, f64, f64) {
+    let mut r: Vec<f64> = native
+        .iter()
+        .zip(other)
+        .map(|(n, o)| n.as_secs_f64() / o.as_secs_f64())
+        .collect();
+    r.sort_by(f64::total_cmp);
+    (r[r.len() / 2], r[0], r[r.len() - 1])
+}
+
 #[test]
 #[ignore = "benchmark: run with --ignored"]
 fn fuse_bench_local() {
@@ -206,6 +294,10 @@ fn fuse_bench_local() {
         prereq::containerd_stack(),
         prereq::ctr_remote(),
     );
+    let rounds: usize = std::env::var("STL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUNDS);
     let mut rep = Report::new("fuse_bench_local: pydeb (ctr-remote eStargz), loopback registry");
     let esgz = pydeb_ctr_remote(false).unwrap();
     let original = integration::images::pydeb()
@@ -217,100 +309,124 @@ fn fuse_bench_local() {
     let registry = Registry::start(&wd).unwrap();
     let reference = push(&registry, &esgz.layout, "latest", "bench/py:latest").unwrap();
     let native_dirs = extracted(&original, &wd.join("native"));
-    let native = OverlayStack::mount(&native_dirs, &wd.join("merged-native"), &[]).unwrap();
-    let config = wd.join("starling.toml");
-    MountConfig::default().write(&config).unwrap();
-    let root = wd.join("root");
-    let t = Instant::now();
-    let mounts = mount_all(&root, &config, &reference, &image, &wd.join("mnt")).unwrap();
-    rep.line(format!(
-        "- mount of {} layers: {}",
-        mounts.len(),
-        secs(t.elapsed())
-    ));
-    let dirs: Vec<&Path> = mounts.iter().map(|m| m.mountpoint.as_path()).collect();
-    let fuse = OverlayStack::mount(&dirs, &wd.join("merged-fuse"), &[]).unwrap();
-    let (rss0, _) = rss_sum(&mounts);
-
-    // Metadata walk: first walk of a fresh mount, then warm (median of rounds).
-    let fw1 = timed(&walk(fuse.path()));
-    let nw1 = timed(&walk(native.path()));
-    let mut fw = Vec::new();
-    let mut nw = Vec::new();
-    for _ in 0..ROUNDS {
-        fw.push(timed(&walk(fuse.path())));
-        nw.push(timed(&walk(native.path())));
+    // Two sets of mounts, passthrough on (the default) and off, each with its own root.
+    let mut sets = Vec::new();
+    for (name, passthrough) in [("starling", true), ("starling no-passthrough", false)] {
+        let tag = if passthrough { "pt" } else { "nopt" };
+        let config = wd.join(format!("starling-{tag}.toml"));
+        MountConfig {
+            passthrough,
+            ..Default::default()
+        }
+        .write(&config)
+        .unwrap();
+        let root = wd.join(format!("root-{tag}"));
+        let t = Instant::now();
+        let mounts = mount_all(
+            &root,
+            &config,
+            &reference,
+            &image,
+            &wd.join(format!("mnt-{tag}")),
+        )
+        .unwrap();
+        rep.line(format!(
+            "- {name}: mount of {} layers {}",
+            mounts.len(),
+            secs(t.elapsed())
+        ));
+        sets.push((name, root, mounts));
     }
-    let (fw2, nw2) = (median(fw), median(nw));
-    let (rss_walk, each_walk) = rss_sum(&mounts);
-
-    // Let background fetch finish: "warm" means every chunk is local.
-    let complete = wait_complete(&root, mounts.len(), Duration::from_secs(600));
-    assert!(complete, "background fetch did not complete");
-    let mut fr = Vec::new();
-    let mut nr = Vec::new();
-    for _ in 0..ROUNDS {
-        evict(&root.join("cache"));
-        evict(fuse.path());
-        fr.push(timed(&read_all(fuse.path())));
-        evict(native.path());
-        nr.push(timed(&read_all(native.path())));
+    let (rss0, _) = rss_sum(&sets[0].2);
+    // "Warm" means every chunk is local: let background fetch finish first.
+    for (name, root, mounts) in &sets {
+        let complete = wait_complete(root, mounts.len(), Duration::from_secs(600));
+        assert!(complete, "{name}: background fetch did not complete");
     }
-    let (fr_cold, nr_cold) = (median(fr), median(nr));
-    let mut fr = Vec::new();
-    let mut nr = Vec::new();
-    for _ in 0..ROUNDS {
-        fr.push(timed(&read_all(fuse.path())));
-        nr.push(timed(&read_all(native.path())));
+    let mut cols = vec![Column {
+        name: "native overlayfs",
+        lowers: native_dirs.clone(),
+    }];
+    for (name, _, mounts) in &sets {
+        cols.push(Column {
+            name,
+            lowers: mounts.iter().map(|m| m.mountpoint.clone()).collect(),
+        });
     }
-    let (fr_warm, nr_warm) = (median(fr), median(nr));
-    let (rss_read, each_read) = rss_sum(&mounts);
-
-    let ratio = |native: Duration, fuse: Duration| native.as_secs_f64() / fuse.as_secs_f64();
-    rep.line("");
-    rep.line("| measure | native overlayfs | starling FUSE | ratio native/starling (goal) |");
-    rep.line("|---|---|---|---|");
+    // First walk of each fresh mount (kernel caches empty).
+    for col in &cols {
+        let ov = OverlayStack::mount(
+            &col.lowers,
+            &wd.join(format!("first-{}", col.name.replace(' ', "_"))),
+            &[],
+        )
+        .unwrap();
+        let d = timed(&walk(ov.path()));
+        rep.line(format!("- first walk, {}: {}", col.name, secs(d)));
+    }
+    let mut samples: Vec<Samples> = cols.iter().map(|_| Samples::default()).collect();
+    for round in 0..rounds {
+        // Rotate the order each round so load drift hits every column alike.
+        for k in 0..cols.len() {
+            let i = (k + round) % cols.len();
+            let cache = match i {
+                0 => wd.join("native"),
+                _ => sets[i - 1].1.join("cache"),
+            };
+            measure_round(&wd, round, &cols[i], &cache, &mut samples[i]);
+        }
+    }
+    let (rss_read, each_read) = rss_sum(&sets[0].2);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     rep.line(format!(
-        "| metadata walk, first (fresh mount) | {} | {} | {:.2} (>= 0.7) |",
-        secs(nw1),
-        secs(fw1),
-        ratio(nw1, fw1)
-    ));
-    rep.line(format!(
-        "| metadata walk, warm (median of {ROUNDS}) | {} | {} | {:.2} (>= 0.7) |",
-        secs(nw2),
-        secs(fw2),
-        ratio(nw2, fw2)
-    ));
-    rep.line(format!(
-        "| read /usr, chunks local, page cache dropped | {} | {} | {:.2} (>= 0.9) |",
-        secs(nr_cold),
-        secs(fr_cold),
-        ratio(nr_cold, fr_cold)
-    ));
-    rep.line(format!(
-        "| read /usr, page cache warm | {} | {} | {:.2} (>= 0.9) |",
-        secs(nr_warm),
-        secs(fr_warm),
-        ratio(nr_warm, fr_warm)
+        "- {rounds} rounds; load average at the end: {}",
+        load.trim()
     ));
     rep.line("");
+    let mut head = "| measure (median s) |".to_string();
+    let mut rule = "|---|".to_string();
+    for c in &cols {
+        head.push_str(&format!(" {} |", c.name));
+        rule.push_str("---|");
+    }
+    for c in &cols[1..] {
+        head.push_str(&format!(" native/{} [min-max] |", c.name));
+        rule.push_str("---|");
+    }
+    head.push_str(" goal |");
+    rule.push_str("---|");
+    rep.line(head);
+    rep.line(rule);
+    for (key, label, goal) in LOCAL_MEASURES {
+        let mut row = format!("| {label} |");
+        for s in &samples {
+            row.push_str(&format!(
+                " {:.3} |",
+                median(s.by_measure[key].clone()).as_secs_f64()
+            ));
+        }
+        for s in &samples[1..] {
+            let (m, lo, hi) = paired(&samples[0].by_measure[key], &s.by_measure[key]);
+            row.push_str(&format!(" {m:.2} [{lo:.2}-{hi:.2}] |"));
+        }
+        row.push_str(&format!(" >= {goal} |"));
+        rep.line(row);
+    }
+    rep.line("");
     rep.line(format!(
-        "- `starling mount` RSS (one process per layer): after mount {:.1} MiB, after walk {:.1} MiB ({:?} KiB), after reading everything {:.1} MiB ({:?} KiB)",
+        "- `starling mount` RSS (passthrough set, one process per layer): after mount {:.1} MiB, after the rounds {:.1} MiB ({:?} KiB)",
         rss0 as f64 / 1024.0,
-        rss_walk as f64 / 1024.0,
-        each_walk,
         rss_read as f64 / 1024.0,
         each_read
     ));
-
+    drop(sets);
+    let nw = median(samples[0].by_measure["walk"].clone());
+    let nr = median(samples[0].by_measure["read"].clone());
     // The peer's mount of the same image, where it can be built.
     match integration::peer::peer_binary() {
-        Ok(bin) => peer_local(&mut rep, &bin, &esgz.layout, native.path(), nw2, nr_warm),
+        Ok(bin) => peer_local(&mut rep, &bin, &esgz.layout, &native_dirs, nw, nr),
         Err(why) => rep.line(format!("- stargz peer: skipped ({why})")),
     }
-    drop(fuse);
-    drop(mounts);
     rep.finish();
 }
 
@@ -318,7 +434,7 @@ fn peer_local(
     rep: &mut Report,
     bin: &Path,
     layout: &Path,
-    native: &Path,
+    native: &[PathBuf],
     nw2: Duration,
     nr_warm: Duration,
 ) {
@@ -537,6 +653,8 @@ fn fuse_bench_shaped() {
     }
     let took = t.elapsed();
     let link = shaped.link_bytes().rx - before.rx;
+    // Status files are rewritten at most once a second.
+    std::thread::sleep(Duration::from_millis(1500));
     let status = fetched_bytes(&root);
     rep.line(format!(
         "- print(1) opens {} files; their compressed size {:.2} MiB + TOCs {:.2} MiB = {:.2} MiB",
@@ -557,6 +675,7 @@ fn fuse_bench_shaped() {
     drop(fuse);
     drop(mounts);
     let root = wd.join("root-py");
+    let before = shaped.link_bytes();
     let t = Instant::now();
     let mounts = mount_all(&root, &config, &reference, &image, &wd.join("mnt-py")).unwrap();
     let dirs: Vec<&Path> = mounts.iter().map(|m| m.mountpoint.as_path()).collect();
@@ -571,9 +690,17 @@ fn fuse_bench_shaped() {
     .check()
     .unwrap();
     assert_eq!(out.stdout.trim(), "1");
+    let took = t.elapsed();
+    let link = shaped.link_bytes().rx - before.rx;
+    // Status files are rewritten at most once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = fetched_bytes(&root);
     rep.line(format!(
-        "- mount + `python3 -c 'print(1)'` (chroot on the FUSE overlay, cold cache): {}",
-        secs(t.elapsed())
+        "- mount + `python3 -c 'print(1)'` (chroot on the FUSE overlay, cold cache): {}; {:.2} MiB over the link (status files: {:.2} MiB of chunks), ratio to compressed size + TOCs {:.2} (goal <= 1.2)",
+        secs(took),
+        link as f64 / 1048576.0,
+        status as f64 / 1048576.0,
+        link as f64 / (compressed + tocs) as f64
     ));
     drop(fuse);
     drop(mounts);
@@ -621,5 +748,181 @@ fn fuse_bench_shaped() {
         rss as f64 / 1024.0
     ));
     drop(pulled);
+    rep.finish();
+}
+
+/// Memory of a process: (VmRSS, VmHWM, RssAnon, RssFile) in KiB and its thread count.
+fn proc_memory(pid: u32) -> (u64, u64, u64, u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("VmRSS:"),
+        field("VmHWM:"),
+        field("RssAnon:"),
+        field("RssFile:"),
+        field("Threads:"),
+    )
+}
+
+fn memory_line(who: &str, when: &str, pid: u32) -> String {
+    let (rss, hwm, anon, file, threads) = proc_memory(pid);
+    format!(
+        "| {who} | {when} | {:.1} | {:.1} | {:.1} | {:.1} | {threads} |",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
+    )
+}
+
+/// The cached `ctr-remote image optimize` variant of pydeb made by `scripts/bench`, if any:
+/// its layout and tag.
+fn pydeb_optimized_layout() -> Option<(PathBuf, String)> {
+    let root = integration::images::cache_root();
+    let layout = std::fs::read_dir(&root)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("bench-pydeb-") && n.contains("-esgz-opt-"))
+                && p.join("layout/index.json").is_file()
+        })?
+        .join("layout");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).ok()?).ok()?;
+    let tag = index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+        .as_str()?
+        .to_string();
+    Some((layout, tag))
+}
+
+/// `starling rpull --plain-http` into containerd's `starling` snapshotter.
+fn starling_rpull(ctr: &integration::containerd::Ctr, reference: &str) {
+    let out = run_cmd(
+        Command::new(integration::starling::starling_bin().unwrap())
+            .env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE")
+            .args(["rpull", "--address"])
+            .arg(&ctr.address)
+            .args(["--namespace", &ctr.namespace])
+            .args(["--snapshotter", "starling", "--plain-http", reference]),
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    assert!(out.success(), "starling rpull {reference}: {out:?}");
+}
+
+/// Daemon memory with the same lazy layers mounted in the starling daemon and in the stargz
+/// peer (one containerd, loopback registry): pydeb's ctr-remote eStargz image and, when
+/// `scripts/bench` has cached it, its `ctr-remote image optimize` variant (4 layers), read
+/// after the pulls, after walking every image and after reading every image's /usr.
+#[test]
+#[ignore = "benchmark: run with --ignored"]
+fn fuse_bench_rss() {
+    require!(
+        prereq::root(),
+        prereq::fuse(),
+        prereq::registry(),
+        prereq::starling_binary(),
+        prereq::debian_images(),
+        prereq::binaries(&["skopeo", "tar", "find"]),
+        prereq::containerd_stack(),
+        prereq::ctr_remote(),
+    );
+    use integration::peer::PeerOptions;
+    use integration::stack::{Stack, StackOptions};
+    use integration::starling::{StarlingConfig, StarlingOptions};
+    let mut rep =
+        Report::new("fuse_bench_rss: daemon memory, same lazy layers in starling and the peer");
+    let esgz = pydeb_ctr_remote(false).unwrap();
+    let mut layouts = vec![(esgz.layout.clone(), "latest".to_string())];
+    layouts.extend(pydeb_optimized_layout());
+    let peer = integration::peer::peer_binary().ok();
+    let mut stack = Stack::start(
+        "fbench-rss",
+        StackOptions {
+            starling: Some(StarlingOptions {
+                config: Some(StarlingConfig::new()),
+                ..Default::default()
+            }),
+            peer: peer.clone().map(|b| (b, PeerOptions::default())),
+            peer_name: Some("stargz".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let refs: Vec<String> = layouts
+        .iter()
+        .enumerate()
+        .map(|(i, (l, tag))| push(&stack.registry, l, tag, &format!("bench/py{i}:latest")).unwrap())
+        .collect();
+    let spid = stack.starling.as_mut().unwrap().daemon().pid();
+    let ppid = stack.peer.as_mut().map(|p| p.daemon().pid());
+    let ctr = stack.ctr().clone();
+    let mut rows = vec![
+        "| daemon | after | VmRSS MiB | VmHWM MiB | RssAnon MiB | RssFile MiB | threads |"
+            .to_string(),
+        "|---|---|---|---|---|---|---|".to_string(),
+    ];
+    let mut daemons = vec![("starling", "starling", spid)];
+    if let Some(p) = ppid {
+        daemons.push(("stargz peer", "stargz", p));
+    }
+    for (who, snapshotter, pid) in daemons {
+        for r in &refs {
+            if snapshotter == "starling" {
+                starling_rpull(&ctr, r);
+            } else {
+                ctr.rpull(r, snapshotter).unwrap();
+            }
+        }
+        rows.push(memory_line(
+            who,
+            &format!("lazy pull of {} images", refs.len()),
+            pid,
+        ));
+        let views: Vec<_> = refs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                ctr.mount_image(
+                    r,
+                    snapshotter,
+                    &stack.wd.join(format!("view-{snapshotter}-{i}")),
+                )
+                .unwrap()
+            })
+            .collect();
+        for v in &views {
+            timed(&walk(v.path()));
+        }
+        rows.push(memory_line(who, "walk of every image", pid));
+        for v in &views {
+            timed(&read_all(v.path()));
+        }
+        rows.push(memory_line(who, "reading every image's /usr", pid));
+        std::thread::sleep(Duration::from_secs(5));
+        rows.push(memory_line(who, "5 s later", pid));
+        drop(views);
+        ctr.remove_all_images().unwrap();
+    }
+    if peer.is_none() {
+        rows.push("(stargz peer not built: no peer rows)".into());
+    }
+    for r in rows {
+        rep.line(r);
+    }
+    let lazy = integration::mounts::mounts_under(stack.starling.as_ref().unwrap().root())
+        .map(|m| m.iter().filter(|m| m.fs_type.starts_with("fuse")).count())
+        .unwrap_or(0);
+    rep.line(format!("- starling FUSE mounts at the end: {lazy}"));
     rep.finish();
 }

@@ -15,6 +15,14 @@
 //! default), and FLUSH answers ENOSYS so closes cost nothing either. With passthrough
 //! (`[fuse] passthrough`), opens are answered: a file that is one verified cache entry is
 //! opened with FUSE passthrough to it ([`open`]), others with `FOPEN_KEEP_CACHE`.
+//!
+//! The kernel caches no extended attributes, and overlayfs asks for several on every lookup
+//! through a new overlay mount (`trusted.overlay.metacopy` of every file, `origin`,
+//! `opaque`, `redirect` of directories): one round trip each, for every file a new
+//! container touches. A layer without any xattr and without opaque directories answers
+//! GETXATTR and LISTXATTR with ENOSYS, which makes the kernel stop sending them for the
+//! mount (it answers "not supported", which overlayfs, `getcap` and `tar --xattrs` treat as
+//! "none").
 
 mod attr;
 mod open;
@@ -40,6 +48,14 @@ use open::{Backing, OpenMode, Opens};
 
 /// Most readahead the kernel may ask for (bytes).
 const MAX_READAHEAD: u32 = 1 << 20;
+/// A worker's read buffer larger than this is not kept between reads.
+const MAX_KEPT_READ_BUF: usize = 4 << 20;
+
+thread_local! {
+    /// Each FUSE worker's buffer for reads answered from the cache (reused: see
+    /// [`RemoteLayer::read_cached_into`]).
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Kernel-facing options of one mount.
 #[derive(Debug, Clone)]
@@ -88,12 +104,40 @@ pub struct FsStats {
     pub getattrs: AtomicU64,
     /// Directory listing requests (readdir and readdirplus).
     pub readdirs: AtomicU64,
+    /// Open requests (zero with passthrough off: the kernel opens without asking).
+    pub opens: AtomicU64,
+    /// Release requests.
+    pub releases: AtomicU64,
+    /// Extended attribute requests (getxattr and listxattr).
+    pub xattrs: AtomicU64,
+}
+
+impl FsStats {
+    fn summary(&self) -> String {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "lookups={} getattrs={} readdirs={} opens={} releases={} xattrs={} passthrough_opens={} cached_opens={} cached_reads={} fetched_reads={} failed_reads={}",
+            n(&self.lookups),
+            n(&self.getattrs),
+            n(&self.readdirs),
+            n(&self.opens),
+            n(&self.releases),
+            n(&self.xattrs),
+            n(&self.passthrough_opens),
+            n(&self.cached_opens),
+            n(&self.cached_reads),
+            n(&self.fetched_reads),
+            n(&self.failed_reads),
+        )
+    }
 }
 
 /// The FUSE file system of one layer.
 pub struct LayerFs {
     layer: Arc<RemoteLayer>,
     options: FsOptions,
+    /// Some entry has an xattr or is an opaque directory (else xattr calls answer ENOSYS).
+    has_xattrs: bool,
     passthrough: AtomicBool,
     opens: Opens,
     next_fh: AtomicU64,
@@ -103,7 +147,9 @@ pub struct LayerFs {
 impl LayerFs {
     /// A file system over `layer`.
     pub fn new(layer: Arc<RemoteLayer>, options: FsOptions) -> Self {
+        let has_xattrs = index_has_xattrs(layer.index());
         LayerFs {
+            has_xattrs,
             layer,
             passthrough: AtomicBool::new(false),
             options,
@@ -167,6 +213,16 @@ impl LayerFs {
     }
 }
 
+/// Whether any entry of `index` carries an xattr or is an opaque directory.
+fn index_has_xattrs(index: &estargz::LayerIndex) -> bool {
+    (0..index.len()).any(|id| {
+        u32::try_from(id)
+            .ok()
+            .and_then(|id| index.entry(id))
+            .is_some_and(|e| e.is_opaque() || e.xattrs().len() > 0)
+    })
+}
+
 fn name_bytes(name: &OsStr) -> &[u8] {
     name.as_bytes()
 }
@@ -194,6 +250,14 @@ impl fuser::Filesystem for LayerFs {
             }
         }
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        tracing::info!(
+            layer = %self.layer.source().digest,
+            "FUSE session ended: {}",
+            self.stats.summary()
+        );
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -248,6 +312,7 @@ impl fuser::Filesystem for LayerFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.opens.fetch_add(1, Ordering::Relaxed);
         if !self.passthrough.load(Ordering::Relaxed) {
             // Zero-message opens: the kernel stops sending OPEN/RELEASE for this mount and
             // opens files with FOPEN_KEEP_CACHE itself (write opens fail: the mount is ro).
@@ -312,13 +377,28 @@ impl fuser::Filesystem for LayerFs {
         let Some(id) = id_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        match self.layer.read_cached(id, offset, size) {
-            Ok(Some(data)) => {
-                self.stats.cached_reads.fetch_add(1, Ordering::Relaxed);
-                reply.data(&data)
+        let mut reply = Some(reply);
+        let local = READ_BUF.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            let r = self.layer.read_cached_into(id, offset, size, &mut buf);
+            if matches!(r, Ok(true)) {
+                if let Some(reply) = reply.take() {
+                    reply.data(&buf);
+                }
             }
+            if buf.capacity() > MAX_KEPT_READ_BUF {
+                *buf = Vec::new();
+            }
+            r
+        });
+        let Some(reply) = reply else {
+            self.stats.cached_reads.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match local {
+            Ok(true) => {} // answered above (the reply was taken)
             Err(e) => self.reply_read_error(reply, &e),
-            Ok(None) => {
+            Ok(false) => {
                 self.stats.fetched_reads.fetch_add(1, Ordering::Relaxed);
                 let layer = self.layer.clone();
                 let stats = self.stats.clone();
@@ -359,6 +439,7 @@ impl fuser::Filesystem for LayerFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.releases.fetch_add(1, Ordering::Relaxed);
         if let Some(id) = id_of(ino) {
             let mode = if fh.0 & 1 == 1 {
                 OpenMode::Passthrough
@@ -530,6 +611,11 @@ impl fuser::Filesystem for LayerFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.stats.xattrs.fetch_add(1, Ordering::Relaxed);
+        if !self.has_xattrs {
+            // No entry has one: the kernel stops asking this mount (see the module doc).
+            return reply.error(Errno::ENOSYS);
+        }
         let e = match self.entry(ino) {
             Ok(e) => e,
             Err(err) => return reply.error(err),
@@ -543,6 +629,10 @@ impl fuser::Filesystem for LayerFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stats.xattrs.fetch_add(1, Ordering::Relaxed);
+        if !self.has_xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let e = match self.entry(ino) {
             Ok(e) => e,
             Err(err) => return reply.error(err),

@@ -91,13 +91,31 @@ impl RemoteLayer {
         offset: u64,
         size: u32,
     ) -> Result<Option<Vec<u8>>, ReadError> {
+        let mut buf = Vec::new();
+        Ok(self
+            .read_cached_into(id, offset, size, &mut buf)?
+            .then_some(buf))
+    }
+
+    /// [`RemoteLayer::read_cached`] into a caller's buffer (cleared and resized to the
+    /// read's length), so a FUSE worker can reuse one buffer for every read: a fresh
+    /// multi-100-KiB buffer per read is a new mapping each time (see `memory`). `Ok(false)`
+    /// if some chunk is not local (the buffer's contents are then unspecified).
+    pub fn read_cached_into(
+        &self,
+        id: EntryId,
+        offset: u64,
+        size: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<bool, ReadError> {
         let (len, pieces) = self.plan(id, offset, size)?;
-        let mut buf = vec![0u8; len];
-        if !self.fill_local(pieces, &mut buf)?.is_empty() {
-            return Ok(None);
+        buf.clear();
+        buf.resize(len, 0);
+        if !self.fill_local(pieces, buf)?.is_empty() {
+            return Ok(false);
         }
         self.note_read(id);
-        Ok(Some(buf))
+        Ok(true)
     }
 
     /// Reads `[offset, offset + size)` of file `id` (short at the end of the file),

@@ -150,6 +150,7 @@ pub fn run(args: Args, log_level: Option<&str>) -> anyhow::Result<()> {
     };
     super::init_logging(level);
     let cfg = loaded?;
+    fusefs::memory::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("starling")

@@ -199,6 +199,7 @@ fn mount_and_wait(
     state: &Path,
     ready: &mut Option<File>,
 ) -> anyhow::Result<()> {
+    fusefs::memory::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
