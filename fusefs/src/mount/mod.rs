@@ -15,6 +15,7 @@
 //! The blocking methods must not be called from inside an async task (they block on the
 //! context's runtime); the `*_async` ones are for async callers.
 
+pub mod fdstore;
 pub mod sys;
 
 use std::collections::HashMap;
