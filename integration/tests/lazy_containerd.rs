@@ -832,16 +832,8 @@ fn reads_issued_while_the_daemon_is_down_complete_after_restart() {
     let dir = s.starling.as_ref().unwrap().dir().join("down-t");
     waiting_container(&ctr, &esgz, &dir);
     let mount = data_mount(&s);
-    let conn = libc::minor(std::os::unix::fs::MetadataExt::dev(
-        &std::fs::metadata(&mount).unwrap(),
-    ));
-    let waiting = format!("/sys/fs/fuse/connections/{conn}/waiting");
-    let n_waiting = || {
-        std::fs::read_to_string(&waiting)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let misses = |s: &Stack| metric(&scrape(s), "starling_cache_misses_total", &[]);
+    let misses_before = misses(&s);
 
     // The container's read of the uncached b.bin reaches the daemon, which waits for the
     // frozen registry: the request is read from the connection but not answered.
@@ -850,40 +842,53 @@ fn reads_issued_while_the_daemon_is_down_complete_after_restart() {
     let triggered = Instant::now();
     std::fs::write(dir.join("go"), b"").unwrap();
     integration::poll::wait_for("a read in flight", Duration::from_secs(60), || {
-        n_waiting() > 0
+        misses(&s) > misses_before
     })
     .unwrap();
     s.starling.as_mut().unwrap().kill().unwrap();
     nix::sys::signal::kill(registry_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
 
-    // Reads issued now, with no daemon: from the host straight on the layer mount.
+    // Reads issued now, with no daemon: from the host straight on the layer mount. They
+    // report through channels, so that a read that never completes fails the test instead
+    // of hanging it.
     let b = mount.join("data/b.bin");
-    let host_read = std::thread::spawn(move || {
+    let (read_tx, read_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let t = Instant::now();
         let out = Command::new("md5sum").arg(&b).output().unwrap();
-        (out, t.elapsed())
+        let _ = read_tx.send((out, t.elapsed()));
     });
     let hello = mount.join("data/hello");
-    let host_meta = std::thread::spawn(move || std::fs::read_to_string(hello));
-    // No server: neither can have finished, and the container is still waiting.
+    let (meta_tx, meta_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = meta_tx.send(std::fs::read_to_string(hello));
+    });
+    // No server: nothing can finish, and the container is still waiting.
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!host_read.is_finished(), "a read finished with no daemon");
+    assert!(
+        read_rx.try_recv().is_err(),
+        "a read finished with no daemon"
+    );
     assert!(
         !dir.join("done").exists(),
         "the container finished with no daemon"
     );
-    assert!(n_waiting() > 0, "requests wait on the connection");
 
     let restarted = Instant::now();
     s.starling.as_mut().unwrap().start_again().unwrap();
-    let (out, waited) = host_read.join().unwrap();
+    let (out, waited) = read_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the host read issued while the daemon was down never completed");
     assert!(out.status.success(), "host read after restart: {out:?}");
     eprintln!(
         "host read issued while the daemon was down: waited {:.2}s, done {:.2}s after the restart began",
         waited.as_secs_f64(),
         restarted.elapsed().as_secs_f64()
     );
-    let hello = host_meta.join().unwrap().unwrap();
+    let hello = meta_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the host metadata read never completed")
+        .unwrap();
     assert_eq!(hello, "hello from the data layer\n");
     integration::poll::wait_for("container done", Duration::from_secs(120), || {
         dir.join("done").exists()
