@@ -449,7 +449,7 @@ fn killed_daemon_restores_layers_without_the_registry() {
 
     s.starling.as_mut().unwrap().kill().unwrap();
     s.registry.stop().unwrap();
-    // The dead daemon's mounts are still there (ENOTCONN).
+    // The dead daemon's mounts are still there (their connections held by the fd store).
     assert_eq!(fuse_mounts(&s).len(), 2);
     s.starling.as_mut().unwrap().start_again().unwrap();
     ctr.wait_snapshotter("starling", Duration::from_secs(60))

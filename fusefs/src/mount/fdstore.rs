@@ -5,10 +5,10 @@
 //! - The **holder** ([`serve_holder`], the hidden `starling fdstore` command) is a small
 //!   process in its own session, one per daemon root, listening on a `SOCK_SEQPACKET` unix
 //!   socket (`<root>/fdstore.sock`, mode 0600). It holds a dup of every mount's
-//!   `/dev/fuse` fd with the mount's identity ([`HeldFd`]), drops an fd when told or when
-//!   its connection ends (the fd polls `POLLERR` after an unmount or abort), and exits
-//!   when told to ([`FdStore::shutdown`]) or when it holds nothing and no daemon is
-//!   connected.
+//!   `/dev/fuse` fd with the mount's identity ([`HeldFd`]; only peers of its own uid are
+//!   served), drops an fd when told or when its connection ends (the fd polls `POLLERR`
+//!   after an unmount or abort), and exits when told to ([`FdStore::shutdown`]) or when
+//!   it holds nothing and no daemon is connected.
 //! - The **client** ([`FdStore`], in the daemon) connects to the holder of its root,
 //!   starting one when there is none; at connect it receives every held fd
 //!   ([`FdStore::take_inherited`] hands them to the restore), then sends each new mount's
@@ -408,7 +408,12 @@ impl Holder {
             if let Ok(raw) = socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
                 // SAFETY: accept4 returned a new fd that nothing else owns.
                 let c = unsafe { OwnedFd::from_raw_fd(raw) };
-                if self.clients.len() < MAX_CLIENTS {
+                // Only the holder's own user (root) may hand over or take FUSE connections.
+                let same_user = socket::getsockopt(&c, socket::sockopt::PeerCredentials)
+                    .is_ok_and(|cred| cred.uid() == nix::unistd::geteuid().as_raw());
+                if !same_user {
+                    tracing::warn!("refused a connection from another user");
+                } else if self.clients.len() < MAX_CLIENTS {
                     self.clients.push(c);
                     self.had_client = true;
                 }
@@ -515,7 +520,8 @@ impl std::fmt::Debug for FdStore {
 
 impl FdStore {
     /// Connects to the holder at `socket`, starting one with `spawn` when none answers, and
-    /// takes the fds it holds (see [`FdStore::take_inherited`]).
+    /// takes the fds it holds (see [`FdStore::take_inherited`]). Tried three times: a holder
+    /// that was just exiting (idle) when we connected is replaced.
     pub fn open(socket: &Path, spawn: Option<HolderCommand>) -> Result<Self, FdStoreError> {
         let store = FdStore {
             path: socket.to_path_buf(),
@@ -524,8 +530,24 @@ impl FdStore {
             put: Mutex::new(HashMap::new()),
             inherited: Mutex::new(HashMap::new()),
         };
-        let conn = store.connect_or_spawn()?;
-        let inherited = list(conn.as_fd(), &store.path)?;
+        let mut attempt = 0;
+        let (conn, inherited) = loop {
+            attempt += 1;
+            let tried = store
+                .connect_or_spawn()
+                .and_then(|c| list(c.as_fd(), &store.path).map(|l| (c, l)));
+            match tried {
+                Ok(ok) => break ok,
+                Err(e @ (FdStoreError::PathTooLong(_) | FdStoreError::NoHolder { .. })) => {
+                    return Err(e)
+                }
+                Err(e) if attempt >= 3 => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "fd store holder did not answer; trying again");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
         if !inherited.is_empty() {
             tracing::info!(
                 connections = inherited.len(),
