@@ -14,7 +14,13 @@
 //!   and cached files work, uncached reads fail until the registry is back
 //!   (`killed_daemon_restores_layers_without_the_registry`);
 //! - a wrong or malformed TOC digest falls back to a normal pull with a log line naming
-//!   the layer (`wrong_toc_digest_falls_back_with_a_clear_log_line`).
+//!   the layer (`wrong_toc_digest_falls_back_with_a_clear_log_line`);
+//! - the fd store: a running container keeps reading across SIGKILL + restart
+//!   (`running_container_keeps_reading_after_the_daemon_is_killed_and_restarted`), reads
+//!   in flight at the kill or issued while the daemon is down complete after the restart
+//!   (`reads_issued_while_the_daemon_is_down_complete_after_restart`), and without the
+//!   holder the restart falls back to remounting
+//!   (`killed_holder_and_daemon_fall_back_to_remounting`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -914,6 +920,61 @@ fn reads_issued_while_the_daemon_is_down_complete_after_restart() {
             .lines()
             .any(|l| l.starts_with(&host_md5) && l.ends_with("/data/b.bin")),
         "host md5 {host_md5} of b.bin vs {expected}"
+    );
+    clean_up_and_check(&mut s);
+}
+
+#[test]
+fn killed_holder_and_daemon_fall_back_to_remounting() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let mut s = stack("lz-noholder", config(), &[]);
+    let (esgz, _) = data_images(&s, READ_A);
+    let expected = expected_ab(&s);
+    let ctr = s.ctr().clone();
+    rpull(&ctr, &esgz, "starling");
+    let dir = s.starling.as_ref().unwrap().dir().join("noholder-t");
+    waiting_container(&ctr, &esgz, &dir);
+    let old = holders(&s);
+    assert_eq!(old.len(), 1);
+    let pid = nix::unistd::Pid::from_raw(old[0] as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    integration::poll::wait_for("holder gone", Duration::from_secs(10), || {
+        holders(&s).is_empty()
+    })
+    .unwrap();
+    s.starling.as_mut().unwrap().kill().unwrap();
+    // Nothing holds the connections now: the running container's reads fail rather than
+    // wait, as without an fd store.
+    std::fs::write(dir.join("go"), b"").unwrap();
+    integration::poll::wait_for("container done", Duration::from_secs(120), || {
+        dir.join("done").exists()
+    })
+    .unwrap();
+    let out = std::fs::read_to_string(dir.join("out")).unwrap();
+    assert_ne!(out, expected, "reads succeeded on dead mounts: {out}");
+
+    s.starling.as_mut().unwrap().start_again().unwrap();
+    ctr.wait_snapshotter("starling", Duration::from_secs(60))
+        .unwrap();
+    let log = daemon_log(&s);
+    assert!(
+        log.contains("detaching a stale mount before restoring the layer"),
+        "{log}"
+    );
+    let new = holders(&s);
+    assert!(
+        new.len() == 1 && new != old,
+        "a new holder: {old:?} -> {new:?}"
+    );
+    assert_eq!(
+        ctr.run_ok(&esgz, "starling", &["/bin/sh", "-c", READ_AB])
+            .unwrap(),
+        expected,
+        "new containers work on the layers mounted anew"
     );
     clean_up_and_check(&mut s);
 }
