@@ -21,13 +21,12 @@ pub mod fdstore;
 pub mod sys;
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use std::os::fd::AsFd;
 
 use fuser::{MountOption, Session, SessionACL};
 use parking_lot::Mutex;
@@ -184,6 +183,8 @@ impl MountedLayer {
             .name("starling-fuse".into())
             .spawn(move || session.run())
             .map_err(err)?;
+        // mountinfo did not say (unexpected): ask the served mount itself.
+        let dev = dev.or_else(|| sys::device_of(&mountpoint).ok().flatten());
         tracing::info!(layer = %layer.source().digest, mountpoint = %mountpoint.display(), "layer mounted");
         Ok(Self::started(layer, mountpoint, dev, thread, stats, store))
     }
@@ -551,8 +552,13 @@ impl MountManager {
         let layer = match RemoteLayer::restore(&self.ctx, state_dir).await {
             Ok(l) => l,
             Err(e) => {
-                // Nobody can serve it: let the connection end (reads fail, as without a store).
+                // Nobody can serve it: let the connection end (reads fail, as without a store)
+                // and detach the mount, as a stale one is before a restore.
                 let _ = store.remove(&key);
+                drop(held);
+                if let Err(u) = sys::unmount(&key) {
+                    tracing::warn!(mountpoint = %key.display(), error = %u, "could not detach the mount of an unrestorable layer");
+                }
                 return Err(e.into());
             }
         };
