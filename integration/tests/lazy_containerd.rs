@@ -14,7 +14,13 @@
 //!   and cached files work, uncached reads fail until the registry is back
 //!   (`killed_daemon_restores_layers_without_the_registry`);
 //! - a wrong or malformed TOC digest falls back to a normal pull with a log line naming
-//!   the layer (`wrong_toc_digest_falls_back_with_a_clear_log_line`).
+//!   the layer (`wrong_toc_digest_falls_back_with_a_clear_log_line`);
+//! - the fd store: a running container keeps reading across SIGKILL + restart
+//!   (`running_container_keeps_reading_after_the_daemon_is_killed_and_restarted`), reads
+//!   in flight at the kill or issued while the daemon is down complete after the restart
+//!   (`reads_issued_while_the_daemon_is_down_complete_after_restart`), and without the
+//!   holder the restart falls back to remounting
+//!   (`killed_holder_and_daemon_fall_back_to_remounting`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -449,7 +455,7 @@ fn killed_daemon_restores_layers_without_the_registry() {
 
     s.starling.as_mut().unwrap().kill().unwrap();
     s.registry.stop().unwrap();
-    // The dead daemon's mounts are still there (ENOTCONN).
+    // The dead daemon's mounts are still there (their connections held by the fd store).
     assert_eq!(fuse_mounts(&s).len(), 2);
     s.starling.as_mut().unwrap().start_again().unwrap();
     ctr.wait_snapshotter("starling", Duration::from_secs(60))
@@ -680,4 +686,295 @@ fn stack_merge_over_half_pulled_estargz_layers_fetches_nothing() {
     assert_eq!(b.len(), 6 << 20);
     assert!(fetched(&s) - after > 1e6, "b.bin came from the registry");
     drop(guards);
+}
+
+/// What the waiting containers below print once triggered: a cached file (`a.bin`, read
+/// before the daemon was killed), an uncached one (`b.bin`) and a small one.
+const READ_AB: &str = "md5sum /data/a.bin /data/b.bin; cat /data/hello";
+
+/// A container command that reads `a.bin` (so it is cached), says `ready`, waits for
+/// `/t/go`, then writes [`READ_AB`]'s output to `/t/out` and says `done` (`/t` is a bind
+/// mount of a host directory).
+fn waiting_container(ctr: &integration::containerd::Ctr, image: &str, dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = format!(
+        "md5sum /data/a.bin > /dev/null; echo ready > /t/ready; \
+         while [ ! -e /t/go ]; do sleep 0.05; done; \
+         ({READ_AB}) > /t/out 2>&1; echo done > /t/done"
+    );
+    let bind = format!("type=bind,src={},dst=/t,options=rbind:rw", dir.display());
+    ctr.run_with(
+        image,
+        "starling",
+        &["-d", "--mount", &bind],
+        &["/bin/sh", "-c", &script],
+    )
+    .unwrap()
+    .check()
+    .unwrap();
+    integration::poll::wait_for("container ready", Duration::from_secs(120), || {
+        dir.join("ready").exists()
+    })
+    .unwrap();
+}
+
+/// [`READ_AB`] on overlayfs from the plain image.
+fn expected_ab(s: &Stack) -> String {
+    let ctr = s.ctr();
+    let plain = s.registry.reference("data:plain");
+    ctr.pull(&plain, "overlayfs").unwrap();
+    let out = ctr
+        .run_ok(&plain, "overlayfs", &["/bin/sh", "-c", READ_AB])
+        .unwrap();
+    ctr.remove_images(&[plain.as_str()]).unwrap();
+    out
+}
+
+/// Processes serving the daemon's fd store.
+fn holders(s: &Stack) -> Vec<u32> {
+    let sock = root(s).join("fdstore.sock");
+    integration::process::pids_with_cmdline(&format!("fdstore --socket {}", sock.display()))
+}
+
+/// The FUSE mount holding `data/` (the data layer).
+fn data_mount(s: &Stack) -> PathBuf {
+    fuse_mounts(s)
+        .into_iter()
+        .find(|m| m.join("data/b.bin").exists())
+        .expect("a FUSE mount with data/b.bin")
+}
+
+/// Stops the stack's containers and images and checks nothing is left: no snapshot, mount,
+/// directory, and, after the daemon's clean stop, no fd store holder.
+fn clean_up_and_check(s: &mut Stack) {
+    s.ctr().remove_all_containers().unwrap();
+    remove_all_and_wait_for_gc(s);
+    s.starling.as_mut().unwrap().stop().unwrap();
+    integration::poll::wait_for("fd store holder to exit", Duration::from_secs(30), || {
+        holders(s).is_empty()
+    })
+    .unwrap_or_else(|_| panic!("fd store holder left running: {:?}", holders(s)));
+    assert!(fuse_mounts(s).is_empty(), "{:?}", fuse_mounts(s));
+}
+
+#[test]
+fn running_container_keeps_reading_after_the_daemon_is_killed_and_restarted() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let mut s = stack("lz-keep", config(), &[]);
+    let (esgz, _) = data_images(&s, READ_A);
+    let expected = expected_ab(&s);
+    let ctr = s.ctr().clone();
+    rpull(&ctr, &esgz, "starling");
+    let dir = s.starling.as_ref().unwrap().dir().join("keep-t");
+    waiting_container(&ctr, &esgz, &dir);
+    let before = fuse_mounts(&s);
+    assert_eq!(holders(&s).len(), 1, "one fd store holder per daemon root");
+    let holder = holders(&s);
+
+    s.starling.as_mut().unwrap().kill().unwrap();
+    // The container's layers stay mounted and their connections alive (held).
+    assert_eq!(fuse_mounts(&s), before);
+    assert_eq!(holders(&s), holder, "the holder outlives the daemon");
+    let restarted = Instant::now();
+    s.starling.as_mut().unwrap().start_again().unwrap();
+    ctr.wait_snapshotter("starling", Duration::from_secs(60))
+        .unwrap();
+    let log = daemon_log(&s);
+    assert!(
+        log.contains("layer connection of the previous daemon served again"),
+        "{log}"
+    );
+    assert_eq!(fuse_mounts(&s), before, "same mounts, nothing remounted");
+    assert_eq!(
+        holders(&s),
+        holder,
+        "the restarted daemon uses the same holder"
+    );
+
+    std::fs::write(dir.join("go"), b"").unwrap();
+    integration::poll::wait_for("container done", Duration::from_secs(120), || {
+        dir.join("done").exists()
+    })
+    .unwrap();
+    eprintln!(
+        "container read a cached and an uncached file {:.2}s after the restart began",
+        restarted.elapsed().as_secs_f64()
+    );
+    let out = std::fs::read_to_string(dir.join("out")).unwrap();
+    assert_eq!(
+        out, expected,
+        "the running container's reads after the restart"
+    );
+    // New containers work too.
+    assert_eq!(
+        ctr.run_ok(&esgz, "starling", &["/bin/sh", "-c", READ_AB])
+            .unwrap(),
+        expected
+    );
+    clean_up_and_check(&mut s);
+}
+
+#[test]
+fn reads_issued_while_the_daemon_is_down_complete_after_restart() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    // A read the daemon is serving when it is killed waits for a frozen registry: the read
+    // timeout must not end it first.
+    let cfg = config()
+        .set("fetch.request_timeout", "120s")
+        .set("fetch.read_timeout", "240s");
+    let mut s = stack("lz-down", cfg, &[]);
+    let (esgz, _) = data_images(&s, READ_A);
+    let expected = expected_ab(&s);
+    let ctr = s.ctr().clone();
+    rpull(&ctr, &esgz, "starling");
+    let dir = s.starling.as_ref().unwrap().dir().join("down-t");
+    waiting_container(&ctr, &esgz, &dir);
+    let mount = data_mount(&s);
+    let misses = |s: &Stack| metric(&scrape(s), "starling_cache_misses_total", &[]);
+    let misses_before = misses(&s);
+
+    // The container's read of the uncached b.bin reaches the daemon, which waits for the
+    // frozen registry: the request is read from the connection but not answered.
+    let registry_pid = nix::unistd::Pid::from_raw(s.registry.daemon().pid() as i32);
+    nix::sys::signal::kill(registry_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let triggered = Instant::now();
+    std::fs::write(dir.join("go"), b"").unwrap();
+    integration::poll::wait_for("a read in flight", Duration::from_secs(60), || {
+        misses(&s) > misses_before
+    })
+    .unwrap();
+    s.starling.as_mut().unwrap().kill().unwrap();
+    nix::sys::signal::kill(registry_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    // Reads issued now, with no daemon: from the host straight on the layer mount. They
+    // report through channels, so that a read that never completes fails the test instead
+    // of hanging it.
+    let b = mount.join("data/b.bin");
+    let (read_tx, read_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let out = Command::new("md5sum").arg(&b).output().unwrap();
+        let _ = read_tx.send((out, t.elapsed()));
+    });
+    let hello = mount.join("data/hello");
+    let (meta_tx, meta_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = meta_tx.send(std::fs::read_to_string(hello));
+    });
+    // No server: nothing can finish, and the container is still waiting.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        read_rx.try_recv().is_err(),
+        "a read finished with no daemon"
+    );
+    assert!(
+        !dir.join("done").exists(),
+        "the container finished with no daemon"
+    );
+
+    let restarted = Instant::now();
+    s.starling.as_mut().unwrap().start_again().unwrap();
+    let (out, waited) = read_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the host read issued while the daemon was down never completed");
+    assert!(out.status.success(), "host read after restart: {out:?}");
+    eprintln!(
+        "host read issued while the daemon was down: waited {:.2}s, done {:.2}s after the restart began",
+        waited.as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
+    );
+    let hello = meta_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the host metadata read never completed")
+        .unwrap();
+    assert_eq!(hello, "hello from the data layer\n");
+    integration::poll::wait_for("container done", Duration::from_secs(120), || {
+        dir.join("done").exists()
+    })
+    .unwrap();
+    eprintln!(
+        "container read in flight at the kill: done {:.2}s after its trigger, {:.2}s after the restart began",
+        triggered.elapsed().as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
+    );
+    let got = std::fs::read_to_string(dir.join("out")).unwrap();
+    assert_eq!(
+        got, expected,
+        "the running container's reads across the kill"
+    );
+    let host_md5 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        expected
+            .lines()
+            .any(|l| l.starts_with(&host_md5) && l.ends_with("/data/b.bin")),
+        "host md5 {host_md5} of b.bin vs {expected}"
+    );
+    clean_up_and_check(&mut s);
+}
+
+#[test]
+fn killed_holder_and_daemon_fall_back_to_remounting() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let mut s = stack("lz-noholder", config(), &[]);
+    let (esgz, _) = data_images(&s, READ_A);
+    let expected = expected_ab(&s);
+    let ctr = s.ctr().clone();
+    rpull(&ctr, &esgz, "starling");
+    let dir = s.starling.as_ref().unwrap().dir().join("noholder-t");
+    waiting_container(&ctr, &esgz, &dir);
+    let old = holders(&s);
+    assert_eq!(old.len(), 1);
+    let pid = nix::unistd::Pid::from_raw(old[0] as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    integration::poll::wait_for("holder gone", Duration::from_secs(10), || {
+        holders(&s).is_empty()
+    })
+    .unwrap();
+    s.starling.as_mut().unwrap().kill().unwrap();
+    // Nothing holds the connections now: the running container's reads fail rather than
+    // wait, as without an fd store.
+    std::fs::write(dir.join("go"), b"").unwrap();
+    integration::poll::wait_for("container done", Duration::from_secs(120), || {
+        dir.join("done").exists()
+    })
+    .unwrap();
+    let out = std::fs::read_to_string(dir.join("out")).unwrap();
+    assert_ne!(out, expected, "reads succeeded on dead mounts: {out}");
+
+    s.starling.as_mut().unwrap().start_again().unwrap();
+    ctr.wait_snapshotter("starling", Duration::from_secs(60))
+        .unwrap();
+    let log = daemon_log(&s);
+    assert!(
+        log.contains("detaching a stale mount before restoring the layer"),
+        "{log}"
+    );
+    let new = holders(&s);
+    assert!(
+        new.len() == 1 && new != old,
+        "a new holder: {old:?} -> {new:?}"
+    );
+    assert_eq!(
+        ctr.run_ok(&esgz, "starling", &["/bin/sh", "-c", READ_AB])
+            .unwrap(),
+        expected,
+        "new containers work on the layers mounted anew"
+    );
+    clean_up_and_check(&mut s);
 }

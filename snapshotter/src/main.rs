@@ -38,6 +38,9 @@ enum Command {
     /// Print or check configuration.
     #[command(subcommand)]
     Config(cli::config::Command),
+    /// Hold the daemon's FUSE connections across its restarts (started by the daemon).
+    #[command(hide = true)]
+    Fdstore(cli::fdstore::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Optimize(a) => cli::optimize::run(a),
         Command::Estargz(c) => cli::estargz::run(c),
         Command::Config(c) => cli::config::run(c),
+        Command::Fdstore(a) => cli::fdstore::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,16 +10,20 @@
 //!   `fetch.wait_for_prefetch` the mount waits for it, at most `fetch.prefetch_timeout`),
 //!   background fetch once the link is quiet.
 //! - [`MountManager::restore`]: after a restart, mount the layer again from its state
-//!   directory without the registry (a stale mount on the mountpoint is detached first).
+//!   directory without the registry: with an fd store ([`fdstore`]) that still holds the
+//!   mount's FUSE connection, serve that connection again (running containers' requests
+//!   just waited); otherwise detach the stale mount and mount anew.
 //! - [`MountManager::unmount`]: stop fetching, unmount (detaching lazily if busy), remove
 //!   the status file. [`MountManager::check`]: is the mount still served.
 //!
 //! The blocking methods must not be called from inside an async task (they block on the
 //! context's runtime); the `*_async` ones are for async callers.
 
+pub mod fdstore;
 pub mod sys;
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use crate::context::LayerContext;
 use crate::fuse::{FsOptions, FsStats, LayerFs};
 use crate::layer::{LayerError, LayerHead, LayerSource, RemoteLayer};
 use crate::status::StatusFile;
+use fdstore::{FdStore, HeldFd, HeldMeta};
 pub use sys::Unmounted;
 
 /// How long an unmount waits for the session threads to end.
@@ -82,6 +87,7 @@ pub struct MountedLayer {
     stats: Arc<FsStats>,
     status: Mutex<Option<StatusFile>>,
     unmounted: AtomicBool,
+    store: Option<Arc<FdStore>>,
 }
 
 impl std::fmt::Debug for MountedLayer {
@@ -93,47 +99,153 @@ impl std::fmt::Debug for MountedLayer {
     }
 }
 
+/// True for the filesystem type of a FUSE mount in `/proc/self/mountinfo` (`fuse`, or
+/// `fuse.SUBTYPE` when mounted through fusermount).
+fn is_fuse(fstype: &str) -> bool {
+    fstype == "fuse" || fstype.starts_with("fuse.")
+}
+
+/// The `fuser` settings of a layer mount. With an fd store (`kept`), every worker thread
+/// reads the one fd the store holds (no cloned fds): requests a dying daemon had read then
+/// stay on that connection (a cloned fd's unanswered requests fail when it closes) and are
+/// resent to the next daemon.
+fn session_config(layer: &RemoteLayer, kept: bool) -> fuser::Config {
+    let settings = layer.context().settings();
+    let digest = layer.source().digest_hex();
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(format!("starling:{}", &digest[..digest.len().min(12)])),
+        MountOption::Subtype("starling".into()),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+        MountOption::NoAtime,
+    ];
+    cfg.acl = if settings.fuse.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let threads = settings.fuse.threads.max(1);
+    cfg.n_threads = Some(threads);
+    cfg.clone_fd = threads > 1 && !kept;
+    cfg
+}
+
+fn new_fs(layer: &Arc<RemoteLayer>) -> LayerFs {
+    let settings = layer.context().settings();
+    LayerFs::new(
+        layer.clone(),
+        FsOptions::from_config(&settings.fuse, settings.opaque_xattr),
+    )
+}
+
 impl MountedLayer {
     /// Mounts `layer` at `mountpoint` (an existing directory) with the context's `[fuse]`
     /// settings and starts its status file. Fetching is not started.
     pub fn mount(layer: Arc<RemoteLayer>, mountpoint: &Path) -> Result<Self, MountError> {
+        Self::mount_kept(layer, mountpoint, None)
+    }
+
+    /// [`MountedLayer::mount`], handing a dup of the mount's FUSE connection to `store`
+    /// (so the connection outlives this process; see [`fdstore`]). A store that fails is
+    /// logged: the mount works, it just does not survive a daemon crash.
+    pub fn mount_kept(
+        layer: Arc<RemoteLayer>,
+        mountpoint: &Path,
+        store: Option<Arc<FdStore>>,
+    ) -> Result<Self, MountError> {
         let err = |source| MountError::Mount {
             path: mountpoint.to_path_buf(),
             source,
         };
         let mountpoint = std::fs::canonicalize(mountpoint).map_err(err)?;
-        let settings = layer.context().settings().clone();
-        let fs = LayerFs::new(
-            layer.clone(),
-            FsOptions::from_config(&settings.fuse, settings.opaque_xattr),
-        );
+        let fs = new_fs(&layer);
         let stats = fs.stats();
-        let digest = layer.source().digest_hex();
-        let mut cfg = fuser::Config::default();
-        cfg.mount_options = vec![
-            MountOption::FSName(format!("starling:{}", &digest[..digest.len().min(12)])),
-            MountOption::Subtype("starling".into()),
-            MountOption::RO,
-            MountOption::DefaultPermissions,
-            MountOption::Dev,
-            MountOption::Suid,
-            MountOption::NoAtime,
-        ];
-        cfg.acl = if settings.fuse.allow_other {
-            SessionACL::All
-        } else {
-            SessionACL::Owner
-        };
-        let threads = settings.fuse.threads.max(1);
-        cfg.n_threads = Some(threads);
-        cfg.clone_fd = threads > 1;
+        let cfg = session_config(&layer, store.is_some());
         let session = Session::new(fs, &mountpoint, &cfg).map_err(err)?;
+        // From mountinfo: asks the (not yet running) session nothing.
+        let dev = sys::mount_at(&mountpoint)
+            .ok()
+            .flatten()
+            .filter(|m| is_fuse(&m.fstype))
+            .map(|m| m.dev);
+        if let (Some(store), Some(dev)) = (&store, dev) {
+            let meta = HeldMeta {
+                mountpoint: mountpoint.clone(),
+                dev,
+                layer: layer.source().digest.to_string(),
+            };
+            if let Err(e) = store.put(meta, session.as_fd()) {
+                tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "FUSE connection not handed to the fd store: the mount will not outlive the daemon");
+            }
+        }
         let thread = std::thread::Builder::new()
             .name("starling-fuse".into())
             .spawn(move || session.run())
             .map_err(err)?;
-        let dev = sys::device_of(&mountpoint).ok().flatten();
-        let status = match &settings.status_dir {
+        // mountinfo did not say (unexpected): ask the served mount itself.
+        let dev = dev.or_else(|| sys::device_of(&mountpoint).ok().flatten());
+        tracing::info!(layer = %layer.source().digest, mountpoint = %mountpoint.display(), "layer mounted");
+        Ok(Self::started(layer, mountpoint, dev, thread, stats, store))
+    }
+
+    /// Serves again the FUSE connection `held` of a mount left by a previous daemon (no
+    /// remount: the mountpoint, the inode numbers and the kernel's caches stay). The
+    /// kernel is asked to resend the requests the previous daemon read and never
+    /// answered. The resumed session serves opens without passthrough (the kernel switches
+    /// to opens without a round trip); see `docs/daemon.md` for what that means for files
+    /// held open in passthrough across the restart.
+    pub fn resume(
+        layer: Arc<RemoteLayer>,
+        held: HeldFd,
+        store: Arc<FdStore>,
+    ) -> Result<Self, MountError> {
+        let HeldFd { meta, fd } = held;
+        let mountpoint = meta.mountpoint.clone();
+        let err = |source| MountError::Mount {
+            path: mountpoint.clone(),
+            source,
+        };
+        let fs = new_fs(&layer);
+        let stats = fs.stats();
+        let cfg = session_config(&layer, true);
+        store.adopt(meta.clone(), fd.as_fd());
+        let resend = fd.try_clone().map_err(err)?;
+        let session = Session::from_initialized_fd(fs, fd, cfg.acl, cfg.clone(), None);
+        // Before any worker reads, so that only requests of the dead daemon are requeued.
+        match sys::resend_unanswered(resend.as_fd()) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(mountpoint = %mountpoint.display(), error = %e, "kernel did not resend the requests the previous daemon left unanswered; they wait until the mount goes")
+            }
+        }
+        drop(resend);
+        let thread = std::thread::Builder::new()
+            .name("starling-fuse".into())
+            .spawn(move || session.run())
+            .map_err(err)?;
+        tracing::info!(layer = %layer.source().digest, mountpoint = %mountpoint.display(), "layer connection of the previous daemon served again");
+        Ok(Self::started(
+            layer,
+            mountpoint,
+            Some(meta.dev),
+            thread,
+            stats,
+            Some(store),
+        ))
+    }
+
+    fn started(
+        layer: Arc<RemoteLayer>,
+        mountpoint: PathBuf,
+        dev: Option<u64>,
+        thread: JoinHandle<std::io::Result<()>>,
+        stats: Arc<FsStats>,
+        store: Option<Arc<FdStore>>,
+    ) -> Self {
+        let status = match &layer.context().settings().status_dir {
             Some(dir) => match StatusFile::start(dir, &layer, &mountpoint) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -143,8 +255,7 @@ impl MountedLayer {
             },
             None => None,
         };
-        tracing::info!(layer = %layer.source().digest, mountpoint = %mountpoint.display(), "layer mounted");
-        Ok(MountedLayer {
+        MountedLayer {
             layer,
             mountpoint,
             dev,
@@ -152,7 +263,8 @@ impl MountedLayer {
             stats,
             status: Mutex::new(status),
             unmounted: AtomicBool::new(false),
-        })
+            store,
+        }
     }
 
     /// The layer.
@@ -217,6 +329,11 @@ impl MountedLayer {
         }
         self.layer.close();
         self.status.lock().take();
+        if let Some(store) = &self.store {
+            if let Err(e) = store.remove(&self.mountpoint) {
+                tracing::debug!(mountpoint = %self.mountpoint.display(), error = %e, "fd store drop failed");
+            }
+        }
         let st = &self.stats;
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         tracing::info!(
@@ -289,6 +406,7 @@ impl Drop for MountedLayer {
 pub struct MountManager {
     ctx: Arc<LayerContext>,
     mounts: Mutex<HashMap<PathBuf, Arc<MountedLayer>>>,
+    store: Option<Arc<FdStore>>,
 }
 
 fn canonical(mountpoint: &Path) -> Result<PathBuf, MountError> {
@@ -301,10 +419,22 @@ fn canonical(mountpoint: &Path) -> Result<PathBuf, MountError> {
 impl MountManager {
     /// A manager for layers of `ctx`.
     pub fn new(ctx: Arc<LayerContext>) -> Self {
+        Self::with_fd_store(ctx, None)
+    }
+
+    /// A manager whose mounts hand their FUSE connections to `store`, and whose restores
+    /// serve the connections a previous process left there again.
+    pub fn with_fd_store(ctx: Arc<LayerContext>, store: Option<Arc<FdStore>>) -> Self {
         MountManager {
             ctx,
             mounts: Mutex::new(HashMap::new()),
+            store,
         }
+    }
+
+    /// The fd store, if any.
+    pub fn fd_store(&self) -> Option<&Arc<FdStore>> {
+        self.store.as_ref()
     }
 
     /// The context.
@@ -366,9 +496,11 @@ impl MountManager {
         Ok(mounted)
     }
 
-    /// Mounts the layer saved in `state_dir` at `mountpoint` again, without network access
-    /// (a stale mount on `mountpoint`, e.g. of a crashed daemon, is detached first), and
-    /// starts fetching in the background. Blocking.
+    /// Mounts the layer saved in `state_dir` at `mountpoint` again, without network access,
+    /// and starts fetching in the background. When the fd store holds the FUSE connection
+    /// of the layer mount still on `mountpoint` (a daemon died), that connection is served
+    /// again ([`MountedLayer::resume`]); otherwise a stale mount on `mountpoint` is detached
+    /// and the layer mounted anew. Blocking.
     pub fn restore(
         &self,
         state_dir: &Path,
@@ -389,6 +521,9 @@ impl MountManager {
             path: mountpoint.to_path_buf(),
             source,
         })?;
+        if let Some(mounted) = self.resume_held(state_dir, &abs).await? {
+            return Ok(mounted);
+        }
         if let Ok(Some(kind)) = sys::mounted_type(&abs) {
             if self.mounts.lock().contains_key(&abs) {
                 return Err(MountError::AlreadyMounted(abs));
@@ -406,18 +541,76 @@ impl MountManager {
         Ok(mounted)
     }
 
+    /// Serves the held connection of the mount at `abs` again, if the store has one and the
+    /// mount on `abs` is still that connection's.
+    async fn resume_held(
+        &self,
+        state_dir: &Path,
+        abs: &Path,
+    ) -> Result<Option<Arc<MountedLayer>>, MountError> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        // The key is the canonical mountpoint; canonicalizing the mountpoint itself would ask
+        // the FUSE server (us, not serving yet) for its attributes.
+        let key = match (abs.parent().map(std::fs::canonicalize), abs.file_name()) {
+            (Some(Ok(parent)), Some(name)) => parent.join(name),
+            _ => abs.to_path_buf(),
+        };
+        let Some(held) = store.take_inherited(&key) else {
+            return Ok(None);
+        };
+        match sys::mount_at(&key) {
+            Ok(Some(m)) if is_fuse(&m.fstype) && m.dev == held.meta.dev => {}
+            found => {
+                tracing::info!(mountpoint = %key.display(), ?found, "the held FUSE connection no longer serves this mountpoint; mounting anew");
+                let _ = store.remove(&key);
+                return Ok(None);
+            }
+        }
+        if self.mounts.lock().contains_key(&key) {
+            return Err(MountError::AlreadyMounted(key));
+        }
+        let layer = match RemoteLayer::restore(&self.ctx, state_dir).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Nobody can serve it: let the connection end (reads fail, as without a store)
+                // and detach the mount, as a stale one is before a restore.
+                let _ = store.remove(&key);
+                drop(held);
+                if let Err(u) = sys::unmount(&key) {
+                    tracing::warn!(mountpoint = %key.display(), error = %u, "could not detach the mount of an unrestorable layer");
+                }
+                return Err(e.into());
+            }
+        };
+        let store = store.clone();
+        let mounted = tokio::task::spawn_blocking(move || MountedLayer::resume(layer, held, store))
+            .await
+            .map_err(|e| MountError::Mount {
+                path: key.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let mounted = Arc::new(mounted);
+        self.mounts.lock().insert(key, mounted.clone());
+        let _ = mounted.layer().start_fetching();
+        Ok(Some(mounted))
+    }
+
     async fn attach(
         &self,
         layer: Arc<RemoteLayer>,
         mp: &Path,
     ) -> Result<Arc<MountedLayer>, MountError> {
         let path = mp.to_path_buf();
-        let mounted = tokio::task::spawn_blocking(move || MountedLayer::mount(layer, &path))
-            .await
-            .map_err(|e| MountError::Mount {
-                path: mp.to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let store = self.store.clone();
+        let mounted =
+            tokio::task::spawn_blocking(move || MountedLayer::mount_kept(layer, &path, store))
+                .await
+                .map_err(|e| MountError::Mount {
+                    path: mp.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
         let mounted = Arc::new(mounted);
         let mut mounts = self.mounts.lock();
         if mounts.contains_key(mp) {
@@ -470,5 +663,62 @@ impl MountManager {
 impl Drop for MountManager {
     fn drop(&mut self) {
         self.unmount_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A resumed session answers for inodes the kernel learnt from the previous daemon:
+    //! inode numbers (index id + 1) must be a function of the TOC alone.
+
+    use std::collections::BTreeMap;
+
+    use estargz::index::{IndexOptions, LayerIndex};
+    use estargz::{Footer, Format};
+
+    fn inodes(json: &str) -> BTreeMap<Vec<u8>, u32> {
+        let footer = Footer {
+            format: Format::Estargz,
+            toc_offset: 1 << 30,
+            toc_compressed_size: 100,
+            toc_uncompressed_size: None,
+            blob_size: (1 << 30) + 151,
+        };
+        let ix =
+            LayerIndex::from_toc_json(json.as_bytes(), &footer, &IndexOptions::default()).unwrap();
+        let mut out = BTreeMap::new();
+        let mut todo = vec![estargz::index::ROOT_ID];
+        while let Some(dir) = todo.pop() {
+            for (_, id) in ix.children(dir) {
+                if out.insert(ix.path_of(id), id).is_none() && ix.children(id).next().is_some() {
+                    todo.push(id);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn inode_numbers_depend_on_the_toc_only() {
+        let entries = [
+            r#"{"name":"etc/","type":"dir","mode":493}"#,
+            r#"{"name":"etc/passwd","type":"reg","size":0,"mode":420}"#,
+            r#"{"name":"usr/bin/","type":"dir","mode":493}"#,
+            r#"{"name":"usr/bin/sh","type":"symlink","linkName":"busybox"}"#,
+            r#"{"name":"usr/bin/busybox","type":"reg","size":0,"mode":493}"#,
+            r#"{"name":"usr/bin/ash","type":"hardlink","linkName":"usr/bin/busybox"}"#,
+            r#"{"name":"a/b/c/d","type":"reg","size":0}"#,
+            r#"{"name":"a/.wh.gone","type":"reg","size":0}"#,
+        ];
+        let json = |order: &[usize]| {
+            let e: Vec<&str> = order.iter().map(|&i| entries[i]).collect();
+            format!("{{\"version\":1,\"entries\":[{}]}}", e.join(","))
+        };
+        let first = inodes(&json(&[0, 1, 2, 3, 4, 5, 6, 7]));
+        assert!(first.len() >= 10, "{first:?}");
+        // Built again (new hash seeds): the same numbers, every time.
+        for _ in 0..5 {
+            assert_eq!(inodes(&json(&[0, 1, 2, 3, 4, 5, 6, 7])), first);
+        }
     }
 }

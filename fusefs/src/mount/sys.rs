@@ -1,6 +1,7 @@
 //! The system calls of mounting, in one place: unmounting (lazily when busy), finding out
-//! whether a path is a mount point (`/proc/self/mountinfo`), and aborting a FUSE connection
-//! through `/sys/fs/fuse/connections`.
+//! whether a path is a mount point and of what (`/proc/self/mountinfo`, which never asks a
+//! FUSE server anything), aborting a FUSE connection through `/sys/fs/fuse/connections`,
+//! and asking the kernel to resend the requests of a connection (`FUSE_NOTIFY_RESEND`).
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -55,9 +56,18 @@ fn unescape(field: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
-/// Mount points of this mount namespace with their filesystem types, in mount order.
-pub fn mount_points() -> io::Result<Vec<(PathBuf, String)>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    /// Where it is mounted.
+    pub path: PathBuf,
+    /// The filesystem type (`fuse.starling` for a layer).
+    pub fstype: String,
+    /// The device number (`st_dev` of files on it).
+    pub dev: u64,
+}
+
+fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
     let mut out = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -67,9 +77,35 @@ pub fn mount_points() -> io::Result<Vec<(PathBuf, String)>> {
         if fields.len() < 5 || sep + 1 >= fields.len() {
             continue;
         }
-        out.push((unescape(fields[4]), fields[sep + 1].to_string()));
+        let dev = fields[2]
+            .split_once(':')
+            .and_then(|(ma, mi)| Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?)))
+            .unwrap_or(0);
+        out.push(MountInfo {
+            path: unescape(fields[4]),
+            fstype: fields[sep + 1].to_string(),
+            dev,
+        });
     }
-    Ok(out)
+    out
+}
+
+/// Mounts of this mount namespace, in mount order.
+pub fn mounts() -> io::Result<Vec<MountInfo>> {
+    Ok(parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
+}
+
+/// The topmost mount at `path`, if any (without touching the mount itself).
+pub fn mount_at(path: &Path) -> io::Result<Option<MountInfo>> {
+    let path = std::path::absolute(path)?;
+    Ok(mounts()?.into_iter().rev().find(|m| m.path == path))
+}
+
+/// Mount points of this mount namespace with their filesystem types, in mount order.
+pub fn mount_points() -> io::Result<Vec<(PathBuf, String)>> {
+    Ok(mounts()?.into_iter().map(|m| (m.path, m.fstype)).collect())
 }
 
 /// The filesystem type mounted at `path` (the topmost mount), if any.
@@ -100,6 +136,24 @@ pub fn abort_connection(dev: u64) -> io::Result<()> {
     std::fs::write(p, b"1")
 }
 
+/// `FUSE_NOTIFY_RESEND` (Linux 6.9+): the kernel puts every request that a server read
+/// from the connection but did not answer back into the queue, to be read again.
+const FUSE_NOTIFY_RESEND: i32 = 7;
+
+/// Asks the kernel to resend the requests of the FUSE connection of `fd` that were read
+/// and never answered (by a server that died). EINVAL: the kernel cannot.
+pub fn resend_unanswered(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    // struct fuse_out_header { u32 len; i32 error (the notify code); u64 unique (0) }
+    let mut msg = [0u8; 16];
+    msg[0..4].copy_from_slice(&16u32.to_ne_bytes());
+    msg[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
+    let n = nix::unistd::write(fd, &msg)?;
+    if n != msg.len() {
+        return Err(io::Error::other("short write of FUSE_NOTIFY_RESEND"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +163,21 @@ mod tests {
         assert_eq!(unescape(r"/a\040b\011c"), PathBuf::from("/a b\tc"));
         assert_eq!(unescape(r"/plain"), PathBuf::from("/plain"));
         assert_eq!(unescape(r"/trailing\04"), PathBuf::from(r"/trailing\04"));
+    }
+
+    #[test]
+    fn mountinfo_lines_give_path_type_and_device() {
+        let text = "36 35 0:52 / /r/snapshots/1/fs ro,nosuid - fuse.starling starling:ab rw\n\
+                    bad line\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(
+            m,
+            vec![MountInfo {
+                path: PathBuf::from("/r/snapshots/1/fs"),
+                fstype: "fuse.starling".into(),
+                dev: libc::makedev(0, 52),
+            }]
+        );
     }
 
     #[test]

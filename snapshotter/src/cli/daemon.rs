@@ -2,7 +2,9 @@
 //! until SIGTERM or SIGINT, with lazy eStargz layers ([`crate::lazy`]) and the Prometheus
 //! endpoint ([`crate::metrics`]) when `metrics_address` is set. On SIGTERM/SIGINT every
 //! lazy layer is unmounted (busy ones detached); at start they are mounted again from
-//! their saved state.
+//! their saved state. The lazy layers' FUSE connections are handed to an fd store holder
+//! (`starling fdstore`, started here) so that after a crash the next daemon serves the
+//! same connections again.
 //!
 //! Settings come from the configuration file (`--config`, default
 //! `/etc/starling/config.toml`; the default file may be missing, a named one must exist),
@@ -17,6 +19,8 @@ use config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 
 use tokio::sync::watch;
+
+use fusefs::mount::fdstore::{self, FdStore, HolderCommand};
 
 use crate::lazy::LazyLayers;
 use crate::metrics::http::MetricsServer;
@@ -81,14 +85,39 @@ fn remote_layers(
         tracing::info!("lazy layers are off (snapshotter.lazy = false)");
         return Ok(None);
     }
-    let lazy = LazyLayers::new(
+    let lazy = LazyLayers::with_fd_store(
         cfg,
         features,
         tokio::runtime::Handle::current(),
         Arc::new(fusefs::metrics::Metrics::default()),
+        fd_store(&cfg.root),
     )
     .context("set up lazy layers")?;
     Ok(Some(Arc::new(lazy)))
+}
+
+/// The fd store of `root`: connects to its holder (taking the FUSE connections a killed
+/// daemon left) or starts one (`starling fdstore`, this binary). Without it the daemon runs
+/// as before: its mounts die with it.
+fn fd_store(root: &Path) -> Option<Arc<FdStore>> {
+    let socket = fdstore::socket_path(root);
+    // The binary itself; after an upgrade replaced it, the running image.
+    let program = std::env::current_exe()
+        .ok()
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+    let cmd = HolderCommand {
+        program,
+        args: vec!["fdstore".into(), "--socket".into(), socket.clone().into()],
+        log: Some(root.join("fdstore.log")),
+    };
+    match FdStore::open(&socket, Some(cmd)) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no fd store: lazy layer mounts will not outlive the daemon");
+            None
+        }
+    }
 }
 
 /// Where the daemon writes the metrics endpoint's bound address (useful with port 0).
@@ -219,6 +248,10 @@ async fn serve_with(
                 "remote snapshots restored"
             );
         }
+    }
+    if let Some(lazy) = &lazy {
+        let l = lazy.clone();
+        let _ = tokio::task::spawn_blocking(move || l.restore_finished()).await;
     }
     let metrics = Arc::new(DaemonMetrics::new(lazy));
     start_metrics(cfg, metrics.clone(), stop).await?;

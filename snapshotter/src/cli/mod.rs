@@ -5,6 +5,7 @@ pub mod config;
 pub mod convert;
 pub mod daemon;
 pub mod estargz;
+pub mod fdstore;
 pub mod merge;
 pub mod mount;
 pub mod optimize;

@@ -14,7 +14,9 @@
 //!   While a layer is prepared, the footer and TOC of the next layer of the image (from
 //!   the Prepare's layer-list labels) are fetched ahead ([`ahead`]).
 //! - **restore** (daemon start): mounts the layer again from its state directory, without
-//!   the registry; a dead mount of a killed daemon on `fs` is detached first.
+//!   the registry. With an fd store that still holds the FUSE connection of the mount on
+//!   `fs` (the daemon was killed), that connection is served again: running containers'
+//!   requests waited and now complete. Otherwise a dead mount on `fs` is detached first.
 //! - **remove**: stops fetching and unmounts (a busy mount is detached and goes with its
 //!   last user).
 //! - **check**: the mount is there and served by this process.
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant};
 use fusefs::context::{ContextError, LayerContext, LayerSettings, OpaqueXattr};
 use fusefs::layer::{has_saved_state, LayerError, LayerSource, LayerStatus};
 use fusefs::metrics::Metrics;
+use fusefs::mount::fdstore::FdStore;
 use fusefs::mount::{MountError, MountManager};
 
 use crate::overlay::OverlayFeatures;
@@ -144,13 +147,25 @@ impl LazyLayers {
         runtime: tokio::runtime::Handle,
         metrics: Arc<Metrics>,
     ) -> Result<Self, LazyError> {
+        Self::with_fd_store(cfg, features, runtime, metrics, None)
+    }
+
+    /// [`LazyLayers::new`] whose mounts hand their FUSE connections to `store`, so they
+    /// outlive the daemon and the next one serves them again ([`fusefs::mount::fdstore`]).
+    pub fn with_fd_store(
+        cfg: &config::Config,
+        features: &OverlayFeatures,
+        runtime: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
+        store: Option<Arc<FdStore>>,
+    ) -> Result<Self, LazyError> {
         let mut settings = LayerSettings::from_config(cfg);
         if features.userxattr {
             settings.opaque_xattr = OpaqueXattr::User;
         }
         let ctx = LayerContext::new(cfg, settings, runtime, metrics)?;
         Ok(LazyLayers {
-            manager: MountManager::new(ctx),
+            manager: MountManager::with_fd_store(ctx, store),
             counters: HookCounters::default(),
             prepare_timeout: cfg.fetch.read_timeout + cfg.fetch.prefetch_timeout,
             ahead: Ahead::default(),
@@ -182,13 +197,32 @@ impl LazyLayers {
         v
     }
 
-    /// Unmounts every layer (daemon shutdown). Blocking.
+    /// Unmounts every layer (daemon shutdown) and lets the fd store holder go. Blocking.
     pub fn shutdown(&self) {
         self.ahead.clear();
         let n = self.manager.list().len();
         self.manager.unmount_all();
         if n > 0 {
             tracing::info!(layers = n, "lazy layers unmounted");
+        }
+        if let Some(store) = self.manager.fd_store() {
+            if let Err(e) = store.shutdown() {
+                tracing::warn!(error = %e, "fd store holder did not confirm its shutdown");
+            }
+        }
+    }
+
+    /// After the restore at start: FUSE connections the fd store still holds for mounts no
+    /// snapshot claimed are let go (their mounts end).
+    pub fn restore_finished(&self) {
+        if let Some(store) = self.manager.fd_store() {
+            let n = store.release_unclaimed();
+            if n > 0 {
+                tracing::info!(
+                    connections = n,
+                    "dropped held FUSE connections of gone snapshots"
+                );
+            }
         }
     }
 
