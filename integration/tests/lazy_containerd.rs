@@ -747,6 +747,12 @@ fn data_mount(s: &Stack) -> PathBuf {
 /// Stops the stack's containers and images and checks nothing is left: no snapshot, mount,
 /// directory, and, after the daemon's clean stop, no fd store holder.
 fn clean_up_and_check(s: &mut Stack) {
+    // After a daemon restart containerd's connection to it may still be in its reconnect
+    // backoff: a GC pass then fails ("connection refused") and containerd does not retry
+    // the backend cleanup until the next deletion. Wait until it reaches the daemon.
+    s.ctr()
+        .wait_snapshotter("starling", Duration::from_secs(60))
+        .unwrap();
     s.ctr().remove_all_containers().unwrap();
     remove_all_and_wait_for_gc(s);
     s.starling.as_mut().unwrap().stop().unwrap();
