@@ -5,9 +5,8 @@
 use crate::error::{Error, Result};
 use crate::overlay::layout::remove_tree;
 use crate::overlay::Mount;
-use crate::remote::RemoteSnapshot;
 use crate::store::{Kind, Labels, Lookup, NewRecord, SnapshotRecord, Usage, WriteTx};
-use crate::{labels, Snapshots};
+use crate::Snapshots;
 
 use super::flatten::{flatten, FlattenOptions, FlattenStats, LinkMode};
 use super::plan::{node_key, stack_misfit, strategy};
@@ -296,29 +295,6 @@ impl Snapshots {
     fn check_unchanged(&self, req: &MergeRequest, ids: &[u64]) -> Result<()> {
         self.resolve_unchanged(&self.store.read()?, req, ids)
             .map(|_| ())
-    }
-
-    /// Before reading remote (lazy) layers: each must be available.
-    fn check_remote_layers(&self, layers: &[(String, SnapshotRecord)]) -> Result<()> {
-        let Some(hook) = &self.remote else {
-            return Ok(());
-        };
-        for (name, rec) in layers {
-            if !rec.labels.contains_key(labels::REMOTE) {
-                continue;
-            }
-            let mountpoint = self.layout.fs_dir(rec.id);
-            let snap = RemoteSnapshot {
-                name,
-                id: rec.id,
-                labels: &rec.labels,
-                mountpoint: &mountpoint,
-            };
-            hook.check(&snap).map_err(|e| {
-                Error::Unavailable(format!("remote layer {name:?} is unavailable: {e}"))
-            })?;
-        }
-        Ok(())
     }
 }
 

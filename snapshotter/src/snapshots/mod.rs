@@ -355,14 +355,11 @@ impl Snapshots {
         }
     }
 
-    /// Mounts for `rec` standing on `lowers`, after checking remote lowers are available.
-    pub(crate) fn mounts_for(
-        &self,
-        rec: &SnapshotRecord,
-        lowers: &[(String, SnapshotRecord)],
-    ) -> Result<Vec<Mount>> {
-        for (name, lower) in lowers {
-            if !lower.labels.contains_key(labels::REMOTE) {
+    /// Checks that every remote (lazy) layer among `layers` can be served now: before
+    /// handing out mounts on them or reading them for a merge.
+    pub(crate) fn check_remote_layers(&self, layers: &[(String, SnapshotRecord)]) -> Result<()> {
+        for (name, rec) in layers {
+            if !rec.labels.contains_key(labels::REMOTE) {
                 continue;
             }
             // A remote layer's directory is empty unless the hook mounted it: without a
@@ -373,17 +370,27 @@ impl Snapshots {
                      ([snapshotter] lazy = false): remove the image and pull it again"
                 )));
             };
-            let mountpoint = self.layout.fs_dir(lower.id);
+            let mountpoint = self.layout.fs_dir(rec.id);
             let snap = RemoteSnapshot {
                 name,
-                id: lower.id,
-                labels: &lower.labels,
+                id: rec.id,
+                labels: &rec.labels,
                 mountpoint: &mountpoint,
             };
             hook.check(&snap).map_err(|e| {
                 Error::Unavailable(format!("remote layer {name:?} is unavailable: {e}"))
             })?;
         }
+        Ok(())
+    }
+
+    /// Mounts for `rec` standing on `lowers`, after checking remote lowers are available.
+    pub(crate) fn mounts_for(
+        &self,
+        rec: &SnapshotRecord,
+        lowers: &[(String, SnapshotRecord)],
+    ) -> Result<Vec<Mount>> {
+        self.check_remote_layers(lowers)?;
         let plan = MountPlan {
             kind: rec.kind,
             upper: self.layout.fs_dir(rec.id),
