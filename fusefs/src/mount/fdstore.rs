@@ -7,8 +7,13 @@
 //!   socket (`<root>/fdstore.sock`, mode 0600). It holds a dup of every mount's
 //!   `/dev/fuse` fd with the mount's identity ([`HeldFd`]; only peers of its own uid are
 //!   served), drops an fd when told or when its connection ends (the fd polls `POLLERR`
-//!   after an unmount or abort), and exits when told to ([`FdStore::shutdown`]) or when
-//!   it holds nothing and no daemon is connected.
+//!   after an unmount or abort), and exits when told to ([`FdStore::shutdown`]), when
+//!   it holds nothing and no daemon is connected, or when it has held fds with no daemon
+//!   connected for the restart grace (`[daemon] restart_grace`, [`give_up`]: it aborts the
+//!   connections and detaches their mounts first, so waiting requests fail instead of
+//!   hanging). A daemon that stops cleanly and leaves its mounts to the holder says so
+//!   ([`FdStore::keep`]); `starling fdstore --release` makes it give up at once
+//!   ([`release`]).
 //! - The **client** ([`FdStore`], in the daemon) connects to the holder of its root,
 //!   starting one when there is none; at connect it receives every held fd
 //!   ([`FdStore::take_inherited`] hands them to the restore), then sends each new mount's
@@ -18,6 +23,8 @@
 //! Protocol: one JSON message per packet (at most [`MAX_MESSAGE`] bytes), a request from
 //! the daemon and one reply from the holder; an fd travels as `SCM_RIGHTS` with `put` and
 //! with each `held` reply to `list`.
+
+mod give_up;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -123,6 +130,15 @@ pub enum Request {
     List,
     /// Close everything and exit.
     Shutdown,
+    /// The daemon stops and leaves its mounts here for the next one: keep every fd for at
+    /// most `restart_grace_ms` with no daemon connected (0: forever).
+    Keep {
+        /// The restart grace in milliseconds; 0: forever.
+        restart_grace_ms: u64,
+    },
+    /// Give up every held connection now (abort, detach its mount, close) and exit.
+    /// Refused while another daemon is connected.
+    Release,
     /// Answer with the holder's pid and count.
     Ping,
 }
@@ -281,6 +297,7 @@ struct Holder {
     had_client: bool,
     idle_since: Option<Instant>,
     shutdown: bool,
+    grace: give_up::Grace,
 }
 
 impl Holder {
@@ -335,12 +352,47 @@ impl Holder {
                 self.shutdown = true;
                 Reply::Done { held: 0, pid }
             }
+            Request::Keep { restart_grace_ms } => {
+                let limit =
+                    (restart_grace_ms > 0).then(|| Duration::from_millis(restart_grace_ms));
+                self.grace.set_limit(limit);
+                tracing::info!(
+                    held = self.held.len(),
+                    restart_grace = ?limit,
+                    "the daemon stopped and left its FUSE connections here for the next one"
+                );
+                Reply::Done {
+                    held: self.held.len(),
+                    pid,
+                }
+            }
+            Request::Release if self.clients.len() > 1 => Reply::Error {
+                message: "a daemon is connected; stop it first".into(),
+            },
+            Request::Release => {
+                let n = self.held.len();
+                self.give_up("released");
+                self.shutdown = true;
+                Reply::Done { held: n, pid }
+            }
             Request::Ping => Reply::Done {
                 held: self.held.len(),
                 pid,
             },
         };
         send_msg(client, &reply, None)
+    }
+
+    /// Aborts the held connections, detaches their mounts and closes the fds.
+    fn give_up(&mut self, why: &str) {
+        let detached = give_up::abort_and_detach(self.held.values().map(|(m, _)| m));
+        tracing::warn!(
+            connections = self.held.len(),
+            detached = detached.len(),
+            why,
+            "giving up the held FUSE connections: waiting requests fail, their mounts are detached"
+        );
+        self.held.clear();
     }
 
     /// One round: wait for an event (at most 1 s), handle it. False when done.
@@ -422,6 +474,19 @@ impl Holder {
         if self.shutdown {
             return false;
         }
+        if self
+            .grace
+            .expired(Instant::now(), !self.held.is_empty(), self.clients.len())
+        {
+            let why = format!(
+                "no daemon for the restart grace ({:?})",
+                self.grace.limit().unwrap_or_default()
+            );
+            self.give_up(&why);
+            return false;
+        }
+        // Exits idle only when holding nothing: held fds wait for a daemon (bounded by the
+        // restart grace above).
         if !(self.held.is_empty() && self.clients.is_empty()) {
             self.idle_since = None;
             return true;
@@ -456,9 +521,10 @@ fn bind_holder(path: &Path) -> Result<Option<OwnedFd>, FdStoreError> {
 }
 
 /// Runs a holder on `socket` until it is told to shut down, or has held nothing and had no
-/// daemon connected for 2 s (after a first one came, or [`STARTUP_GRACE`] passed).
-/// Blocking.
-pub fn serve_holder(socket: &Path) -> Result<(), FdStoreError> {
+/// daemon connected for 2 s (after a first one came, or [`STARTUP_GRACE`] passed), or has
+/// held fds with no daemon connected for `restart_grace` (`None`: forever; a daemon's
+/// [`FdStore::keep`] sets its own). Blocking.
+pub fn serve_holder(socket: &Path, restart_grace: Option<Duration>) -> Result<(), FdStoreError> {
     let Some(listener) = bind_holder(socket)? else {
         tracing::info!(socket = %socket.display(), "another fd store holder serves this socket");
         return Ok(());
@@ -473,6 +539,7 @@ pub fn serve_holder(socket: &Path) -> Result<(), FdStoreError> {
         had_client: false,
         idle_since: None,
         shutdown: false,
+        grace: give_up::Grace::new(restart_grace),
     };
     let started = Instant::now();
     while holder.step(&listener, started) {}
@@ -688,6 +755,34 @@ impl FdStore {
         }
     }
 
+    /// True if the holder was given (or this process adopted) the fd of `mountpoint`.
+    pub fn holds(&self, mountpoint: &Path) -> bool {
+        self.put.lock().contains_key(mountpoint)
+    }
+
+    /// Tells the holder that this daemon stops and leaves it every fd for the next one
+    /// (clean stop without unmounting); it keeps them at most `restart_grace` with no
+    /// daemon connected (`None`: forever). A lost holder is replaced and given every fd
+    /// first. Returns how many fds it holds.
+    pub fn keep(&self, restart_grace: Option<Duration>) -> Result<usize, FdStoreError> {
+        let req = Request::Keep {
+            restart_grace_ms: restart_grace.map_or(0, |d| d.as_millis().max(1) as u64),
+        };
+        let reply = match self.request(&req, None) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "fd store holder lost; starting a new one");
+                self.reconnect()?;
+                self.request(&req, None)?
+            }
+        };
+        match reply {
+            Reply::Done { held, .. } => Ok(held),
+            Reply::Error { message } => Err(FdStoreError::Refused(message)),
+            r => Err(FdStoreError::Protocol(format!("unexpected reply {r:?}"))),
+        }
+    }
+
     /// Tells the holder to close everything and exit (clean daemon stop, after every layer
     /// was unmounted).
     pub fn shutdown(&self) -> Result<(), FdStoreError> {
@@ -696,6 +791,18 @@ impl FdStore {
         let r = self.request(&Request::Shutdown, None);
         *self.conn.lock() = None;
         expect_done(r?)
+    }
+}
+
+/// Makes the holder at `socket` give up every connection it holds (abort, detach the
+/// mounts, close) and exit, as after its restart grace; refused while a daemon is
+/// connected. Returns how many it held. For a full stop after a stop that handed over.
+pub fn release(socket: &Path) -> Result<usize, FdStoreError> {
+    let conn = connect(socket)?;
+    match exchange(conn.as_fd(), &Request::Release, None, socket)? {
+        Reply::Done { held, .. } => Ok(held),
+        Reply::Error { message } => Err(FdStoreError::Refused(message)),
+        r => Err(FdStoreError::Protocol(format!("unexpected reply {r:?}"))),
     }
 }
 
