@@ -261,7 +261,10 @@ fn load_reads_files_and_names_them() {
 #[test]
 fn daemon_stop_keys_parse_with_defaults_and_bounds() {
     let d = DaemonConfig::default();
-    assert!(!d.unmount_on_stop, "a stop hands the mounts over by default");
+    assert!(
+        !d.unmount_on_stop,
+        "a stop hands the mounts over by default"
+    );
     assert_eq!(d.restart_grace, Duration::from_secs(600));
     assert_eq!(d.restart_grace(), Some(Duration::from_secs(600)));
     let c = parse("[daemon]\nunmount_on_stop = true\nrestart_grace = \"2s\"\n").unwrap();

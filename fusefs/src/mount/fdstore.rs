@@ -353,8 +353,7 @@ impl Holder {
                 Reply::Done { held: 0, pid }
             }
             Request::Keep { restart_grace_ms } => {
-                let limit =
-                    (restart_grace_ms > 0).then(|| Duration::from_millis(restart_grace_ms));
+                let limit = (restart_grace_ms > 0).then(|| Duration::from_millis(restart_grace_ms));
                 self.grace.set_limit(limit);
                 tracing::info!(
                     held = self.held.len(),

@@ -15,6 +15,10 @@
 //!   just waited); otherwise detach the stale mount and mount anew.
 //! - [`MountManager::unmount`]: stop fetching, unmount (detaching lazily if busy), remove
 //!   the status file. [`MountManager::check`]: is the mount still served.
+//! - [`MountManager::hand_over`] (a daemon's clean stop that keeps running containers'
+//!   layers): every mount whose FUSE connection the fd store holds is left mounted and
+//!   never unmounted by this process (not on drop either); the process then exits without
+//!   answering further requests, which wait in the kernel for the next daemon.
 //!
 //! The blocking methods must not be called from inside an async task (they block on the
 //! context's runtime); the `*_async` ones are for async callers.
@@ -87,6 +91,8 @@ pub struct MountedLayer {
     stats: Arc<FsStats>,
     status: Mutex<Option<StatusFile>>,
     unmounted: AtomicBool,
+    /// Left to the fd store for the next daemon: never unmounted by this process.
+    kept: AtomicBool,
     store: Option<Arc<FdStore>>,
 }
 
@@ -263,6 +269,7 @@ impl MountedLayer {
             stats,
             status: Mutex::new(status),
             unmounted: AtomicBool::new(false),
+            kept: AtomicBool::new(false),
             store,
         }
     }
@@ -324,7 +331,7 @@ impl MountedLayer {
     /// Stops fetching and unmounts; a busy mount is detached and goes away with its last
     /// user. Idempotent.
     pub fn unmount(&self) -> Result<Unmounted, MountError> {
-        if self.unmounted.swap(true, Ordering::SeqCst) {
+        if self.kept.load(Ordering::SeqCst) || self.unmounted.swap(true, Ordering::SeqCst) {
             return Ok(Unmounted::NotMounted);
         }
         self.layer.close();
@@ -647,6 +654,31 @@ impl MountManager {
             .ok_or_else(|| MountError::NotMounted(mountpoint.to_path_buf()))?;
         self.mounts.lock().remove(m.mountpoint());
         m.unmount()
+    }
+
+    /// Leaves every mount whose FUSE connection the fd store holds to it, for the next
+    /// process (a daemon's clean stop that keeps running containers' layers): this manager
+    /// forgets them, and neither it nor their drop unmounts them; their sessions go on
+    /// until the process exits. Mounts the store does not hold (their hand-over failed) are
+    /// unmounted. Returns (kept, unmounted). The caller tells the holder
+    /// ([`FdStore::keep`]) and exits without answering more requests.
+    pub fn hand_over(&self) -> (usize, usize) {
+        let all: Vec<_> = self.mounts.lock().drain().map(|(_, m)| m).collect();
+        let (mut kept, mut unmounted) = (0, 0);
+        for m in all {
+            let held = self.store.as_ref().is_some_and(|s| s.holds(m.mountpoint()));
+            if held {
+                m.kept.store(true, Ordering::SeqCst);
+                kept += 1;
+                continue;
+            }
+            tracing::warn!(mountpoint = %m.mountpoint().display(), "the fd store does not hold this layer's connection; unmounting it");
+            match m.unmount() {
+                Ok(_) => unmounted += 1,
+                Err(e) => tracing::warn!(error = %e, "unmount failed"),
+            }
+        }
+        (kept, unmounted)
     }
 
     /// Unmounts everything.
