@@ -331,8 +331,18 @@ impl MountedLayer {
     /// Stops fetching and unmounts; a busy mount is detached and goes away with its last
     /// user. Idempotent.
     pub fn unmount(&self) -> Result<Unmounted, MountError> {
-        if self.kept.load(Ordering::SeqCst) || self.unmounted.swap(true, Ordering::SeqCst) {
+        let Some(outcome) = self.begin_unmount()? else {
             return Ok(Unmounted::NotMounted);
+        };
+        self.finish_unmount(outcome, Instant::now() + SESSION_JOIN_TIMEOUT);
+        Ok(outcome)
+    }
+
+    /// [`MountedLayer::unmount`] without waiting for the session to end; `None` if there
+    /// was nothing to do (unmounted before, or handed over: never touched again).
+    fn begin_unmount(&self) -> Result<Option<Unmounted>, MountError> {
+        if self.kept.load(Ordering::SeqCst) || self.unmounted.swap(true, Ordering::SeqCst) {
+            return Ok(None);
         }
         self.layer.close();
         self.status.lock().take();
@@ -375,20 +385,30 @@ impl MountedLayer {
         };
         if outcome == Unmounted::Detached {
             tracing::info!(mountpoint = %mp.display(), "layer mount busy: detached, it goes away with its last user");
-        } else if let Some(t) = self.session.lock().take() {
-            // The session ends once the kernel drops the connection.
-            let end = Instant::now() + SESSION_JOIN_TIMEOUT;
-            while !t.is_finished() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else if let Some(dev) = self.dev {
-                tracing::warn!(mountpoint = %mp.display(), "FUSE session did not end after unmount; aborting its connection");
-                let _ = sys::abort_connection(dev);
-            }
         }
-        Ok(outcome)
+        Ok(Some(outcome))
+    }
+
+    /// Waits until `end` for the session of a mount unmounted by
+    /// [`MountedLayer::begin_unmount`] to end, and aborts its connection if it did not (the
+    /// superblock lives on, e.g. in an overlay's private clone of the mount).
+    fn finish_unmount(&self, outcome: Unmounted, end: Instant) {
+        if outcome == Unmounted::Detached {
+            return;
+        }
+        let Some(t) = self.session.lock().take() else {
+            return;
+        };
+        // The session ends once the kernel drops the connection.
+        while !t.is_finished() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else if let Some(dev) = self.dev {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), "FUSE session did not end after unmount; aborting its connection");
+            let _ = sys::abort_connection(dev);
+        }
     }
 
     /// Aborts the FUSE connection (pending and future requests fail with ENOTCONN); for a
@@ -681,13 +701,20 @@ impl MountManager {
         (kept, unmounted)
     }
 
-    /// Unmounts everything.
+    /// Unmounts everything; the sessions get [`SESSION_JOIN_TIMEOUT`] in all to end.
     pub fn unmount_all(&self) {
         let all: Vec<_> = self.mounts.lock().drain().map(|(_, m)| m).collect();
+        let mut begun = Vec::with_capacity(all.len());
         for m in all {
-            if let Err(e) = m.unmount() {
-                tracing::warn!(error = %e, "unmount failed");
+            match m.begin_unmount() {
+                Ok(Some(outcome)) => begun.push((m, outcome)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "unmount failed"),
             }
+        }
+        let end = Instant::now() + SESSION_JOIN_TIMEOUT;
+        for (m, outcome) in begun {
+            m.finish_unmount(outcome, end);
         }
     }
 }
