@@ -26,7 +26,9 @@
 //!   (`running_container_keeps_reading_across_a_clean_restart`); with no daemon for
 //!   `[daemon] restart_grace` the holder gives up: waiting reads fail, mounts are detached,
 //!   it exits (`holder_gives_up_after_the_restart_grace`); `[daemon] unmount_on_stop`
-//!   unmounts at SIGTERM as before (`unmount_on_stop_unmounts_every_layer_at_sigterm`).
+//!   unmounts at SIGTERM as before (`unmount_on_stop_unmounts_every_layer_at_sigterm`);
+//!   `starling fdstore --release` after a clean stop leaves nothing
+//!   (`release_after_a_clean_stop_leaves_no_mount_and_no_holder`).
 //!
 //! The other tests run the daemon with `--unmount-on-stop` (the harness's default).
 
@@ -987,6 +989,45 @@ fn holder_gives_up_after_the_restart_grace() {
     // The next daemon mounts the layers anew.
     w.start_daemon();
     assert!(!fuse_mounts(&w.s).is_empty());
+    w.check_new_container();
+    clean_up_and_check(&mut w.s);
+}
+
+#[test]
+fn release_after_a_clean_stop_leaves_no_mount_and_no_holder() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let mut w = Restart::start("lz-release", config(), true);
+    let n = fuse_mounts(&w.s).len();
+    assert!(n > 0);
+    w.stop_daemon();
+    assert_eq!(fuse_mounts(&w.s).len(), n, "handed over");
+    // The user's full stop after a stop that handed the mounts over.
+    let sock = root(&w.s).join("fdstore.sock");
+    let out = starling_cmd(&["fdstore", "--socket", sock.to_str().unwrap(), "--release"]);
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("released {n} ")),
+        "{}",
+        out.stdout
+    );
+    integration::poll::wait_for("holder gone", Duration::from_secs(30), || {
+        holders(&w.s).is_empty()
+    })
+    .unwrap_or_else(|_| panic!("holder still running: {:?}", holders(&w.s)));
+    assert!(fuse_mounts(&w.s).is_empty(), "{:?}", fuse_mounts(&w.s));
+    let out = w.trigger_and_wait();
+    assert_ne!(out, w.expected, "reads succeeded on released layers: {out}");
+    // Nothing to release any more: a clear error.
+    let again = starling_cmd(&["fdstore", "--socket", sock.to_str().unwrap(), "--release"]);
+    assert!(
+        !again.success() && again.stderr.contains("fdstore.sock"),
+        "{again:?}"
+    );
+    w.start_daemon();
     w.check_new_container();
     clean_up_and_check(&mut w.s);
 }
