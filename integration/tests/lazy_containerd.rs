@@ -28,7 +28,8 @@
 //!   it exits (`holder_gives_up_after_the_restart_grace`); `[daemon] unmount_on_stop`
 //!   unmounts at SIGTERM as before (`unmount_on_stop_unmounts_every_layer_at_sigterm`);
 //!   `starling fdstore --release` after a clean stop leaves nothing
-//!   (`release_after_a_clean_stop_leaves_no_mount_and_no_holder`).
+//!   (`release_after_a_clean_stop_leaves_no_mount_and_no_holder`), and so does dropping
+//!   the harness (`harness_drop_after_a_hand_over_leaves_no_mount_and_no_holder`).
 //!
 //! The other tests run the daemon with `--unmount-on-stop` (the harness's default).
 
@@ -1030,6 +1031,29 @@ fn release_after_a_clean_stop_leaves_no_mount_and_no_holder() {
     w.start_daemon();
     w.check_new_container();
     clean_up_and_check(&mut w.s);
+}
+
+#[test]
+fn harness_drop_after_a_hand_over_leaves_no_mount_and_no_holder() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let mut w = Restart::start("lz-drop", config(), true);
+    w.stop_daemon();
+    assert!(!fuse_mounts(&w.s).is_empty(), "handed over");
+    let held = holders(&w.s);
+    assert_eq!(held.len(), 1);
+    let root = root(&w.s);
+    // A test that ends (or fails) here: dropping the stack must clean up.
+    drop(w);
+    assert!(
+        held.iter().all(|p| !integration::process::pid_running(*p)),
+        "holder left running: {held:?}"
+    );
+    let left: Vec<_> = integration::mounts::mounts_under(&root).unwrap_or_default();
+    assert!(left.is_empty(), "mounts left: {left:?}");
 }
 
 #[test]
