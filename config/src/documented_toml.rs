@@ -35,6 +35,7 @@ pub(crate) fn render(config: &Config) -> String {
     registry(&mut out, config, &table);
     section::<crate::SnapshotterConfig>(&mut out, "snapshotter", &table, Config::FIELD_DOCS);
     section::<crate::MergeConfig>(&mut out, "merge", &table, Config::FIELD_DOCS);
+    section::<crate::DaemonConfig>(&mut out, "daemon", &table, Config::FIELD_DOCS);
     out
 }
 

@@ -15,6 +15,7 @@
 //! (`"64MiB"`, `"20GiB"`) or integers (bytes). Unknown keys are errors.
 
 mod cache;
+mod daemon;
 mod documented_toml;
 mod error;
 mod fetch;
@@ -30,6 +31,7 @@ use documented::DocumentedFields;
 use serde::{Deserialize, Serialize};
 
 pub use cache::{CacheConfig, MIN_MAX_SIZE};
+pub use daemon::{DaemonConfig, MIN_RESTART_GRACE};
 pub use error::{ConfigError, Invalid, KeyPath, KeySegment, Location};
 pub use fetch::FetchConfig;
 pub use fuse::FuseConfig;
@@ -66,6 +68,8 @@ pub struct Config {
     pub snapshotter: SnapshotterConfig,
     /// Merged snapshots.
     pub merge: MergeConfig,
+    /// Stopping and restarting the daemon: its lazy layers' mounts across a restart.
+    pub daemon: DaemonConfig,
 }
 
 impl Default for Config {
@@ -81,6 +85,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             snapshotter: SnapshotterConfig::default(),
             merge: MergeConfig::default(),
+            daemon: DaemonConfig::default(),
         }
     }
 }
@@ -173,6 +178,7 @@ impl Config {
         self.fetch.validate(&top.key("fetch"))?;
         self.fuse.validate(&top.key("fuse"))?;
         self.registry.validate(&top.key("registry"))?;
+        self.daemon.validate(&top.key("daemon"))?;
         Ok(())
     }
 

@@ -200,6 +200,9 @@ fn documented_defaults_parse_back_and_document_every_key() {
         "allow_fallback",
         "[merge]",
         "default_mode",
+        "[daemon]",
+        "unmount_on_stop",
+        "restart_grace",
     ] {
         assert!(text.contains(key), "missing {key} in\n{text}");
     }
@@ -253,4 +256,38 @@ fn load_reads_files_and_names_them() {
     );
     let missing = Config::load(&dir.path().join("nope.toml")).unwrap_err();
     assert!(matches!(missing, ConfigError::Read { .. }));
+}
+
+#[test]
+fn daemon_stop_keys_parse_with_defaults_and_bounds() {
+    let d = DaemonConfig::default();
+    assert!(
+        !d.unmount_on_stop,
+        "a stop hands the mounts over by default"
+    );
+    assert_eq!(d.restart_grace, Duration::from_secs(600));
+    assert_eq!(d.restart_grace(), Some(Duration::from_secs(600)));
+    let c = parse("[daemon]\nunmount_on_stop = true\nrestart_grace = \"2s\"\n").unwrap();
+    assert!(c.daemon.unmount_on_stop);
+    assert_eq!(c.daemon.restart_grace(), Some(Duration::from_secs(2)));
+    // "0s" (or "0") waits forever.
+    for zero in ["0s", "0"] {
+        let c = parse(&format!("[daemon]\nrestart_grace = \"{zero}\"\n")).unwrap();
+        assert_eq!(c.daemon.restart_grace(), None, "{zero}");
+    }
+    let (key, loc, msg) = invalid("[daemon]\n\nrestart_grace = \"500ms\"\n");
+    assert_eq!(key, "daemon.restart_grace");
+    assert_eq!(loc.map(|l| l.line), Some(3));
+    assert!(msg.contains("at least 1s"), "{msg}");
+    let (key, _, _) = invalid("[daemon]\nrestart_grace = \"soon\"\n");
+    assert_eq!(key, "daemon.restart_grace");
+    let (key, _, _) = invalid("[daemon]\nunmount_on_stop = \"yes\"\n");
+    assert_eq!(key, "daemon.unmount_on_stop");
+    let (key, _, _) = invalid("[daemon]\nunmount_on_shutdown = true\n");
+    assert_eq!(key, "daemon.unmount_on_shutdown");
+    // Rendered and read back.
+    let mut c = Config::default();
+    c.daemon.unmount_on_stop = true;
+    c.daemon.restart_grace = Duration::ZERO;
+    assert_eq!(parse(&c.to_toml_documented()).unwrap(), c);
 }

@@ -1,6 +1,12 @@
 //! Launching `starling daemon --root R --address S [--config C]` (or any command standing in
 //! for it) as a [`Daemon`], waiting until its socket accepts connections; writing starling
 //! config files; finding the built binary.
+//!
+//! The daemon is started with `--unmount-on-stop` unless a test asks for the default stop
+//! that leaves the lazy mounts to the fd store holder
+//! ([`StarlingOptions::keep_mounts_on_stop`]); either way dropping a [`Starling`] stops
+//! the daemon, kills its fd store holder (by PID) and detaches every mount under its root,
+//! so nothing is left behind.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -144,6 +150,10 @@ pub struct StarlingOptions {
     pub env: Vec<(OsString, OsString)>,
     /// How long to wait for the socket.
     pub ready_timeout: Option<Duration>,
+    /// Start the daemon without `--unmount-on-stop`: a SIGTERM leaves its lazy mounts to the
+    /// fd store holder for the next start (the daemon's default). Off: a stop unmounts
+    /// everything (the holder exits), as tests not about restarts expect.
+    pub keep_mounts_on_stop: bool,
 }
 
 /// A running starling daemon (or stand-in); stopped on drop, mounts under its root detached.
@@ -155,6 +165,8 @@ pub struct Starling {
     address: PathBuf,
     config: Option<PathBuf>,
     ready_timeout: Duration,
+    /// Left running on purpose ([`Starling::detach`]): drop touches nothing.
+    detached: bool,
 }
 
 impl Starling {
@@ -213,6 +225,9 @@ impl Starling {
                 if let Some(l) = &opts.log_level {
                     s = s.arg("--log-level").arg(l);
                 }
+                if !opts.keep_mounts_on_stop {
+                    s = s.arg("--unmount-on-stop");
+                }
                 s
             }
         };
@@ -228,6 +243,7 @@ impl Starling {
             address: address.to_path_buf(),
             config,
             ready_timeout: opts.ready_timeout.unwrap_or(Duration::from_secs(60)),
+            detached: false,
         };
         st.wait_ready()?;
         Ok(st)
@@ -289,18 +305,44 @@ impl Starling {
         self.start_again()
     }
 
+    /// PIDs of the fd store holders of its root (`starling fdstore --socket <root>/fdstore.sock`).
+    pub fn holders(&self) -> Vec<u32> {
+        let sock = self.root.join("fdstore.sock");
+        crate::process::pids_with_cmdline(&format!("fdstore --socket {}", sock.display()))
+    }
+
+    /// Kills the fd store holders of its root (SIGKILL, by PID) and waits until they are
+    /// gone; with the daemon stopped too, the connections they held end.
+    pub fn kill_holders(&self) {
+        for pid in self.holders() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = crate::poll::wait_for("fd store holder gone", Duration::from_secs(10), || {
+            self.holders().is_empty()
+        });
+    }
+
     /// Leaves it running (for `stl-env`); returns its PID.
     pub fn detach(mut self) -> u32 {
+        self.detached = true;
         self.daemon.forget()
     }
 }
 
 impl Drop for Starling {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         if let Err(e) = self.daemon.stop() {
             eprintln!("warning: stopping starling: {e}");
         }
         if self.daemon.pid() != 0 && !self.daemon.is_running() {
+            // A stop that handed the mounts over (or a kill) leaves a holder keeping them.
+            self.kill_holders();
             let _ = crate::mounts::unmount_under(&self.root);
         }
     }

@@ -20,7 +20,18 @@
 //!   in flight at the kill or issued while the daemon is down complete after the restart
 //!   (`reads_issued_while_the_daemon_is_down_complete_after_restart`), and without the
 //!   holder the restart falls back to remounting
-//!   (`killed_holder_and_daemon_fall_back_to_remounting`).
+//!   (`killed_holder_and_daemon_fall_back_to_remounting`);
+//! - a clean stop (SIGTERM, the daemon's default) leaves the mounts to the holder and a
+//!   running container keeps reading across the restart
+//!   (`running_container_keeps_reading_across_a_clean_restart`); with no daemon for
+//!   `[daemon] restart_grace` the holder gives up: waiting reads fail, mounts are detached,
+//!   it exits (`holder_gives_up_after_the_restart_grace`); `[daemon] unmount_on_stop`
+//!   unmounts at SIGTERM as before (`unmount_on_stop_unmounts_every_layer_at_sigterm`);
+//!   `starling fdstore --release` after a clean stop leaves nothing
+//!   (`release_after_a_clean_stop_leaves_no_mount_and_no_holder`), and so does dropping
+//!   the harness (`harness_drop_after_a_hand_over_leaves_no_mount_and_no_holder`).
+//!
+//! The other tests run the daemon with `--unmount-on-stop` (the harness's default).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -74,12 +85,19 @@ fn config() -> StarlingConfig {
 }
 
 fn stack(name: &str, cfg: StarlingConfig, names: &[&str]) -> Stack {
+    stack_with(name, cfg, names, false)
+}
+
+/// [`stack`]; with `keep_mounts_on_stop` the daemon runs without `--unmount-on-stop` (its
+/// default: a SIGTERM leaves the lazy mounts to the fd store holder).
+fn stack_with(name: &str, cfg: StarlingConfig, names: &[&str], keep_mounts_on_stop: bool) -> Stack {
     Stack::start(
         name,
         StackOptions {
             starling: Some(StarlingOptions {
                 config: Some(cfg),
                 log_level: Some("info,fusefs=info".into()),
+                keep_mounts_on_stop,
                 ..Default::default()
             }),
             starling_names: names.iter().map(|s| s.to_string()).collect(),
@@ -744,6 +762,81 @@ fn data_mount(s: &Stack) -> PathBuf {
         .expect("a FUSE mount with data/b.bin")
 }
 
+/// A stack whose data image ([`data_images`]) was pulled lazily, with a
+/// [`waiting_container`] running on it: the fixture of the restart tests.
+struct Restart {
+    s: Stack,
+    ctr: Ctr,
+    /// The eStargz reference.
+    esgz: String,
+    /// [`READ_AB`]'s output on overlayfs.
+    expected: String,
+    /// The waiting container's `/t`.
+    dir: PathBuf,
+}
+
+impl Restart {
+    fn start(name: &str, cfg: StarlingConfig, keep_mounts_on_stop: bool) -> Restart {
+        let s = stack_with(name, cfg, &[], keep_mounts_on_stop);
+        let (esgz, _) = data_images(&s, READ_A);
+        let expected = expected_ab(&s);
+        let ctr = s.ctr().clone();
+        rpull(&ctr, &esgz, "starling");
+        let dir = s.starling.as_ref().unwrap().dir().join(format!("{name}-t"));
+        waiting_container(&ctr, &esgz, &dir);
+        Restart {
+            s,
+            ctr,
+            esgz,
+            expected,
+            dir,
+        }
+    }
+
+    fn starling(&mut self) -> &mut integration::starling::Starling {
+        self.s.starling.as_mut().unwrap()
+    }
+
+    /// SIGTERM; the daemon must exit 0.
+    fn stop_daemon(&mut self) {
+        let st = self.starling().daemon().stop().unwrap();
+        assert!(
+            st.is_some_and(|st| st.success()),
+            "daemon stop: {st:?}\n{}",
+            daemon_log(&self.s)
+        );
+    }
+
+    /// Starts the daemon again and waits until containerd reaches it.
+    fn start_daemon(&mut self) {
+        self.starling().start_again().unwrap();
+        self.ctr
+            .wait_snapshotter("starling", Duration::from_secs(60))
+            .unwrap();
+    }
+
+    /// Lets the waiting container read and returns what it wrote.
+    fn trigger_and_wait(&self) -> String {
+        std::fs::write(self.dir.join("go"), b"").unwrap();
+        integration::poll::wait_for("container done", Duration::from_secs(120), || {
+            self.dir.join("done").exists()
+        })
+        .unwrap();
+        std::fs::read_to_string(self.dir.join("out")).unwrap()
+    }
+
+    /// A new container reads [`READ_AB`] right.
+    fn check_new_container(&self) {
+        assert_eq!(
+            self.ctr
+                .run_ok(&self.esgz, "starling", &["/bin/sh", "-c", READ_AB])
+                .unwrap(),
+            self.expected,
+            "a new container's reads"
+        );
+    }
+}
+
 /// Stops the stack's containers and images and checks nothing is left: no snapshot, mount,
 /// directory, and, after the daemon's clean stop, no fd store holder.
 fn clean_up_and_check(s: &mut Stack) {
@@ -770,58 +863,225 @@ fn running_container_keeps_reading_after_the_daemon_is_killed_and_restarted() {
         prereq::fuse(),
         prereq::starling_binary()
     );
-    let mut s = stack("lz-keep", config(), &[]);
-    let (esgz, _) = data_images(&s, READ_A);
-    let expected = expected_ab(&s);
-    let ctr = s.ctr().clone();
-    rpull(&ctr, &esgz, "starling");
-    let dir = s.starling.as_ref().unwrap().dir().join("keep-t");
-    waiting_container(&ctr, &esgz, &dir);
-    let before = fuse_mounts(&s);
-    assert_eq!(holders(&s).len(), 1, "one fd store holder per daemon root");
-    let holder = holders(&s);
+    let mut w = Restart::start("lz-keep", config(), false);
+    let before = fuse_mounts(&w.s);
+    assert_eq!(
+        holders(&w.s).len(),
+        1,
+        "one fd store holder per daemon root"
+    );
+    let holder = holders(&w.s);
 
-    s.starling.as_mut().unwrap().kill().unwrap();
+    w.starling().kill().unwrap();
     // The container's layers stay mounted and their connections alive (held).
-    assert_eq!(fuse_mounts(&s), before);
-    assert_eq!(holders(&s), holder, "the holder outlives the daemon");
+    assert_eq!(fuse_mounts(&w.s), before);
+    assert_eq!(holders(&w.s), holder, "the holder outlives the daemon");
     let restarted = Instant::now();
-    s.starling.as_mut().unwrap().start_again().unwrap();
-    ctr.wait_snapshotter("starling", Duration::from_secs(60))
-        .unwrap();
-    let log = daemon_log(&s);
+    w.start_daemon();
+    let log = daemon_log(&w.s);
     assert!(
         log.contains("layer connection of the previous daemon served again"),
         "{log}"
     );
-    assert_eq!(fuse_mounts(&s), before, "same mounts, nothing remounted");
+    assert_eq!(fuse_mounts(&w.s), before, "same mounts, nothing remounted");
     assert_eq!(
-        holders(&s),
+        holders(&w.s),
         holder,
         "the restarted daemon uses the same holder"
     );
 
-    std::fs::write(dir.join("go"), b"").unwrap();
-    integration::poll::wait_for("container done", Duration::from_secs(120), || {
-        dir.join("done").exists()
-    })
-    .unwrap();
+    let out = w.trigger_and_wait();
     eprintln!(
         "container read a cached and an uncached file {:.2}s after the restart began",
         restarted.elapsed().as_secs_f64()
     );
-    let out = std::fs::read_to_string(dir.join("out")).unwrap();
     assert_eq!(
-        out, expected,
+        out, w.expected,
         "the running container's reads after the restart"
     );
-    // New containers work too.
-    assert_eq!(
-        ctr.run_ok(&esgz, "starling", &["/bin/sh", "-c", READ_AB])
-            .unwrap(),
-        expected
+    w.check_new_container();
+    clean_up_and_check(&mut w.s);
+}
+
+#[test]
+fn running_container_keeps_reading_across_a_clean_restart() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
     );
-    clean_up_and_check(&mut s);
+    // The daemon's default stop (no --unmount-on-stop): the mounts go to the holder.
+    let mut w = Restart::start("lz-handover", config(), true);
+    let before = fuse_mounts(&w.s);
+    let holder = holders(&w.s);
+    assert_eq!(holder.len(), 1, "one fd store holder per daemon root");
+
+    w.stop_daemon();
+    let log = daemon_log(&w.s);
+    assert!(
+        log.contains("lazy layers left mounted for the next daemon"),
+        "{log}"
+    );
+    assert_eq!(fuse_mounts(&w.s), before, "SIGTERM left the layers mounted");
+    assert_eq!(holders(&w.s), holder, "the holder keeps them");
+
+    let restarted = Instant::now();
+    w.start_daemon();
+    let log = daemon_log(&w.s);
+    assert!(
+        log.contains("layer connection of the previous daemon served again"),
+        "{log}"
+    );
+    assert_eq!(fuse_mounts(&w.s), before, "same mounts, nothing remounted");
+    assert_eq!(holders(&w.s), holder, "the same holder");
+
+    let out = w.trigger_and_wait();
+    eprintln!(
+        "container read a cached and an uncached file {:.2}s after the clean restart began",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        out, w.expected,
+        "the running container's reads across the clean restart"
+    );
+    w.check_new_container();
+    // With no layer left (images removed), a stop lets the holder go.
+    clean_up_and_check(&mut w.s);
+}
+
+#[test]
+fn holder_gives_up_after_the_restart_grace() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let cfg = config().set("daemon.restart_grace", "2s");
+    let mut w = Restart::start("lz-grace", cfg, true);
+    assert!(!fuse_mounts(&w.s).is_empty());
+    assert_eq!(holders(&w.s).len(), 1);
+    w.stop_daemon();
+    // No daemon comes back: the container's read of the uncached b.bin fails once the
+    // holder gives up, instead of waiting forever (bounded by `trigger_and_wait`).
+    let out = w.trigger_and_wait();
+    let b_line = w
+        .expected
+        .lines()
+        .find(|l| l.ends_with("/data/b.bin"))
+        .unwrap()
+        .to_string();
+    // (The container's md5sum fails with an I/O error, or dies of SIGBUS when a page of
+    // the busybox binary it maps is no longer cached.)
+    assert!(
+        out != w.expected && !out.contains(&b_line),
+        "the uncached read must fail: {out}"
+    );
+    integration::poll::wait_for("holder gone", Duration::from_secs(60), || {
+        holders(&w.s).is_empty()
+    })
+    .unwrap_or_else(|_| panic!("holder still running: {:?}", holders(&w.s)));
+    assert!(fuse_mounts(&w.s).is_empty(), "{:?}", fuse_mounts(&w.s));
+    let holder_log = std::fs::read_to_string(root(&w.s).join("fdstore.log")).unwrap();
+    assert!(
+        holder_log.contains("giving up the held FUSE connections"),
+        "{holder_log}"
+    );
+
+    // The next daemon mounts the layers anew.
+    w.start_daemon();
+    assert!(!fuse_mounts(&w.s).is_empty());
+    w.check_new_container();
+    clean_up_and_check(&mut w.s);
+}
+
+#[test]
+fn release_after_a_clean_stop_leaves_no_mount_and_no_holder() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let mut w = Restart::start("lz-release", config(), true);
+    let n = fuse_mounts(&w.s).len();
+    assert!(n > 0);
+    w.stop_daemon();
+    assert_eq!(fuse_mounts(&w.s).len(), n, "handed over");
+    // The user's full stop after a stop that handed the mounts over.
+    let sock = root(&w.s).join("fdstore.sock");
+    let out = starling_cmd(&["fdstore", "--socket", sock.to_str().unwrap(), "--release"]);
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("released {n} ")),
+        "{}",
+        out.stdout
+    );
+    integration::poll::wait_for("holder gone", Duration::from_secs(30), || {
+        holders(&w.s).is_empty()
+    })
+    .unwrap_or_else(|_| panic!("holder still running: {:?}", holders(&w.s)));
+    assert!(fuse_mounts(&w.s).is_empty(), "{:?}", fuse_mounts(&w.s));
+    let out = w.trigger_and_wait();
+    assert_ne!(out, w.expected, "reads succeeded on released layers: {out}");
+    // Nothing to release any more: a clear error.
+    let again = starling_cmd(&["fdstore", "--socket", sock.to_str().unwrap(), "--release"]);
+    assert!(
+        !again.success() && again.stderr.contains("fdstore.sock"),
+        "{again:?}"
+    );
+    w.start_daemon();
+    w.check_new_container();
+    clean_up_and_check(&mut w.s);
+}
+
+#[test]
+fn harness_drop_after_a_hand_over_leaves_no_mount_and_no_holder() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    let mut w = Restart::start("lz-drop", config(), true);
+    w.stop_daemon();
+    assert!(!fuse_mounts(&w.s).is_empty(), "handed over");
+    let held = holders(&w.s);
+    assert_eq!(held.len(), 1);
+    let root = root(&w.s);
+    // A test that ends (or fails) here: dropping the stack must clean up.
+    drop(w);
+    assert!(
+        held.iter().all(|p| !integration::process::pid_running(*p)),
+        "holder left running: {held:?}"
+    );
+    let left: Vec<_> = integration::mounts::mounts_under(&root).unwrap_or_default();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+}
+
+#[test]
+fn unmount_on_stop_unmounts_every_layer_at_sigterm() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::starling_binary()
+    );
+    // The config key (not the harness's --unmount-on-stop flag).
+    let cfg = config().set("daemon.unmount_on_stop", true);
+    let mut w = Restart::start("lz-unmount", cfg, true);
+    assert!(!fuse_mounts(&w.s).is_empty());
+    w.stop_daemon();
+    assert!(fuse_mounts(&w.s).is_empty(), "{:?}", fuse_mounts(&w.s));
+    integration::poll::wait_for("holder gone", Duration::from_secs(30), || {
+        holders(&w.s).is_empty()
+    })
+    .unwrap_or_else(|_| panic!("holder still running: {:?}", holders(&w.s)));
+    // The running container lost its lazy layers, as before the hand-over existed.
+    let out = w.trigger_and_wait();
+    assert_ne!(
+        out, w.expected,
+        "reads succeeded on unmounted layers: {out}"
+    );
+    w.start_daemon();
+    w.check_new_container();
+    clean_up_and_check(&mut w.s);
 }
 
 #[test]
@@ -836,28 +1096,22 @@ fn reads_issued_while_the_daemon_is_down_complete_after_restart() {
     let cfg = config()
         .set("fetch.request_timeout", "120s")
         .set("fetch.read_timeout", "240s");
-    let mut s = stack("lz-down", cfg, &[]);
-    let (esgz, _) = data_images(&s, READ_A);
-    let expected = expected_ab(&s);
-    let ctr = s.ctr().clone();
-    rpull(&ctr, &esgz, "starling");
-    let dir = s.starling.as_ref().unwrap().dir().join("down-t");
-    waiting_container(&ctr, &esgz, &dir);
-    let mount = data_mount(&s);
+    let mut w = Restart::start("lz-down", cfg, false);
+    let mount = data_mount(&w.s);
     let misses = |s: &Stack| metric(&scrape(s), "starling_cache_misses_total", &[]);
-    let misses_before = misses(&s);
+    let misses_before = misses(&w.s);
 
     // The container's read of the uncached b.bin reaches the daemon, which waits for the
     // frozen registry: the request is read from the connection but not answered.
-    let registry_pid = nix::unistd::Pid::from_raw(s.registry.daemon().pid() as i32);
+    let registry_pid = nix::unistd::Pid::from_raw(w.s.registry.daemon().pid() as i32);
     nix::sys::signal::kill(registry_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let triggered = Instant::now();
-    std::fs::write(dir.join("go"), b"").unwrap();
+    std::fs::write(w.dir.join("go"), b"").unwrap();
     integration::poll::wait_for("a read in flight", Duration::from_secs(60), || {
-        misses(&s) > misses_before
+        misses(&w.s) > misses_before
     })
     .unwrap();
-    s.starling.as_mut().unwrap().kill().unwrap();
+    w.starling().kill().unwrap();
     nix::sys::signal::kill(registry_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
 
     // Reads issued now, with no daemon: from the host straight on the layer mount. They
@@ -882,12 +1136,12 @@ fn reads_issued_while_the_daemon_is_down_complete_after_restart() {
         "a read finished with no daemon"
     );
     assert!(
-        !dir.join("done").exists(),
+        !w.dir.join("done").exists(),
         "the container finished with no daemon"
     );
 
     let restarted = Instant::now();
-    s.starling.as_mut().unwrap().start_again().unwrap();
+    w.starling().start_again().unwrap();
     let (out, waited) = read_rx
         .recv_timeout(Duration::from_secs(120))
         .expect("the host read issued while the daemon was down never completed");
@@ -903,7 +1157,7 @@ fn reads_issued_while_the_daemon_is_down_complete_after_restart() {
         .unwrap();
     assert_eq!(hello, "hello from the data layer\n");
     integration::poll::wait_for("container done", Duration::from_secs(120), || {
-        dir.join("done").exists()
+        w.dir.join("done").exists()
     })
     .unwrap();
     eprintln!(
@@ -911,9 +1165,9 @@ fn reads_issued_while_the_daemon_is_down_complete_after_restart() {
         triggered.elapsed().as_secs_f64(),
         restarted.elapsed().as_secs_f64()
     );
-    let got = std::fs::read_to_string(dir.join("out")).unwrap();
+    let got = std::fs::read_to_string(w.dir.join("out")).unwrap();
     assert_eq!(
-        got, expected,
+        got, w.expected,
         "the running container's reads across the kill"
     );
     let host_md5 = String::from_utf8_lossy(&out.stdout)
@@ -922,12 +1176,13 @@ fn reads_issued_while_the_daemon_is_down_complete_after_restart() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        expected
+        w.expected
             .lines()
             .any(|l| l.starts_with(&host_md5) && l.ends_with("/data/b.bin")),
-        "host md5 {host_md5} of b.bin vs {expected}"
+        "host md5 {host_md5} of b.bin vs {}",
+        w.expected
     );
-    clean_up_and_check(&mut s);
+    clean_up_and_check(&mut w.s);
 }
 
 #[test]
@@ -937,50 +1192,32 @@ fn killed_holder_and_daemon_fall_back_to_remounting() {
         prereq::fuse(),
         prereq::starling_binary()
     );
-    let mut s = stack("lz-noholder", config(), &[]);
-    let (esgz, _) = data_images(&s, READ_A);
-    let expected = expected_ab(&s);
-    let ctr = s.ctr().clone();
-    rpull(&ctr, &esgz, "starling");
-    let dir = s.starling.as_ref().unwrap().dir().join("noholder-t");
-    waiting_container(&ctr, &esgz, &dir);
-    let old = holders(&s);
+    let mut w = Restart::start("lz-noholder", config(), false);
+    let old = holders(&w.s);
     assert_eq!(old.len(), 1);
     let pid = nix::unistd::Pid::from_raw(old[0] as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     integration::poll::wait_for("holder gone", Duration::from_secs(10), || {
-        holders(&s).is_empty()
+        holders(&w.s).is_empty()
     })
     .unwrap();
-    s.starling.as_mut().unwrap().kill().unwrap();
+    w.starling().kill().unwrap();
     // Nothing holds the connections now: the running container's reads fail rather than
     // wait, as without an fd store.
-    std::fs::write(dir.join("go"), b"").unwrap();
-    integration::poll::wait_for("container done", Duration::from_secs(120), || {
-        dir.join("done").exists()
-    })
-    .unwrap();
-    let out = std::fs::read_to_string(dir.join("out")).unwrap();
-    assert_ne!(out, expected, "reads succeeded on dead mounts: {out}");
+    let out = w.trigger_and_wait();
+    assert_ne!(out, w.expected, "reads succeeded on dead mounts: {out}");
 
-    s.starling.as_mut().unwrap().start_again().unwrap();
-    ctr.wait_snapshotter("starling", Duration::from_secs(60))
-        .unwrap();
-    let log = daemon_log(&s);
+    w.start_daemon();
+    let log = daemon_log(&w.s);
     assert!(
         log.contains("detaching a stale mount before restoring the layer"),
         "{log}"
     );
-    let new = holders(&s);
+    let new = holders(&w.s);
     assert!(
         new.len() == 1 && new != old,
         "a new holder: {old:?} -> {new:?}"
     );
-    assert_eq!(
-        ctr.run_ok(&esgz, "starling", &["/bin/sh", "-c", READ_AB])
-            .unwrap(),
-        expected,
-        "new containers work on the layers mounted anew"
-    );
-    clean_up_and_check(&mut s);
+    w.check_new_container();
+    clean_up_and_check(&mut w.s);
 }

@@ -7,8 +7,13 @@
 //!   socket (`<root>/fdstore.sock`, mode 0600). It holds a dup of every mount's
 //!   `/dev/fuse` fd with the mount's identity ([`HeldFd`]; only peers of its own uid are
 //!   served), drops an fd when told or when its connection ends (the fd polls `POLLERR`
-//!   after an unmount or abort), and exits when told to ([`FdStore::shutdown`]) or when
-//!   it holds nothing and no daemon is connected.
+//!   after an unmount or abort), and exits when told to ([`FdStore::shutdown`]), when
+//!   it holds nothing and no daemon is connected, or when it has held fds with no daemon
+//!   connected for the restart grace (`[daemon] restart_grace`, [`give_up`]: it aborts the
+//!   connections and detaches their mounts first, so waiting requests fail instead of
+//!   hanging). A daemon that stops cleanly and leaves its mounts to the holder says so
+//!   ([`FdStore::keep`]); `starling fdstore --release` makes it give up at once
+//!   ([`release`]).
 //! - The **client** ([`FdStore`], in the daemon) connects to the holder of its root,
 //!   starting one when there is none; at connect it receives every held fd
 //!   ([`FdStore::take_inherited`] hands them to the restore), then sends each new mount's
@@ -19,19 +24,22 @@
 //! the daemon and one reply from the holder; an fd travels as `SCM_RIGHTS` with `put` and
 //! with each `held` reply to `list`.
 
+mod give_up;
+mod holder;
+
+pub use holder::serve_holder;
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
-    SockType, UnixAddr,
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    UnixAddr,
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -123,6 +131,15 @@ pub enum Request {
     List,
     /// Close everything and exit.
     Shutdown,
+    /// The daemon stops and leaves its mounts here for the next one: keep every fd for at
+    /// most `restart_grace_ms` with no daemon connected (0: forever).
+    Keep {
+        /// The restart grace in milliseconds; 0: forever.
+        restart_grace_ms: u64,
+    },
+    /// Give up every held connection now (abort, detach its mount, close) and exit.
+    /// Refused while another daemon is connected.
+    Release,
     /// Answer with the holder's pid and count.
     Ping,
 }
@@ -267,221 +284,6 @@ fn connect(path: &Path) -> Result<OwnedFd, FdStoreError> {
         .map_err(io("setsockopt", path))?;
     socket::setsockopt(&fd, socket::sockopt::SendTimeout, &tv).map_err(io("setsockopt", path))?;
     Ok(fd)
-}
-
-// ---------------------------------------------------------------------------------------
-// The holder.
-
-/// The holder's state: held fds by mountpoint, connected daemons.
-struct Holder {
-    path: PathBuf,
-    socket_ino: u64,
-    held: HashMap<PathBuf, (HeldMeta, OwnedFd)>,
-    clients: Vec<OwnedFd>,
-    had_client: bool,
-    idle_since: Option<Instant>,
-    shutdown: bool,
-}
-
-impl Holder {
-    fn handle(
-        &mut self,
-        client: BorrowedFd<'_>,
-        req: Request,
-        fd: Option<OwnedFd>,
-    ) -> nix::Result<()> {
-        let pid = std::process::id();
-        let reply = match req {
-            Request::Put(meta) => match fd {
-                None => Reply::Error {
-                    message: "put without an fd".into(),
-                },
-                Some(_)
-                    if !self.held.contains_key(&meta.mountpoint) && self.held.len() >= MAX_HELD =>
-                {
-                    Reply::Error {
-                        message: format!("holding {MAX_HELD} fds already"),
-                    }
-                }
-                Some(fd) => {
-                    tracing::debug!(mountpoint = %meta.mountpoint.display(), layer = meta.layer, "holding FUSE connection");
-                    self.held.insert(meta.mountpoint.clone(), (meta, fd));
-                    Reply::Done {
-                        held: self.held.len(),
-                        pid,
-                    }
-                }
-            },
-            Request::Drop { mountpoint } => {
-                if self.held.remove(&mountpoint).is_some() {
-                    tracing::debug!(mountpoint = %mountpoint.display(), "dropped FUSE connection");
-                }
-                Reply::Done {
-                    held: self.held.len(),
-                    pid,
-                }
-            }
-            Request::List => {
-                for (meta, fd) in self.held.values() {
-                    send_msg(client, &Reply::Held(meta.clone()), Some(fd.as_fd()))?;
-                }
-                Reply::Done {
-                    held: self.held.len(),
-                    pid,
-                }
-            }
-            Request::Shutdown => {
-                self.held.clear();
-                self.shutdown = true;
-                Reply::Done { held: 0, pid }
-            }
-            Request::Ping => Reply::Done {
-                held: self.held.len(),
-                pid,
-            },
-        };
-        send_msg(client, &reply, None)
-    }
-
-    /// One round: wait for an event (at most 1 s), handle it. False when done.
-    fn step(&mut self, listener: &OwnedFd, started: Instant) -> bool {
-        let keys: Vec<PathBuf> = self.held.keys().cloned().collect();
-        let (events, n_clients) = {
-            let mut polls = Vec::with_capacity(1 + self.clients.len() + keys.len());
-            polls.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
-            for c in &self.clients {
-                polls.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
-            }
-            // No events asked: only POLLERR/POLLHUP (the connection ended) wake us, never the
-            // requests queued on a connection while its daemon is away.
-            for k in &keys {
-                polls.push(PollFd::new(self.held[k].1.as_fd(), PollFlags::empty()));
-            }
-            match nix::poll::poll(&mut polls, PollTimeout::from(1000u16)) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "poll failed");
-                    return false;
-                }
-            }
-            let ev: Vec<PollFlags> = polls
-                .iter()
-                .map(|p| p.revents().unwrap_or(PollFlags::empty()))
-                .collect();
-            (ev, self.clients.len())
-        };
-        // Connections that ended.
-        for (i, k) in keys.iter().enumerate() {
-            if events[1 + n_clients + i]
-                .intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)
-            {
-                tracing::info!(mountpoint = %k.display(), "FUSE connection ended; dropping its fd");
-                self.held.remove(k);
-            }
-        }
-        // Requests, closed clients (in reverse so removal keeps indices valid).
-        for i in (0..n_clients).rev() {
-            let ev = events[1 + i];
-            if ev.is_empty() {
-                continue;
-            }
-            let fd = self.clients[i].try_clone();
-            let keep = match fd {
-                Ok(c) => match recv_msg::<Request>(c.as_fd()) {
-                    Ok(Received::Message(req, fd)) => self.handle(c.as_fd(), req, fd).is_ok(),
-                    Ok(Received::Garbage(why)) => {
-                        tracing::warn!(why, "bad request; closing the connection");
-                        let _ = send_msg(c.as_fd(), &Reply::Error { message: why }, None);
-                        false
-                    }
-                    Ok(Received::Closed) => false,
-                    Err(Errno::EAGAIN) | Err(Errno::EINTR) => true,
-                    Err(_) => false,
-                },
-                Err(_) => false,
-            };
-            if !keep {
-                self.clients.remove(i);
-            }
-        }
-        if events[0].contains(PollFlags::POLLIN) {
-            if let Ok(raw) = socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-                // SAFETY: accept4 returned a new fd that nothing else owns.
-                let c = unsafe { OwnedFd::from_raw_fd(raw) };
-                // Only the holder's own user (root) may hand over or take FUSE connections.
-                let same_user = socket::getsockopt(&c, socket::sockopt::PeerCredentials)
-                    .is_ok_and(|cred| cred.uid() == nix::unistd::geteuid().as_raw());
-                if !same_user {
-                    tracing::warn!("refused a connection from another user");
-                } else if self.clients.len() < MAX_CLIENTS {
-                    self.clients.push(c);
-                    self.had_client = true;
-                }
-            }
-        }
-        if self.shutdown {
-            return false;
-        }
-        if !(self.held.is_empty() && self.clients.is_empty()) {
-            self.idle_since = None;
-            return true;
-        }
-        let since = *self.idle_since.get_or_insert_with(Instant::now);
-        !(since.elapsed() >= IDLE_EXIT && (self.had_client || started.elapsed() >= STARTUP_GRACE))
-    }
-}
-
-/// Binds the holder's socket (mode 0600). A socket file nobody answers on is replaced;
-/// `Ok(None)` if another holder answers there.
-fn bind_holder(path: &Path) -> Result<Option<OwnedFd>, FdStoreError> {
-    let addr = unix_addr(path)?;
-    if path.exists() {
-        if connect(path).is_ok() {
-            return Ok(None);
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    let fd = seqpacket(path)?;
-    socket::bind(fd.as_raw_fd(), &addr).map_err(io("bind", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        FdStoreError::Socket {
-            what: "chmod",
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    socket::listen(&fd, Backlog::new(16).unwrap_or(Backlog::MAXCONN))
-        .map_err(io("listen", path))?;
-    Ok(Some(fd))
-}
-
-/// Runs a holder on `socket` until it is told to shut down, or has held nothing and had no
-/// daemon connected for 2 s (after a first one came, or [`STARTUP_GRACE`] passed).
-/// Blocking.
-pub fn serve_holder(socket: &Path) -> Result<(), FdStoreError> {
-    let Some(listener) = bind_holder(socket)? else {
-        tracing::info!(socket = %socket.display(), "another fd store holder serves this socket");
-        return Ok(());
-    };
-    tracing::info!(socket = %socket.display(), pid = std::process::id(), "fd store holder started");
-    let socket_ino = std::fs::metadata(socket).map(|m| m.ino()).unwrap_or(0);
-    let mut holder = Holder {
-        path: socket.to_path_buf(),
-        socket_ino,
-        held: HashMap::new(),
-        clients: Vec::new(),
-        had_client: false,
-        idle_since: None,
-        shutdown: false,
-    };
-    let started = Instant::now();
-    while holder.step(&listener, started) {}
-    // Remove the socket file only if it is still ours (not replaced by a new holder's).
-    if std::fs::metadata(&holder.path).map(|m| m.ino()).ok() == Some(holder.socket_ino) {
-        let _ = std::fs::remove_file(&holder.path);
-    }
-    tracing::info!(held = holder.held.len(), "fd store holder exits");
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -688,6 +490,34 @@ impl FdStore {
         }
     }
 
+    /// True if the holder was given (or this process adopted) the fd of `mountpoint`.
+    pub fn holds(&self, mountpoint: &Path) -> bool {
+        self.put.lock().contains_key(mountpoint)
+    }
+
+    /// Tells the holder that this daemon stops and leaves it every fd for the next one
+    /// (clean stop without unmounting); it keeps them at most `restart_grace` with no
+    /// daemon connected (`None`: forever). A lost holder is replaced and given every fd
+    /// first. Returns how many fds it holds.
+    pub fn keep(&self, restart_grace: Option<Duration>) -> Result<usize, FdStoreError> {
+        let req = Request::Keep {
+            restart_grace_ms: restart_grace.map_or(0, |d| d.as_millis().max(1) as u64),
+        };
+        let reply = match self.request(&req, None) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "fd store holder lost; starting a new one");
+                self.reconnect()?;
+                self.request(&req, None)?
+            }
+        };
+        match reply {
+            Reply::Done { held, .. } => Ok(held),
+            Reply::Error { message } => Err(FdStoreError::Refused(message)),
+            r => Err(FdStoreError::Protocol(format!("unexpected reply {r:?}"))),
+        }
+    }
+
     /// Tells the holder to close everything and exit (clean daemon stop, after every layer
     /// was unmounted).
     pub fn shutdown(&self) -> Result<(), FdStoreError> {
@@ -696,6 +526,18 @@ impl FdStore {
         let r = self.request(&Request::Shutdown, None);
         *self.conn.lock() = None;
         expect_done(r?)
+    }
+}
+
+/// Makes the holder at `socket` give up every connection it holds (abort, detach the
+/// mounts, close) and exit, as after its restart grace; refused while a daemon is
+/// connected. Returns how many it held. For a full stop after a stop that handed over.
+pub fn release(socket: &Path) -> Result<usize, FdStoreError> {
+    let conn = connect(socket)?;
+    match exchange(conn.as_fd(), &Request::Release, None, socket)? {
+        Reply::Done { held, .. } => Ok(held),
+        Reply::Error { message } => Err(FdStoreError::Refused(message)),
+        r => Err(FdStoreError::Protocol(format!("unexpected reply {r:?}"))),
     }
 }
 

@@ -15,6 +15,10 @@
 //!   just waited); otherwise detach the stale mount and mount anew.
 //! - [`MountManager::unmount`]: stop fetching, unmount (detaching lazily if busy), remove
 //!   the status file. [`MountManager::check`]: is the mount still served.
+//! - [`MountManager::hand_over`] (a daemon's clean stop that keeps running containers'
+//!   layers): every mount whose FUSE connection the fd store holds is left mounted and
+//!   never unmounted by this process (not on drop either); the process then exits without
+//!   answering further requests, which wait in the kernel for the next daemon.
 //!
 //! The blocking methods must not be called from inside an async task (they block on the
 //! context's runtime); the `*_async` ones are for async callers.
@@ -87,6 +91,8 @@ pub struct MountedLayer {
     stats: Arc<FsStats>,
     status: Mutex<Option<StatusFile>>,
     unmounted: AtomicBool,
+    /// Left to the fd store for the next daemon: never unmounted by this process.
+    kept: AtomicBool,
     store: Option<Arc<FdStore>>,
 }
 
@@ -263,6 +269,7 @@ impl MountedLayer {
             stats,
             status: Mutex::new(status),
             unmounted: AtomicBool::new(false),
+            kept: AtomicBool::new(false),
             store,
         }
     }
@@ -324,8 +331,18 @@ impl MountedLayer {
     /// Stops fetching and unmounts; a busy mount is detached and goes away with its last
     /// user. Idempotent.
     pub fn unmount(&self) -> Result<Unmounted, MountError> {
-        if self.unmounted.swap(true, Ordering::SeqCst) {
+        let Some(outcome) = self.begin_unmount()? else {
             return Ok(Unmounted::NotMounted);
+        };
+        self.finish_unmount(outcome, Instant::now() + SESSION_JOIN_TIMEOUT);
+        Ok(outcome)
+    }
+
+    /// [`MountedLayer::unmount`] without waiting for the session to end; `None` if there
+    /// was nothing to do (unmounted before, or handed over: never touched again).
+    fn begin_unmount(&self) -> Result<Option<Unmounted>, MountError> {
+        if self.kept.load(Ordering::SeqCst) || self.unmounted.swap(true, Ordering::SeqCst) {
+            return Ok(None);
         }
         self.layer.close();
         self.status.lock().take();
@@ -368,20 +385,30 @@ impl MountedLayer {
         };
         if outcome == Unmounted::Detached {
             tracing::info!(mountpoint = %mp.display(), "layer mount busy: detached, it goes away with its last user");
-        } else if let Some(t) = self.session.lock().take() {
-            // The session ends once the kernel drops the connection.
-            let end = Instant::now() + SESSION_JOIN_TIMEOUT;
-            while !t.is_finished() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else if let Some(dev) = self.dev {
-                tracing::warn!(mountpoint = %mp.display(), "FUSE session did not end after unmount; aborting its connection");
-                let _ = sys::abort_connection(dev);
-            }
         }
-        Ok(outcome)
+        Ok(Some(outcome))
+    }
+
+    /// Waits until `end` for the session of a mount unmounted by
+    /// [`MountedLayer::begin_unmount`] to end, and aborts its connection if it did not (the
+    /// superblock lives on, e.g. in an overlay's private clone of the mount).
+    fn finish_unmount(&self, outcome: Unmounted, end: Instant) {
+        if outcome == Unmounted::Detached {
+            return;
+        }
+        let Some(t) = self.session.lock().take() else {
+            return;
+        };
+        // The session ends once the kernel drops the connection.
+        while !t.is_finished() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else if let Some(dev) = self.dev {
+            tracing::warn!(mountpoint = %self.mountpoint.display(), "FUSE session did not end after unmount; aborting its connection");
+            let _ = sys::abort_connection(dev);
+        }
     }
 
     /// Aborts the FUSE connection (pending and future requests fail with ENOTCONN); for a
@@ -649,13 +676,45 @@ impl MountManager {
         m.unmount()
     }
 
-    /// Unmounts everything.
+    /// Leaves every mount whose FUSE connection the fd store holds to it, for the next
+    /// process (a daemon's clean stop that keeps running containers' layers): this manager
+    /// forgets them, and neither it nor their drop unmounts them; their sessions go on
+    /// until the process exits. Mounts the store does not hold (their hand-over failed) are
+    /// unmounted. Returns (kept, unmounted). The caller tells the holder
+    /// ([`FdStore::keep`]) and exits without answering more requests.
+    pub fn hand_over(&self) -> (usize, usize) {
+        let all: Vec<_> = self.mounts.lock().drain().map(|(_, m)| m).collect();
+        let (mut kept, mut unmounted) = (0, 0);
+        for m in all {
+            let held = self.store.as_ref().is_some_and(|s| s.holds(m.mountpoint()));
+            if held {
+                m.kept.store(true, Ordering::SeqCst);
+                kept += 1;
+                continue;
+            }
+            tracing::warn!(mountpoint = %m.mountpoint().display(), "the fd store does not hold this layer's connection; unmounting it");
+            match m.unmount() {
+                Ok(_) => unmounted += 1,
+                Err(e) => tracing::warn!(error = %e, "unmount failed"),
+            }
+        }
+        (kept, unmounted)
+    }
+
+    /// Unmounts everything; the sessions get [`SESSION_JOIN_TIMEOUT`] in all to end.
     pub fn unmount_all(&self) {
         let all: Vec<_> = self.mounts.lock().drain().map(|(_, m)| m).collect();
+        let mut begun = Vec::with_capacity(all.len());
         for m in all {
-            if let Err(e) = m.unmount() {
-                tracing::warn!(error = %e, "unmount failed");
+            match m.begin_unmount() {
+                Ok(Some(outcome)) => begun.push((m, outcome)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "unmount failed"),
             }
+        }
+        let end = Instant::now() + SESSION_JOIN_TIMEOUT;
+        for (m, outcome) in begun {
+            m.finish_unmount(outcome, end);
         }
     }
 }

@@ -1,10 +1,14 @@
 //! `starling daemon`: serve containerd's snapshots API (a proxy plugin) on a unix socket
 //! until SIGTERM or SIGINT, with lazy eStargz layers ([`crate::lazy`]) and the Prometheus
-//! endpoint ([`crate::metrics`]) when `metrics_address` is set. On SIGTERM/SIGINT every
-//! lazy layer is unmounted (busy ones detached); at start they are mounted again from
-//! their saved state. The lazy layers' FUSE connections are handed to an fd store holder
-//! (`starling fdstore`, started here) so that after a crash the next daemon serves the
-//! same connections again.
+//! endpoint ([`crate::metrics`]) when `metrics_address` is set. The lazy layers' FUSE
+//! connections are handed to an fd store holder (`starling fdstore`, started here, told
+//! `[daemon] restart_grace`) so that after a crash the next daemon serves the same
+//! connections again. On SIGTERM/SIGINT the gRPC server stops, then by default the lazy
+//! layers are left mounted with the holder ([`LazyLayers::hand_over`]) and the process
+//! exits at once, so running containers keep their layers across a planned restart; with
+//! `[daemon] unmount_on_stop` (`--unmount-on-stop`), or without a holder, every lazy layer
+//! is unmounted (busy ones detached) and the holder exits. At start the layers are mounted
+//! again from their saved state (or their held connections served again).
 //!
 //! Settings come from the configuration file (`--config`, default
 //! `/etc/starling/config.toml`; the default file may be missing, a named one must exist),
@@ -46,6 +50,10 @@ pub struct Args {
     /// [default: the configuration's `address`, /run/starling/starling.sock].
     #[arg(long, value_name = "SOCKET")]
     pub address: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, unmount every lazy layer and stop the fd store holder, instead of
+    /// leaving the mounts to the holder for the next daemon (sets `[daemon] unmount_on_stop`).
+    #[arg(long)]
+    pub unmount_on_stop: bool,
 }
 
 /// The configuration after the file and the flags.
@@ -70,6 +78,9 @@ fn load_config(args: &Args, log_level: Option<&str>) -> anyhow::Result<Config> {
     if let Some(level) = log_level {
         cfg.log_level = level.to_string();
     }
+    if args.unmount_on_stop {
+        cfg.daemon.unmount_on_stop = true;
+    }
     cfg.validate().context("invalid settings")?;
     Ok(cfg)
 }
@@ -90,16 +101,17 @@ fn remote_layers(
         features,
         tokio::runtime::Handle::current(),
         Arc::new(fusefs::metrics::Metrics::default()),
-        fd_store(&cfg.root),
+        fd_store(&cfg.root, cfg.daemon.restart_grace),
     )
     .context("set up lazy layers")?;
     Ok(Some(Arc::new(lazy)))
 }
 
-/// The fd store of `root`: connects to its holder (taking the FUSE connections a killed
-/// daemon left) or starts one (`starling fdstore`, this binary). Without it the daemon runs
-/// as before: its mounts die with it.
-fn fd_store(root: &Path) -> Option<Arc<FdStore>> {
+/// The fd store of `root`: connects to its holder (taking the FUSE connections a killed or
+/// stopped daemon left) or starts one (`starling fdstore`, this binary, with
+/// `restart_grace`, zero = forever). Without it the daemon runs as before: its mounts die
+/// with it.
+fn fd_store(root: &Path, restart_grace: Duration) -> Option<Arc<FdStore>> {
     let socket = fdstore::socket_path(root);
     // The binary itself; after an upgrade replaced it, the running image.
     let program = std::env::current_exe()
@@ -108,7 +120,13 @@ fn fd_store(root: &Path) -> Option<Arc<FdStore>> {
         .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
     let cmd = HolderCommand {
         program,
-        args: vec!["fdstore".into(), "--socket".into(), socket.clone().into()],
+        args: vec![
+            "fdstore".into(),
+            "--socket".into(),
+            socket.clone().into(),
+            "--restart-grace".into(),
+            config::units::format_duration(restart_grace).into(),
+        ],
         log: Some(root.join("fdstore.log")),
     };
     match FdStore::open(&socket, Some(cmd)) {
@@ -185,13 +203,38 @@ pub fn run(args: Args, log_level: Option<&str>) -> anyhow::Result<()> {
         .thread_name("starling")
         .build()
         .context("start tokio runtime")?;
-    let result = runtime.block_on(serve(cfg));
-    // Blocking snapshot operations still running get a moment to finish their transaction.
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    result
+    match runtime.block_on(serve(cfg)) {
+        Ok(Stopped::HandedOver(layers)) => {
+            // Now, with the runtime alive: shutting it down would drop the FUSE reads still
+            // fetching, and a dropped reply answers EIO. Requests read and not answered are
+            // resent to the next daemon (FUSE_NOTIFY_RESEND); the metadata store is
+            // transactional.
+            tracing::info!(
+                layers,
+                "stopped; lazy layers stay mounted for the next daemon"
+            );
+            std::process::exit(0)
+        }
+        result => {
+            // Blocking snapshot operations still running get a moment to finish their
+            // transaction.
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            result.map(drop)
+        }
+    }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
+/// How the daemon stopped.
+#[derive(Debug)]
+enum Stopped {
+    /// Every lazy layer was unmounted (or there were none).
+    Unmounted,
+    /// This many lazy layers were left mounted with the fd store holder: the process must
+    /// exit at once.
+    HandedOver(usize),
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<Stopped> {
     let shutdown = shutdown_signal()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let signalled = {
@@ -209,11 +252,21 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::debug!(?features, "overlay features");
     let lazy = remote_layers(&cfg, &features)?;
     let result = serve_with(&cfg, features, lazy.clone(), stop_rx, signalled).await;
-    if let Some(lazy) = lazy {
-        // Unmount every lazy layer (busy ones are detached) before the process goes.
-        let _ = tokio::task::spawn_blocking(move || lazy.shutdown()).await;
+    let Some(lazy) = lazy else {
+        return result.map(|()| Stopped::Unmounted);
+    };
+    if result.is_ok() && !cfg.daemon.unmount_on_stop {
+        // Leave the layers mounted, their connections with the holder, for the next daemon.
+        let grace = cfg.daemon.restart_grace();
+        let handed = tokio::task::spawn_blocking(move || lazy.hand_over(grace))
+            .await
+            .ok()
+            .flatten();
+        return Ok(handed.map_or(Stopped::Unmounted, Stopped::HandedOver));
     }
-    result
+    // Unmount every lazy layer (busy ones are detached) before the process goes.
+    let _ = tokio::task::spawn_blocking(move || lazy.shutdown()).await;
+    result.map(|()| Stopped::Unmounted)
 }
 
 async fn serve_with(
@@ -276,6 +329,7 @@ mod tests {
             config: config.map(Path::to_path_buf),
             root: root.map(PathBuf::from),
             address: address.map(PathBuf::from),
+            unmount_on_stop: false,
         }
     }
 
@@ -300,6 +354,22 @@ mod tests {
         assert_eq!(cfg.root, Path::new("/tmp/r"));
         assert_eq!(cfg.address, Path::new("/tmp/s.sock"));
         assert_eq!(cfg.log_level, "warn");
+    }
+
+    #[test]
+    fn unmount_on_stop_comes_from_the_file_or_the_flag() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("c.toml");
+        std::fs::write(&file, "[daemon]\nrestart_grace = \"2s\"\n").unwrap();
+        let cfg = load_config(&args(Some(&file), None, None), None).unwrap();
+        assert!(!cfg.daemon.unmount_on_stop, "default: hand over");
+        assert_eq!(cfg.daemon.restart_grace, Duration::from_secs(2));
+        let mut a = args(Some(&file), None, None);
+        a.unmount_on_stop = true;
+        assert!(load_config(&a, None).unwrap().daemon.unmount_on_stop);
+        std::fs::write(&file, "[daemon]\nunmount_on_stop = true\n").unwrap();
+        let cfg = load_config(&args(Some(&file), None, None), None).unwrap();
+        assert!(cfg.daemon.unmount_on_stop);
     }
 
     #[test]

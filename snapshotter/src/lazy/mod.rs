@@ -20,7 +20,10 @@
 //! - **remove**: stops fetching and unmounts (a busy mount is detached and goes with its
 //!   last user).
 //! - **check**: the mount is there and served by this process.
-//! - [`LazyLayers::shutdown`]: unmounts every layer (daemon stop).
+//! - [`LazyLayers::shutdown`]: unmounts every layer (daemon stop with
+//!   `[daemon] unmount_on_stop`, or without an fd store).
+//! - [`LazyLayers::hand_over`]: leaves every layer mounted, its FUSE connection with the
+//!   fd store holder, for the next daemon (default daemon stop).
 //!
 //! The chunk cache is shared by all layers and outlives them: a layer removed and pulled
 //! again reads what was cached before without fetching it.
@@ -208,6 +211,45 @@ impl LazyLayers {
         if let Some(store) = self.manager.fd_store() {
             if let Err(e) = store.shutdown() {
                 tracing::warn!(error = %e, "fd store holder did not confirm its shutdown");
+            }
+        }
+    }
+
+    /// Leaves every layer mounted for the next daemon (clean stop that keeps running
+    /// containers' layers): the fd store holder is told to keep their FUSE connections for
+    /// at most `restart_grace` without a daemon (`None`: forever). Returns how many layers
+    /// were handed over, or `None` when there is nothing to hand over, no fd store, or its
+    /// holder did not answer (then every layer is unmounted and the holder let go, as by
+    /// [`LazyLayers::shutdown`]). After `Some`, the
+    /// process must exit without answering more FUSE requests (they wait in the kernel for
+    /// the next daemon) and without dropping fetches in flight (a dropped reply answers
+    /// EIO). Blocking.
+    pub fn hand_over(&self, restart_grace: Option<Duration>) -> Option<usize> {
+        self.ahead.clear();
+        let Some(store) = self
+            .manager
+            .fd_store()
+            .filter(|_| !self.manager.list().is_empty())
+        else {
+            self.shutdown();
+            return None;
+        };
+        match store.keep(restart_grace) {
+            Ok(held) => {
+                let (kept, unmounted) = self.manager.hand_over();
+                tracing::info!(
+                    layers = kept,
+                    unmounted,
+                    held,
+                    ?restart_grace,
+                    "lazy layers left mounted for the next daemon (fd store holder keeps their connections)"
+                );
+                Some(kept)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the fd store holder cannot keep the lazy layers; unmounting them");
+                self.shutdown();
+                None
             }
         }
     }

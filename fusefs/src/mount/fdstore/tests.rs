@@ -9,7 +9,7 @@ use super::*;
 
 fn holder(path: &Path) -> JoinHandle<Result<(), FdStoreError>> {
     let p = path.to_path_buf();
-    let t = std::thread::spawn(move || serve_holder(&p));
+    let t = std::thread::spawn(move || serve_holder(&p, None));
     let end = Instant::now() + Duration::from_secs(5);
     while connect(path).is_err() {
         assert!(Instant::now() < end, "holder did not start");
@@ -187,4 +187,96 @@ fn without_a_holder_and_without_a_command_open_fails_clearly() {
     let sock = socket_path(tmp.path());
     let e = FdStore::open(&sock, None).unwrap_err();
     assert!(e.to_string().contains("fdstore.sock"), "{e}");
+}
+
+#[test]
+fn a_holder_left_fds_by_a_stopping_daemon_keeps_them_past_the_idle_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = socket_path(tmp.path());
+    let t = holder(&sock);
+    let (r, mut w) = pipe();
+    {
+        let a = FdStore::open(&sock, None).unwrap();
+        a.put(meta("/m/1"), r.as_fd()).unwrap();
+        assert!(a.holds(Path::new("/m/1")));
+        assert!(!a.holds(Path::new("/m/2")));
+        assert_eq!(a.keep(None).unwrap(), 1);
+        // `a` exits (its connection closes).
+    }
+    drop(r);
+    // Longer than the idle rule (2 s with nothing held): held fds are not idle.
+    std::thread::sleep(IDLE_EXIT + Duration::from_secs(1));
+    assert!(!t.is_finished(), "the holder exited while holding fds");
+    let b = FdStore::open(&sock, None).unwrap();
+    let h = b.take_inherited(Path::new("/m/1")).expect("kept fd");
+    w.write_all(b"still").unwrap();
+    let mut got = [0u8; 5];
+    std::fs::File::from(h.fd).read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still");
+    b.shutdown().unwrap();
+    t.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_holder_without_a_daemon_gives_up_after_the_restart_grace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = socket_path(tmp.path());
+    let t = holder(&sock);
+    let (r, mut w) = pipe();
+    {
+        let a = FdStore::open(&sock, None).unwrap();
+        a.put(meta("/m/1"), r.as_fd()).unwrap();
+        assert_eq!(a.keep(Some(Duration::from_secs(1))).unwrap(), 1);
+    }
+    drop(r);
+    // It gives up (closes the fd: the pipe has no reader left) and exits by itself.
+    let end = Instant::now() + Duration::from_secs(60);
+    while !t.is_finished() {
+        assert!(Instant::now() < end, "the holder never gave up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.join().unwrap().unwrap();
+    assert!(!sock.exists(), "socket removed at exit");
+    assert_eq!(
+        w.write_all(b"x").unwrap_err().kind(),
+        std::io::ErrorKind::BrokenPipe
+    );
+}
+
+#[test]
+fn release_is_refused_while_a_daemon_is_connected_then_gives_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = socket_path(tmp.path());
+    let t = holder(&sock);
+    let (r, mut w) = pipe();
+    let a = FdStore::open(&sock, None).unwrap();
+    a.put(meta("/m/1"), r.as_fd()).unwrap();
+    drop(r);
+    match release(&sock) {
+        Err(FdStoreError::Refused(m)) => assert!(m.contains("daemon is connected"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.ping().unwrap().0, 1, "a refused release changes nothing");
+    drop(a);
+    assert_eq!(release(&sock).unwrap(), 1);
+    t.join().unwrap().unwrap();
+    assert_eq!(
+        w.write_all(b"x").unwrap_err().kind(),
+        std::io::ErrorKind::BrokenPipe
+    );
+    assert!(release(&sock).is_err(), "no holder any more");
+}
+
+#[test]
+fn keep_and_release_round_trip_as_json() {
+    let k = Request::Keep {
+        restart_grace_ms: 600_000,
+    };
+    let text = serde_json::to_string(&k).unwrap();
+    assert_eq!(text, r#"{"op":"keep","restart_grace_ms":600000}"#);
+    assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), k);
+    assert_eq!(
+        serde_json::from_str::<Request>(r#"{"op":"release"}"#).unwrap(),
+        Request::Release
+    );
 }
