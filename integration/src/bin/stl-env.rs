@@ -392,6 +392,16 @@ fn down(dir: &Path, purge: bool) -> Result<()> {
     for p in &st.processes {
         stop_pid(p);
     }
+    // A starling daemon's fd store holder outlives it by design (it keeps lazy mounts for
+    // the next start): take it down too, by PID.
+    let holders =
+        integration::process::pids_with_cmdline(&format!("fdstore --socket {}", dir.display()));
+    for pid in holders {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     if let Some(r) = &st.runc_root {
         cleanup_runc(r);
     }
