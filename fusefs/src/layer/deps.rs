@@ -124,11 +124,26 @@ impl LayerSet {
     }
 }
 
-/// Per-layer bookkeeping: files examined, files read ahead.
+/// Per-layer bookkeeping: files examined, files read ahead, on-demand misses per directory.
 #[derive(Default)]
 pub(crate) struct Deps {
     examined: Mutex<HashSet<EntryId>>,
     requested: Mutex<HashSet<EntryId>>,
+    misses: Mutex<HashMap<EntryId, u32>>,
+}
+
+impl Deps {
+    /// Counts an on-demand miss of a small file in directory `dir`; returns the misses
+    /// there before this one.
+    pub(crate) fn dir_misses(&self, dir: EntryId) -> u32 {
+        let mut m = self.misses.lock();
+        if m.len() > 65536 {
+            m.clear();
+        }
+        let n = m.entry(dir).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
 }
 
 fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {

@@ -250,18 +250,21 @@ impl RemoteLayer {
     /// Small files of the same directory right after file `id`'s chunks in the blob, not
     /// local yet, up to `fetch.neighbour_read_ahead` compressed bytes (none when `id` is
     /// not itself a small single-chunk file).
+    /// The window doubles with each on-demand miss in the same directory (up to 8 times
+    /// the setting): a directory read file after file (a package being imported) comes in
+    /// few requests, one read once costs little.
     fn neighbours(&self, id: EntryId, pieces: &[Piece]) -> Vec<Chunk> {
-        let budget = self.ctx.settings.fetch.neighbour_read_ahead;
+        let base = self.ctx.settings.fetch.neighbour_read_ahead;
         let index = &self.layer.index;
         let (Some(first), Some(entry)) = (pieces.first(), index.entry(id)) else {
             return Vec::new();
         };
-        let small = |c: &Chunk| c.file_offset == 0 && c.compressed_len <= budget;
-        if budget == 0 || pieces.len() != 1 || entry.chunk_ids().len() != 1 || !small(&first.chunk)
-        {
+        let small = |c: &Chunk| c.file_offset == 0 && c.compressed_len <= base;
+        if base == 0 || pieces.len() != 1 || entry.chunk_ids().len() != 1 || !small(&first.chunk) {
             return Vec::new();
         }
         let parent = entry.parent();
+        let budget = base << self.deps.dir_misses(parent).min(3);
         let mut out = Vec::new();
         let (mut used, mut end) = (0u64, fetch_range(&first.chunk).end);
         let mut next = first.chunk.id + 1;
@@ -273,7 +276,7 @@ impl RemoteLayer {
             if range.start > end + (4 << 10)
                 || e.parent() != parent
                 || e.chunk_ids().len() != 1
-                || !small(&c)
+                || c.file_offset != 0
                 || used + (range.end - range.start) > budget
             {
                 break;
