@@ -21,6 +21,27 @@ pub struct FetchConfig {
     /// How long a mount waits for its prefetch when `wait_for_prefetch` is on.
     #[serde(with = "crate::units::duration")]
     pub prefetch_timeout: Duration,
+    /// When a program or shared library is read from a lazy layer, also fetch what the
+    /// dynamic loader will load next: its interpreter, `/etc/ld.so.cache` and the shared
+    /// libraries it names (`DT_NEEDED`, found in the image's lazy layers), all at once
+    /// instead of one round trip each as the loader gets to them.
+    pub elf_read_ahead: bool,
+    /// When an image's top layer is mounted lazily, fetch the program the image runs by
+    /// default (`argv[0]` of its config's Entrypoint, else Cmd, looked up in its `PATH`)
+    /// and what the loader needs for it (see `elf_read_ahead`), while the pull and the
+    /// container creation go on. Costs those bytes when a container runs something else.
+    pub program_read_ahead: bool,
+    /// When a small file is fetched on demand, also fetch the small files of the same
+    /// directory that follow it in the blob, up to this many compressed bytes, in the same
+    /// request (files of a directory are often read together: modules of a package,
+    /// locale files). 0 = off.
+    #[serde(with = "crate::units::size")]
+    pub neighbour_read_ahead: u64,
+    /// Files fetched as soon as a layer that has them is mounted (absolute paths in the
+    /// image, symlinks followed within the layer): what container starts read before the
+    /// application runs (containerd and runc read `/etc/passwd` and `/etc/group` of the
+    /// rootfs; the C library reads `/etc/localtime` for local time). Empty: none.
+    pub start_files: Vec<String>,
     /// Fetch the rest of each mounted layer in the background, so later reads are local.
     pub background_fetch: bool,
     /// Background fetch requests in flight at once, over all layers.
@@ -71,6 +92,14 @@ impl Default for FetchConfig {
             prefetch: true,
             wait_for_prefetch: false,
             prefetch_timeout: Duration::from_secs(10),
+            elf_read_ahead: true,
+            program_read_ahead: true,
+            neighbour_read_ahead: 32 << 10,
+            start_files: vec![
+                "/etc/passwd".into(),
+                "/etc/group".into(),
+                "/etc/localtime".into(),
+            ],
             background_fetch: true,
             background_concurrency: 2,
             background_pause_after_read: Duration::from_secs(2),
@@ -99,6 +128,19 @@ impl FetchConfig {
             if d.is_zero() {
                 return Err(Invalid::new(at.key(key), "must be greater than 0s"));
             }
+        }
+        if self.start_files.len() > 64 {
+            return Err(Invalid::new(at.key("start_files"), "at most 64 files"));
+        }
+        if let Some(f) = self
+            .start_files
+            .iter()
+            .find(|f| !f.starts_with('/') || f.contains('\0'))
+        {
+            return Err(Invalid::new(
+                at.key("start_files"),
+                format!("{f:?} is not an absolute path"),
+            ));
         }
         if self.min_backoff > self.max_backoff {
             return Err(Invalid::new(

@@ -143,6 +143,17 @@ fn cross_field_and_range_checks_name_the_key() {
 #[test]
 fn background_and_prefetch_keys_parse_with_defaults() {
     let d = crate::FetchConfig::default();
+    assert!(d.elf_read_ahead && d.program_read_ahead);
+    assert_eq!(
+        d.start_files,
+        ["/etc/passwd", "/etc/group", "/etc/localtime"]
+    );
+    assert_eq!(d.neighbour_read_ahead, 32 << 10);
+    let c = parse("[fetch]\nelf_read_ahead = false\nstart_files = []\n").unwrap();
+    assert!(!c.fetch.elf_read_ahead);
+    assert!(c.fetch.start_files.is_empty());
+    let e = parse("[fetch]\nstart_files = [\"etc/passwd\"]\n").unwrap_err();
+    assert!(e.to_string().contains("start_files"), "{e}");
     assert!(
         !d.wait_for_prefetch,
         "mounts do not wait for the prefetch by default"

@@ -83,6 +83,8 @@ pub struct LayerContext {
     pub(crate) background: Arc<Semaphore>,
     /// Whether something waits on the link (background fetch waits for quiet).
     pub(crate) activity: Arc<crate::layer::Activity>,
+    /// The live layers and their images (for reading ahead across layers).
+    pub(crate) layers: crate::layer::LayerSet,
 }
 
 impl LayerContext {
@@ -115,6 +117,7 @@ impl LayerContext {
             settings,
             background: Arc::new(Semaphore::new(slots)),
             activity: Arc::default(),
+            layers: Default::default(),
         });
         ctx.runtime
             .spawn(crate::memory::trim_while_fetching(Arc::downgrade(&ctx)));
@@ -139,6 +142,21 @@ impl LayerContext {
     /// The settings.
     pub fn settings(&self) -> &LayerSettings {
         &self.settings
+    }
+
+    /// Records that layer `digest` is part of an image whose layers are `layers` (digests,
+    /// base first), so reads in one layer can read ahead files of the others.
+    pub fn note_image_layers(&self, digest: &str, layers: Vec<String>) {
+        self.layers.note_image(digest, layers);
+    }
+
+    /// Reads ahead the program an image runs by default (`argv[0]` of its Entrypoint or
+    /// Cmd) and what it loads, once the image's top layer `top` is mounted
+    /// (`fetch.program_read_ahead`).
+    pub fn note_image_program(&self, top: &str, program: crate::layer::Program) {
+        if self.settings.fetch.program_read_ahead {
+            self.layers.note_program(top, program);
+        }
     }
 
     /// The counters shared by client and cache.

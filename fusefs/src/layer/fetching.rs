@@ -51,6 +51,7 @@ impl RemoteLayer {
         }
         // A mount is activity: background fetch (of every layer) waits a silence window.
         self.ctx.activity.touch();
+        self.fetch_start_files();
         let region = self.claim_prefetch();
         let this = self.clone();
         self.ctx

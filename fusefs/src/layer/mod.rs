@@ -12,6 +12,8 @@
 
 mod access;
 mod chunks;
+mod deps;
+mod elf;
 mod error;
 mod fetching;
 mod progress;
@@ -31,6 +33,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use deps::{LayerSet, Program};
 pub use error::{LayerError, ReadError};
 pub use progress::FetchState;
 pub(crate) use quiet::Activity;
@@ -83,6 +86,7 @@ pub struct RemoteLayer {
     logged: Mutex<HashSet<EntryId>>,
     closed: watch::Sender<bool>,
     fetching: AtomicBool,
+    deps: deps::Deps,
 }
 
 impl std::fmt::Debug for RemoteLayer {
@@ -282,7 +286,9 @@ impl RemoteLayer {
             logged: Mutex::new(HashSet::new()),
             closed,
             fetching: AtomicBool::new(false),
+            deps: deps::Deps::default(),
         });
+        ctx.layers.register(&this);
         // Chunks already in the cache (an earlier mount, another layer with the same files).
         let scan = this.clone();
         tokio::task::spawn_blocking(move || scan.scan_cache())

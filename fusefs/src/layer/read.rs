@@ -118,6 +118,19 @@ impl RemoteLayer {
         Ok(true)
     }
 
+    /// Up to `len` bytes at `offset` of file `id` if they are local, without counting it
+    /// as a read (for looking into files, e.g. ELF headers).
+    pub(crate) fn peek_local(&self, id: EntryId, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let (n, pieces) = self
+            .plan(id, offset, len.min(u32::MAX as usize) as u32)
+            .ok()?;
+        let mut buf = vec![0u8; n];
+        self.fill_local(pieces, &mut buf)
+            .ok()?
+            .is_empty()
+            .then_some(buf)
+    }
+
     /// Reads `[offset, offset + size)` of file `id` (short at the end of the file),
     /// fetching what is not local. Fails within `fetch.read_timeout`; a failure is logged
     /// once per file.
@@ -191,14 +204,30 @@ impl RemoteLayer {
             ));
         }
         if small.is_empty() {
+            self.after_fetch(id, Vec::new());
             return Ok(buf);
         }
-        let requests: Vec<_> = small.iter().filter_map(|p| request_of(&p.chunk)).collect();
+        let mut requests: Vec<_> = small.iter().filter_map(|p| request_of(&p.chunk)).collect();
+        let wanted = requests.len();
+        let neighbours = self.neighbours(id, &small);
+        requests.extend(neighbours.iter().filter_map(request_of));
+        tracing::debug!(layer = %self.source.digest,
+            file = %String::from_utf8_lossy(&self.layer.index.path_of(id)),
+            chunks = requests.len(), "fetching on demand");
         self.read_ahead(id, small.last().map(|p| p.chunk.id));
         let answers = self.fetcher.get_many(&requests, Priority::OnDemand).await;
         let threshold = self.ctx.settings.fetch.stream_threshold;
+        let mut fresh = Vec::with_capacity(small.len());
+        let mut answers = answers;
+        let extra = answers.split_off(wanted.min(answers.len()));
+        for (c, answer) in neighbours.iter().zip(extra) {
+            if answer.is_ok() {
+                self.progress.mark(&self.layer.index, c.id);
+            }
+        }
         for (p, answer) in small.iter().zip(answers) {
             let data = answer?;
+            fresh.push((p.chunk.file_offset, data.clone()));
             let from = p.from as usize;
             if data.len() < from + p.len {
                 return Err(ReadError::Fetch(FetchError::Abandoned));
@@ -214,7 +243,51 @@ impl RemoteLayer {
                 }
             }
         }
+        self.after_fetch(id, fresh);
         Ok(buf)
+    }
+
+    /// Small files of the same directory right after file `id`'s chunks in the blob, not
+    /// local yet, up to `fetch.neighbour_read_ahead` compressed bytes (none when `id` is
+    /// not itself a small single-chunk file).
+    /// The window doubles with each on-demand miss in the same directory (up to 8 times
+    /// the setting): a directory read file after file (a package being imported) comes in
+    /// few requests, one read once costs little.
+    fn neighbours(&self, id: EntryId, pieces: &[Piece]) -> Vec<Chunk> {
+        let base = self.ctx.settings.fetch.neighbour_read_ahead;
+        let index = &self.layer.index;
+        let (Some(first), Some(entry)) = (pieces.first(), index.entry(id)) else {
+            return Vec::new();
+        };
+        let small = |c: &Chunk| c.file_offset == 0 && c.compressed_len <= base;
+        if base == 0 || pieces.len() != 1 || entry.chunk_ids().len() != 1 || !small(&first.chunk) {
+            return Vec::new();
+        }
+        let parent = entry.parent();
+        let budget = base << self.deps.dir_misses(parent).min(3);
+        let mut out = Vec::new();
+        let (mut used, mut end) = (0u64, fetch_range(&first.chunk).end);
+        let mut next = first.chunk.id + 1;
+        while let Some(c) = index.chunk(next) {
+            next += 1;
+            let Some(e) = index.entry(c.entry) else { break };
+            let range = fetch_range(&c);
+            // Adjacent in the blob (a small gap: tar headers), same directory, whole file.
+            if range.start > end + (4 << 10)
+                || e.parent() != parent
+                || e.chunk_ids().len() != 1
+                || c.file_offset != 0
+                || used + (range.end - range.start) > budget
+            {
+                break;
+            }
+            used += range.end - range.start;
+            end = range.end;
+            if !self.progress.is_done(c.id) && key_of(&c).is_some() {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Starts fetching the chunk after `last` of file `id`, if any and not local.
@@ -238,8 +311,9 @@ impl RemoteLayer {
         let this = self.clone();
         tokio::spawn(async move {
             let r = this.fetcher.get(&req, Priority::Prefetch).await;
-            if r.is_ok() {
+            if let Ok(data) = r {
                 this.progress.mark(&this.layer.index, next);
+                this.after_fetch(id, vec![(chunk.file_offset, data)]);
             }
         });
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use rand::Rng as _;
-use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION};
+use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode, Url};
 
 use super::auth::Scope;
@@ -205,7 +205,13 @@ impl ClientInner {
             };
             let attempt = self.attempt(host, req, deadline, &handle);
             let err = match tokio::time::timeout_at(deadline.into(), attempt).await {
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(v)) => {
+                    tracing::debug!(target = %req.target,
+                        range = req.headers.get(RANGE).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                        priority = ?req.priority, attempts, ms = start.elapsed().as_millis() as u64,
+                        "registry request done");
+                    return Ok(v);
+                }
                 Ok(Err(e)) => e,
                 Err(_) => {
                     return Err(timed_out(RegistryError::Network {

@@ -46,14 +46,24 @@ impl std::fmt::Debug for Ahead {
 
 /// The layer after `digest` in the Prepare's layer list (stargz family first, then CRI).
 pub fn next_layer<'a>(l: &'a Labels, digest: &str) -> Option<&'a str> {
+    let list = image_layers(l, digest)?;
+    let at = list.iter().position(|d| *d == digest)?;
+    list.get(at + 1).copied()
+}
+
+/// The image's layer list (base first) from the labels that name `digest` in it (stargz
+/// family first, then CRI).
+pub fn image_layers<'a>(l: &'a Labels, digest: &str) -> Option<Vec<&'a str>> {
     [labels::STARGZ_LAYERS, labels::CRI_IMAGE_LAYERS]
         .iter()
         .filter_map(|k| l.get(*k))
-        .find_map(|list| {
-            let mut it = list.split(',').map(str::trim).filter(|d| !d.is_empty());
-            it.by_ref().find(|d| *d == digest)?;
-            it.next()
+        .map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .collect::<Vec<_>>()
         })
+        .find(|list| list.contains(&digest))
 }
 
 fn key(source: &LayerSource) -> (String, String) {

@@ -30,6 +30,7 @@
 
 pub mod ahead;
 pub mod identity;
+mod program;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,6 +125,7 @@ pub struct LazyLayers {
     prepare_timeout: Duration,
     /// Footers and TOCs of next layers, fetched while the current one is prepared.
     ahead: Ahead,
+    programs: program::Programs,
 }
 
 impl std::fmt::Debug for LazyLayers {
@@ -172,6 +174,7 @@ impl LazyLayers {
             counters: HookCounters::default(),
             prepare_timeout: cfg.fetch.read_timeout + cfg.fetch.prefetch_timeout,
             ahead: Ahead::default(),
+            programs: program::Programs::default(),
         })
     }
 
@@ -291,6 +294,8 @@ impl LazyLayers {
         if let Some(next) = ahead::next_layer(labels, &id.digest) {
             self.ahead.start(&ctx, &id.reference, next);
         }
+        note_image(&ctx, labels, &id.digest);
+        self.programs.start(&ctx, labels, &id.reference, &id.digest);
         // The timer is created inside the runtime (the caller may be outside it).
         let result = ctx.runtime().block_on(async {
             tokio::time::timeout(self.prepare_timeout, async {
@@ -332,6 +337,13 @@ impl LazyLayers {
             }
         }
         Err(failure)
+    }
+}
+
+/// Tells the layers which image layer `digest` belongs to (for read-ahead across layers).
+fn note_image(ctx: &LayerContext, labels: &Labels, digest: &str) {
+    if let Some(list) = ahead::image_layers(labels, digest) {
+        ctx.note_image_layers(digest, list.into_iter().map(String::from).collect());
     }
 }
 
@@ -381,6 +393,9 @@ impl RemoteLayers for LazyLayers {
 
     fn restore(&self, snapshot: &RemoteSnapshot<'_>) -> Result<(), HookError> {
         let state = state_dir(snapshot.mountpoint);
+        if let Ok(id) = LayerIdentity::from_labels(snapshot.labels) {
+            note_image(self.manager.context(), snapshot.labels, &id.digest);
+        }
         let result = if has_saved_state(&state) {
             self.manager
                 .restore(&state, snapshot.mountpoint)

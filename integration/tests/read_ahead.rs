@@ -1,0 +1,182 @@
+//! Read-ahead of what a container start needs, with real containerd, runc, docker-registry
+//! and the starling daemon (pydeb, whose config runs `python3`):
+//!
+//! - while the image is lazily pulled, starling fetches the image's program
+//!   (`/usr/bin/python3` → `python3.11`, found through `PATH` and the symlink across the
+//!   image's layers) and, from its ELF headers, the dynamic loader, `/etc/ld.so.cache` and
+//!   the shared libraries it needs, which live in the base layer; and the start files
+//!   (`/etc/passwd`, `/etc/group`). Proof: with the registry stopped after the pull,
+//!   `python3 -V` still runs, and its output equals overlayfs';
+//! - with `fetch.program_read_ahead` off, the same run fails (python is not local), so the
+//!   first check cannot pass by accident.
+//!
+//! The harness runs commands through `/bin/sh`, so both add `/bin/sh` to
+//! `fetch.start_files`: dash and, through its ELF headers, the C library are read ahead
+//! at mount in both tests.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration::containerd::Ctr;
+use integration::images::pydeb;
+use integration::process::run_cmd;
+use integration::stack::{Stack, StackOptions};
+use integration::starling::{starling_bin, StarlingConfig, StarlingOptions};
+use integration::{prereq, require};
+
+const VERSION: &[&str] = &["python3", "-V"];
+/// No locale files: python's start coerces the C locale to C.UTF-8 (PEP 538) and maps
+/// its `LC_CTYPE`, which neither read-ahead covers.
+const PLAIN_C: &[&str] = &["--env", "LC_ALL=C", "--env", "PYTHONCOERCECLOCALE=0"];
+
+fn stack(name: &str, program_read_ahead: bool) -> Stack {
+    let start: Vec<toml::Value> = ["/etc/passwd", "/etc/group", "/etc/localtime", "/bin/sh"]
+        .iter()
+        .map(|f| toml::Value::from(*f))
+        .collect();
+    let cfg = StarlingConfig::new()
+        .set("metrics_address", "127.0.0.1:0")
+        .set("fetch.background_fetch", false)
+        .set("fetch.program_read_ahead", program_read_ahead)
+        .set("fetch.elf_read_ahead", true)
+        .set("fetch.start_files", start)
+        .set("fetch.request_timeout", "3s")
+        .set("fetch.read_timeout", "6s")
+        .set("fetch.max_retries", 1i64);
+    Stack::start(
+        name,
+        StackOptions {
+            starling: Some(StarlingOptions {
+                config: Some(cfg),
+                log_level: Some("info,fusefs=debug".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn starling(args: &[&str]) {
+    let mut cmd = Command::new(starling_bin().unwrap());
+    cmd.env_remove("CONTAINERD_ADDRESS")
+        .env_remove("CONTAINERD_NAMESPACE")
+        .args(args);
+    let out = run_cmd(&mut cmd, Duration::from_secs(600)).unwrap();
+    assert!(out.success(), "starling {args:?}: {out:?}");
+}
+
+fn rpull(ctr: &Ctr, reference: &str) {
+    starling(&[
+        "rpull",
+        "--address",
+        &ctr.address.to_string_lossy(),
+        "--namespace",
+        &ctr.namespace,
+        "--snapshotter",
+        "starling",
+        "--plain-http",
+        reference,
+    ]);
+}
+
+/// Bytes fetched so far, from the daemon's metrics.
+fn fetched(s: &Stack) -> f64 {
+    let root = s.starling.as_ref().unwrap().root().to_path_buf();
+    let addr = std::fs::read_to_string(root.join("metrics.addr")).unwrap();
+    let r = integration::http::get(&format!("http://{}/metrics", addr.trim()), &[]).unwrap();
+    String::from_utf8(r.body)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("starling_fetch_bytes_total"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the fetched byte count has not moved for a second (read-ahead finished).
+fn wait_until_quiet(s: &Stack) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = fetched(s);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = fetched(s);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Pushes pydeb plain and eStargz; returns (plain, esgz) references.
+fn images(s: &Stack) -> (String, String) {
+    pydeb()
+        .unwrap()
+        .push(&s.registry, "latest", "py:plain")
+        .unwrap();
+    let (plain, esgz) = (
+        s.registry.reference("py:plain"),
+        s.registry.reference("py:esgz"),
+    );
+    starling(&["convert", "--plain-http", &plain, &esgz]);
+    (plain, esgz)
+}
+
+#[test]
+fn the_images_program_and_its_libraries_are_fetched_during_the_pull() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::debian_images(),
+        prereq::starling_binary()
+    );
+    let mut s = stack("ra-on", true);
+    let (plain, esgz) = images(&s);
+    let ctr = s.ctr().clone();
+    ctr.pull(&plain, "overlayfs").unwrap();
+    let expected = ctr.run_ok(&plain, "overlayfs", VERSION).unwrap();
+    assert!(expected.starts_with("Python 3."), "{expected}");
+
+    rpull(&ctr, &esgz);
+    let bytes = wait_until_quiet(&s);
+    s.registry.stop().unwrap();
+    // Nothing can be fetched now: python, its loader and libraries must be local.
+    let out = ctr.run_with(&esgz, "starling", PLAIN_C, VERSION).unwrap();
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.stdout, expected);
+    let log = std::fs::read_to_string(s.starling.as_ref().unwrap().dir().join("starling.log"))
+        .unwrap_or_default();
+    assert!(
+        log.contains("reading ahead the image's program")
+            && log.contains("file=usr/bin/python3.11"),
+        "{log}"
+    );
+    assert!(log.contains("reading ahead what the loader needs"), "{log}");
+    eprintln!("read ahead during the pull: {:.1} MB", bytes / 1e6);
+    s.registry.start_again().unwrap();
+    ctr.remove_all_images().unwrap();
+}
+
+#[test]
+fn without_read_ahead_the_same_run_needs_the_registry() {
+    require!(
+        prereq::containerd_stack(),
+        prereq::fuse(),
+        prereq::debian_images(),
+        prereq::starling_binary()
+    );
+    let mut s = stack("ra-off", false);
+    let (_plain, esgz) = images(&s);
+    let ctr = s.ctr().clone();
+    rpull(&ctr, &esgz);
+    wait_until_quiet(&s);
+    s.registry.stop().unwrap();
+    let out = ctr.run_with(&esgz, "starling", PLAIN_C, VERSION).unwrap();
+    assert!(
+        !out.success() && !out.stdout.starts_with("Python 3."),
+        "python ran without the registry and without read-ahead: {out:?}"
+    );
+    // The shell ran (it and libc were read ahead); python could not be loaded.
+    assert!(!out.stderr.contains("exec /bin/sh"), "{out:?}");
+    s.registry.start_again().unwrap();
+    ctr.remove_all_images().unwrap();
+}
