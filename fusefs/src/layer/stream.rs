@@ -6,7 +6,7 @@
 //! - [`Region::run_windows`]: the rest of the blob when a workload reads most of a layer, in
 //!   windows of [`WINDOW_BYTES`] of chunks that are neither local nor in flight, each one
 //!   call to the layer's fetcher (merged into few requests, verified, cached), with
-//!   [`WINDOWS_IN_FLIGHT`] windows in flight so the link stays busy. Each window is planned
+//!   [`WINDOWS_IN_FLIGHT`] windows in flight, staggered, so the link stays busy. Each window is planned
 //!   right before it is sent, so chunks that reads fetched on their own meanwhile (and
 //!   chunks still in flight in their requests) are not fetched again, and a read of a chunk
 //!   of a window in flight joins that window's fetch. (A single request to the end of the
@@ -45,8 +45,9 @@ const BATCH_CHUNKS: usize = 256;
 pub(crate) const WINDOW_BYTES: u64 = 2 << 20;
 /// Chunks per window at most.
 const WINDOW_CHUNKS: usize = 512;
-/// Windows in flight at once (one is planned while the other transfers).
-pub(crate) const WINDOWS_IN_FLIGHT: usize = 2;
+/// Windows in flight at once (while one is decoded and the next is asked for, the others
+/// keep the link busy).
+pub(crate) const WINDOWS_IN_FLIGHT: usize = 3;
 
 /// Progress of the layer's current stream, shared with readers.
 #[derive(Default)]
@@ -172,6 +173,15 @@ pub(crate) struct WindowStats {
     pub(crate) skipped_local: u64,
     /// Compressed bytes of chunks passed over because they were in flight in another fetch.
     pub(crate) skipped_in_flight: u64,
+}
+
+/// The byte budget of the `n`-th window (from 0): the first [`WINDOWS_IN_FLIGHT`] windows
+/// are sent together, so they grow in steps (1/3, 2/3, 3/3 of [`WINDOW_BYTES`]) to finish one
+/// after the other; equal windows sent together finish together, and the link then idles
+/// for a round trip plus a decode before the next ones arrive.
+fn window_budget(n: u64) -> u64 {
+    let k = WINDOWS_IN_FLIGHT as u64;
+    WINDOW_BYTES * (n + 1).min(k) / k
 }
 
 /// One window: chunks to fetch in blob order (or one chunk too large for memory).
@@ -350,7 +360,8 @@ impl RemoteLayer {
                 if self.is_closed() {
                     return Err(StreamError::Closed);
                 }
-                let w = self.plan_window(&mut cursor, last, &mut stats);
+                let budget = window_budget(stats.windows);
+                let w = self.plan_window(&mut cursor, last, budget, &mut stats);
                 if !w.requests.is_empty() || w.large.is_some() {
                     stats.windows += 1;
                 }
@@ -371,16 +382,23 @@ impl RemoteLayer {
     }
 
     /// The next window from chunk `*cursor` (at most `last`): chunks that are neither local
-    /// nor in flight, up to [`WINDOW_BYTES`]; a chunk too large for memory makes a window of
-    /// its own. Chunks sharing a compressed member are never split between windows.
-    fn plan_window(&self, cursor: &mut u32, last: u32, stats: &mut WindowStats) -> Window {
+    /// nor in flight, up to `budget` compressed bytes; a chunk too large for memory makes a
+    /// window of its own. Chunks sharing a compressed member are never split between
+    /// windows.
+    fn plan_window(
+        &self,
+        cursor: &mut u32,
+        last: u32,
+        budget: u64,
+        stats: &mut WindowStats,
+    ) -> Window {
         let index = &self.layer.index;
         let mut w = Window::default();
         let mut bytes = 0u64;
         let mut last_offset = None;
         while *cursor <= last {
             let Some(c) = index.chunk(*cursor) else { break };
-            let full = bytes >= WINDOW_BYTES || w.requests.len() >= WINDOW_CHUNKS;
+            let full = bytes >= budget || w.requests.len() >= WINDOW_CHUNKS;
             if full && last_offset != Some(c.compressed_offset) {
                 break;
             }
@@ -495,5 +513,19 @@ impl RemoteLayer {
         })
         .await
         .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_windows_grow_so_they_finish_one_after_the_other() {
+        let b: Vec<u64> = (0..5).map(window_budget).collect();
+        assert!(b.windows(2).all(|w| w[0] <= w[1]), "{b:?}");
+        assert!(b[0] < b[1] && b[1] < WINDOW_BYTES, "{b:?}");
+        assert_eq!(b[WINDOWS_IN_FLIGHT - 1], WINDOW_BYTES);
+        assert_eq!(b[4], WINDOW_BYTES);
     }
 }
