@@ -175,10 +175,12 @@ impl RemoteLayer {
         // The link is busy for background fetch until this read has its chunks.
         let _busy = self.ctx.activity.begin();
         let timeout = self.ctx.settings.fetch.read_timeout;
-        // Chunks the stream is about to deliver: wait for it, then look again.
+        // Chunks the stream is about to deliver: wait for it, then look again. A chunk in
+        // flight (in a stream window or another read) is joined below instead.
         let mut waited = false;
         for p in &missing {
-            if self.stream.should_wait(p.chunk.compressed_offset) {
+            let in_flight = key_of(&p.chunk).is_some_and(|k| self.fetcher.is_in_flight(&k));
+            if !in_flight && self.stream.should_wait(p.chunk.compressed_offset) {
                 self.stream
                     .wait_past(p.chunk.compressed_offset, timeout)
                     .await;
@@ -329,10 +331,22 @@ impl RemoteLayer {
             tracing::info!(layer = %this.source.digest, from, "workload reads most of the layer: streaming the rest of the blob");
             let before = this.progress.state();
             this.progress.set_state(super::FetchState::Streaming);
-            let r = this.stream_region(from, end, Priority::OnDemand).await;
+            let r = match this.claim_region(from, end) {
+                Ok(Some(region)) => region.run_windows().await,
+                Ok(None) => Ok(Default::default()),
+                Err(e) => Err(e),
+            };
             this.progress.set_state(before);
             match r {
-                Ok(n) => tracing::info!(layer = %this.source.digest, chunks = n, "stream finished"),
+                Ok(s) => tracing::info!(
+                    layer = %this.source.digest,
+                    windows = s.windows,
+                    chunks = s.chunks,
+                    bytes = s.bytes,
+                    skipped_local = s.skipped_local,
+                    skipped_in_flight = s.skipped_in_flight,
+                    "stream finished"
+                ),
                 Err(super::stream::StreamError::Busy) => this.progress.rearm_stream(),
                 Err(e) => {
                     tracing::warn!(layer = %this.source.digest, error = %e, "stream stopped; reads fetch chunk by chunk");

@@ -134,6 +134,13 @@ impl ChunkFetcher {
         &self.inner.cache
     }
 
+    /// True while a fetch of `key` is in flight (asked for, or answered and not yet
+    /// cached): a caller of [`ChunkFetcher::get_many`] would join it rather than fetch it
+    /// again.
+    pub fn is_in_flight(&self, key: &ChunkKey) -> bool {
+        self.inner.inflight.lock().contains_key(key)
+    }
+
     /// Waits until no fetch is in flight and every fetched chunk has been written to the
     /// cache (chunks are answered before they are cached).
     pub async fn wait_idle(&self) {

@@ -1,0 +1,109 @@
+//! Bytes moved when a workload reads a whole lazy layer through FUSE (needs root, /dev/fuse
+//! and docker-registry): after scattered reads made part of the layer local, a `tar`-like
+//! pass over every file switches the layer to streaming the rest of the blob, and the
+//! stream must not fetch again what is already local — each compressed byte crosses the
+//! network about once. (Before the stream planned its windows around local chunks, this
+//! pass moved 1.25× the blob.) Bytes, not time: nothing here is timed.
+
+mod common;
+mod lazy;
+
+use common::*;
+use estargz::testutil::{pattern, Meta, TarBuilder};
+use estargz::BuildOptions;
+use fusefs::mount::MountManager;
+use fusefs::registry::Repository;
+
+/// Files in the layer (names sort in blob order).
+const FILES: u64 = 300;
+/// Bytes per file (half of them random: about 20 KB compressed).
+const FILE_SIZE: usize = 40_000;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn name(i: u64) -> String {
+    format!("d/f{i:03}")
+}
+
+#[test]
+fn reading_every_file_fetches_each_byte_about_once() {
+    require_registry!();
+    if !lazy::fuse_available() {
+        return;
+    }
+    let rt = runtime();
+    let reg = RegistryProc::start(RegistryAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    for i in 0..FILES {
+        t.file(name(i).as_bytes(), &Meta::default(), &pattern(FILE_SIZE, i));
+    }
+    let built = lazy::build(&t.finish(), &BuildOptions::default());
+    let blob_size = built.blob.len() as u64;
+    // Streaming on as by default; no prefetch or background fetch, so every byte moved is
+    // either an on-demand read or the stream.
+    let fetch = config::FetchConfig {
+        prefetch: false,
+        background_fetch: false,
+        stream_threshold: 0.5,
+        ..fetch_config()
+    };
+    let (ctx, metrics) = lazy::context(
+        dir.path(),
+        rt.handle().clone(),
+        reg.dir.path(),
+        lazy::settings(fetch, false, None),
+    );
+    let source = rt.block_on(lazy::push(
+        ctx.client(),
+        &Repository::new(reg.host(), "fuse/readall"),
+        &built,
+    ));
+    let mp = dir.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let manager = MountManager::new(ctx.clone());
+    let before = metrics.snapshot();
+    let _m = manager
+        .mount(source, &dir.path().join("state"), &mp)
+        .unwrap();
+
+    // Scattered reads (every other file of the second half, backwards: no scan, a quarter
+    // of the layer, under the streaming threshold).
+    for i in (FILES / 2..FILES).rev().filter(|i| i % 2 == 1) {
+        let data = std::fs::read(mp.join(name(i))).unwrap();
+        assert_eq!(data, pattern(FILE_SIZE, i), "{}", name(i));
+    }
+    let scattered = metrics.snapshot().bytes_fetched - before.bytes_fetched;
+    assert!(
+        scattered > blob_size / 5,
+        "the scattered reads fetched only {scattered} of {blob_size} bytes"
+    );
+
+    // Every file in blob order, as `tar` does: switches to streaming the rest.
+    for i in 0..FILES {
+        let data = std::fs::read(mp.join(name(i))).unwrap();
+        assert_eq!(data, pattern(FILE_SIZE, i), "{}", name(i));
+    }
+    let after = metrics.snapshot();
+    let fetched = after.bytes_fetched - before.bytes_fetched;
+    let requests = after.requests - before.requests;
+    eprintln!(
+        "blob {blob_size} bytes; fetched {fetched} bytes ({:.3}x) in {requests} requests",
+        fetched as f64 / blob_size as f64
+    );
+    assert!(
+        requests < FILES,
+        "{requests} requests for {FILES} files: the pass did not switch to streaming"
+    );
+    assert!(
+        fetched as f64 <= 1.02 * blob_size as f64,
+        "fetched {fetched} bytes for a {blob_size}-byte blob ({:.3}x): bytes fetched twice",
+        fetched as f64 / blob_size as f64
+    );
+}
