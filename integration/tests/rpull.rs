@@ -520,9 +520,12 @@ fn repull_skips_layers_that_exist() {
         prereq::fuse(),
         prereq::starling_binary()
     );
-    // No background fetch: it would still be reading the first pull's layers while the
-    // second pull runs, and this test counts the layer reads of the second pull.
-    let cfg = StarlingConfig::new().set("fetch.background_fetch", false);
+    // No background fetch or program read-ahead: they could still be reading the first
+    // pull's layers while the second pull runs, and this test counts the layer reads of
+    // the second pull.
+    let cfg = StarlingConfig::new()
+        .set("fetch.background_fetch", false)
+        .set("fetch.program_read_ahead", false);
     let s = stack_with("rpl-again", &[], Some(cfg));
     let ctr = s.ctr();
     let (_, esgz, expected) = images(&s);
