@@ -51,29 +51,39 @@ pub struct Program {
 
 impl LayerSet {
     pub(crate) fn register(&self, layer: &Arc<RemoteLayer>) {
-        let digest = layer.source.digest.to_string();
-        {
-            let mut l = self.layers.lock();
-            l.retain(|_, w| w.strong_count() > 0);
-            l.insert(digest.clone(), Arc::downgrade(layer));
-        }
-        if let Some(p) = self.programs.lock().remove(&digest) {
+        let mut l = self.layers.lock();
+        l.retain(|_, w| w.strong_count() > 0);
+        l.insert(layer.source.digest.to_string(), Arc::downgrade(layer));
+    }
+
+    /// Runs the program read-ahead waiting for `layer`, if any; called once the layer
+    /// fetches (its prefetch claimed first, so read-ahead leaves the prefetched chunks to
+    /// it).
+    pub(crate) fn start_program(&self, layer: &Arc<RemoteLayer>) {
+        let pending = self
+            .programs
+            .lock()
+            .remove(&layer.source.digest.to_string());
+        if let Some(p) = pending {
             layer.read_ahead_program(&p);
         }
     }
 
     /// Reads ahead `program` (and what it loads) in the image whose top layer is `top`:
-    /// now if that layer is live, else as soon as it is.
+    /// now if that layer is mounted and fetching, else as soon as it is.
     pub(crate) fn note_program(&self, top: &str, program: Program) {
         let live = self.layers.lock().get(top).and_then(Weak::upgrade);
-        match live {
-            Some(layer) => layer.read_ahead_program(&program),
+        let mut pending = self.programs.lock();
+        match live.filter(|l| l.fetching.load(std::sync::atomic::Ordering::SeqCst)) {
+            Some(layer) => {
+                drop(pending);
+                layer.read_ahead_program(&program);
+            }
             None => {
-                let mut p = self.programs.lock();
-                if p.len() > 1024 {
-                    p.clear();
+                if pending.len() > 1024 {
+                    pending.clear();
                 }
-                p.insert(top.to_string(), program);
+                pending.insert(top.to_string(), program);
             }
         }
     }
@@ -390,6 +400,8 @@ impl RemoteLayer {
             .filter(|c| !huge || *c == ids.start || *c + 1 == ids.end)
             .filter(|c| !self.progress.is_done(*c))
             .filter_map(|c| index.chunk(c))
+            // The prefetch (or a stream) brings these anyway: not twice.
+            .filter(|c| !self.stream.will_cover(c.compressed_offset))
             .collect();
         let mut fresh = Vec::new();
         if !chunks.is_empty() {

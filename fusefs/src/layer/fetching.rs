@@ -53,6 +53,7 @@ impl RemoteLayer {
         self.ctx.activity.touch();
         self.fetch_start_files();
         let region = self.claim_prefetch();
+        self.ctx.layers.start_program(self);
         let this = self.clone();
         self.ctx
             .runtime

@@ -285,7 +285,10 @@ impl RemoteLayer {
             }
             used += range.end - range.start;
             end = range.end;
-            if !self.progress.is_done(c.id) && key_of(&c).is_some() {
+            if !self.progress.is_done(c.id)
+                && key_of(&c).is_some()
+                && !self.stream.will_cover(c.compressed_offset)
+            {
                 out.push(c);
             }
         }

@@ -94,6 +94,14 @@ impl StreamGate {
         self.active.load(Ordering::SeqCst)
     }
 
+    /// Whether the running stream (or prefetch) will deliver the chunk at compressed
+    /// `offset`, however far ahead: read-ahead leaves such chunks to it.
+    pub(crate) fn will_cover(&self, offset: u64) -> bool {
+        self.is_active()
+            && offset >= self.pos.load(Ordering::SeqCst)
+            && offset < self.end.load(Ordering::SeqCst)
+    }
+
     /// Whether a read of the chunk at compressed `offset` should wait for the stream.
     pub(crate) fn should_wait(&self, offset: u64) -> bool {
         if !self.is_active() {
