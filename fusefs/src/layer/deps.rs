@@ -252,6 +252,13 @@ impl RemoteLayer {
         if !self.ctx.settings.fetch.elf_read_ahead || self.deps.examined.lock().contains(&id) {
             return;
         }
+        // Most fetched files are not ELF: when their start is at hand, say so here instead
+        // of handing every fetch to a blocking thread.
+        let start = fresh.iter().find(|(at, _)| *at == 0).map(|(_, d)| d);
+        if start.is_some_and(|d| !d.starts_with(b"\x7fELF")) {
+            self.deps.examined.lock().insert(id);
+            return;
+        }
         let this = self.clone();
         self.ctx
             .runtime

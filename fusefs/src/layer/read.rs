@@ -108,10 +108,7 @@ impl RemoteLayer {
         size: u32,
         buf: &mut Vec<u8>,
     ) -> Result<bool, ReadError> {
-        let (len, pieces) = self.plan(id, offset, size)?;
-        buf.clear();
-        buf.resize(len, 0);
-        if !self.fill_local(pieces, buf)?.is_empty() {
+        if !self.copy_local(id, offset, size, buf)? {
             return Ok(false);
         }
         self.note_read(id);
@@ -121,14 +118,26 @@ impl RemoteLayer {
     /// Up to `len` bytes at `offset` of file `id` if they are local, without counting it
     /// as a read (for looking into files, e.g. ELF headers).
     pub(crate) fn peek_local(&self, id: EntryId, offset: u64, len: usize) -> Option<Vec<u8>> {
-        let (n, pieces) = self
-            .plan(id, offset, len.min(u32::MAX as usize) as u32)
-            .ok()?;
-        let mut buf = vec![0u8; n];
-        self.fill_local(pieces, &mut buf)
+        let mut buf = Vec::new();
+        let size = len.min(u32::MAX as usize) as u32;
+        self.copy_local(id, offset, size, &mut buf)
             .ok()?
-            .is_empty()
             .then_some(buf)
+    }
+
+    /// Copies `[offset, offset + size)` of file `id` into `buf` (resized to the read's
+    /// length) from local chunks; false if some chunk is not local.
+    fn copy_local(
+        &self,
+        id: EntryId,
+        offset: u64,
+        size: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<bool, ReadError> {
+        let (len, pieces) = self.plan(id, offset, size)?;
+        buf.clear();
+        buf.resize(len, 0);
+        Ok(self.fill_local(pieces, buf)?.is_empty())
     }
 
     /// Reads `[offset, offset + size)` of file `id` (short at the end of the file),
