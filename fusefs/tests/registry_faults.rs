@@ -9,11 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::proxy::{Proxy, ProxyMode};
 use common::*;
 use fusefs::cache::{CacheOptions, ChunkCache, ChunkKey};
 use fusefs::registry::{
-    ChunkFetcher, ChunkRequest, FetchError, Priority, RawChunks, RegistryError, Repository,
+    ChunkDecoder, ChunkFetcher, ChunkRequest, FetchError, Priority, RawChunks, RegistryError,
+    Repository, STREAM_DECODE_MIN,
 };
 
 fn fast_failing() -> config::FetchConfig {
@@ -180,19 +182,45 @@ async fn mirrors_down_fall_through_to_the_origin() {
     frozen.resume();
 }
 
-async fn corrupted_fetch(multi_range: bool, seed: u64) {
+/// Serves a blob range as the chunk (like [`RawChunks`]) and tells its size up front, so the
+/// fetcher decodes chunks of [`STREAM_DECODE_MIN`] bytes or more straight into the cache.
+struct SizedRaw;
+
+impl ChunkDecoder for SizedRaw {
+    fn decode(&self, _request: &ChunkRequest, raw: Bytes) -> Result<Bytes, String> {
+        Ok(raw)
+    }
+
+    fn decoded_len(&self, request: &ChunkRequest) -> Option<u64> {
+        Some(request.range.end - request.range.start)
+    }
+}
+
+/// Chunks of 16-64 KiB (like an eStargz layer's small files), or, with `large`, of
+/// 1-1.5 MiB (decoded into the cache, see [`SizedRaw`]).
+async fn corrupted_fetch(multi_range: bool, seed: u64, large: bool) {
     let reg = RegistryProc::start(RegistryAuth::None);
     let regcfg = registry_config(reg.dir.path());
     let (pusher, _) = client(&fetch_config(), &regcfg);
     let repo_name = "faults/flip";
-    let blob_data = data(40 + seed, 4 << 20);
+    let blob_data = data(40 + seed, if large { 10 << 20 } else { 4 << 20 });
+    let (base, spread) = if large {
+        (STREAM_DECODE_MIN, STREAM_DECODE_MIN / 2)
+    } else {
+        (16_384, 49_152)
+    };
+    let decoder: Arc<dyn ChunkDecoder> = if large {
+        Arc::new(SizedRaw)
+    } else {
+        Arc::new(RawChunks)
+    };
     let digest = push(&pusher, &Repository::new(reg.host(), repo_name), &blob_data).await;
-    // Contiguous chunks of 16-64 KiB, like an eStargz layer's.
+    // Contiguous chunks.
     let mut chunks = Vec::new();
     let mut off = 0u64;
     let mut i = 0u64;
     while off < blob_data.len() as u64 {
-        let len = (16_384 + (i * 7919) % 49_152).min(blob_data.len() as u64 - off);
+        let len = (base + (i * 7919) % spread).min(blob_data.len() as u64 - off);
         let bytes = &blob_data[off as usize..(off + len) as usize];
         chunks.push(ChunkRequest {
             key: ChunkKey::of(bytes),
@@ -229,7 +257,7 @@ async fn corrupted_fetch(multi_range: bool, seed: u64) {
         metrics.clone(),
     )
     .unwrap();
-    let fetcher = ChunkFetcher::new(blob, cache.clone(), Arc::new(RawChunks));
+    let fetcher = ChunkFetcher::new(blob, cache.clone(), decoder.clone());
     let results = fetcher.get_many(&chunks, Priority::OnDemand).await;
     fetcher.wait_idle().await;
     let (mut ok, mut failed) = (0, 0);
@@ -275,7 +303,7 @@ async fn corrupted_fetch(multi_range: bool, seed: u64) {
     let m = metrics.snapshot();
     let flipped = proxy.stats.corrupted.load(Ordering::SeqCst);
     eprintln!(
-        "multi_range={multi_range}: {} chunks, {ok} ok, {failed} failed, {flipped} responses corrupted, {} digest mismatches, {files} cached",
+        "multi_range={multi_range} large={large}: {} chunks, {ok} ok, {failed} failed, {flipped} responses corrupted, {} digest mismatches, {files} cached",
         chunks.len(),
         m.digest_mismatches
     );
@@ -298,7 +326,7 @@ async fn corrupted_fetch(multi_range: bool, seed: u64) {
         )
         .await
         .unwrap();
-    let fetcher = ChunkFetcher::new(blob, cache, Arc::new(RawChunks));
+    let fetcher = ChunkFetcher::new(blob, cache, decoder);
     for (req, res) in chunks
         .iter()
         .zip(fetcher.get_many(&chunks, Priority::OnDemand).await)
@@ -323,11 +351,17 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_bytes_are_never_served_or_cached_single_range() {
     require_registry!();
-    corrupted_fetch(false, 1).await;
+    corrupted_fetch(false, 1, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_bytes_are_never_served_or_cached_multi_range() {
     require_registry!();
-    corrupted_fetch(true, 2).await;
+    corrupted_fetch(true, 2, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_bytes_of_large_chunks_are_never_served_or_cached() {
+    require_registry!();
+    corrupted_fetch(false, 3, true).await;
 }

@@ -170,6 +170,14 @@ impl ChunkCache {
         }
     }
 
+    /// The content of an entry this process has just committed (see
+    /// [`ChunkCache::writer`]), read back without counting a hit or filling the memory LRU:
+    /// a fetcher that decoded a chunk straight into the cache serves it from there (large
+    /// entries come back as a mapping of the file, so no heap copy is made).
+    pub fn read_back(&self, key: &ChunkKey) -> Result<Option<Bytes>, CacheError> {
+        self.inner.load(key)
+    }
+
     /// Copies up to `buf.len()` bytes of the entry for `key` from `offset` into `buf`, without
     /// loading the whole entry (after its first-use check, which reads it once); returns the
     /// count (0 at or past its end), or `None` if the entry is absent or was found corrupted.

@@ -98,6 +98,30 @@ impl ChunkDecoder for LayerDecoder {
             .map_err(|e| e.to_string())?;
         Ok(Bytes::from(out))
     }
+
+    fn decoded_len(&self, request: &ChunkRequest) -> Option<u64> {
+        find_chunk(&self.index.index, request.range.start, &request.key).map(|c| c.size)
+    }
+
+    fn decode_to(
+        &self,
+        request: &ChunkRequest,
+        raw: Bytes,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        let index = &self.index.index;
+        let chunk = find_chunk(index, request.range.start, &request.key)
+            .ok_or_else(|| "no such chunk in the layer".to_string())?;
+        estargz::chunk::decompress_stream(
+            index.compression(),
+            &raw[..],
+            chunk.inner_offset,
+            chunk.size,
+            sink,
+        )
+        .map(drop)
+        .map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::{Blob, Priority, RegistryError, Target};
-use crate::cache::{ChunkCache, ChunkKey};
+use crate::cache::{CacheError, ChunkCache, ChunkKey};
 use crate::metrics::Metrics;
 
 /// One chunk to read.
@@ -33,7 +33,31 @@ pub struct ChunkRequest {
 pub trait ChunkDecoder: Send + Sync + 'static {
     /// Decodes `raw` (the bytes of `request.range`). Errors are treated like corruption.
     fn decode(&self, request: &ChunkRequest, raw: Bytes) -> Result<Bytes, String>;
+
+    /// The chunk's decoded size, if known before decoding. Chunks of
+    /// [`STREAM_DECODE_MIN`] bytes or more are decoded with [`ChunkDecoder::decode_to`]
+    /// straight into their cache entry.
+    fn decoded_len(&self, _request: &ChunkRequest) -> Option<u64> {
+        None
+    }
+
+    /// Decodes `raw` into `sink`, piece by piece where the format allows (bounded memory).
+    fn decode_to(
+        &self,
+        request: &ChunkRequest,
+        raw: Bytes,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        let data = self.decode(request, raw)?;
+        sink(&data).map_err(|e| e.to_string())
+    }
 }
+
+/// Decoded size from which a chunk is decoded into its cache entry and served from there
+/// (a mapping of the file) rather than through a heap buffer: a cold container start
+/// fetches a few such chunks at once (a 4 MiB chunk of a program next to its libraries),
+/// and holding them decoded in memory was most of the daemon's peak.
+pub const STREAM_DECODE_MIN: u64 = 1 << 20;
 
 /// The identity decoder: the blob range holds the chunk's content as is.
 #[derive(Debug, Clone, Copy, Default)]
@@ -267,50 +291,28 @@ async fn fetch_and_store(inner: Arc<Inner>, mut jobs: Vec<Job>, priority: Priori
                 return;
             }
         };
-        let requests: Vec<ChunkRequest> = jobs.iter().map(|j| j.request.clone()).collect();
+        // One chunk at a time: decode, verify, answer, cache, forget. Only one decoded chunk
+        // of the batch is in memory at once (a batch can hold several 4 MiB chunks).
+        let keys: Vec<ChunkKey> = jobs.iter().map(|j| j.request.key).collect();
         let worker = inner.clone();
         let verdicts = tokio::task::spawn_blocking(move || {
-            requests
-                .into_iter()
+            jobs.into_iter()
                 .zip(raws)
-                .map(|(req, raw)| decode_verify(&worker, &req, raw))
+                .filter_map(|(job, raw)| settle(&worker, job, raw))
                 .collect::<Vec<_>>()
         })
         .await;
-        let Ok(verdicts) = verdicts else {
-            for j in jobs {
-                finish(&inner, j, Err(FetchError::Abandoned));
+        let Ok(bad) = verdicts else {
+            // The blocking task did not run to its end: its replies were dropped (callers see
+            // `Abandoned`); make sure no chunk stays marked in flight.
+            let mut inflight = inner.inflight.lock();
+            for k in &keys {
+                inflight.remove(k);
             }
+            drop(inflight);
+            inner.settled.notify_waiters();
             return;
         };
-        let mut bad = Vec::new();
-        let mut good = Vec::new();
-        for (job, verdict) in jobs.into_iter().zip(verdicts) {
-            match verdict {
-                Ok(data) => {
-                    // Answer now; the chunk stays "in flight" (answered) until it is cached,
-                    // so callers arriving meanwhile get it without a new fetch.
-                    let _ = job.reply.send(Ok(data.clone()));
-                    good.push((job.request.key, data));
-                }
-                Err(reason) => {
-                    Metrics::inc(&inner.metrics.digest_mismatches);
-                    bad.push((job, reason));
-                }
-            }
-        }
-        if !good.is_empty() {
-            let store = inner.clone();
-            tokio::task::spawn_blocking(move || {
-                for (key, data) in good {
-                    if let Err(e) = store.cache.insert_verified(&key, data) {
-                        tracing::warn!(chunk = %key, error = %e, "cannot cache chunk; it was served uncached");
-                    }
-                    store.inflight.lock().remove(&key);
-                }
-                store.settled.notify_waiters();
-            });
-        }
         if bad.is_empty() {
             return;
         }
@@ -336,6 +338,106 @@ async fn fetch_and_store(inner: Arc<Inner>, mut jobs: Vec<Job>, priority: Priori
         Metrics::inc(&inner.metrics.retries);
         tokio::time::sleep(inner.backoff * attempts).await;
         jobs = bad.into_iter().map(|(j, _)| j).collect();
+    }
+}
+
+/// Decodes and verifies one fetched chunk, answers its callers and caches it (chunks of
+/// [`STREAM_DECODE_MIN`] bytes or more are decoded straight into the cache and served from
+/// there). Gives the job back, with the reason, when the chunk failed decoding or
+/// verification. Runs on a blocking thread.
+fn settle(inner: &Inner, job: Job, raw: Bytes) -> Option<(Job, String)> {
+    let key = job.request.key;
+    let streamed = inner
+        .decoder
+        .decoded_len(&job.request)
+        .is_some_and(|n| n >= STREAM_DECODE_MIN)
+        .then(|| decode_into_cache(inner, &job.request, &raw))
+        .flatten();
+    // Ok((data, already cached)).
+    let verdict = match streamed {
+        Some(result) => result.map(|data| (data, true)),
+        None => decode_verify(inner, &job.request, raw).map(|d| (d, false)),
+    };
+    match verdict {
+        Ok((data, true)) => {
+            let _ = job.reply.send(Ok(data));
+        }
+        Ok((data, false)) => {
+            // Answer first; the chunk stays "in flight" (answered) until it is cached, so
+            // callers arriving meanwhile get it without a new fetch.
+            let _ = job.reply.send(Ok(data.clone()));
+            if let Err(e) = inner.cache.insert_verified(&key, data) {
+                tracing::warn!(chunk = %key, error = %e, "cannot cache chunk; it was served uncached");
+            }
+        }
+        Err(reason) => {
+            Metrics::inc(&inner.metrics.digest_mismatches);
+            return Some((job, reason));
+        }
+    }
+    inner.inflight.lock().remove(&key);
+    inner.settled.notify_waiters();
+    None
+}
+
+/// Decodes one chunk straight into its cache entry (checked against its key when it is
+/// committed) and reads it back from there. `None` when the cache cannot take it (the
+/// caller then decodes in memory and serves the chunk uncached). Runs on a blocking thread.
+fn decode_into_cache(
+    inner: &Inner,
+    req: &ChunkRequest,
+    raw: &Bytes,
+) -> Option<Result<Bytes, String>> {
+    let cache_failed = |e: &dyn std::fmt::Display| {
+        tracing::warn!(chunk = %req.key, error = %e, "cannot decode chunk into the cache; decoding it in memory");
+    };
+    let mut writer = inner
+        .cache
+        .writer(req.key)
+        .map_err(|e| cache_failed(&e))
+        .ok()?;
+    let mut write_error = None;
+    let decoded = inner.decoder.decode_to(req, raw.clone(), &mut |piece| {
+        writer.write(piece).map_err(|e| {
+            let message = e.to_string();
+            write_error = Some(e);
+            std::io::Error::other(message)
+        })
+    });
+    if let Some(e) = write_error {
+        cache_failed(&e);
+        return None;
+    }
+    if let Err(reason) = decoded {
+        return Some(Err(reason));
+    }
+    match writer.commit() {
+        Ok(()) => {}
+        Err(CacheError::Mismatch { .. }) => return Some(Err(mismatch_reason(&req.key))),
+        Err(e) => {
+            cache_failed(&e);
+            return None;
+        }
+    }
+    match inner.cache.read_back(&req.key) {
+        Ok(Some(data)) => Some(Ok(data)),
+        Ok(None) => {
+            cache_failed(&"the entry vanished right after it was written");
+            None
+        }
+        Err(e) => {
+            cache_failed(&e);
+            None
+        }
+    }
+}
+
+/// Why a decoded chunk does not match its key.
+fn mismatch_reason(key: &ChunkKey) -> String {
+    if key.is_verifiable() {
+        "content does not match the chunk digest".to_string()
+    } else {
+        format!("decoded size differs from the expected {:?}", key.size())
     }
 }
 

@@ -33,7 +33,10 @@ use reqwest::Method;
 
 pub use blob::{Blob, BlobStream, BlockingBlob};
 pub use error::{RegistryError, Target};
-pub use fetcher::{ChunkDecoder, ChunkFetcher, ChunkRequest, CorruptChunk, FetchError, RawChunks};
+pub use fetcher::{
+    ChunkDecoder, ChunkFetcher, ChunkRequest, CorruptChunk, FetchError, RawChunks,
+    STREAM_DECODE_MIN,
+};
 pub use limiter::Priority;
 pub use manifest::{host_platform, FetchedManifest, ResolvedImage};
 pub use push::{BlobSource, PushOptions, PushOutcome};
