@@ -11,16 +11,15 @@
 //! images must fall back either way.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use integration::containerd::Ctr;
 use integration::images::busybox;
 use integration::oci::{chain_ids, Content, ImageBuilder, LayerBuilder};
-use integration::process::{run_cmd, CmdOutput};
+use integration::process::CmdOutput;
 use integration::stack::{Stack, StackOptions};
-use integration::starling::{starling_bin, StarlingConfig, StarlingOptions};
-use integration::{prereq, require};
+use integration::starling::{StarlingConfig, StarlingOptions};
+use integration::{client, prereq, require};
 use serde_json::Value;
 
 /// What every container runs: reads files of all three layers.
@@ -165,17 +164,7 @@ fn mixed_image(s: &Stack) -> String {
 
 /// `starling rpull --address A --namespace N --snapshotter S --plain-http [EXTRA] REF`.
 fn starling_rpull(ctr: &Ctr, reference: &str, snapshotter: &str, extra: &[&str]) -> CmdOutput {
-    let mut cmd = Command::new(starling_bin().unwrap());
-    cmd.env_remove("CONTAINERD_ADDRESS")
-        .env_remove("CONTAINERD_NAMESPACE")
-        .arg("rpull")
-        .arg("--address")
-        .arg(&ctr.address)
-        .args(["--namespace", &ctr.namespace])
-        .args(["--snapshotter", snapshotter, "--plain-http"])
-        .args(extra)
-        .arg(reference);
-    run_cmd(&mut cmd, Duration::from_secs(300)).unwrap()
+    client::rpull(ctr, reference, snapshotter, extra, Duration::from_secs(300)).unwrap()
 }
 
 fn rpull_ok(ctr: &Ctr, reference: &str, snapshotter: &str) -> String {
