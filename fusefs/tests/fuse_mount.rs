@@ -191,11 +191,11 @@ fn a_layer_without_xattrs_stops_the_kernel_asking_for_them() {
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
     let built = files_layer(3);
-    let (ctx, _) = lazy::context(
+    let (ctx, _) = lazy::fetch_context(
         dir.path(),
-        rt.handle().clone(),
+        &rt,
         reg.dir.path(),
-        lazy::settings(lazy::on_demand_only(fetch_config()), false, None),
+        lazy::on_demand_only(fetch_config()),
     );
     let repo = Repository::new(reg.host(), "fuse/noxattr");
     let (source, mp) = lazy::push_for_mount(&rt, &ctx, &repo, &built, dir.path());
@@ -318,11 +318,11 @@ fn a_byte_flipping_proxy_never_corrupts_a_read() {
     let n = 12;
     let built = files_layer(n);
     // Push directly, read through the proxy.
-    let (ctx0, _) = lazy::context(
+    let (ctx0, _) = lazy::fetch_context(
         &dir.path().join("push"),
-        rt.handle().clone(),
+        &rt,
         reg.dir.path(),
-        lazy::settings(faulty_fetch(), false, None),
+        faulty_fetch(),
     );
     let pushed = rt.block_on(lazy::push(
         ctx0.client(),
@@ -340,12 +340,7 @@ fn a_byte_flipping_proxy_never_corrupts_a_read() {
         max_retries: 2,
         ..faulty_fetch()
     };
-    let (ctx, metrics) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch, false, None),
-    );
+    let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch);
     // The footer and TOC come from the registry directly (a corrupted TOC only makes the
     // open fail); the saved state then names the proxy, so every chunk passes through it.
     let state = dir.path().join("state");

@@ -38,17 +38,10 @@ fn reading_every_file_fetches_each_byte_about_once() {
     // Streaming on as by default; no prefetch or background fetch, so every byte moved is
     // either an on-demand read or the stream.
     let fetch = config::FetchConfig {
-        prefetch: false,
-        background_fetch: false,
         stream_threshold: 0.5,
-        ..fetch_config()
+        ..lazy::on_demand_only(fetch_config())
     };
-    let (ctx, metrics) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch, false, None),
-    );
+    let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch);
     let repo = Repository::new(reg.host(), "fuse/readall");
     let (source, mp) = lazy::push_for_mount(&rt, &ctx, &repo, &built, dir.path());
     let manager = MountManager::new(ctx.clone());

@@ -59,12 +59,7 @@ fn prioritized_layer(
         stream_threshold: 1.0,
         ..fetch_config()
     };
-    let (ctx, metrics) = lazy::context(
-        dir,
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch, false, None),
-    );
+    let (ctx, metrics) = lazy::fetch_context(dir, rt, reg.dir.path(), fetch);
     let repo = Repository::new(reg.host(), repo);
     let layer = lazy::push_and_open(rt, &ctx, &repo, &built, &dir.join("state"));
     (ctx, metrics, layer)
@@ -87,12 +82,7 @@ fn reads_verified_files_and_restores_without_registry() {
     let expected = manifest_from_tar(&tar);
     let built = lazy::build(&tar, &small_chunks());
     let fetch = lazy::on_demand_only(fetch_config());
-    let (ctx, metrics) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch.clone(), false, None),
-    );
+    let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch.clone());
     let repo = Repository::new(reg.host(), "lazy/edge");
     let state = dir.path().join("state");
     let layer = lazy::push_and_open(&rt, &ctx, &repo, &built, &state);
@@ -161,12 +151,7 @@ fn reads_verified_files_and_restores_without_registry() {
         request_timeout: Duration::from_secs(1),
         ..fetch
     };
-    let (ctx2, _) = lazy::context(
-        dir2.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(short, false, None),
-    );
+    let (ctx2, _) = lazy::fetch_context(dir2.path(), &rt, reg.dir.path(), short);
     let cold = rt.block_on(RemoteLayer::restore(&ctx2, &state)).unwrap();
     assert!(cold.read_cached(big, 0, 100).unwrap().is_none());
     let t = Instant::now();
@@ -296,17 +281,10 @@ fn reading_files_in_layer_order_switches_to_streaming() {
     let tar = lazy::pattern_files_tar(n, 8_000, |i| format!("d/f{i:03}"));
     let built = lazy::build(&tar, &BuildOptions::default());
     let fetch = config::FetchConfig {
-        prefetch: false,
-        background_fetch: false,
         stream_threshold: 0.9,
-        ..fetch_config()
+        ..lazy::on_demand_only(fetch_config())
     };
-    let (ctx, metrics) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch, false, None),
-    );
+    let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch);
     let repo = Repository::new(reg.host(), "lazy/stream");
     let layer = lazy::push_and_open(&rt, &ctx, &repo, &built, &dir.path().join("state"));
     let before = metrics.snapshot().requests;
@@ -364,12 +342,7 @@ fn a_blob_that_is_not_estargz_is_a_format_error() {
     let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
-    let (ctx, _) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch_config(), false, None),
-    );
+    let (ctx, _) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch_config());
     let repo = Repository::new(reg.host(), "lazy/plain");
     let blob = data(7, 100_000);
     let err = rt

@@ -560,6 +560,17 @@ fn repull_skips_layers_that_exist() {
     assert_eq!(ctr.run_ok(&esgz, "starling", CMD).unwrap(), expected);
 }
 
+/// A stack with the reference peer (registered as `stargz-peer`) and no starling, or why
+/// the peer cannot be built.
+fn peer_stack(name: &str) -> Result<Stack, String> {
+    let bin = integration::peer::peer_binary()?;
+    let opts = StackOptions {
+        peer: Some((bin, Default::default())),
+        ..Default::default()
+    };
+    Ok(Stack::start(name, opts).unwrap())
+}
+
 #[test]
 fn rpull_is_lazy_with_the_stargz_peer() {
     require!(
@@ -568,18 +579,10 @@ fn rpull_is_lazy_with_the_stargz_peer() {
         prereq::fuse(),
         prereq::starling_binary()
     );
-    let bin = match integration::peer::peer_binary() {
-        Ok(b) => b,
+    let s = match peer_stack("rpl-peer") {
+        Ok(s) => s,
         Err(reason) => return prereq::skip_optional(module_path!(), &reason),
     };
-    let s = Stack::start(
-        "rpl-peer",
-        StackOptions {
-            peer: Some((bin, Default::default())),
-            ..Default::default()
-        },
-    )
-    .unwrap();
     let ctr = s.ctr();
     let (_, esgz, expected) = images(&s);
     let mark = s.registry.access_mark();
@@ -619,18 +622,10 @@ fn mixed_image_is_lazy_where_it_can_be_with_the_stargz_peer() {
         prereq::fuse(),
         prereq::starling_binary()
     );
-    let bin = match integration::peer::peer_binary() {
-        Ok(b) => b,
+    let s = match peer_stack("rpl-mix") {
+        Ok(s) => s,
         Err(reason) => return prereq::skip_optional(module_path!(), &reason),
     };
-    let s = Stack::start(
-        "rpl-mix",
-        StackOptions {
-            peer: Some((bin, Default::default())),
-            ..Default::default()
-        },
-    )
-    .unwrap();
     let ctr = s.ctr();
     let (_, _, expected) = images(&s);
     let mixed = mixed_image(&s);

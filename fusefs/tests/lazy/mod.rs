@@ -118,6 +118,21 @@ pub fn settings(
     }
 }
 
+/// [`context`] on `rt` with `fetch`, no passthrough and no status files.
+pub fn fetch_context(
+    dir: &Path,
+    rt: &tokio::runtime::Runtime,
+    registry_dir: &Path,
+    fetch: config::FetchConfig,
+) -> (Arc<LayerContext>, Arc<Metrics>) {
+    context(
+        dir,
+        rt.handle().clone(),
+        registry_dir,
+        settings(fetch, false, None),
+    )
+}
+
 /// A context over a fresh cache in `dir`.
 pub fn context(
     dir: &Path,
