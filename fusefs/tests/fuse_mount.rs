@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Proxy, ProxyMode};
 use common::*;
-use estargz::testutil::{edge_case_tar, manifest_from_tar, pattern, Meta, TarBuilder};
+use estargz::testutil::{edge_case_tar, manifest_from_tar, pattern};
 use estargz::BuildOptions;
 use fusefs::mount::{MountManager, Unmounted};
 use fusefs::registry::Repository;
@@ -31,14 +31,6 @@ macro_rules! require_fuse {
     };
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
@@ -46,7 +38,7 @@ fn errno_of(r: std::io::Result<impl Sized>) -> Option<i32> {
 #[test]
 fn mounted_layer_matches_the_tar() {
     require_fuse!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
     let tar = edge_case_tar();
@@ -68,13 +60,8 @@ fn mounted_layer_matches_the_tar() {
             Some(&status_dir),
         ),
     );
-    let source = rt.block_on(lazy::push(
-        ctx.client(),
-        &Repository::new(reg.host(), "fuse/edge"),
-        &built,
-    ));
-    let mp = dir.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
+    let repo = Repository::new(reg.host(), "fuse/edge");
+    let (source, mp) = lazy::push_for_mount(&rt, &ctx, &repo, &built, dir.path());
     let manager = MountManager::new(ctx.clone());
     let state = dir.path().join("state");
     let mounted = manager.mount(source.clone(), &state, &mp).unwrap();
@@ -200,23 +187,18 @@ fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
 #[test]
 fn a_layer_without_xattrs_stops_the_kernel_asking_for_them() {
     require_fuse!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
     let built = files_layer(3);
-    let (ctx, _) = lazy::context(
+    let (ctx, _) = lazy::fetch_context(
         dir.path(),
-        rt.handle().clone(),
+        &rt,
         reg.dir.path(),
-        lazy::settings(lazy::on_demand_only(fetch_config()), false, None),
+        lazy::on_demand_only(fetch_config()),
     );
-    let source = rt.block_on(lazy::push(
-        ctx.client(),
-        &Repository::new(reg.host(), "fuse/noxattr"),
-        &built,
-    ));
-    let mp = dir.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
+    let repo = Repository::new(reg.host(), "fuse/noxattr");
+    let (source, mp) = lazy::push_for_mount(&rt, &ctx, &repo, &built, dir.path());
     let manager = MountManager::new(ctx);
     let m = manager
         .mount(source, &dir.path().join("state"), &mp)
@@ -251,15 +233,8 @@ fn xattr_get_errno(p: &Path, name: &str) -> std::io::Result<()> {
 
 /// A layer of `n` files `f<i>` of 100 KB each.
 fn files_layer(n: u64) -> lazy::BuiltLayer {
-    let mut t = TarBuilder::new();
-    for i in 0..n {
-        t.file(
-            format!("f{i}").as_bytes(),
-            &Meta::default(),
-            &pattern(100_000, i),
-        );
-    }
-    lazy::build(&t.finish(), &BuildOptions::default())
+    let tar = lazy::pattern_files_tar(n, 100_000, |i| format!("f{i}"));
+    lazy::build(&tar, &BuildOptions::default())
 }
 
 fn faulty_fetch() -> config::FetchConfig {
@@ -283,7 +258,7 @@ fn read_file(mp: &Path, i: u64) -> (std::io::Result<Vec<u8>>, Duration) {
 #[test]
 fn registry_faults_give_eio_in_bounded_time_and_recover() {
     require_fuse!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let mut reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
     let built = files_layer(8);
@@ -293,13 +268,8 @@ fn registry_faults_give_eio_in_bounded_time_and_recover() {
         reg.dir.path(),
         lazy::settings(faulty_fetch(), true, None),
     );
-    let source = rt.block_on(lazy::push(
-        ctx.client(),
-        &Repository::new(reg.host(), "fuse/faults"),
-        &built,
-    ));
-    let mp = dir.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
+    let repo = Repository::new(reg.host(), "fuse/faults");
+    let (source, mp) = lazy::push_for_mount(&rt, &ctx, &repo, &built, dir.path());
     let manager = MountManager::new(ctx);
     let _m = manager
         .mount(source, &dir.path().join("state"), &mp)
@@ -342,17 +312,17 @@ fn registry_faults_give_eio_in_bounded_time_and_recover() {
 #[test]
 fn a_byte_flipping_proxy_never_corrupts_a_read() {
     require_fuse!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
     let n = 12;
     let built = files_layer(n);
     // Push directly, read through the proxy.
-    let (ctx0, _) = lazy::context(
+    let (ctx0, _) = lazy::fetch_context(
         &dir.path().join("push"),
-        rt.handle().clone(),
+        &rt,
         reg.dir.path(),
-        lazy::settings(faulty_fetch(), false, None),
+        faulty_fetch(),
     );
     let pushed = rt.block_on(lazy::push(
         ctx0.client(),
@@ -370,12 +340,7 @@ fn a_byte_flipping_proxy_never_corrupts_a_read() {
         max_retries: 2,
         ..faulty_fetch()
     };
-    let (ctx, metrics) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch, false, None),
-    );
+    let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch);
     // The footer and TOC come from the registry directly (a corrupted TOC only makes the
     // open fail); the saved state then names the proxy, so every chunk passes through it.
     let state = dir.path().join("state");

@@ -9,7 +9,7 @@ mod common;
 mod lazy;
 
 use common::*;
-use estargz::testutil::{pattern, Meta, TarBuilder};
+use estargz::testutil::pattern;
 use estargz::BuildOptions;
 use fusefs::mount::MountManager;
 use fusefs::registry::Repository;
@@ -18,14 +18,6 @@ use fusefs::registry::Repository;
 const FILES: u64 = 300;
 /// Bytes per file (half of them random: about 20 KB compressed).
 const FILE_SIZE: usize = 40_000;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn name(i: u64) -> String {
     format!("d/f{i:03}")
@@ -37,36 +29,21 @@ fn reading_every_file_fetches_each_byte_about_once() {
     if !lazy::fuse_available() {
         return;
     }
-    let rt = runtime();
+    let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
-    let mut t = TarBuilder::new();
-    for i in 0..FILES {
-        t.file(name(i).as_bytes(), &Meta::default(), &pattern(FILE_SIZE, i));
-    }
-    let built = lazy::build(&t.finish(), &BuildOptions::default());
+    let tar = lazy::pattern_files_tar(FILES, FILE_SIZE, name);
+    let built = lazy::build(&tar, &BuildOptions::default());
     let blob_size = built.blob.len() as u64;
     // Streaming on as by default; no prefetch or background fetch, so every byte moved is
     // either an on-demand read or the stream.
     let fetch = config::FetchConfig {
-        prefetch: false,
-        background_fetch: false,
         stream_threshold: 0.5,
-        ..fetch_config()
+        ..lazy::on_demand_only(fetch_config())
     };
-    let (ctx, metrics) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch, false, None),
-    );
-    let source = rt.block_on(lazy::push(
-        ctx.client(),
-        &Repository::new(reg.host(), "fuse/readall"),
-        &built,
-    ));
-    let mp = dir.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
+    let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch);
+    let repo = Repository::new(reg.host(), "fuse/readall");
+    let (source, mp) = lazy::push_for_mount(&rt, &ctx, &repo, &built, dir.path());
     let manager = MountManager::new(ctx.clone());
     let before = metrics.snapshot();
     let _m = manager

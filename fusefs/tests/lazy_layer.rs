@@ -8,23 +8,18 @@
 mod common;
 mod lazy;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use estargz::testutil::{edge_case_tar, manifest_from_tar, pattern, Meta, TarBuilder};
+use estargz::testutil::{edge_case_tar, manifest_from_tar, pattern};
 use estargz::{BuildOptions, EntryKind, Sha256Digest};
+use fusefs::context::LayerContext;
 use fusefs::layer::{FetchState, LayerError, ReadError, RemoteLayer};
+use fusefs::metrics::Metrics;
 use fusefs::registry::Repository;
 
 use common::*;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Reads a whole file through the layer in `piece`-sized reads.
 async fn read_all(layer: &Arc<RemoteLayer>, id: u32, piece: u32) -> Result<Vec<u8>, ReadError> {
@@ -38,6 +33,38 @@ async fn read_all(layer: &Arc<RemoteLayer>, id: u32, piece: u32) -> Result<Vec<u
     Ok(out)
 }
 
+/// Files `f00`..`f39` of 30,000 pattern bytes each.
+fn forty_files() -> Vec<u8> {
+    lazy::pattern_files_tar(40, 30_000, |i| format!("f{i:02}"))
+}
+
+/// [`forty_files`] with `f07`, `f31` and `f12` prioritized, pushed to `reg` as `repo` and
+/// opened with prefetch on (no background fetch, no streaming); state and cache in `dir`.
+fn prioritized_layer(
+    rt: &tokio::runtime::Runtime,
+    reg: &RegistryProc,
+    dir: &Path,
+    repo: &str,
+) -> (Arc<LayerContext>, Arc<Metrics>, Arc<RemoteLayer>) {
+    let built = lazy::build(
+        &forty_files(),
+        &BuildOptions {
+            prioritized_files: vec![b"f07".to_vec(), b"f31".to_vec(), b"f12".to_vec()],
+            ..Default::default()
+        },
+    );
+    let fetch = config::FetchConfig {
+        prefetch: true,
+        background_fetch: false,
+        stream_threshold: 1.0,
+        ..fetch_config()
+    };
+    let (ctx, metrics) = lazy::fetch_context(dir, rt, reg.dir.path(), fetch);
+    let repo = Repository::new(reg.host(), repo);
+    let layer = lazy::push_and_open(rt, &ctx, &repo, &built, &dir.join("state"));
+    (ctx, metrics, layer)
+}
+
 fn small_chunks() -> BuildOptions {
     BuildOptions {
         chunk_size: 64 << 10,
@@ -48,25 +75,17 @@ fn small_chunks() -> BuildOptions {
 #[test]
 fn reads_verified_files_and_restores_without_registry() {
     require_registry!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let mut reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
     let tar = edge_case_tar();
     let expected = manifest_from_tar(&tar);
     let built = lazy::build(&tar, &small_chunks());
     let fetch = lazy::on_demand_only(fetch_config());
-    let (ctx, metrics) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch.clone(), false, None),
-    );
+    let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch.clone());
     let repo = Repository::new(reg.host(), "lazy/edge");
     let state = dir.path().join("state");
-    let layer = rt.block_on(async {
-        let source = lazy::push(ctx.client(), &repo, &built).await;
-        RemoteLayer::open(&ctx, source, &state).await.unwrap()
-    });
+    let layer = lazy::push_and_open(&rt, &ctx, &repo, &built, &state);
     assert_eq!(layer.toc_digest(), built.out.toc_digest);
     assert_eq!(layer.status().state, FetchState::OnDemand);
     let index = layer.index();
@@ -132,12 +151,7 @@ fn reads_verified_files_and_restores_without_registry() {
         request_timeout: Duration::from_secs(1),
         ..fetch
     };
-    let (ctx2, _) = lazy::context(
-        dir2.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(short, false, None),
-    );
+    let (ctx2, _) = lazy::fetch_context(dir2.path(), &rt, reg.dir.path(), short);
     let cold = rt.block_on(RemoteLayer::restore(&ctx2, &state)).unwrap();
     assert!(cold.read_cached(big, 0, 100).unwrap().is_none());
     let t = Instant::now();
@@ -164,44 +178,10 @@ fn reads_verified_files_and_restores_without_registry() {
 #[test]
 fn prefetch_brings_the_landmark_region_in_one_request() {
     require_registry!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
-    let mut t = TarBuilder::new();
-    for i in 0..40u64 {
-        t.file(
-            format!("f{i:02}").as_bytes(),
-            &Meta::default(),
-            &pattern(30_000, i),
-        );
-    }
-    let tar = t.finish();
-    let built = lazy::build(
-        &tar,
-        &BuildOptions {
-            prioritized_files: vec![b"f07".to_vec(), b"f31".to_vec(), b"f12".to_vec()],
-            ..Default::default()
-        },
-    );
-    let fetch = config::FetchConfig {
-        prefetch: true,
-        background_fetch: false,
-        stream_threshold: 1.0,
-        ..fetch_config()
-    };
-    let (ctx, metrics) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch, false, None),
-    );
-    let repo = Repository::new(reg.host(), "lazy/prefetch");
-    let layer = rt.block_on(async {
-        let source = lazy::push(ctx.client(), &repo, &built).await;
-        RemoteLayer::open(&ctx, source, &dir.path().join("state"))
-            .await
-            .unwrap()
-    });
+    let (_ctx, metrics, layer) = prioritized_layer(&rt, &reg, dir.path(), "lazy/prefetch");
     let before = metrics.snapshot();
     assert!(rt.block_on(layer.start_fetching().wait(Duration::from_secs(30))));
     let after = metrics.snapshot();
@@ -228,43 +208,10 @@ fn prefetch_brings_the_landmark_region_in_one_request() {
 #[test]
 fn reads_right_after_fetching_starts_wait_for_the_prefetch_request() {
     require_registry!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
-    let mut t = TarBuilder::new();
-    for i in 0..40u64 {
-        t.file(
-            format!("f{i:02}").as_bytes(),
-            &Meta::default(),
-            &pattern(30_000, i),
-        );
-    }
-    let built = lazy::build(
-        &t.finish(),
-        &BuildOptions {
-            prioritized_files: vec![b"f07".to_vec(), b"f31".to_vec(), b"f12".to_vec()],
-            ..Default::default()
-        },
-    );
-    let fetch = config::FetchConfig {
-        prefetch: true,
-        background_fetch: false,
-        stream_threshold: 1.0,
-        ..fetch_config()
-    };
-    let (ctx, metrics) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch, false, None),
-    );
-    let repo = Repository::new(reg.host(), "lazy/prefetch-reads");
-    let layer = rt.block_on(async {
-        let source = lazy::push(ctx.client(), &repo, &built).await;
-        RemoteLayer::open(&ctx, source, &dir.path().join("state"))
-            .await
-            .unwrap()
-    });
+    let (_ctx, metrics, layer) = prioritized_layer(&rt, &reg, dir.path(), "lazy/prefetch-reads");
     let before = metrics.snapshot();
     // Not waited for: the reads below come while the prefetch is (about to be) in flight.
     let prefetch = layer.start_fetching();
@@ -286,7 +233,7 @@ fn reads_right_after_fetching_starts_wait_for_the_prefetch_request() {
 #[test]
 fn background_fetch_completes_the_layer() {
     require_registry!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
     let tar = edge_case_tar();
@@ -305,12 +252,7 @@ fn background_fetch_completes_the_layer() {
         lazy::settings(fetch, false, Some(&status_dir)),
     );
     let repo = Repository::new(reg.host(), "lazy/background");
-    let layer = rt.block_on(async {
-        let source = lazy::push(ctx.client(), &repo, &built).await;
-        RemoteLayer::open(&ctx, source, &dir.path().join("state"))
-            .await
-            .unwrap()
-    });
+    let layer = lazy::push_and_open(&rt, &ctx, &repo, &built, &dir.path().join("state"));
     let _ = layer.start_fetching();
     let end = Instant::now() + Duration::from_secs(60);
     while layer.status().state != FetchState::Complete {
@@ -332,38 +274,19 @@ fn background_fetch_completes_the_layer() {
 #[test]
 fn reading_files_in_layer_order_switches_to_streaming() {
     require_registry!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
-    let mut t = TarBuilder::new();
     let n = 300u64;
-    for i in 0..n {
-        t.file(
-            format!("d/f{i:03}").as_bytes(),
-            &Meta::default(),
-            &pattern(8_000, i),
-        );
-    }
-    let built = lazy::build(&t.finish(), &BuildOptions::default());
+    let tar = lazy::pattern_files_tar(n, 8_000, |i| format!("d/f{i:03}"));
+    let built = lazy::build(&tar, &BuildOptions::default());
     let fetch = config::FetchConfig {
-        prefetch: false,
-        background_fetch: false,
         stream_threshold: 0.9,
-        ..fetch_config()
+        ..lazy::on_demand_only(fetch_config())
     };
-    let (ctx, metrics) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch, false, None),
-    );
+    let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch);
     let repo = Repository::new(reg.host(), "lazy/stream");
-    let layer = rt.block_on(async {
-        let source = lazy::push(ctx.client(), &repo, &built).await;
-        RemoteLayer::open(&ctx, source, &dir.path().join("state"))
-            .await
-            .unwrap()
-    });
+    let layer = lazy::push_and_open(&rt, &ctx, &repo, &built, &dir.path().join("state"));
     let before = metrics.snapshot().requests;
     let index = layer.index();
     for i in 0..n {
@@ -382,7 +305,7 @@ fn reading_files_in_layer_order_switches_to_streaming() {
 #[test]
 fn access_log_keeps_first_reads_in_order() {
     require_registry!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
     let built = lazy::build(&edge_case_tar(), &BuildOptions::default());
@@ -391,10 +314,7 @@ fn access_log_keeps_first_reads_in_order() {
     let (ctx, _) = lazy::context(dir.path(), rt.handle().clone(), reg.dir.path(), settings);
     let repo = Repository::new(reg.host(), "lazy/access");
     let state = dir.path().join("state");
-    let layer = rt.block_on(async {
-        let source = lazy::push(ctx.client(), &repo, &built).await;
-        RemoteLayer::open(&ctx, source, &state).await.unwrap()
-    });
+    let layer = lazy::push_and_open(&rt, &ctx, &repo, &built, &state);
     let index = layer.index();
     let order = [
         "etc/big",
@@ -419,15 +339,10 @@ fn access_log_keeps_first_reads_in_order() {
 #[test]
 fn a_blob_that_is_not_estargz_is_a_format_error() {
     require_registry!();
-    let rt = runtime();
+    let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
-    let (ctx, _) = lazy::context(
-        dir.path(),
-        rt.handle().clone(),
-        reg.dir.path(),
-        lazy::settings(fetch_config(), false, None),
-    );
+    let (ctx, _) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch_config());
     let repo = Repository::new(reg.host(), "lazy/plain");
     let blob = data(7, 100_000);
     let err = rt

@@ -5,7 +5,8 @@
 //!
 //! Layers, bottom up: [`workdir`], [`process`], [`mounts`], [`poll`] and [`http`] are the
 //! plumbing; [`registry`], [`containerd`], [`starling`], [`peer`], [`proxy`] and [`shaped`]
-//! run the real parts; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and
+//! run the real parts; [`client`] runs starling's client subcommands and [`metrics`] reads
+//! the daemon's metrics; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and
 //! [`treecmp`] compute and compare expected trees; [`stack`] wires a whole environment;
 //! [`prereq`] decides whether a test can run here. [`bench`] is the side-by-side benchmark
 //! suite built on all of it (`scripts/bench`).
@@ -25,11 +26,13 @@
 //! ```
 
 pub mod bench;
+pub mod client;
 pub mod containerd;
 pub mod error;
 pub mod extract;
 pub mod http;
 pub mod images;
+pub mod metrics;
 pub mod mounts;
 pub mod oci;
 pub mod overlay;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::containerd::{Containerd, ContainerdOptions, Ctr};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::peer::{Peer, PeerOptions};
 use crate::registry::{Registry, RegistryOptions};
 use crate::shaped::{ShapedLink, ShapedOptions};
@@ -123,5 +123,17 @@ impl Stack {
     /// The `ctr` runner.
     pub fn ctr(&self) -> &Ctr {
         self.containerd.ctr()
+    }
+
+    /// starling; [`Error::Missing`] when the stack was started without it.
+    pub fn starling(&self) -> Result<&Starling> {
+        self.starling
+            .as_ref()
+            .ok_or_else(|| Error::Missing("the stack was started without starling".into()))
+    }
+
+    /// Bytes starling fetched from registries so far ([`Starling::fetched_bytes`]).
+    pub fn fetched_bytes(&self) -> Result<f64> {
+        self.starling()?.fetched_bytes()
     }
 }

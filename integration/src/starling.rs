@@ -278,6 +278,27 @@ impl Starling {
         self.config.as_deref()
     }
 
+    /// Its whole log (lossy UTF-8; empty when there is none yet).
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    /// Its metrics text ([`crate::metrics::scrape`]; it must run with `metrics_address`).
+    pub fn metrics(&self) -> Result<String> {
+        crate::metrics::scrape(&self.root)
+    }
+
+    /// Bytes fetched from registries so far, summed over layers
+    /// ([`crate::metrics::FETCH_BYTES_TOTAL`]).
+    pub fn fetched_bytes(&self) -> Result<f64> {
+        let text = self.metrics()?;
+        Ok(crate::metrics::metric(
+            &text,
+            crate::metrics::FETCH_BYTES_TOTAL,
+            &[],
+        ))
+    }
+
     /// The process handle (PID, log, signals).
     pub fn daemon(&mut self) -> &mut Daemon {
         &mut self.daemon

@@ -27,8 +27,7 @@ const ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// Runs `starling ARGS...`.
 fn starling(args: &[&str]) -> CmdOutput {
-    let bin = integration::starling::starling_bin().unwrap();
-    run_cmd(Command::new(bin).args(args), Duration::from_secs(900)).unwrap()
+    integration::client::run(args, Duration::from_secs(900)).unwrap()
 }
 
 /// `starling convert SRC DST --json EXTRA...`, which must succeed; the JSON result.

@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 
 use integration::containerd::Ctr;
 use integration::images::{busybox, pydeb};
+use integration::metrics::metric;
 use integration::oci::{Content, ImageBuilder, LayerBuilder};
-use integration::process::{run_cmd, CmdOutput};
 use integration::registry::Registry;
 use integration::stack::{Stack, StackOptions};
-use integration::starling::{starling_bin, StarlingConfig, StarlingOptions};
-use integration::{prereq, require};
+use integration::starling::{StarlingConfig, StarlingOptions};
+use integration::{client, prereq, require};
 use serde_json::Value;
 
 const REMOTE_LABEL: &str = "containerd.io/snapshot/remote";
@@ -107,71 +107,27 @@ fn stack_with(name: &str, cfg: StarlingConfig, names: &[&str], keep_mounts_on_st
     .unwrap()
 }
 
-fn starling_cmd(args: &[&str]) -> CmdOutput {
-    let mut cmd = Command::new(starling_bin().unwrap());
-    cmd.env_remove("CONTAINERD_ADDRESS")
-        .env_remove("CONTAINERD_NAMESPACE")
-        .args(args);
-    run_cmd(&mut cmd, Duration::from_secs(600)).unwrap()
-}
-
 /// `starling convert --plain-http SRC DST`.
 fn convert(src: &str, dst: &str) {
-    let out = starling_cmd(&["convert", "--plain-http", src, dst]);
+    let out = client::run(["convert", "--plain-http", src, dst], client::TIMEOUT).unwrap();
     assert!(out.success(), "convert {src}: {}", out.stderr);
 }
 
-/// `starling rpull` into `snapshotter`; returns its summary.
-fn rpull(ctr: &Ctr, reference: &str, snapshotter: &str) -> String {
-    let out = starling_cmd(&[
-        "rpull",
-        "--address",
-        &ctr.address.to_string_lossy(),
-        "--namespace",
-        &ctr.namespace,
-        "--snapshotter",
-        snapshotter,
-        "--plain-http",
-        reference,
-    ]);
-    assert!(out.success(), "starling rpull {reference}: {out:?}");
-    out.stdout
-}
-
 fn root(s: &Stack) -> PathBuf {
-    s.starling.as_ref().unwrap().root().to_path_buf()
+    s.starling().unwrap().root().to_path_buf()
 }
 
 fn daemon_log(s: &Stack) -> String {
-    std::fs::read_to_string(s.starling.as_ref().unwrap().dir().join("starling.log"))
-        .unwrap_or_default()
+    s.starling().unwrap().log()
 }
 
-/// The daemon's metrics (read from the address it wrote to `<root>/metrics.addr`).
+/// The daemon's metrics.
 fn scrape(s: &Stack) -> String {
-    let file = root(s).join("metrics.addr");
-    let addr = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    let r = integration::http::get(&format!("http://{}/metrics", addr.trim()), &[]).unwrap();
-    assert_eq!(r.status, 200);
-    String::from_utf8(r.body).unwrap()
-}
-
-/// Sum of the samples of `name` whose labels contain every one of `labels`
-/// (`key="value"` strings).
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, ls) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.iter().all(|x| ls.contains(x)))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
+    s.starling().unwrap().metrics().unwrap()
 }
 
 fn fetched(s: &Stack) -> f64 {
-    metric(&scrape(s), "starling_fetch_bytes_total", &[])
+    s.fetched_bytes().unwrap()
 }
 
 /// FUSE mounts below the daemon's root.
@@ -270,7 +226,7 @@ fn lazy_image_runs_from_fuse_mounts_and_fetches_less_than_the_blobs() {
     let ctr = s.ctr().clone();
     let ctr = &ctr;
     let t = Instant::now();
-    let summary = rpull(ctr, &esgz, "starling");
+    let summary = client::rpull_ok(ctr, &esgz, "starling").unwrap();
     assert!(
         summary.contains("2 layers: 2 lazy, 0 applied"),
         "{summary}\n{}",
@@ -382,7 +338,7 @@ fn lazy_pydeb_prints_1() {
 
     let before = fetched(&s);
     let t = Instant::now();
-    let summary = rpull(ctr, &esgz, "starling");
+    let summary = client::rpull_ok(ctr, &esgz, "starling").unwrap();
     let pulled = t.elapsed();
     assert_eq!(ctr.run_ok(&esgz, "starling", cmd).unwrap(), "1\n");
     let lazy = t.elapsed();
@@ -423,7 +379,7 @@ fn removed_image_pulled_again_reads_from_the_chunk_cache() {
     let (esgz, expected) = data_images(&s, READ_A);
     let ctr = s.ctr();
     let b0 = fetched(&s);
-    rpull(ctr, &esgz, "starling");
+    client::rpull_ok(ctr, &esgz, "starling").unwrap();
     let b1 = fetched(&s);
     assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
     let b2 = fetched(&s);
@@ -435,7 +391,7 @@ fn removed_image_pulled_again_reads_from_the_chunk_cache() {
     );
 
     remove_all_and_wait_for_gc(&s);
-    let summary = rpull(ctr, &esgz, "starling");
+    let summary = client::rpull_ok(ctr, &esgz, "starling").unwrap();
     assert!(summary.contains("2 lazy"), "{summary}");
     let b3 = fetched(&s);
     assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
@@ -471,7 +427,7 @@ fn killed_daemon_restores_layers_without_the_registry() {
     let expected_b = ctr.run_ok(&plain, "overlayfs", READ_B).unwrap();
     ctr.remove_all_images().unwrap();
 
-    rpull(&ctr, &esgz, "starling");
+    client::rpull_ok(&ctr, &esgz, "starling").unwrap();
     assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected_a);
     assert_eq!(ctr.run_ok(&esgz, "starling", WALK).unwrap(), expected_walk);
     let mounts = fuse_mounts(&s);
@@ -568,7 +524,7 @@ fn wrong_toc_digest_falls_back_with_a_clear_log_line() {
     let bad = s.registry.reference("data:badtoc");
     let blobs = layers(&s.registry, "data", "badtoc");
     let ctr = s.ctr();
-    let summary = rpull(ctr, &bad, "starling");
+    let summary = client::rpull_ok(ctr, &bad, "starling").unwrap();
     assert!(
         summary.contains("2 layers: 0 lazy, 2 applied"),
         "{summary}\n{}",
@@ -657,8 +613,8 @@ fn stack_merge_over_half_pulled_estargz_layers_fetches_nothing() {
     let other = s.registry.reference("other:esgz");
     convert(&s.registry.reference("other:plain"), &other);
     let ctr = s.ctr();
-    rpull(ctr, &esgz, "starling");
-    rpull(ctr, &other, "starling");
+    client::rpull_ok(ctr, &esgz, "starling").unwrap();
+    client::rpull_ok(ctr, &other, "starling").unwrap();
     assert_eq!(fuse_mounts(&s).len(), 3);
     // Half pulled: a.bin read, b.bin and other.bin not.
     assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
@@ -669,24 +625,9 @@ fn stack_merge_over_half_pulled_estargz_layers_fetches_nothing() {
 
     let before = fetched(&s);
     let target = s.wd.join("merged");
-    let mut cmd = Command::new(starling_bin().unwrap());
-    cmd.arg("merge")
-        .arg("--address")
-        .arg(&ctr.address)
-        .args(["--namespace", &ctr.namespace, "--snapshotter", "starling"])
-        .args(["--mode", "stack", "--view", "--target"])
-        .arg(&target)
-        .args(["merged-view", &ca, &cb]);
-    let out = run_cmd(&mut cmd, Duration::from_secs(120))
-        .unwrap()
-        .check()
-        .unwrap();
-    std::fs::create_dir_all(&target).unwrap();
-    let guards: Vec<_> = integration::mounts::MountSpec::parse_ctr(&out.stdout)
-        .unwrap()
-        .iter()
-        .map(|m| m.mount(&target).unwrap())
-        .collect();
+    let args = ["--mode", "stack", "--view", "merged-view", &ca, &cb];
+    let guards =
+        client::merge_and_mount(ctr, "starling", &target, &args, Duration::from_secs(120)).unwrap();
     let (entries, _) = walk(&target);
     assert!(
         entries > 200,
@@ -756,8 +697,19 @@ fn expected_ab(s: &Stack) -> String {
 
 /// Processes serving the daemon's fd store.
 fn holders(s: &Stack) -> Vec<u32> {
-    let sock = root(s).join("fdstore.sock");
-    integration::process::pids_with_cmdline(&format!("fdstore --socket {}", sock.display()))
+    s.starling().unwrap().holders()
+}
+
+/// Waits up to `timeout` until no process serves the daemon's fd store.
+fn wait_until_no_holder(s: &Stack, timeout: Duration) {
+    integration::poll::wait_for("holder gone", timeout, || holders(s).is_empty())
+        .unwrap_or_else(|_| panic!("holder still running: {:?}", holders(s)));
+}
+
+/// [`wait_until_no_holder`], then no FUSE mount may be left.
+fn wait_until_no_holder_and_no_mount(s: &Stack, timeout: Duration) {
+    wait_until_no_holder(s, timeout);
+    assert!(fuse_mounts(s).is_empty(), "{:?}", fuse_mounts(s));
 }
 
 /// The FUSE mount holding `data/` (the data layer).
@@ -787,7 +739,7 @@ impl Restart {
         let (esgz, _) = data_images(&s, READ_A);
         let expected = expected_ab(&s);
         let ctr = s.ctr().clone();
-        rpull(&ctr, &esgz, "starling");
+        client::rpull_ok(&ctr, &esgz, "starling").unwrap();
         let dir = s.starling.as_ref().unwrap().dir().join(format!("{name}-t"));
         waiting_container(&ctr, &esgz, &dir);
         Restart {
@@ -831,6 +783,39 @@ impl Restart {
         std::fs::read_to_string(self.dir.join("out")).unwrap()
     }
 
+    /// Starts the daemon again and checks that it serves the previous daemon's layer
+    /// connections: the same `mounts`, kept by the same `holder` (`holder_msg` otherwise).
+    fn start_daemon_on_held_layers(
+        &mut self,
+        mounts: &[PathBuf],
+        holder: &[u32],
+        holder_msg: &str,
+    ) {
+        self.start_daemon();
+        let log = daemon_log(&self.s);
+        assert!(
+            log.contains("layer connection of the previous daemon served again"),
+            "{log}"
+        );
+        assert_eq!(
+            fuse_mounts(&self.s),
+            mounts,
+            "same mounts, nothing remounted"
+        );
+        assert_eq!(holders(&self.s), holder, "{holder_msg}");
+    }
+
+    /// [`Restart::trigger_and_wait`], which must read what it read before `restart`
+    /// (begun at `restarted`); `reads` says when, for the failure message.
+    fn check_running_container(&self, restarted: Instant, restart: &str, reads: &str) {
+        let out = self.trigger_and_wait();
+        eprintln!(
+            "container read a cached and an uncached file {:.2}s after {restart} began",
+            restarted.elapsed().as_secs_f64()
+        );
+        assert_eq!(out, self.expected, "the running container's reads {reads}");
+    }
+
     /// A new container reads [`READ_AB`] right.
     fn check_new_container(&self) {
         assert_eq!(
@@ -855,11 +840,7 @@ fn clean_up_and_check(s: &mut Stack) {
     s.ctr().remove_all_containers().unwrap();
     remove_all_and_wait_for_gc(s);
     s.starling.as_mut().unwrap().stop().unwrap();
-    integration::poll::wait_for("fd store holder to exit", Duration::from_secs(30), || {
-        holders(s).is_empty()
-    })
-    .unwrap_or_else(|_| panic!("fd store holder left running: {:?}", holders(s)));
-    assert!(fuse_mounts(s).is_empty(), "{:?}", fuse_mounts(s));
+    wait_until_no_holder_and_no_mount(s, Duration::from_secs(30));
 }
 
 #[test]
@@ -883,28 +864,12 @@ fn running_container_keeps_reading_after_the_daemon_is_killed_and_restarted() {
     assert_eq!(fuse_mounts(&w.s), before);
     assert_eq!(holders(&w.s), holder, "the holder outlives the daemon");
     let restarted = Instant::now();
-    w.start_daemon();
-    let log = daemon_log(&w.s);
-    assert!(
-        log.contains("layer connection of the previous daemon served again"),
-        "{log}"
+    w.start_daemon_on_held_layers(
+        &before,
+        &holder,
+        "the restarted daemon uses the same holder",
     );
-    assert_eq!(fuse_mounts(&w.s), before, "same mounts, nothing remounted");
-    assert_eq!(
-        holders(&w.s),
-        holder,
-        "the restarted daemon uses the same holder"
-    );
-
-    let out = w.trigger_and_wait();
-    eprintln!(
-        "container read a cached and an uncached file {:.2}s after the restart began",
-        restarted.elapsed().as_secs_f64()
-    );
-    assert_eq!(
-        out, w.expected,
-        "the running container's reads after the restart"
-    );
+    w.check_running_container(restarted, "the restart", "after the restart");
     w.check_new_container();
     clean_up_and_check(&mut w.s);
 }
@@ -932,24 +897,8 @@ fn running_container_keeps_reading_across_a_clean_restart() {
     assert_eq!(holders(&w.s), holder, "the holder keeps them");
 
     let restarted = Instant::now();
-    w.start_daemon();
-    let log = daemon_log(&w.s);
-    assert!(
-        log.contains("layer connection of the previous daemon served again"),
-        "{log}"
-    );
-    assert_eq!(fuse_mounts(&w.s), before, "same mounts, nothing remounted");
-    assert_eq!(holders(&w.s), holder, "the same holder");
-
-    let out = w.trigger_and_wait();
-    eprintln!(
-        "container read a cached and an uncached file {:.2}s after the clean restart began",
-        restarted.elapsed().as_secs_f64()
-    );
-    assert_eq!(
-        out, w.expected,
-        "the running container's reads across the clean restart"
-    );
+    w.start_daemon_on_held_layers(&before, &holder, "the same holder");
+    w.check_running_container(restarted, "the clean restart", "across the clean restart");
     w.check_new_container();
     // With no layer left (images removed), a stop lets the holder go.
     clean_up_and_check(&mut w.s);
@@ -982,11 +931,7 @@ fn holder_gives_up_after_the_restart_grace() {
         out != w.expected && !out.contains(&b_line),
         "the uncached read must fail: {out}"
     );
-    integration::poll::wait_for("holder gone", Duration::from_secs(60), || {
-        holders(&w.s).is_empty()
-    })
-    .unwrap_or_else(|_| panic!("holder still running: {:?}", holders(&w.s)));
-    assert!(fuse_mounts(&w.s).is_empty(), "{:?}", fuse_mounts(&w.s));
+    wait_until_no_holder_and_no_mount(&w.s, Duration::from_secs(60));
     let holder_log = std::fs::read_to_string(root(&w.s).join("fdstore.log")).unwrap();
     assert!(
         holder_log.contains("giving up the held FUSE connections"),
@@ -1014,22 +959,19 @@ fn release_after_a_clean_stop_leaves_no_mount_and_no_holder() {
     assert_eq!(fuse_mounts(&w.s).len(), n, "handed over");
     // The user's full stop after a stop that handed the mounts over.
     let sock = root(&w.s).join("fdstore.sock");
-    let out = starling_cmd(&["fdstore", "--socket", sock.to_str().unwrap(), "--release"]);
+    let release = ["fdstore", "--socket", sock.to_str().unwrap(), "--release"];
+    let out = client::run(release, client::TIMEOUT).unwrap();
     assert!(out.success(), "{out:?}");
     assert!(
         out.stdout.contains(&format!("released {n} ")),
         "{}",
         out.stdout
     );
-    integration::poll::wait_for("holder gone", Duration::from_secs(30), || {
-        holders(&w.s).is_empty()
-    })
-    .unwrap_or_else(|_| panic!("holder still running: {:?}", holders(&w.s)));
-    assert!(fuse_mounts(&w.s).is_empty(), "{:?}", fuse_mounts(&w.s));
+    wait_until_no_holder_and_no_mount(&w.s, Duration::from_secs(30));
     let out = w.trigger_and_wait();
     assert_ne!(out, w.expected, "reads succeeded on released layers: {out}");
     // Nothing to release any more: a clear error.
-    let again = starling_cmd(&["fdstore", "--socket", sock.to_str().unwrap(), "--release"]);
+    let again = client::run(release, client::TIMEOUT).unwrap();
     assert!(
         !again.success() && again.stderr.contains("fdstore.sock"),
         "{again:?}"
@@ -1075,10 +1017,7 @@ fn unmount_on_stop_unmounts_every_layer_at_sigterm() {
     assert!(!fuse_mounts(&w.s).is_empty());
     w.stop_daemon();
     assert!(fuse_mounts(&w.s).is_empty(), "{:?}", fuse_mounts(&w.s));
-    integration::poll::wait_for("holder gone", Duration::from_secs(30), || {
-        holders(&w.s).is_empty()
-    })
-    .unwrap_or_else(|_| panic!("holder still running: {:?}", holders(&w.s)));
+    wait_until_no_holder(&w.s, Duration::from_secs(30));
     // The running container lost its lazy layers, as before the hand-over existed.
     let out = w.trigger_and_wait();
     assert_ne!(
@@ -1203,10 +1142,7 @@ fn killed_holder_and_daemon_fall_back_to_remounting() {
     assert_eq!(old.len(), 1);
     let pid = nix::unistd::Pid::from_raw(old[0] as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    integration::poll::wait_for("holder gone", Duration::from_secs(10), || {
-        holders(&w.s).is_empty()
-    })
-    .unwrap();
+    wait_until_no_holder(&w.s, Duration::from_secs(10));
     w.starling().kill().unwrap();
     // Nothing holds the connections now: the running container's reads fail rather than
     // wait, as without an fd store.

@@ -9,7 +9,6 @@
 //! nothing in starling's root.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use integration::containerd::{Containerd, ContainerdOptions, Ctr};
@@ -18,34 +17,22 @@ use integration::oci::{Entry, ImageBuilder, LayerBuilder};
 use integration::poll::wait_for;
 use integration::process::{run_cmd, CmdOutput};
 use integration::registry::Registry;
-use integration::starling::{starling_bin, Starling, StarlingOptions};
+use integration::starling::{Starling, StarlingOptions};
 use integration::workdir::Workdir;
-use integration::{images, prereq, require};
+use integration::{client, images, prereq, require};
 
 const SN: &str = "starling";
+/// How long one `starling merge` may take.
+const MERGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `starling merge --address <containerd> --namespace <ns> ARGS...`.
 fn merge_cmd(ctr: &Ctr, args: &[&str]) -> CmdOutput {
-    let mut cmd = Command::new(starling_bin().unwrap());
-    cmd.arg("merge")
-        .arg("--address")
-        .arg(&ctr.address)
-        .args(["--namespace", &ctr.namespace, "--snapshotter", SN])
-        .args(args);
-    run_cmd(&mut cmd, Duration::from_secs(120)).unwrap()
+    client::merge(ctr, SN, args, MERGE_TIMEOUT).unwrap()
 }
 
 /// Merges and mounts the result at `target`.
 fn merge_and_mount(ctr: &Ctr, target: &Path, args: &[&str]) -> Vec<MountGuard> {
-    let mut a = vec!["--target", target.to_str().unwrap()];
-    a.extend_from_slice(args);
-    let out = merge_cmd(ctr, &a).check().unwrap();
-    std::fs::create_dir_all(target).unwrap();
-    MountSpec::parse_ctr(&out.stdout)
-        .unwrap()
-        .iter()
-        .map(|m| m.mount(target).unwrap())
-        .collect()
+    client::merge_and_mount(ctr, SN, target, args, MERGE_TIMEOUT).unwrap()
 }
 
 /// Mounts existing snapshot `key` (as `ctr snapshots mounts` prints it) at `target`.
@@ -251,19 +238,15 @@ fn containers_run_on_merges_of_two_images_and_gc_keeps_them_whole() {
 
     // Straight at starling's socket: backend keys, names resolved in the key's namespace;
     // containerd's GC later removes this snapshot it does not know.
-    let mut direct = Command::new(starling_bin().unwrap());
-    direct
-        .arg("merge")
-        .arg("--address")
-        .arg(starling.socket())
-        .args([
-            "--mode",
-            "stack",
-            "--view",
-            "default/999999/direct",
-            &ca,
-            &cb,
-        ]);
+    let mut direct = client::command(["merge"]).unwrap();
+    direct.arg("--address").arg(starling.socket()).args([
+        "--mode",
+        "stack",
+        "--view",
+        "default/999999/direct",
+        &ca,
+        &cb,
+    ]);
     let out = run_cmd(&mut direct, Duration::from_secs(60))
         .unwrap()
         .check()

@@ -25,9 +25,9 @@ use serde_json::Value;
 
 const WORKLOAD: &str = "import json; print(json.dumps([1]))";
 
+/// Runs `starling ARGS...`.
 fn starling(args: &[&str]) -> CmdOutput {
-    let bin = integration::starling::starling_bin().unwrap();
-    run_cmd(Command::new(bin).args(args), Duration::from_secs(900)).unwrap()
+    integration::client::run(args, Duration::from_secs(900)).unwrap()
 }
 
 /// Copies `reference` from the registry into an OCI layout at `dir` (tag `t`).

@@ -14,15 +14,12 @@
 //! `fetch.start_files`: dash and, through its ELF headers, the C library are read ahead
 //! at mount in both tests.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration::containerd::Ctr;
 use integration::images::pydeb;
-use integration::process::run_cmd;
 use integration::stack::{Stack, StackOptions};
-use integration::starling::{starling_bin, StarlingConfig, StarlingOptions};
-use integration::{prereq, require};
+use integration::starling::{StarlingConfig, StarlingOptions};
+use integration::{client, prereq, require};
 
 const VERSION: &[&str] = &["python3", "-V"];
 /// No locale files: python's start coerces the C locale to C.UTF-8 (PEP 538) and maps
@@ -57,49 +54,13 @@ fn stack(name: &str, program_read_ahead: bool) -> Stack {
     .unwrap()
 }
 
-fn starling(args: &[&str]) {
-    let mut cmd = Command::new(starling_bin().unwrap());
-    cmd.env_remove("CONTAINERD_ADDRESS")
-        .env_remove("CONTAINERD_NAMESPACE")
-        .args(args);
-    let out = run_cmd(&mut cmd, Duration::from_secs(600)).unwrap();
-    assert!(out.success(), "starling {args:?}: {out:?}");
-}
-
-fn rpull(ctr: &Ctr, reference: &str) {
-    starling(&[
-        "rpull",
-        "--address",
-        &ctr.address.to_string_lossy(),
-        "--namespace",
-        &ctr.namespace,
-        "--snapshotter",
-        "starling",
-        "--plain-http",
-        reference,
-    ]);
-}
-
-/// Bytes fetched so far, from the daemon's metrics.
-fn fetched(s: &Stack) -> f64 {
-    let root = s.starling.as_ref().unwrap().root().to_path_buf();
-    let addr = std::fs::read_to_string(root.join("metrics.addr")).unwrap();
-    let r = integration::http::get(&format!("http://{}/metrics", addr.trim()), &[]).unwrap();
-    String::from_utf8(r.body)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("starling_fetch_bytes_total"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until the fetched byte count has not moved for a second (read-ahead finished).
 fn wait_until_quiet(s: &Stack) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last = fetched(s);
+    let mut last = s.fetched_bytes().unwrap();
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let now = fetched(s);
+        let now = s.fetched_bytes().unwrap();
         if now == last || Instant::now() > deadline {
             return now;
         }
@@ -117,7 +78,10 @@ fn images(s: &Stack) -> (String, String) {
         s.registry.reference("py:plain"),
         s.registry.reference("py:esgz"),
     );
-    starling(&["convert", "--plain-http", &plain, &esgz]);
+    client::run(["convert", "--plain-http", &plain, &esgz], client::TIMEOUT)
+        .unwrap()
+        .check()
+        .unwrap();
     (plain, esgz)
 }
 
@@ -136,15 +100,14 @@ fn the_images_program_and_its_libraries_are_fetched_during_the_pull() {
     let expected = ctr.run_ok(&plain, "overlayfs", VERSION).unwrap();
     assert!(expected.starts_with("Python 3."), "{expected}");
 
-    rpull(&ctr, &esgz);
+    client::rpull_ok(&ctr, &esgz, "starling").unwrap();
     let bytes = wait_until_quiet(&s);
     s.registry.stop().unwrap();
     // Nothing can be fetched now: python, its loader and libraries must be local.
     let out = ctr.run_with(&esgz, "starling", PLAIN_C, VERSION).unwrap();
     assert!(out.success(), "{out:?}");
     assert_eq!(out.stdout, expected);
-    let log = std::fs::read_to_string(s.starling.as_ref().unwrap().dir().join("starling.log"))
-        .unwrap_or_default();
+    let log = s.starling().unwrap().log();
     assert!(
         log.contains("reading ahead the image's program")
             && log.contains("file=usr/bin/python3.11"),
@@ -167,7 +130,7 @@ fn without_read_ahead_the_same_run_needs_the_registry() {
     let mut s = stack("ra-off", false);
     let (_plain, esgz) = images(&s);
     let ctr = s.ctr().clone();
-    rpull(&ctr, &esgz);
+    client::rpull_ok(&ctr, &esgz, "starling").unwrap();
     wait_until_quiet(&s);
     s.registry.stop().unwrap();
     let out = ctr.run_with(&esgz, "starling", PLAIN_C, VERSION).unwrap();

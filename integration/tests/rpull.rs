@@ -11,16 +11,15 @@
 //! images must fall back either way.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
 use integration::containerd::Ctr;
 use integration::images::busybox;
 use integration::oci::{chain_ids, Content, ImageBuilder, LayerBuilder};
-use integration::process::{run_cmd, CmdOutput};
+use integration::process::CmdOutput;
 use integration::stack::{Stack, StackOptions};
-use integration::starling::{starling_bin, StarlingConfig, StarlingOptions};
-use integration::{prereq, require};
+use integration::starling::{StarlingConfig, StarlingOptions};
+use integration::{client, prereq, require};
 use serde_json::Value;
 
 /// What every container runs: reads files of all three layers.
@@ -165,17 +164,7 @@ fn mixed_image(s: &Stack) -> String {
 
 /// `starling rpull --address A --namespace N --snapshotter S --plain-http [EXTRA] REF`.
 fn starling_rpull(ctr: &Ctr, reference: &str, snapshotter: &str, extra: &[&str]) -> CmdOutput {
-    let mut cmd = Command::new(starling_bin().unwrap());
-    cmd.env_remove("CONTAINERD_ADDRESS")
-        .env_remove("CONTAINERD_NAMESPACE")
-        .arg("rpull")
-        .arg("--address")
-        .arg(&ctr.address)
-        .args(["--namespace", &ctr.namespace])
-        .args(["--snapshotter", snapshotter, "--plain-http"])
-        .args(extra)
-        .arg(reference);
-    run_cmd(&mut cmd, Duration::from_secs(300)).unwrap()
+    client::rpull(ctr, reference, snapshotter, extra, Duration::from_secs(300)).unwrap()
 }
 
 fn rpull_ok(ctr: &Ctr, reference: &str, snapshotter: &str) -> String {
@@ -571,6 +560,17 @@ fn repull_skips_layers_that_exist() {
     assert_eq!(ctr.run_ok(&esgz, "starling", CMD).unwrap(), expected);
 }
 
+/// A stack with the reference peer (registered as `stargz-peer`) and no starling, or why
+/// the peer cannot be built.
+fn peer_stack(name: &str) -> Result<Stack, String> {
+    let bin = integration::peer::peer_binary()?;
+    let opts = StackOptions {
+        peer: Some((bin, Default::default())),
+        ..Default::default()
+    };
+    Ok(Stack::start(name, opts).unwrap())
+}
+
 #[test]
 fn rpull_is_lazy_with_the_stargz_peer() {
     require!(
@@ -579,18 +579,10 @@ fn rpull_is_lazy_with_the_stargz_peer() {
         prereq::fuse(),
         prereq::starling_binary()
     );
-    let bin = match integration::peer::peer_binary() {
-        Ok(b) => b,
+    let s = match peer_stack("rpl-peer") {
+        Ok(s) => s,
         Err(reason) => return prereq::skip_optional(module_path!(), &reason),
     };
-    let s = Stack::start(
-        "rpl-peer",
-        StackOptions {
-            peer: Some((bin, Default::default())),
-            ..Default::default()
-        },
-    )
-    .unwrap();
     let ctr = s.ctr();
     let (_, esgz, expected) = images(&s);
     let mark = s.registry.access_mark();
@@ -630,18 +622,10 @@ fn mixed_image_is_lazy_where_it_can_be_with_the_stargz_peer() {
         prereq::fuse(),
         prereq::starling_binary()
     );
-    let bin = match integration::peer::peer_binary() {
-        Ok(b) => b,
+    let s = match peer_stack("rpl-mix") {
+        Ok(s) => s,
         Err(reason) => return prereq::skip_optional(module_path!(), &reason),
     };
-    let s = Stack::start(
-        "rpl-mix",
-        StackOptions {
-            peer: Some((bin, Default::default())),
-            ..Default::default()
-        },
-    )
-    .unwrap();
     let ctr = s.ctr();
     let (_, _, expected) = images(&s);
     let mixed = mixed_image(&s);

@@ -1,5 +1,6 @@
 //! Fixtures for the lazy-layer tests: eStargz layers built from test tars and pushed to a
-//! real docker-registry, layer contexts over a temporary cache, and a tree walker that
+//! real docker-registry (and opened), test tars of pattern files, the tests' runtime, layer
+//! contexts over a temporary cache, and a tree walker that
 //! turns a mounted directory into an `estargz::testutil::Manifest` to compare with the
 //! tree the tar describes.
 
@@ -8,16 +9,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use estargz::testutil::{Manifest, Node};
+use estargz::testutil::{pattern, Manifest, Meta, Node, TarBuilder};
 use estargz::{BuildOptions, BuildOutput, Sha256Digest};
 use fusefs::cache::{CacheOptions, ChunkCache};
 use fusefs::context::{LayerContext, LayerSettings, OpaqueXattr};
-use fusefs::layer::LayerSource;
+use fusefs::layer::{LayerSource, RemoteLayer};
 use fusefs::metrics::Metrics;
 use fusefs::registry::{RegistryClient, Repository};
 
@@ -50,6 +51,52 @@ pub async fn push(client: &RegistryClient, repo: &Repository, layer: &BuiltLayer
     }
 }
 
+/// Pushes `layer` to `repo` and opens it with its state directory at `state`.
+pub fn push_and_open(
+    rt: &tokio::runtime::Runtime,
+    ctx: &Arc<LayerContext>,
+    repo: &Repository,
+    layer: &BuiltLayer,
+    state: &Path,
+) -> Arc<RemoteLayer> {
+    rt.block_on(async {
+        let source = push(ctx.client(), repo, layer).await;
+        RemoteLayer::open(ctx, source, state).await.unwrap()
+    })
+}
+
+/// Pushes `layer` to `repo` and makes the mountpoint `<dir>/mnt`: (source, mountpoint).
+pub fn push_for_mount(
+    rt: &tokio::runtime::Runtime,
+    ctx: &Arc<LayerContext>,
+    repo: &Repository,
+    layer: &BuiltLayer,
+    dir: &Path,
+) -> (LayerSource, PathBuf) {
+    let source = rt.block_on(push(ctx.client(), repo, layer));
+    let mp = dir.join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    (source, mp)
+}
+
+/// The runtime the lazy-layer tests drive layers and mounts with (two workers).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A tar of `n` regular files: file `i` is named `name(i)` and holds `pattern(size, i)`.
+pub fn pattern_files_tar(n: u64, size: usize, name: impl Fn(u64) -> String) -> Vec<u8> {
+    let mut t = TarBuilder::new();
+    for i in 0..n {
+        t.file(name(i).as_bytes(), &Meta::default(), &pattern(size, i));
+    }
+    t.finish()
+}
+
 /// Layer settings for tests: fast timeouts, prefetch/background as given.
 pub fn settings(
     fetch: config::FetchConfig,
@@ -69,6 +116,21 @@ pub fn settings(
         opaque_xattr: OpaqueXattr::Trusted,
         status_dir: status_dir.map(Path::to_path_buf),
     }
+}
+
+/// [`context`] on `rt` with `fetch`, no passthrough and no status files.
+pub fn fetch_context(
+    dir: &Path,
+    rt: &tokio::runtime::Runtime,
+    registry_dir: &Path,
+    fetch: config::FetchConfig,
+) -> (Arc<LayerContext>, Arc<Metrics>) {
+    context(
+        dir,
+        rt.handle().clone(),
+        registry_dir,
+        settings(fetch, false, None),
+    )
 }
 
 /// A context over a fresh cache in `dir`.

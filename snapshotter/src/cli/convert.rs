@@ -19,13 +19,9 @@ use crate::convert::{
     OutputFormat, PlatformChoice, Prioritize, Progress, Stage,
 };
 
-/// Arguments of `starling convert`.
+/// The layer format flags `starling convert` and `starling optimize` share.
 #[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Source image: HOST[:PORT]/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
-    pub src: String,
-    /// Destination: HOST[:PORT]/REPO[:TAG] or oci:DIR[:TAG] (default tag `latest`).
-    pub dst: String,
+pub struct LayerFormatArgs {
     /// Write zstd:chunked layers instead of gzip eStargz.
     #[arg(long)]
     pub zstdchunked: bool,
@@ -35,6 +31,17 @@ pub struct Args {
     /// Compression level (gzip 1-9, default 9; zstd 1-22, default 3).
     #[arg(long)]
     pub level: Option<u32>,
+}
+
+/// Arguments of `starling convert`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Source image: HOST[:PORT]/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
+    pub src: String,
+    /// Destination: HOST[:PORT]/REPO[:TAG] or oci:DIR[:TAG] (default tag `latest`).
+    pub dst: String,
+    #[command(flatten)]
+    pub layer: LayerFormatArgs,
     /// File listing paths to place first (one per line); each path goes to the topmost
     /// layer that has it. Implies rebuilding layers that already are eStargz.
     #[arg(long, value_name = "FILE")]
@@ -79,9 +86,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let dst: ImageLocation = args.dst.parse()?;
     let cfg = load_registry_config(args.config.as_deref(), args.plain_http, &src, &dst)?;
     let opts = ConvertOptions {
-        format: output_format(args.zstdchunked),
-        chunk_size: args.chunk_size,
-        level: args.level,
+        format: output_format(args.layer.zstdchunked),
+        chunk_size: args.layer.chunk_size,
+        level: args.layer.level,
         prioritize: match &args.prioritize {
             None => Prioritize::None,
             Some(p) => {

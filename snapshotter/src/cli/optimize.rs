@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::convert::{load_registry_config, output_format, progress_for};
+use crate::cli::convert::{load_registry_config, output_format, progress_for, LayerFormatArgs};
 use crate::convert::{self, ConvertOptions, ImageLocation};
 use crate::optimize::{self, OptimizeOptions, OptimizeReport, Overrides};
 
@@ -50,15 +50,8 @@ pub struct Args {
     /// OCI runtime binary [default: runc along PATH].
     #[arg(long, value_name = "PATH")]
     pub runtime: Option<PathBuf>,
-    /// Write zstd:chunked layers instead of gzip eStargz.
-    #[arg(long)]
-    pub zstdchunked: bool,
-    /// Largest uncompressed chunk of a file, in bytes.
-    #[arg(long, default_value_t = estargz::writer::DEFAULT_CHUNK_SIZE)]
-    pub chunk_size: u64,
-    /// Compression level (gzip 1-9, default 9; zstd 1-22, default 3).
-    #[arg(long)]
-    pub level: Option<u32>,
+    #[command(flatten)]
+    pub layer: LayerFormatArgs,
     /// Use plain HTTP for the SRC and DST registries.
     #[arg(long)]
     pub plain_http: bool,
@@ -137,9 +130,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let opts = OptimizeOptions {
         convert: ConvertOptions {
-            format: output_format(args.zstdchunked),
-            chunk_size: args.chunk_size,
-            level: args.level,
+            format: output_format(args.layer.zstdchunked),
+            chunk_size: args.layer.chunk_size,
+            level: args.layer.level,
             jobs: args.jobs,
             threads: args.threads,
             ..ConvertOptions::default()

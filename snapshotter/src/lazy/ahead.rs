@@ -130,12 +130,7 @@ pub async fn finish(fetch: Fetch, digest: &str) -> Option<LayerHead> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn l(kv: &[(&str, &str)]) -> Labels {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::lazy::test_labels::labels as l;
 
     #[test]
     fn next_layer_comes_from_the_layer_lists() {

@@ -91,12 +91,7 @@ impl LayerIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn l(kv: &[(&str, &str)]) -> Labels {
-        kv.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::lazy::test_labels::labels as l;
 
     #[test]
     fn cri_labels_name_the_layer() {

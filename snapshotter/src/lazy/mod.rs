@@ -31,6 +31,8 @@
 pub mod ahead;
 pub mod identity;
 mod program;
+#[cfg(test)]
+mod test_labels;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
