@@ -82,11 +82,17 @@ pub(crate) struct LayerDecoder {
     pub(crate) index: Arc<estargz::Layer>,
 }
 
+impl LayerDecoder {
+    /// The layer's chunk that `request` asks for.
+    fn chunk_of(&self, request: &ChunkRequest) -> Result<Chunk, String> {
+        find_chunk(&self.index.index, request.range.start, &request.key)
+            .ok_or_else(|| "no such chunk in the layer".to_string())
+    }
+}
+
 impl ChunkDecoder for LayerDecoder {
     fn decode(&self, request: &ChunkRequest, raw: Bytes) -> Result<Bytes, String> {
-        let index = &self.index.index;
-        let chunk = find_chunk(index, request.range.start, &request.key)
-            .ok_or_else(|| "no such chunk in the layer".to_string())?;
+        let chunk = self.chunk_of(request)?;
         if chunk.size > LARGE_CHUNK {
             return Err(format!(
                 "chunk of {} bytes is too large to decode in memory",
@@ -94,13 +100,14 @@ impl ChunkDecoder for LayerDecoder {
             ));
         }
         let mut out = vec![0u8; chunk.size as usize];
-        estargz::chunk::decompress(index.compression(), &raw, chunk.inner_offset, &mut out)
+        let compression = self.index.index.compression();
+        estargz::chunk::decompress(compression, &raw, chunk.inner_offset, &mut out)
             .map_err(|e| e.to_string())?;
         Ok(Bytes::from(out))
     }
 
     fn decoded_len(&self, request: &ChunkRequest) -> Option<u64> {
-        find_chunk(&self.index.index, request.range.start, &request.key).map(|c| c.size)
+        self.chunk_of(request).ok().map(|c| c.size)
     }
 
     fn decode_to(
@@ -109,11 +116,9 @@ impl ChunkDecoder for LayerDecoder {
         raw: Bytes,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), String> {
-        let index = &self.index.index;
-        let chunk = find_chunk(index, request.range.start, &request.key)
-            .ok_or_else(|| "no such chunk in the layer".to_string())?;
+        let chunk = self.chunk_of(request)?;
         estargz::chunk::decompress_stream(
-            index.compression(),
+            self.index.index.compression(),
             &raw[..],
             chunk.inner_offset,
             chunk.size,
