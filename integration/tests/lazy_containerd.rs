@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use integration::containerd::Ctr;
 use integration::images::{busybox, pydeb};
-use integration::metrics::metric;
+use integration::metrics::{metric, FETCH_BYTES_TOTAL};
 use integration::oci::{Content, ImageBuilder, LayerBuilder};
 use integration::registry::Registry;
 use integration::stack::{Stack, StackOptions};
@@ -240,7 +240,7 @@ fn lazy_image_runs_from_fuse_mounts_and_fetches_less_than_the_blobs() {
     assert_eq!(ctr.run_ok(&esgz, "starling", READ_A).unwrap(), expected);
     let lazy = t.elapsed();
     let m = scrape(&s);
-    let bytes = metric(&m, "starling_fetch_bytes_total", &[]);
+    let bytes = metric(&m, FETCH_BYTES_TOTAL, &[]);
     let total: u64 = blobs.iter().map(|(_, n)| n).sum();
     eprintln!(
         "data image: starling rpull+run {:.2}s, fetched {bytes} of {total} blob bytes",
