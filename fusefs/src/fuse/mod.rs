@@ -16,13 +16,12 @@
 //! (`[fuse] passthrough`), opens are answered: a file that is one verified cache entry is
 //! opened with FUSE passthrough to it ([`open`]), others with `FOPEN_KEEP_CACHE`.
 //!
-//! The kernel caches no extended attributes, and overlayfs asks for several on every lookup
-//! through a new overlay mount (`trusted.overlay.metacopy` of every file, `origin`,
-//! `opaque`, `redirect` of directories): one round trip each, for every file a new
-//! container touches. A layer without any xattr and without opaque directories answers
-//! GETXATTR and LISTXATTR with ENOSYS, which makes the kernel stop sending them for the
-//! mount (it answers "not supported", which overlayfs, `getcap` and `tar --xattrs` treat as
-//! "none").
+//! Extended attributes answer exactly as on an extracted layer: a missing attribute is
+//! ENODATA and an entry without any lists none, on every layer. (Answering ENOSYS instead
+//! would make the kernel stop asking, but it then answers EOPNOTSUPP for every later call
+//! on the mount, and containerd's and BuildKit's diff code accept only ENODATA for a
+//! missing `security.capability`.) The answers come from the in-memory index, without any
+//! I/O.
 
 mod attr;
 mod open;
@@ -136,8 +135,6 @@ impl FsStats {
 pub struct LayerFs {
     layer: Arc<RemoteLayer>,
     options: FsOptions,
-    /// Some entry has an xattr or is an opaque directory (else xattr calls answer ENOSYS).
-    has_xattrs: bool,
     passthrough: AtomicBool,
     opens: Opens,
     next_fh: AtomicU64,
@@ -147,9 +144,7 @@ pub struct LayerFs {
 impl LayerFs {
     /// A file system over `layer`.
     pub fn new(layer: Arc<RemoteLayer>, options: FsOptions) -> Self {
-        let has_xattrs = index_has_xattrs(layer.index());
         LayerFs {
-            has_xattrs,
             layer,
             passthrough: AtomicBool::new(false),
             options,
@@ -211,16 +206,6 @@ impl LayerFs {
             }
         }
     }
-}
-
-/// Whether any entry of `index` carries an xattr or is an opaque directory.
-fn index_has_xattrs(index: &estargz::LayerIndex) -> bool {
-    (0..index.len()).any(|id| {
-        u32::try_from(id)
-            .ok()
-            .and_then(|id| index.entry(id))
-            .is_some_and(|e| e.is_opaque() || e.xattrs().len() > 0)
-    })
 }
 
 fn name_bytes(name: &OsStr) -> &[u8] {
@@ -612,10 +597,6 @@ impl fuser::Filesystem for LayerFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.stats.xattrs.fetch_add(1, Ordering::Relaxed);
-        if !self.has_xattrs {
-            // No entry has one: the kernel stops asking this mount (see the module doc).
-            return reply.error(Errno::ENOSYS);
-        }
         let e = match self.entry(ino) {
             Ok(e) => e,
             Err(err) => return reply.error(err),
@@ -630,9 +611,6 @@ impl fuser::Filesystem for LayerFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.stats.xattrs.fetch_add(1, Ordering::Relaxed);
-        if !self.has_xattrs {
-            return reply.error(Errno::ENOSYS);
-        }
         let e = match self.entry(ino) {
             Ok(e) => e,
             Err(err) => return reply.error(err),
