@@ -309,7 +309,10 @@ async fn a_credential_source_is_asked_per_repository_before_the_configured_ones(
     let (c2, _) = client(&fetch_config(), &registry_config(reg.dir.path()));
     c2.set_credential_source(one_repo("pods/private", basic(USER, "pod-secret-wrong")));
     let err = c2.blob_exists(&private, &digest).await.unwrap_err();
-    assert!(matches!(err, RegistryError::Unauthorized { status: 401, .. }), "{err}");
+    assert!(
+        matches!(err, RegistryError::Unauthorized { status: 401, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("refused"), "{err}");
     assert_no_secret(&format!("{err} {err:?}"), &["pod-secret-wrong"]);
 }
@@ -347,7 +350,10 @@ async fn a_credential_source_feeds_the_token_endpoint_or_gives_the_token_itself(
         b.read_range(0..3000, Priority::OnDemand).await.unwrap(),
         blob.slice(0..3000)
     );
-    assert!(tokens.issued() > issued, "a token was fetched with the source's credentials");
+    assert!(
+        tokens.issued() > issued,
+        "a token was fetched with the source's credentials"
+    );
 
     // A registry token (CRI AuthConfig.registry_token) goes to the registry as it is.
     let token = tokens.tokens.lock().unwrap().last().unwrap().clone();

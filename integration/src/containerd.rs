@@ -29,6 +29,9 @@ pub struct ContainerdOptions {
     pub extra_toml: String,
     /// Timeout of each `ctr` command.
     pub command_timeout: Duration,
+    /// Keep the CRI plugin (configure it through `extra_toml`, see [`crate::cri`]); off:
+    /// disabled, as `ctr`-driven tests need nothing of it.
+    pub enable_cri: bool,
 }
 
 impl Default for ContainerdOptions {
@@ -39,6 +42,7 @@ impl Default for ContainerdOptions {
             log_level: "info".into(),
             extra_toml: String::new(),
             command_timeout: Duration::from_secs(300),
+            enable_cri: false,
         }
     }
 }
@@ -518,9 +522,13 @@ pub struct Containerd {
 /// Renders containerd's TOML config.
 pub fn render_config(dir: &Path, socket: &Path, opts: &ContainerdOptions) -> String {
     let p = |x: &str| quote(&dir.join(x).to_string_lossy());
+    let disabled = if opts.enable_cri {
+        "disabled_plugins = []"
+    } else {
+        "# CRI is not needed for ctr-driven tests\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]"
+    };
     let mut t = format!(
-        "version = 2\nroot = {root}\nstate = {state}\n\
-         # CRI is not needed for ctr-driven tests\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n\
+        "version = 2\nroot = {root}\nstate = {state}\n{disabled}\n\n\
          [grpc]\n  address = {sock}\n[ttrpc]\n  address = {ttrpc}\n[debug]\n  address = {debug}\n  level = {level}\n\n\
          [plugins]\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = {opt}\n",
         root = p("root"),

@@ -5,7 +5,7 @@
 //!
 //! Layers, bottom up: [`workdir`], [`process`], [`mounts`], [`poll`] and [`http`] are the
 //! plumbing; [`registry`], [`containerd`], [`starling`], [`peer`], [`proxy`] and [`shaped`]
-//! run the real parts; [`client`] runs starling's client subcommands and [`metrics`] reads
+//! run the real parts, [`cri`] drives containerd's CRI plugin as the kubelet does; [`client`] runs starling's client subcommands and [`metrics`] reads
 //! the daemon's metrics; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and
 //! [`treecmp`] compute and compare expected trees; [`stack`] wires a whole environment;
 //! [`prereq`] decides whether a test can run here. [`bench`] is the side-by-side benchmark
@@ -28,6 +28,7 @@
 pub mod bench;
 pub mod client;
 pub mod containerd;
+pub mod cri;
 pub mod error;
 pub mod extract;
 pub mod http;

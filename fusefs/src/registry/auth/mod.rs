@@ -146,7 +146,11 @@ impl Authenticator {
     }
 
     /// The credentials for `repo` on `host`: the plugged-in source's, else the configured.
-    async fn credentials(&self, host: &str, repo: &str) -> Result<Option<Credentials>, RegistryError> {
+    async fn credentials(
+        &self,
+        host: &str,
+        repo: &str,
+    ) -> Result<Option<Credentials>, RegistryError> {
         let source = self.source.read().clone();
         if let Some(s) = source {
             let host = credentials::normalize_host(host);
