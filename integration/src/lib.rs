@@ -5,10 +5,11 @@
 //!
 //! Layers, bottom up: [`workdir`], [`process`], [`mounts`], [`poll`] and [`http`] are the
 //! plumbing; [`registry`], [`containerd`], [`starling`], [`peer`], [`proxy`] and [`shaped`]
-//! run the real parts, [`cri`] drives containerd's CRI plugin as the kubelet does; [`client`] runs starling's client subcommands and [`metrics`] reads
-//! the daemon's metrics; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and
-//! [`treecmp`] compute and compare expected trees; [`stack`] wires a whole environment;
-//! [`prereq`] decides whether a test can run here. [`bench`] is the side-by-side benchmark
+//! run the real parts; [`cri`] drives containerd's CRI plugin as the kubelet does;
+//! [`client`] runs starling's client subcommands and [`metrics`] reads the daemon's
+//! metrics; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and [`treecmp`]
+//! compute and compare expected trees; [`stack`] wires a whole environment; [`prereq`]
+//! decides whether a test can run here. [`bench`] is the side-by-side benchmark
 //! suite built on all of it (`scripts/bench`).
 //!
 //! ```no_run

@@ -404,6 +404,8 @@ pub fn read_container_log(path: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn tempfile_dir() -> PathBuf {

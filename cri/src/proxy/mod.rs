@@ -252,3 +252,6 @@ impl ImageService for ImageServiceProxy {
         self.upstream.clone().image_fs_info(onward(request)).await
     }
 }
+
+#[cfg(test)]
+mod tests;
