@@ -105,7 +105,10 @@ impl Ctr {
 
     /// Runs `ctr ARGS...`; returns its output whatever the exit status.
     pub fn ctr<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&self, args: I) -> Result<CmdOutput> {
-        run_cmd(self.command(self.program.as_os_str()).args(args), self.timeout)
+        run_cmd(
+            self.command(self.program.as_os_str()).args(args),
+            self.timeout,
+        )
     }
 
     /// Runs `ctr ARGS...`; error unless it succeeds; returns stdout.

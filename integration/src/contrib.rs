@@ -85,9 +85,9 @@ pub fn containerd_config(
     extra_toml: &str,
 ) -> Result<String> {
     let base = containerd_base(version);
-    let mut t: Table = base.parse().map_err(|e: toml::de::Error| {
-        Error::invalid("contrib containerd config", e.to_string())
-    })?;
+    let mut t: Table = base
+        .parse()
+        .map_err(|e: toml::de::Error| Error::invalid("contrib containerd config", e.to_string()))?;
     let dir = paths.dir;
     t.insert("version".into(), Toml::Integer(version.config_version()));
     t.insert("root".into(), path(&dir.join("root")));
@@ -238,7 +238,11 @@ mod tests {
 
     #[test]
     fn v2_config_has_private_paths_and_the_documented_proxies() {
-        let v = render(ContainerdVersion::V1_6, &["starling", "stargz", "peer"], false);
+        let v = render(
+            ContainerdVersion::V1_6,
+            &["starling", "stargz", "peer"],
+            false,
+        );
         assert_eq!(v["version"].as_integer(), Some(2));
         assert_eq!(v["root"].as_str(), Some("/tmp/x/containerd/root"));
         assert_eq!(
@@ -288,8 +292,7 @@ mod tests {
             .collect();
         assert_eq!(unpack, ["overlayfs", "starling", "peer"]);
         assert_eq!(
-            v["plugins"]["io.containerd.cri.v1.images"]["disable_snapshot_annotations"]
-                .as_bool(),
+            v["plugins"]["io.containerd.cri.v1.images"]["disable_snapshot_annotations"].as_bool(),
             Some(false)
         );
     }
@@ -305,7 +308,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(j["features"]["containerd-snapshotter"], Value::Bool(true));
-        assert_eq!(j["storage-driver"], Value::String(docker_storage_driver().unwrap()));
+        assert_eq!(
+            j["storage-driver"],
+            Value::String(docker_storage_driver().unwrap())
+        );
         assert_eq!(j["insecure-registries"][0], "127.0.0.1:5000");
     }
 }

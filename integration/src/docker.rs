@@ -78,13 +78,20 @@ impl Docker {
     /// Starts dockerd with its files under `dir`, on the containerd at `containerd_socket`.
     pub fn start_in(dir: &Path, containerd_socket: &Path, opts: DockerOptions) -> Result<Docker> {
         let config_dir = dir.join("cli");
-        for d in [dir.join("data"), dir.join("exec"), config_dir.join("cli-plugins")] {
+        for d in [
+            dir.join("data"),
+            dir.join("exec"),
+            config_dir.join("cli-plugins"),
+        ] {
             std::fs::create_dir_all(&d).ctx(|| format!("create {}", d.display()))?;
         }
         let plugin = config_dir.join("cli-plugins/docker-buildx");
         if !plugin.exists() {
-            std::os::unix::fs::symlink(bin("usr/libexec/docker/cli-plugins/docker-buildx"), &plugin)
-                .ctx(|| format!("link {}", plugin.display()))?;
+            std::os::unix::fs::symlink(
+                bin("usr/libexec/docker/cli-plugins/docker-buildx"),
+                &plugin,
+            )
+            .ctx(|| format!("link {}", plugin.display()))?;
         }
         let storage_driver = match &opts.storage_driver {
             Some(d) => d.clone(),
@@ -128,11 +135,11 @@ impl Docker {
             "--ip-masq=false".into(),
         ]);
         // dockerd looks up docker-init and docker-proxy in $PATH
-        let path = std::env::join_paths(
-            [bin("usr/sbin"), bin("usr/bin")].into_iter().chain(std::env::split_paths(
+        let path = std::env::join_paths([bin("usr/sbin"), bin("usr/bin")].into_iter().chain(
+            std::env::split_paths(
                 &std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-            )),
-        )
+            ),
+        ))
         .map_err(|e| Error::invalid("PATH", e.to_string()))?;
         let spec = ProcessSpec::new("dockerd", bin("usr/sbin/dockerd"), dir.join("dockerd.log"))
             .args(args)

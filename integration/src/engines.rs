@@ -123,7 +123,8 @@ impl ContainerdVersion {
     /// caller's (bookworm's `runc`).
     pub fn path_env(self) -> Option<std::ffi::OsString> {
         let dir = self.bin_dir()?;
-        let rest = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        let rest =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
         let mut v = vec![dir];
         v.extend(std::env::split_paths(&rest));
         std::env::join_paths(v).ok()

@@ -107,10 +107,7 @@ fn docker_pull_run_and_builds_on_an_estargz_base_keep_it_lazy() {
         blobs[..],
         "the pushed image keeps the eStargz base layers as they are"
     );
-    assert_eq!(
-        docker.run(&v1, &[]).unwrap(),
-        format!("{HELLO}run-step\n")
-    );
+    assert_eq!(docker.run(&v1, &[]).unwrap(), format!("{HELLO}run-step\n"));
 
     // 3. a second build on top of the first
     let v2 = s.registry.reference("app:v2");

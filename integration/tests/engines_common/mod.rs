@@ -128,7 +128,13 @@ pub fn snapshot_labels(ctr: &Ctr, snapshotter: &str, key: &str) -> Value {
 /// is in the content store, the top snapshot of its chain is a remote snapshot, and the
 /// daemon serves every one of `blobs` from a FUSE mount without having fetched more than
 /// half of the data layer (`blobs[1]`; only `data/hello` may have been read).
-pub fn assert_lazy(s: &Stack, ctr: &Ctr, snapshotter: &str, reference: &str, blobs: &[(String, u64)]) {
+pub fn assert_lazy(
+    s: &Stack,
+    ctr: &Ctr,
+    snapshotter: &str,
+    reference: &str,
+    blobs: &[(String, u64)],
+) {
     let content = content_digests(ctr);
     for (d, _) in blobs {
         assert!(
