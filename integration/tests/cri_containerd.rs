@@ -26,15 +26,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use integration::cri::node::{check_contrib_kubelet, CONTRIB_KUBELET};
-use integration::cri::{push_estargz, read_container_log, CriNode, CriNodeOptions, Engine};
+use integration::cri::{push_estargz, read_container_log, CriNode, CriNodeOptions};
+use integration::engines::ContainerdVersion;
 use integration::images::busybox;
 use integration::metrics::{metric, FETCH_BYTES_TOTAL};
 use integration::oci::{Content, ImageBuilder, LayerBuilder};
 use integration::{prereq, require};
 use sha2::Digest as _;
 
-fn node_prereqs() -> Result<(), String> {
+fn node_prereqs(version: ContainerdVersion) -> Result<(), String> {
     prereq::containerd_stack()?;
+    version.check()?;
     prereq::fuse()?;
     prereq::starling_binary()
 }
@@ -121,13 +123,13 @@ fn exec_sha256(node: &CriNode, id: &str, path: &str) -> String {
         .to_string()
 }
 
-fn pod_credentials(engine: Engine) {
-    require!(node_prereqs());
+fn pod_credentials(version: ContainerdVersion) {
+    require!(node_prereqs(version));
     check_contrib_kubelet().unwrap_or_else(|e| panic!("{CONTRIB_KUBELET}: {e}"));
     let mut node = CriNode::start(
         "cri-pod",
         CriNodeOptions {
-            engine,
+            version,
             ..Default::default()
         },
     )
@@ -296,8 +298,8 @@ fn provider_script(path: &std::path::Path, host: &str, user: &str, password: &st
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-fn credential_provider(engine: Engine) {
-    require!(node_prereqs());
+fn credential_provider(version: ContainerdVersion) {
+    require!(node_prereqs(version));
     // The shipped example, with the test's plugin in place of the cloud one.
     let shipped =
         integration::starling::workspace_root().join("contrib/kubernetes/credential-provider.toml");
@@ -331,7 +333,7 @@ fn credential_provider(engine: Engine) {
     let node = CriNode::start(
         "cri-provider",
         CriNodeOptions {
-            engine,
+            version,
             image_service: false,
             starling_settings: settings,
             ..Default::default()
@@ -407,10 +409,25 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 #[test]
 fn containerd_1_6_pod_credentials() {
-    pod_credentials(Engine::Containerd16);
+    pod_credentials(ContainerdVersion::V1_6);
+}
+
+#[test]
+fn containerd_1_7_pod_credentials() {
+    pod_credentials(ContainerdVersion::V1_7);
+}
+
+#[test]
+fn containerd_2_1_pod_credentials() {
+    pod_credentials(ContainerdVersion::V2_1);
 }
 
 #[test]
 fn containerd_1_6_credential_provider() {
-    credential_provider(Engine::Containerd16);
+    credential_provider(ContainerdVersion::V1_6);
+}
+
+#[test]
+fn containerd_2_1_credential_provider() {
+    credential_provider(ContainerdVersion::V2_1);
 }

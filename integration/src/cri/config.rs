@@ -1,8 +1,10 @@
-//! containerd's CRI plugin configuration for a test node: the shipped
-//! `contrib/containerd/config.toml` table plus what the node needs.
+//! containerd's CRI plugin configuration for a test node: the shipped image settings of
+//! `contrib/containerd/config.toml` (1.x) or `config-v3.toml` (2.x) — snapshotter,
+//! snapshot annotations — plus what the node needs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::engines::ContainerdVersion;
 use crate::error::{Error, IoContext, Result};
 use crate::images::busybox;
 use crate::oci::ImageBuilder;
@@ -11,10 +13,13 @@ use crate::workdir::unique_token;
 
 /// containerd namespace of the CRI plugin.
 pub const NAMESPACE: &str = "k8s.io";
-/// The CRI plugin of containerd 1.6/1.7 (config version 2).
+/// The CRI plugin of containerd 1.6/1.7 (config version 2): everything in one table.
 pub const CRI_PLUGIN: &str = "io.containerd.grpc.v1.cri";
-/// The node's containerd configuration shipped for 1.6 and 1.7, relative to the workspace.
-pub const CONTRIB_CONTAINERD: &str = "contrib/containerd/config.toml";
+/// containerd 2.x (config version 3): the CRI's image part (snapshotter, annotations,
+/// sandbox image, registries) ...
+pub const CRI_IMAGES: &str = "io.containerd.cri.v1.images";
+/// ... and its runtime part.
+pub const CRI_RUNTIME: &str = "io.containerd.cri.v1.runtime";
 
 /// What a test node adds to the shipped CRI configuration.
 #[derive(Debug, Clone)]
@@ -25,79 +30,115 @@ pub struct CriSettings {
     pub plain_http_hosts: Vec<String>,
 }
 
-fn contrib_path(rel: &str) -> PathBuf {
-    crate::starling::workspace_root().join(rel)
-}
-
-/// The shipped file's CRI plugin table.
-pub fn contrib_cri_table() -> Result<toml::Table> {
-    let path = contrib_path(CONTRIB_CONTAINERD);
-    let text = std::fs::read_to_string(&path).ctx(|| format!("read {}", path.display()))?;
-    let doc: toml::Table = text
-        .parse()
-        .map_err(|e| Error::invalid(path.display().to_string(), format!("{e}")))?;
-    doc.get("plugins")
-        .and_then(|p| p.get(CRI_PLUGIN))
-        .and_then(|c| c.as_table())
-        .cloned()
-        .ok_or_else(|| {
-            Error::invalid(
-                path.display().to_string(),
-                format!("no [plugins.\"{CRI_PLUGIN}\"] table"),
-            )
-        })
-}
-
-/// The snapshotter the shipped CRI configuration pulls into.
-pub fn contrib_snapshotter() -> Result<String> {
-    contrib_cri_table()?
-        .get("containerd")
-        .and_then(|c| c.get("snapshotter"))
-        .and_then(|s| s.as_str())
-        .map(String::from)
-        .ok_or_else(|| Error::invalid(CONTRIB_CONTAINERD, "no containerd.snapshotter for CRI"))
-}
-
-fn table(v: &mut toml::Table, key: &str) -> Result<toml::Table> {
-    match v.remove(key) {
-        None => Ok(toml::Table::new()),
-        Some(toml::Value::Table(t)) => Ok(t),
-        Some(_) => Err(Error::invalid(
-            CONTRIB_CONTAINERD,
-            format!("{key} is not a table"),
-        )),
+/// The shipped file of `version` (contrib/containerd/config.toml or config-v3.toml).
+fn contrib_file(version: ContainerdVersion) -> &'static str {
+    if version.is_2x() {
+        "contrib/containerd/config-v3.toml"
+    } else {
+        "contrib/containerd/config.toml"
     }
 }
 
-/// The CRI plugin's part of containerd's config (version 2) for a node whose files live
-/// under `dir`: the shipped table plus [`CriSettings`]; writes the registry host files
-/// (`dir/certs.d/HOST/hosts.toml`). Append it to the config (`extra_toml`).
-pub fn cri_toml(dir: &Path, s: &CriSettings) -> Result<String> {
-    let mut cri = contrib_cri_table()?;
+/// The table of the shipped config of `version` holding the CRI's image settings
+/// (`[plugins."io.containerd.grpc.v1.cri".containerd]` for 1.x,
+/// `[plugins."io.containerd.cri.v1.images"]` for 2.x).
+pub fn contrib_cri_images(version: ContainerdVersion) -> Result<toml::Table> {
+    let file = contrib_file(version);
+    let doc: toml::Table = crate::contrib::containerd_base(version)
+        .parse()
+        .map_err(|e| Error::invalid(file, format!("{e}")))?;
+    let plugins = doc.get("plugins");
+    let t = if version.is_2x() {
+        plugins.and_then(|p| p.get(CRI_IMAGES))
+    } else {
+        plugins
+            .and_then(|p| p.get(CRI_PLUGIN))
+            .and_then(|c| c.get("containerd"))
+    };
+    t.and_then(|t| t.as_table())
+        .cloned()
+        .ok_or_else(|| Error::invalid(file, "no CRI image settings (snapshotter)"))
+}
+
+/// The snapshotter the shipped CRI configuration of `version` pulls into.
+pub fn contrib_snapshotter(version: ContainerdVersion) -> Result<String> {
+    contrib_cri_images(version)?
+        .get("snapshotter")
+        .and_then(|s| s.as_str())
+        .map(String::from)
+        .ok_or_else(|| Error::invalid(contrib_file(version), "no snapshotter for the CRI"))
+}
+
+fn tables(pairs: Vec<(&str, toml::Value)>) -> toml::Value {
+    toml::Value::Table(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// The CRI plugins' part of containerd's config for a node whose files live under `dir`:
+/// the shipped image settings of `version` plus [`CriSettings`] and what a private node
+/// needs (runc root, CNI dirs, `restrict_oom_score_adj`, streaming on loopback); writes
+/// the registry host files (`dir/certs.d/HOST/hosts.toml`). Give it to containerd as
+/// `extra_toml` (merged into the rendered contrib config).
+pub fn cri_toml(version: ContainerdVersion, dir: &Path, s: &CriSettings) -> Result<String> {
     let p = |x: &str| toml::Value::String(dir.join(x).to_string_lossy().into_owned());
-    cri.insert("sandbox_image".into(), s.sandbox_image.clone().into());
-    // root here lacks CAP_SYS_RESOURCE: the sandbox's oom_score_adj would fail.
-    cri.insert("restrict_oom_score_adj".into(), true.into());
-    cri.insert("stream_server_address".into(), "127.0.0.1".into());
-    cri.insert("stream_server_port".into(), "0".into());
-    let mut containerd = table(&mut cri, "containerd")?;
-    containerd.insert("default_runtime_name".into(), "runc".into());
-    let mut runtimes = table(&mut containerd, "runtimes")?;
-    let mut runc = toml::Table::new();
-    runc.insert("runtime_type".into(), "io.containerd.runc.v2".into());
-    let mut options = toml::Table::new();
-    options.insert("Root".into(), p("runc"));
-    runc.insert("options".into(), options.into());
-    runtimes.insert("runc".into(), runc.into());
-    containerd.insert("runtimes".into(), runtimes.into());
-    cri.insert("containerd".into(), containerd.into());
-    let mut cni = toml::Table::new();
-    cni.insert("bin_dir".into(), p("cni/bin"));
-    cni.insert("conf_dir".into(), p("cni/conf"));
-    cri.insert("cni".into(), cni.into());
-    let mut registry = table(&mut cri, "registry")?;
-    registry.insert("config_path".into(), p("certs.d"));
-    cri.insert("registry".into(), registry.into());
+    let mut images = contrib_cri_images(version)?;
+    let runc = tables(vec![
+        ("runtime_type", "io.containerd.runc.v2".into()),
+        ("options", tables(vec![("Root", p("runc"))])),
+    ]);
+    let registry = tables(vec![("config_path", p("certs.d"))]);
+    let plugins = if version.is_2x() {
+        images.insert(
+            "pinned_images".into(),
+            tables(vec![("sandbox", s.sandbox_image.clone().into())]),
+        );
+        images.insert("registry".into(), registry);
+        let runtime = tables(vec![
+            // root here lacks CAP_SYS_RESOURCE: the sandbox's oom_score_adj would fail.
+            ("restrict_oom_score_adj", true.into()),
+            (
+                "containerd",
+                tables(vec![
+                    ("default_runtime_name", "runc".into()),
+                    ("runtimes", tables(vec![("runc", runc)])),
+                ]),
+            ),
+            (
+                "cni",
+                tables(vec![
+                    ("bin_dirs", toml::Value::Array(vec![p("cni/bin")])),
+                    ("conf_dir", p("cni/conf")),
+                ]),
+            ),
+        ]);
+        let grpc = tables(vec![
+            ("stream_server_address", "127.0.0.1".into()),
+            ("stream_server_port", "0".into()),
+        ]);
+        tables(vec![
+            (CRI_IMAGES, toml::Value::Table(images)),
+            (CRI_RUNTIME, runtime),
+            (CRI_PLUGIN, grpc),
+        ])
+    } else {
+        images.insert("default_runtime_name".into(), "runc".into());
+        images.insert("runtimes".into(), tables(vec![("runc", runc)]));
+        tables(vec![(
+            CRI_PLUGIN,
+            tables(vec![
+                ("sandbox_image", s.sandbox_image.clone().into()),
+                // root here lacks CAP_SYS_RESOURCE: the sandbox's oom_score_adj would fail.
+                ("restrict_oom_score_adj", true.into()),
+                ("stream_server_address", "127.0.0.1".into()),
+                ("stream_server_port", "0".into()),
+                ("containerd", toml::Value::Table(images)),
+                (
+                    "cni",
+                    tables(vec![("bin_dir", p("cni/bin")), ("conf_dir", p("cni/conf"))]),
+                ),
+                ("registry", registry),
+            ]),
+        )])
+    };
     for d in ["cni/bin", "cni/conf", "runc"] {
         std::fs::create_dir_all(dir.join(d)).ctx(|| format!("create {}", dir.join(d).display()))?;
     }
@@ -110,18 +151,8 @@ pub fn cri_toml(dir: &Path, s: &CriSettings) -> Result<String> {
         std::fs::write(hd.join("hosts.toml"), text)
             .ctx(|| format!("write {}", hd.join("hosts.toml").display()))?;
     }
-    let mut plugins = toml::Table::new();
-    plugins.insert(CRI_PLUGIN.into(), cri.into());
-    let mut root = toml::Table::new();
-    root.insert("plugins".into(), plugins.into());
-    let text = toml::to_string(&root).map_err(|e| Error::invalid("CRI config", e.to_string()))?;
-    // The main config already opened [plugins]; a second header would be an error.
-    Ok(text
-        .lines()
-        .filter(|l| l.trim() != "[plugins]")
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n")
+    toml::to_string(&tables(vec![("plugins", plugins)]))
+        .map_err(|e| Error::invalid("CRI config", e.to_string()))
 }
 
 /// The sandbox image: busybox running `sleep infinity`, plus a layer of its own (so that
@@ -167,20 +198,29 @@ pub fn push_estargz(
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
-    #[test]
-    fn cri_config_keeps_the_shipped_settings_and_adds_the_nodes() {
+    fn render(version: ContainerdVersion) -> (toml::Table, PathBuf) {
         let dir = tempfile_dir();
         let s = CriSettings {
             sandbox_image: "127.0.0.1:5000/pause:latest".into(),
             plain_http_hosts: vec!["127.0.0.1:5000".into()],
         };
-        let text = format!(
-            "version = 2\n[plugins]\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = \"/x\"\n{}",
-            cri_toml(&dir, &s).unwrap()
-        );
-        let v: toml::Table = text.parse().unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let paths = crate::contrib::ContainerdPaths {
+            dir: &dir,
+            socket: &dir.join("c.sock"),
+            log_level: "info",
+        };
+        let extra = cri_toml(version, &dir, &s).unwrap();
+        let text = crate::contrib::containerd_config(version, &paths, &[], true, &extra).unwrap();
+        (text.parse().unwrap_or_else(|e| panic!("{e}\n{text}")), dir)
+    }
+
+    #[test]
+    fn v2_keeps_the_shipped_settings_and_adds_the_nodes() {
+        let (v, dir) = render(ContainerdVersion::V1_6);
         let c = &v["plugins"][CRI_PLUGIN];
         assert_eq!(c["containerd"]["snapshotter"].as_str(), Some("starling"));
         assert_eq!(
@@ -193,10 +233,33 @@ mod tests {
         );
         assert_eq!(c["restrict_oom_score_adj"].as_bool(), Some(true));
         assert!(v["plugins"]["io.containerd.internal.v1.opt"].is_table());
+        assert!(v
+            .get("disabled_plugins")
+            .is_none_or(|d| d.as_array().is_some_and(|a| a.is_empty())));
         let hosts = std::fs::read_to_string(dir.join("certs.d/127.0.0.1:5000/hosts.toml")).unwrap();
         assert!(
             hosts.contains("server = \"http://127.0.0.1:5000\""),
             "{hosts}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn v3_splits_images_and_runtime() {
+        let (v, dir) = render(ContainerdVersion::V2_1);
+        let i = &v["plugins"][CRI_IMAGES];
+        assert_eq!(i["snapshotter"].as_str(), Some("starling"));
+        assert_eq!(i["disable_snapshot_annotations"].as_bool(), Some(false));
+        assert_eq!(
+            i["pinned_images"]["sandbox"].as_str(),
+            Some("127.0.0.1:5000/pause:latest")
+        );
+        let r = &v["plugins"][CRI_RUNTIME];
+        assert_eq!(r["restrict_oom_score_adj"].as_bool(), Some(true));
+        assert!(r["containerd"]["runtimes"]["runc"]["options"]["Root"].is_str());
+        assert_eq!(
+            contrib_snapshotter(ContainerdVersion::V2_1).unwrap(),
+            "starling"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

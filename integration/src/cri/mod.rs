@@ -17,4 +17,4 @@ pub use client::{read_container_log, CallError, CriClient, ExecOutput, Pod};
 pub use config::{
     contrib_snapshotter, cri_toml, pause_image, push_estargz, CriSettings, NAMESPACE,
 };
-pub use node::{CriNode, CriNodeOptions, Engine};
+pub use node::{CriNode, CriNodeOptions};

@@ -1,8 +1,9 @@
 //! A Kubernetes node for one test, minus the kubelet: a private registry with htpasswd auth
 //! (the pods' images), an anonymous one (the sandbox image), starling with the shipped
 //! `contrib/kubernetes/starling.toml` (its CRI image service on a private socket) and no
-//! registry credentials of its own, and containerd with the CRI plugin configured from
-//! `contrib/containerd/config.toml` and starling as its snapshotter. [`CriNode::kubelet`]
+//! registry credentials of its own, and containerd (any [`ContainerdVersion`]) with the CRI
+//! plugin configured from `contrib/containerd/config.toml` or `config-v3.toml` and starling
+//! as its snapshotter. [`CriNode::kubelet`]
 //! talks to both as the kubelet does: runtime calls to containerd, image calls to
 //! starling's image service. Dropping the node removes every pod first.
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use super::client::CriClient;
 use super::config::{contrib_snapshotter, cri_toml, pause_image, push_estargz, CriSettings};
 use crate::containerd::{Containerd, ContainerdOptions, Ctr};
+use crate::engines::ContainerdVersion;
 use crate::error::{Error, IoContext, Result};
 use crate::registry::{Registry, RegistryOptions};
 use crate::starling::{Starling, StarlingConfig, StarlingOptions};
@@ -22,18 +24,11 @@ pub const CONTRIB_STARLING: &str = "contrib/kubernetes/starling.toml";
 /// The kubelet's settings for a node with starling, relative to the workspace.
 pub const CONTRIB_KUBELET: &str = "contrib/kubernetes/kubelet-config.yaml";
 
-/// The containerd a node runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    /// Debian bookworm's containerd 1.6 (config version 2).
-    Containerd16,
-}
-
 /// How to start a node.
 #[derive(Debug, Clone)]
 pub struct CriNodeOptions {
     /// Which containerd.
-    pub engine: Engine,
+    pub version: ContainerdVersion,
     /// User and password of the private registry.
     pub user: (String, String),
     /// Serve starling's CRI image service (else the kubelet's image calls go to
@@ -49,7 +44,7 @@ pub struct CriNodeOptions {
 impl Default for CriNodeOptions {
     fn default() -> Self {
         CriNodeOptions {
-            engine: Engine::Containerd16,
+            version: ContainerdVersion::default(),
             user: ("alice".into(), "pod-secret-pw".into()),
             image_service: true,
             starling_settings: Vec::new(),
@@ -149,7 +144,7 @@ impl CriNode {
         let (user, password) = &opts.user;
         let registry = Registry::start_with(&wd, RegistryOptions::htpasswd(user, password))?;
         let pause = push_estargz(&pause_image()?, &wd.join("images"), &public, "pause:3.10")?;
-        let snapshotter = contrib_snapshotter()?;
+        let snapshotter = contrib_snapshotter(opts.version)?;
 
         let cdir = wd.join("containerd");
         let csock = cdir.join("c.sock");
@@ -196,15 +191,14 @@ impl CriNode {
             plain_http_hosts: vec![public.host(), registry.host()],
         };
         let copts = ContainerdOptions {
+            version: opts.version,
             namespace: super::NAMESPACE.into(),
-            enable_cri: true,
-            extra_toml: cri_toml(&cdir, &settings)?,
+            cri: true,
+            extra_toml: cri_toml(opts.version, &cdir, &settings)?,
             ..Default::default()
         }
         .proxy(&snapshotter, starling.socket());
-        let containerd = match opts.engine {
-            Engine::Containerd16 => Containerd::start_in(&cdir, copts, false)?,
-        };
+        let containerd = Containerd::start_in(&cdir, copts, false)?;
         containerd
             .ctr()
             .wait_snapshotter(&snapshotter, Duration::from_secs(60))?;
