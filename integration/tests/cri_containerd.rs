@@ -199,7 +199,7 @@ fn pod_credentials(version: ContainerdVersion) {
     );
 
     // A restarted daemon reads more of the running pod's files with the kept credentials.
-    node.starling.restart().unwrap();
+    node.restart_starling().unwrap();
     let fetched_before = node.starling.fetched_bytes().unwrap_or(0.0);
     assert_eq!(
         exec_sha256(&node, &id, "/data/b.bin"),

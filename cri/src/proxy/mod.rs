@@ -1,6 +1,8 @@
 //! The CRI image service proxy: serves `runtime.v1.ImageService` (what the kubelet calls on
 //! its `--image-service-endpoint`: ImageFsInfo, ListImages, ImageStatus, PullImage,
-//! RemoveImage) and forwards every call, metadata included, to containerd's CRI plugin.
+//! RemoveImage — and any method a newer kubelet adds) and forwards every call byte for
+//! byte, metadata included, to containerd's CRI plugin ([`raw`]): fields this build's CRI
+//! API does not know reach containerd unchanged.
 //!
 //! - **PullImage**: the request's `AuthConfig` is kept for the image's registry host and
 //!   repository ([`PodCredentials::record`]) *before* the call is forwarded, because
@@ -12,21 +14,35 @@
 //!
 //! Credentials are never logged.
 
+mod raw;
+
 use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
+use prost::Message as _;
+use tonic::codegen::http;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::api::image_service_client::ImageServiceClient;
-use crate::api::image_service_server::{ImageService, ImageServiceServer};
 use crate::api::{self, channel};
 use crate::auth::PodAuth;
 use crate::credentials::{PodCredentials, Recorded};
 use crate::repo::RepoKey;
+pub use raw::RawCodec;
+
+/// The gRPC service name.
+pub const SERVICE: &str = "runtime.v1.ImageService";
+const PULL_IMAGE: &str = "/runtime.v1.ImageService/PullImage";
+const REMOVE_IMAGE: &str = "/runtime.v1.ImageService/RemoveImage";
 
 /// Largest message passed either way (the kubelet allows 16 MiB: a node's image list).
 pub const MAX_MESSAGE: usize = 16 << 20;
@@ -39,6 +55,7 @@ pub struct ProxyError(#[from] tonic::transport::Error);
 /// The image service proxy.
 #[derive(Clone)]
 pub struct ImageServiceProxy {
+    channel: Channel,
     upstream: ImageServiceClient<Channel>,
     pods: Arc<PodCredentials>,
     /// Repositories with a pull running (their credentials are not forgotten meanwhile).
@@ -51,12 +68,6 @@ impl std::fmt::Debug for ImageServiceProxy {
             .field("pods", &self.pods)
             .finish()
     }
-}
-
-/// The request to send on: same message and metadata (tonic drops the reserved headers).
-fn onward<T>(req: Request<T>) -> Request<T> {
-    let (metadata, _, message) = req.into_parts();
-    Request::from_parts(metadata, Default::default(), message)
 }
 
 /// Marks a repository as being pulled for as long as it lives.
@@ -81,10 +92,12 @@ impl ImageServiceProxy {
     /// A proxy to the CRI image service on unix socket `runtime` (containerd's socket),
     /// keeping pull credentials in `pods`. Connects on first use.
     pub fn new(runtime: &Path, pods: Arc<PodCredentials>) -> Self {
-        let upstream = ImageServiceClient::new(channel(runtime))
+        let channel = channel(runtime);
+        let upstream = ImageServiceClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         ImageServiceProxy {
+            channel,
             upstream,
             pods,
             pulling: Arc::default(),
@@ -96,13 +109,6 @@ impl ImageServiceProxy {
         &self.pods
     }
 
-    /// The gRPC service.
-    pub fn into_service(self) -> ImageServiceServer<Self> {
-        ImageServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE)
-    }
-
     /// Serves the proxy on `listener` until `shutdown` resolves.
     pub async fn serve(
         self,
@@ -110,7 +116,7 @@ impl ImageServiceProxy {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ProxyError> {
         tonic::transport::Server::builder()
-            .add_service(self.into_service())
+            .add_service(self)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::UnixListenerStream::new(listener),
                 shutdown,
@@ -197,35 +203,48 @@ impl ImageServiceProxy {
     }
 }
 
-#[tonic::async_trait]
-impl ImageService for ImageServiceProxy {
-    async fn list_images(
-        &self,
-        request: Request<api::ListImagesRequest>,
-    ) -> Result<Response<api::ListImagesResponse>, Status> {
-        self.upstream.clone().list_images(onward(request)).await
+impl ImageServiceProxy {
+    /// One call: PullImage and RemoveImage with their bookkeeping, the others as they are.
+    async fn call(
+        self,
+        path: PathAndQuery,
+        request: Request<Bytes>,
+    ) -> Result<Response<Bytes>, Status> {
+        match path.path() {
+            PULL_IMAGE => self.pull_image(path, request).await,
+            REMOVE_IMAGE => {
+                let response = self.forward(path, request).await?;
+                self.forget_unused().await;
+                Ok(response)
+            }
+            _ => self.forward(path, request).await,
+        }
     }
 
-    async fn image_status(
+    async fn forward(
         &self,
-        request: Request<api::ImageStatusRequest>,
-    ) -> Result<Response<api::ImageStatusResponse>, Status> {
-        self.upstream.clone().image_status(onward(request)).await
+        path: PathAndQuery,
+        request: Request<Bytes>,
+    ) -> Result<Response<Bytes>, Status> {
+        raw::forward(self.channel.clone(), path, request, MAX_MESSAGE).await
     }
 
     async fn pull_image(
         &self,
-        request: Request<api::PullImageRequest>,
-    ) -> Result<Response<api::PullImageResponse>, Status> {
-        let image = request
-            .get_ref()
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
+        path: PathAndQuery,
+        request: Request<Bytes>,
+    ) -> Result<Response<Bytes>, Status> {
+        // Read (a copy of) the request for its image and credentials; it is sent on as it came.
+        let (image, auth) = match api::PullImageRequest::decode(request.get_ref().clone()) {
+            Ok(r) => (r.image.map(|i| i.image).unwrap_or_default(), r.auth),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable PullImage request; forwarded, credentials not kept");
+                (String::new(), None)
+            }
+        };
         let _pulling = self.pulling(&image);
-        let recorded = self.record(&image, request.get_ref().auth.as_ref());
-        let result = self.upstream.clone().pull_image(onward(request)).await;
+        let recorded = self.record(&image, auth.as_ref());
+        let result = self.forward(path, request).await;
         if let (Err(status), Some(r)) = (&result, recorded) {
             tracing::info!(image, code = ?status.code(),
                 "pull failed; the credentials kept before it are back");
@@ -235,21 +254,55 @@ impl ImageService for ImageServiceProxy {
         }
         result
     }
+}
 
-    async fn remove_image(
-        &self,
-        request: Request<api::RemoveImageRequest>,
-    ) -> Result<Response<api::RemoveImageResponse>, Status> {
-        let response = self.upstream.clone().remove_image(onward(request)).await?;
-        self.forget_unused().await;
-        Ok(response)
+impl tonic::server::NamedService for ImageServiceProxy {
+    const NAME: &'static str = SERVICE;
+}
+
+/// One unary call of the service, as bytes.
+struct Call {
+    proxy: ImageServiceProxy,
+    path: PathAndQuery,
+}
+
+impl tonic::server::UnaryService<Bytes> for Call {
+    type Response = Bytes;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        Box::pin(self.proxy.clone().call(self.path.clone(), request))
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for ImageServiceProxy
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn image_fs_info(
-        &self,
-        request: Request<api::ImageFsInfoRequest>,
-    ) -> Result<Response<api::ImageFsInfoResponse>, Status> {
-        self.upstream.clone().image_fs_info(onward(request)).await
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let call = Call {
+            proxy: self.clone(),
+            path,
+        };
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
+                .apply_max_message_size_config(Some(MAX_MESSAGE), Some(MAX_MESSAGE));
+            Ok(grpc.unary(call, request).await)
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tonic::{Request, Response, Status};
 
 use super::*;
-use crate::api::image_service_server::ImageService;
+use crate::api::image_service_server::{ImageService, ImageServiceServer};
 
 /// containerd's image service as far as the proxy cares: pulls add images (and fail for
 /// references containing "fail"), removals drop them; every pull's auth is recorded.
@@ -113,6 +113,11 @@ fn serve_on(path: &Path, svc: impl ImageService) {
     );
 }
 
+fn serve_proxy(path: &Path, proxy: ImageServiceProxy) {
+    let listener = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(proxy.serve(listener, std::future::pending()));
+}
+
 fn basic(user: &str, password: &str) -> Option<api::AuthConfig> {
     Some(api::AuthConfig {
         username: user.into(),
@@ -144,7 +149,7 @@ async fn pulls_keep_credentials_failures_put_them_back_removals_forget() {
     let upstream = FakeUpstream::default();
     serve_on(&up_sock, upstream.clone());
     let pods = Arc::new(PodCredentials::open(&dir.path().join("creds.json")).unwrap());
-    serve_on(&proxy_sock, ImageServiceProxy::new(&up_sock, pods.clone()));
+    serve_proxy(&proxy_sock, ImageServiceProxy::new(&up_sock, pods.clone()));
     let mut c = crate::api::image_client(&proxy_sock);
 
     let (app, app2, other) = (
@@ -221,7 +226,7 @@ async fn an_unreachable_runtime_is_an_error_not_a_hang() {
     let dir = tempfile::tempdir().unwrap();
     let proxy_sock = dir.path().join("proxy.sock");
     let pods = Arc::new(PodCredentials::open(&dir.path().join("creds.json")).unwrap());
-    serve_on(
+    serve_proxy(
         &proxy_sock,
         ImageServiceProxy::new(&dir.path().join("nobody.sock"), pods.clone()),
     );
@@ -232,4 +237,100 @@ async fn an_unreachable_runtime_is_an_error_not_a_hang() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert_eq!(password(&pods, "reg:5000/team/app:v1"), None);
+}
+
+/// An upstream that records the bytes of every call (path, message) and answers an empty
+/// message.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<(String, Bytes)>>>);
+
+struct RecordCall(Recorder, String);
+
+impl tonic::server::UnaryService<Bytes> for RecordCall {
+    type Response = Bytes;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Bytes>, Status>> + Send>>;
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        self.0
+             .0
+            .lock()
+            .push((self.1.clone(), request.into_inner()));
+        Box::pin(async { Ok(Response::new(Bytes::new())) })
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for Recorder
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let call = RecordCall(self.clone(), request.uri().path().to_string());
+        Box::pin(async move {
+            Ok(tonic::server::Grpc::new(RawCodec)
+                .unary(call, request)
+                .await)
+        })
+    }
+}
+
+impl tonic::server::NamedService for Recorder {
+    const NAME: &'static str = SERVICE;
+}
+
+#[tokio::test]
+async fn calls_reach_containerd_byte_for_byte_unknown_fields_and_methods_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up_sock, proxy_sock) = (dir.path().join("up.sock"), dir.path().join("proxy.sock"));
+    let recorder = Recorder::default();
+    let listener = tokio::net::UnixListener::bind(&up_sock).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(recorder.clone())
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    let pods = Arc::new(PodCredentials::open(&dir.path().join("creds.json")).unwrap());
+    serve_proxy(&proxy_sock, ImageServiceProxy::new(&up_sock, pods.clone()));
+
+    // A PullImage as a newer kubelet may send it: with a field this API does not know
+    // (number 99, a string).
+    let mut body = pull("reg:5000/team/app:v1", basic("alice", "pw")).encode_to_vec();
+    body.extend_from_slice(&[0x9a, 0x06, 3, b'n', b'e', b'w']);
+    let mut grpc = tonic::client::Grpc::new(crate::api::channel(&proxy_sock));
+    grpc.ready().await.unwrap();
+    grpc.unary::<Bytes, Bytes, _>(
+        Request::new(Bytes::from(body.clone())),
+        PathAndQuery::from_static(PULL_IMAGE),
+        RawCodec,
+    )
+    .await
+    .unwrap();
+    // A method this API does not know.
+    grpc.ready().await.unwrap();
+    grpc.unary::<Bytes, Bytes, _>(
+        Request::new(Bytes::from_static(b"\x0a\x01x")),
+        PathAndQuery::from_static("/runtime.v1.ImageService/FutureMethod"),
+        RawCodec,
+    )
+    .await
+    .unwrap();
+    let seen = recorder.0.lock().clone();
+    assert_eq!(seen[0], (PULL_IMAGE.to_string(), Bytes::from(body)));
+    assert_eq!(
+        seen[1],
+        (
+            "/runtime.v1.ImageService/FutureMethod".to_string(),
+            Bytes::from_static(b"\x0a\x01x")
+        )
+    );
+    // The credentials were read from it all the same.
+    assert_eq!(
+        password(&pods, "reg:5000/team/app:v1").as_deref(),
+        Some("pw")
+    );
 }

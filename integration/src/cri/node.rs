@@ -223,6 +223,16 @@ impl CriNode {
         })
     }
 
+    /// Restarts starling (SIGTERM: running pods' lazy layers stay with the fd store holder
+    /// when `keep_mounts_on_stop`) and waits until containerd reaches it again (its gRPC
+    /// client refuses calls for a few seconds after a failed reconnect).
+    pub fn restart_starling(&mut self) -> Result<()> {
+        self.starling.restart()?;
+        self.containerd
+            .ctr()
+            .wait_snapshotter(&self.snapshotter, Duration::from_secs(60))
+    }
+
     /// A client whose image calls go to containerd directly, past starling (as a kubelet
     /// without `--image-service-endpoint`).
     pub fn containerd_direct(&self) -> Result<CriClient> {
