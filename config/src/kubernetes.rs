@@ -37,12 +37,9 @@ pub struct KubernetesConfig {
     /// (the lookup then goes on without its credentials).
     #[serde(with = "crate::units::duration")]
     pub credential_provider_timeout: Duration,
-    /// Credential provider plugins asked for the credentials of images they match, after
-    /// the pods' credentials and before `[registry]`'s: the same entries as the kubelet's
-    /// CredentialProviderConfig, e.g. [[kubernetes.credential_providers]] name =
-    /// "ecr-credential-provider", match_images = ["*.dkr.ecr.*.amazonaws.com"],
-    /// default_cache_duration = "12h", api_version =
-    /// "credentialprovider.kubelet.k8s.io/v1".
+    /// Credential provider plugins, asked in order for the credentials of the images they
+    /// match, after the pods' credentials and before `[registry]`'s: the same entries as
+    /// in the kubelet's CredentialProviderConfig.
     pub credential_providers: Vec<CredentialProviderConfig>,
 }
 

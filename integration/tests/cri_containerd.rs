@@ -428,6 +428,11 @@ fn containerd_1_6_credential_provider() {
 }
 
 #[test]
+fn containerd_1_7_credential_provider() {
+    credential_provider(ContainerdVersion::V1_7);
+}
+
+#[test]
 fn containerd_2_1_credential_provider() {
     credential_provider(ContainerdVersion::V2_1);
 }
