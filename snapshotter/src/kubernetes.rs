@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use cri::proxy::{ImageServiceProxy, ProxyError};
-use cri::{CredentialProviders, Keychain, Origin, PodAuth, PodCredentials};
+use cri::{CredentialProviders, Keychain, PodAuth, PodCredentials};
 use fusefs::registry::{CredentialSource, Credentials, CredentialsFuture, RegistryClient};
 
 use crate::server::{ServeError, Socket, DRAIN_GRACE};
@@ -38,10 +38,7 @@ fn credentials(auth: PodAuth) -> Credentials {
 impl CredentialSource for KeychainSource {
     fn credentials<'a>(&'a self, host: &'a str, repository: &'a str) -> CredentialsFuture<'a> {
         Box::pin(async move {
-            let (auth, origin) = self.0.lookup(host, repository).await?;
-            if let Origin::Provider(name) = &origin {
-                tracing::trace!(host, repository, plugin = %name, "credentials from a credential provider");
-            }
+            let (auth, _origin) = self.0.lookup(host, repository).await?;
             Some(credentials(auth))
         })
     }

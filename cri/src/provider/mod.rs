@@ -140,7 +140,8 @@ impl CredentialProviders {
     }
 
     /// How many times plugin `name` was run.
-    pub fn runs(&self, name: &str) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn runs(&self, name: &str) -> u64 {
         self.plugins
             .iter()
             .find(|p| p.name == name)
@@ -189,7 +190,7 @@ impl Plugin {
         if matches!(*self.failed_at.lock(), Some(t) if t.elapsed() < RETRY_AFTER) {
             return None;
         }
-        self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let run = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let inv = Invocation {
             program: &self.program,
             args: &self.args,
@@ -201,14 +202,14 @@ impl Plugin {
             Ok(answer) => {
                 *self.failed_at.lock() = None;
                 let found = pick(&answer.auth, image);
-                tracing::debug!(plugin = %self.name, image, found = found.is_some(),
+                tracing::debug!(plugin = %self.name, image, run, found = found.is_some(),
                     cache_key_type = ?answer.cache_key_type, "credential provider answered");
                 self.keep(repo, answer);
                 found
             }
             Err(e) => {
                 *self.failed_at.lock() = Some(Instant::now());
-                tracing::warn!(plugin = %self.name, image, error = %e,
+                tracing::warn!(plugin = %self.name, image, run, error = %e,
                     "credential provider failed; going on without its credentials");
                 None
             }
