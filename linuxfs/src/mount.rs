@@ -1,86 +1,73 @@
-//! The mount syscalls the snapshotter makes itself: the overlay feature probe, detaching
-//! leftovers before a snapshot directory is deleted, and mounting returned [`Mount`]s
-//! (for tests and tools; containerd mounts them itself in production).
+//! Mounting and unmounting: a [`Mount`] in containerd's terms (`type`, `source`,
+//! `options`) and [`mount_all`] for the `bind` and `overlay` types (the snapshotter's
+//! overlay probe, tests and tools; containerd mounts them itself in production), a
+//! [`MountGuard`] that detaches on drop, [`unmount`] (lazily when busy), [`detach`] and
+//! [`detach_all`] (leftovers before a directory is deleted).
 
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::mounts::Mount;
-use crate::error::{Error, Result};
+use crate::mountinfo::is_mountpoint;
+
+/// One mount, in containerd's `Mount` terms (`type`, `source`, `options`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// File system type: `bind` or `overlay`.
+    pub fstype: String,
+    /// Source: a directory for binds, `overlay` for overlays.
+    pub source: String,
+    /// Mount options.
+    pub options: Vec<String>,
+}
 
 /// Upper bound on mounts stacked on one path that [`detach_all`] will peel off.
 const MAX_STACKED: usize = 64;
 
-/// Decodes the octal escapes (`\040` for space, ...) of a `/proc/self/mountinfo` field.
-fn unescape_mountinfo(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            if let Ok(byte) = u8::try_from(v) {
-                out.push(byte);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Mount points listed in a mountinfo text.
-fn mount_points(mountinfo: &str) -> impl Iterator<Item = String> + '_ {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mountinfo)
-}
-
-/// Whether something is mounted on `path` (false if it does not exist).
-pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
-    let canon = match fs::canonicalize(path) {
-        Ok(p) => p,
-        // A dead FUSE mount makes canonicalize fail with ENOTCONN: it is mounted.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => path.to_path_buf(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    let info = fs::read_to_string("/proc/self/mountinfo")?;
-    let found = mount_points(&info).any(|m| Path::new(&m) == canon);
-    Ok(found)
-}
-
 /// Lazily detaches every mount stacked on `path` (no-op if nothing is mounted).
-pub fn detach_all(path: &Path) -> Result<()> {
+pub fn detach_all(path: &Path) -> io::Result<()> {
     for _ in 0..MAX_STACKED {
-        if !is_mountpoint(path).map_err(|e| Error::io("read mounts at", path, e))? {
+        if !is_mountpoint(path)? {
             return Ok(());
         }
         tracing::warn!(path = %path.display(), "detaching a leftover mount");
-        umount2(path, MntFlags::MNT_DETACH)
-            .map_err(|e| Error::io("detach mount", path, io::Error::from(e)))?;
+        detach(path)?;
     }
-    Err(Error::io(
-        "detach mounts",
-        path,
-        io::Error::other(format!("more than {MAX_STACKED} mounts stacked")),
-    ))
+    Err(io::Error::other(format!(
+        "more than {MAX_STACKED} mounts stacked"
+    )))
 }
 
-/// Unmounts `target` (lazily: busy mounts go away when their last user does).
-pub fn unmount(target: &Path) -> io::Result<()> {
+/// Detaches the mount on `target` (`MNT_DETACH`: a busy mount goes away when its last
+/// user does).
+pub fn detach(target: &Path) -> io::Result<()> {
     umount2(target, MntFlags::MNT_DETACH).map_err(io::Error::from)
+}
+
+/// How an unmount went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmounted {
+    /// Unmounted.
+    Done,
+    /// The mount was busy; it was detached and goes away with its last user.
+    Detached,
+    /// Nothing was mounted there.
+    NotMounted,
+}
+
+/// Unmounts `path`; a busy mount is detached (`MNT_DETACH`).
+pub fn unmount(path: &Path) -> io::Result<Unmounted> {
+    match umount2(path, MntFlags::empty()) {
+        Ok(()) => Ok(Unmounted::Done),
+        Err(nix::errno::Errno::EINVAL) => Ok(Unmounted::NotMounted),
+        Err(nix::errno::Errno::ENOENT) => Ok(Unmounted::NotMounted),
+        Err(nix::errno::Errno::EBUSY) => {
+            umount2(path, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
+            Ok(Unmounted::Detached)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Mounts `mounts` on `target` in order, like containerd's `mount.All` for the `bind`
@@ -154,7 +141,7 @@ impl MountGuard {
 impl Drop for MountGuard {
     fn drop(&mut self) {
         while is_mountpoint(&self.0).unwrap_or(false) {
-            if unmount(&self.0).is_err() {
+            if detach(&self.0).is_err() {
                 break;
             }
         }
@@ -166,20 +153,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mountinfo_fields_are_unescaped() {
-        let info =
-            "36 35 98:0 /mnt1 /mnt\\040with\\040space rw,noatime master:1 - ext3 /dev/root rw\n\
-                    37 35 98:0 / /plain rw - ext3 /dev/root rw\n";
-        let points: Vec<String> = mount_points(info).collect();
-        assert_eq!(points, ["/mnt with space", "/plain"]);
-        assert_eq!(unescape_mountinfo("a\\134b"), "a\\b");
-        assert_eq!(unescape_mountinfo("trailing\\04"), "trailing\\04");
-    }
-
-    #[test]
-    fn missing_path_is_not_a_mountpoint() {
-        assert!(!is_mountpoint(Path::new("/nonexistent/starling/x")).unwrap());
-        assert!(is_mountpoint(Path::new("/proc")).unwrap());
+    fn detaching_nothing_is_fine() {
         detach_all(Path::new("/nonexistent/starling/x")).unwrap();
+        assert_eq!(
+            unmount(Path::new("/nonexistent/starling/x")).unwrap(),
+            Unmounted::NotMounted
+        );
     }
 }

@@ -1,56 +1,34 @@
-//! The system calls of mounting, in one place: unmounting (lazily when busy), finding out
-//! whether a path is a mount point and of what (`/proc/self/mountinfo`, which never asks a
-//! FUSE server anything), aborting a FUSE connection through `/sys/fs/fuse/connections`,
-//! and asking the kernel to resend the requests of a connection (`FUSE_NOTIFY_RESEND`).
+//! `/proc/self/mountinfo`: the mounts of this mount namespace, read without touching the
+//! mounts themselves (a stat of a dead FUSE mount hangs or fails; mountinfo never asks a
+//! FUSE server anything). The one parser of its escaped fields in the workspace.
 
+use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{umount2, MntFlags};
-
-/// How an unmount went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unmounted {
-    /// Unmounted.
-    Done,
-    /// The mount was busy; it was detached and goes away with its last user.
-    Detached,
-    /// Nothing was mounted there.
-    NotMounted,
-}
-
-/// Unmounts `path`; a busy mount is detached (`MNT_DETACH`).
-pub fn unmount(path: &Path) -> io::Result<Unmounted> {
-    match umount2(path, MntFlags::empty()) {
-        Ok(()) => Ok(Unmounted::Done),
-        Err(nix::errno::Errno::EINVAL) => Ok(Unmounted::NotMounted),
-        Err(nix::errno::Errno::ENOENT) => Ok(Unmounted::NotMounted),
-        Err(nix::errno::Errno::EBUSY) => {
-            umount2(path, MntFlags::MNT_DETACH).map_err(io::Error::from)?;
-            Ok(Unmounted::Detached)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Undoes the octal escapes of mountinfo fields (`\040` for a space, ...).
-fn unescape(field: &str) -> PathBuf {
+pub fn unescape(field: &str) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                u8::try_from(v).ok()
+            });
+        match octal {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
         }
     }
     PathBuf::from(std::ffi::OsString::from_vec(out))
@@ -67,7 +45,8 @@ pub struct MountInfo {
     pub dev: u64,
 }
 
-fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+/// Parses mountinfo text (lines that are not mountinfo lines are passed over).
+pub fn parse(text: &str) -> Vec<MountInfo> {
     let mut out = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -92,9 +71,7 @@ fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
 
 /// Mounts of this mount namespace, in mount order.
 pub fn mounts() -> io::Result<Vec<MountInfo>> {
-    Ok(parse_mountinfo(&std::fs::read_to_string(
-        "/proc/self/mountinfo",
-    )?))
+    Ok(parse(&fs::read_to_string("/proc/self/mountinfo")?))
 }
 
 /// The topmost mount at `path`, if any (without touching the mount itself).
@@ -118,40 +95,16 @@ pub fn mounted_type(path: &Path) -> io::Result<Option<String>> {
         .map(|(_, t)| t))
 }
 
-/// The device number of the filesystem at `path` (`None` if the mount's connection is
-/// gone: ENOTCONN).
-pub fn device_of(path: &Path) -> io::Result<Option<u64>> {
-    match std::fs::metadata(path) {
-        Ok(m) => Ok(Some(m.dev())),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Aborts the FUSE connection of the filesystem with device number `dev`: its pending
-/// and future requests fail with ENOTCONN, and its server's session ends.
-pub fn abort_connection(dev: u64) -> io::Result<()> {
-    let minor = libc::minor(dev);
-    let p = format!("/sys/fs/fuse/connections/{minor}/abort");
-    std::fs::write(p, b"1")
-}
-
-/// `FUSE_NOTIFY_RESEND` (Linux 6.9+): the kernel puts every request that a server read
-/// from the connection but did not answer back into the queue, to be read again.
-const FUSE_NOTIFY_RESEND: i32 = 7;
-
-/// Asks the kernel to resend the requests of the FUSE connection of `fd` that were read
-/// and never answered (by a server that died). EINVAL: the kernel cannot.
-pub fn resend_unanswered(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    // struct fuse_out_header { u32 len; i32 error (the notify code); u64 unique (0) }
-    let mut msg = [0u8; 16];
-    msg[0..4].copy_from_slice(&16u32.to_ne_bytes());
-    msg[4..8].copy_from_slice(&FUSE_NOTIFY_RESEND.to_ne_bytes());
-    let n = nix::unistd::write(fd, &msg)?;
-    if n != msg.len() {
-        return Err(io::Error::other("short write of FUSE_NOTIFY_RESEND"));
-    }
-    Ok(())
+/// Whether something is mounted on `path` (false if it does not exist). A dead FUSE mount
+/// (ENOTCONN) counts as mounted.
+pub fn is_mountpoint(path: &Path) -> io::Result<bool> {
+    let canon = match fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => std::path::absolute(path)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Ok(mounts()?.iter().any(|m| m.path == canon))
 }
 
 #[cfg(test)]
@@ -161,15 +114,17 @@ mod tests {
     #[test]
     fn mountinfo_escapes_are_undone() {
         assert_eq!(unescape(r"/a\040b\011c"), PathBuf::from("/a b\tc"));
+        assert_eq!(unescape(r"a\134b"), PathBuf::from("a\\b"));
         assert_eq!(unescape(r"/plain"), PathBuf::from("/plain"));
         assert_eq!(unescape(r"/trailing\04"), PathBuf::from(r"/trailing\04"));
+        assert_eq!(unescape(r"/big\777"), PathBuf::from(r"/big\777"));
     }
 
     #[test]
     fn mountinfo_lines_give_path_type_and_device() {
         let text = "36 35 0:52 / /r/snapshots/1/fs ro,nosuid - fuse.starling starling:ab rw\n\
                     bad line\n";
-        let m = parse_mountinfo(text);
+        let m = parse(text);
         assert_eq!(
             m,
             vec![MountInfo {
@@ -178,6 +133,12 @@ mod tests {
                 dev: libc::makedev(0, 52),
             }]
         );
+    }
+
+    #[test]
+    fn missing_path_is_not_a_mountpoint() {
+        assert!(!is_mountpoint(Path::new("/nonexistent/starling/x")).unwrap());
+        assert!(is_mountpoint(Path::new("/proc")).unwrap());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::limiter::{Permit, Priority};
 use super::ranges::{self, Span};
 use super::transport::{Answer, Request};
 use super::{ClientInner, RegistryClient, RegistryError, Repository, Target};
-use crate::metrics::Metrics;
+use crate::Metrics;
 
 /// Largest merged range (bytes) fetched as one piece.
 const MAX_SPAN: u64 = 16 << 20;
@@ -86,7 +86,8 @@ impl Blob {
         &self.inner.repo
     }
 
-    pub(crate) fn client_fetch_config(&self) -> &config::FetchConfig {
+    /// The fetch settings of the client it was made by.
+    pub fn fetch_config(&self) -> &config::FetchConfig {
         &self.inner.client.fetch
     }
 

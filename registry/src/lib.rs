@@ -1,24 +1,30 @@
-//! OCI distribution client: image references, manifests (indexes resolved to this host's
-//! platform), blobs read by byte ranges or as streams, pushes, and the chunk fetcher that the
-//! lazy filesystem calls with sets of chunk ranges.
+//! The OCI distribution client: image references ([`reference`]), registry hosts with
+//! their mirrors and TLS settings ([`hosts`]), authentication ([`auth`]: basic, bearer
+//! tokens, docker `config.json`), the transport ([`transport`]), manifests and indexes
+//! ([`manifest`]: an index resolved to one platform), blobs read by byte ranges or as
+//! streams ([`Blob`]), and pushes ([`push`]). Knows nothing of layers, chunks or caches:
+//! `fusefs` reads layer blobs through it (as one of its blob sources), the image tools
+//! convert and push with it, `rpull` resolves images with it.
 //!
 //! Layers: [`transport`] sends one logical request (mirrors then origin, auth, redirects,
 //! timeouts, retries with backoff under a deadline, per-host request limit) → [`Blob`] turns
-//! ranges into few requests (merging, multi-range with fallback) → [`ChunkFetcher`]
-//! deduplicates concurrent chunk reads, verifies and caches them.
+//! ranges into few requests (merging, multi-range with fallback; [`ranges`]).
+//! [`metrics`] counts requests, bytes and retries.
 //!
 //! Credentials and tokens never appear in logs or errors; URLs in errors lose their query.
 
 mod auth;
 mod blob;
 mod error;
-mod fetcher;
 mod hosts;
 mod limiter;
 mod manifest;
+pub mod metrics;
 mod push;
 mod ranges;
 mod reference;
+#[cfg(feature = "testutil")]
+pub mod testutil;
 mod transport;
 
 use std::collections::HashMap;
@@ -33,10 +39,6 @@ use reqwest::Method;
 
 pub use blob::{Blob, BlobStream, BlockingBlob};
 pub use error::{RegistryError, Target};
-pub use fetcher::{
-    ChunkDecoder, ChunkFetcher, ChunkRequest, CorruptChunk, FetchError, RawChunks,
-    STREAM_DECODE_MIN,
-};
 pub use limiter::Priority;
 pub use manifest::{host_platform, FetchedManifest, ResolvedImage};
 pub use push::{BlobSource, PushOptions, PushOutcome};
@@ -46,7 +48,7 @@ use auth::{Authenticator, Scope};
 use hosts::RegistryHost;
 use transport::{Answer, Request};
 
-use crate::metrics::Metrics;
+pub use metrics::{Metrics, MetricsSnapshot};
 
 /// Client for OCI registries configured by the `[fetch]` and `[registry]` sections. Cheap to
 /// clone; clones share connections, tokens and per-host state.

@@ -16,7 +16,7 @@ use super::auth::Scope;
 use super::hosts::RegistryHost;
 use super::transport::{Answer, Location, Request};
 use super::{RegistryClient, RegistryError, Repository, Target};
-use crate::metrics::Metrics;
+use crate::Metrics;
 
 /// Random-access source of the bytes to push (so a failed upload can be restarted).
 pub trait BlobSource: Send + Sync {

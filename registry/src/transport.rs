@@ -20,7 +20,7 @@ use super::error::{describe, redact_url};
 use super::hosts::{Endpoint, RegistryHost};
 use super::limiter::{Permit, Priority};
 use super::{ClientInner, RegistryError, Target};
-use crate::metrics::Metrics;
+use crate::Metrics;
 
 /// Redirect hops followed for one request.
 const MAX_REDIRECTS: usize = 5;

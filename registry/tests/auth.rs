@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::token::{TokenPolicy, TokenServer};
 use common::*;
-use fusefs::registry::{Priority, RegistryError, Repository};
+use registry::{Priority, RegistryError, Repository};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "s3cret-basic-pw";

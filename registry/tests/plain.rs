@@ -1,7 +1,7 @@
 //! Against a real docker-registry without auth: push (monolithic, chunked, mount), HEAD,
 //! range and multi-range reads (and their single-range fallbacks), streams, manifest
-//! resolution, error naming, one request for concurrent reads of one chunk, and a blob's
-//! tail with its size in one suffix-range request (HEAD only where suffixes fail).
+//! resolution, error naming, and a blob's tail with its size in one suffix-range request
+//! (HEAD only where suffixes fail).
 
 mod common;
 
@@ -9,13 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::proxy::{Proxy, ProxyMode};
 use common::*;
-use fusefs::cache::{CacheOptions, ChunkCache, ChunkKey};
-use fusefs::registry::{
-    ChunkFetcher, ChunkRequest, Priority, PushOptions, PushOutcome, RawChunks, Reference,
-    RegistryError, Repository,
-};
+use registry::testutil::proxy::{Proxy, ProxyMode};
+use registry::{Priority, PushOptions, PushOutcome, Reference, RegistryError, Repository};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_head_read_ranges_and_stream() {
@@ -176,64 +172,6 @@ async fn multi_range_and_single_range_reads_are_equivalent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_identical_chunk_reads_make_one_request() {
-    require_registry!();
-    let reg = RegistryProc::start(RegistryAuth::None);
-    let regcfg = registry_config(reg.dir.path());
-    let (pusher, _) = client(&fetch_config(), &regcfg);
-    let repo = Repository::new(reg.host(), "test/dedup");
-    let blob_data = data(3, 1 << 20);
-    let digest = push(&pusher, &repo, &blob_data).await;
-
-    let (c, metrics) = client(&fetch_config(), &regcfg);
-    let blob = c
-        .blob(&repo, &digest, Some(blob_data.len() as u64))
-        .await
-        .unwrap();
-    let cache_dir = tempfile::tempdir().unwrap();
-    let cache = ChunkCache::open(
-        CacheOptions {
-            dir: cache_dir.path().to_path_buf(),
-            max_size: 0,
-            memory_size: 16 << 20,
-            read_mode: fusefs::cache::DEFAULT_READ_MODE,
-        },
-        metrics.clone(),
-    )
-    .unwrap();
-    let fetcher = ChunkFetcher::new(blob, cache.clone(), Arc::new(RawChunks));
-    let range = 100_000..300_000u64;
-    let chunk = blob_data.slice(range.start as usize..range.end as usize);
-    let req = ChunkRequest {
-        key: ChunkKey::of(&chunk),
-        range: range.clone(),
-    };
-    let before = metrics.snapshot().requests;
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let (f, r) = (fetcher.clone(), req.clone());
-        tasks.push(tokio::spawn(
-            async move { f.get(&r, Priority::OnDemand).await },
-        ));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap(), chunk);
-    }
-    let m = metrics.snapshot();
-    assert_eq!(
-        m.requests - before,
-        1,
-        "one HTTP request for 16 concurrent reads: {m:?}"
-    );
-    assert!(m.fetch_joins >= 1 || m.memory_hits >= 1, "{m:?}");
-    fetcher.wait_idle().await;
-    assert!(cache.contains(&req.key));
-    // Cached now: no further request.
-    assert_eq!(fetcher.get(&req, Priority::OnDemand).await.unwrap(), chunk);
-    assert_eq!(metrics.snapshot().requests - before, 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resolve_picks_the_host_platform_and_reads_layers_and_config() {
     require_registry!();
     let reg = RegistryProc::start(RegistryAuth::None);
@@ -264,7 +202,7 @@ async fn resolve_picks_the_host_platform_and_reads_layers_and_config() {
         )
         .await
         .unwrap();
-    let (os, arch) = fusefs::registry::host_platform();
+    let (os, arch) = registry::host_platform();
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",

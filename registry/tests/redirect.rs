@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use common::http::{HttpRequest, HttpResponse, HttpServer};
 use common::*;
-use fusefs::registry::{Priority, Repository};
+use registry::{Priority, Repository};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_followed_cached_and_re_resolved_without_leaking_credentials() {

@@ -14,8 +14,8 @@ use containerd_client::services::v1::{
     WriteContentRequest,
 };
 use containerd_client::tonic::{Code, Status};
-use fusefs::registry::{Blob, Priority, RegistryError};
 use futures::{Stream, StreamExt};
+use registry::{Blob, Priority, RegistryError};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::client::Containerd;

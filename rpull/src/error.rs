@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use fusefs::registry::RegistryError;
+use registry::RegistryError;
 
 /// Errors of [`pull`](super::pull).
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use bytes::Bytes;
-use fusefs::registry::{host_platform, FetchedManifest, Reference, RegistryClient};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use registry::{host_platform, FetchedManifest, Reference, RegistryClient};
 use sha2::{Digest as _, Sha256};
 
 use super::RpullError;

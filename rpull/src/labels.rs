@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use oci_spec::image::Descriptor;
 
-use crate::labels as snap;
+use snapshotter::labels as snap;
 
 /// containerd's limit on a label: key and value together.
 pub const MAX_LABEL_BYTES: usize = 4096;
@@ -193,7 +193,7 @@ mod tests {
             .size(10u64);
         if let Some(t) = toc {
             b = b.annotations(HashMap::from([
-                (crate::labels::TOC_DIGEST.to_string(), t.to_string()),
+                (snapshotter::labels::TOC_DIGEST.to_string(), t.to_string()),
                 ("org.example.other".to_string(), "x".to_string()),
             ]));
         }
@@ -236,7 +236,9 @@ mod tests {
             assert_eq!(l.get(*k), Some(v), "{k}");
         }
         assert_eq!(l.len(), want.len(), "no other labels: {l:?}");
-        assert!(crate::labels::names_layer(&l.clone().into_iter().collect()));
+        assert!(snapshotter::labels::names_layer(
+            &l.clone().into_iter().collect()
+        ));
         // The bottom layer has no TOC annotation: no toc label.
         let l0 = snapshot_labels(&LayerIdentity { index: 0, ..id });
         assert!(!l0.contains_key(snap::TOC_DIGEST));
@@ -248,7 +250,7 @@ mod tests {
         // `ctr-remote image rpull` (stargz-snapshotter 0.12) through containerd 1.6's
         // unpacker, as the rpull integration test records them: the stargz family only (no
         // CRI labels); empty URL labels for layers without URLs.
-        let l: crate::store::Labels = [
+        let l: snapshotter::store::Labels = [
             (snap::TARGET_REF, digest('c')),
             (snap::STARGZ_REFERENCE, "127.0.0.1:5000/app:esgz".into()),
             (snap::STARGZ_DIGEST, digest('a')),
@@ -264,7 +266,7 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        assert!(crate::labels::names_layer(&l));
+        assert!(snapshotter::labels::names_layer(&l));
     }
 
     #[test]

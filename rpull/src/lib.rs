@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fusefs::registry::{Reference, RegistryClient};
+use registry::{Reference, RegistryClient};
 
 pub use error::RpullError;
 pub use image::{Platform, ResolvedImage};

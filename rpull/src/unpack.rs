@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use containerd_client::tonic::Code;
 use containerd_client::types::{Descriptor as CdDescriptor, Mount};
-use fusefs::registry::RegistryClient;
+use registry::RegistryClient;
 use tokio::sync::Semaphore;
 
 use super::client::Containerd;
@@ -31,7 +31,7 @@ use super::image::ResolvedImage;
 use super::labels::{snapshot_labels, LayerIdentity, UNCOMPRESSED};
 use super::progress::{Event, LayerOutcome, Progress};
 use super::RpullError;
-use crate::labels as snap;
+use snapshotter::labels as snap;
 
 /// Prepare attempts when AlreadyExists comes without the target snapshot (containerd: 3).
 const PREPARE_TRIES: usize = 3;

@@ -1,7 +1,9 @@
-//! The `starling` binary: a thin clap front over the `snapshotter` library's commands.
+//! The `starling` binary: a thin clap front over starling's library crates (`snapshotter`
+//! for the daemon, `imagetools`, `rpull`, `fusefs`, `estargz`, `config`); [`cli`] holds one
+//! module per subcommand. The only crate that uses `anyhow` and installs a log subscriber.
 
 use clap::{Parser, Subcommand};
-use snapshotter::cli;
+mod cli;
 
 /// starling — a lazy-pulling containerd snapshotter for eStargz images.
 #[derive(Parser)]

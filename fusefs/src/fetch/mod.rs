@@ -15,7 +15,8 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::{Blob, Priority, RegistryError, Target};
+use registry::{Blob, Priority, RegistryError, Target};
+
 use crate::cache::{CacheError, ChunkCache, ChunkKey};
 use crate::metrics::Metrics;
 
@@ -133,7 +134,7 @@ struct Job {
 impl ChunkFetcher {
     /// A fetcher for `blob`'s chunks, caching into `cache`, decoding with `decoder`.
     pub fn new(blob: Blob, cache: ChunkCache, decoder: Arc<dyn ChunkDecoder>) -> Self {
-        let fetch = blob.client_fetch_config();
+        let fetch = blob.fetch_config();
         ChunkFetcher {
             inner: Arc::new(Inner {
                 metrics: cache.metrics().clone(),
@@ -335,7 +336,7 @@ async fn fetch_and_store(inner: Arc<Inner>, mut jobs: Vec<Job>, priority: Priori
             attempt = attempts,
             "refetching chunks that failed verification"
         );
-        Metrics::inc(&inner.metrics.retries);
+        registry::Metrics::inc(&inner.metrics.registry.retries);
         tokio::time::sleep(inner.backoff * attempts).await;
         jobs = bad.into_iter().map(|(j, _)| j).collect();
     }

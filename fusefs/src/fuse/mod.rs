@@ -40,7 +40,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::context::OpaqueXattr;
+use crate::layer::OpaqueXattr;
 use crate::layer::{ReadError, RemoteLayer};
 use attr::{attr_of, file_type, id_of};
 use open::{Backing, OpenMode, Opens};

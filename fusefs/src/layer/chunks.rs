@@ -9,7 +9,7 @@ use bytes::Bytes;
 use estargz::{Chunk, LayerIndex};
 
 use crate::cache::ChunkKey;
-use crate::registry::{ChunkDecoder, ChunkRequest};
+use crate::fetch::{ChunkDecoder, ChunkRequest};
 
 /// Chunks larger than this are not decoded into memory in one piece: they are streamed into
 /// a cache entry (see `read::fetch_large`). Writers cut chunks at 4 MiB; only legacy layers

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::cache::{CacheError, CacheOptions, ChunkCache};
 use crate::metrics::Metrics;
-use crate::registry::{RegistryClient, RegistryError};
+use registry::{RegistryClient, RegistryError};
 
 /// Which xattr marks an opaque directory (`.wh..wh..opq`) to overlayfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,9 +82,9 @@ pub struct LayerContext {
     /// Bounds background fetch requests over all layers.
     pub(crate) background: Arc<Semaphore>,
     /// Whether something waits on the link (background fetch waits for quiet).
-    pub(crate) activity: Arc<crate::layer::Activity>,
+    pub(crate) activity: Arc<super::Activity>,
     /// The live layers and their images (for reading ahead across layers).
-    pub(crate) layers: crate::layer::LayerSet,
+    pub(crate) layers: super::LayerSet,
 }
 
 impl LayerContext {
@@ -97,7 +97,7 @@ impl LayerContext {
         runtime: Handle,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, ContextError> {
-        let client = RegistryClient::new(config, metrics.clone())?;
+        let client = RegistryClient::new(config, metrics.registry.clone())?;
         let cache = ChunkCache::open(CacheOptions::from_config(config), metrics)?;
         Ok(Self::with_parts(client, cache, runtime, settings))
     }
@@ -119,8 +119,12 @@ impl LayerContext {
             activity: Arc::default(),
             layers: Default::default(),
         });
+        let weak = Arc::downgrade(&ctx);
         ctx.runtime
-            .spawn(crate::memory::trim_while_fetching(Arc::downgrade(&ctx)));
+            .spawn(crate::memory::trim_while_fetching(move || {
+                let m = weak.upgrade()?.metrics().snapshot();
+                Some(m.registry.bytes_fetched + m.disk_hits)
+            }));
         ctx
     }
 
@@ -153,7 +157,7 @@ impl LayerContext {
     /// Reads ahead the program an image runs by default (`argv[0]` of its Entrypoint or
     /// Cmd) and what it loads, once the image's top layer `top` is mounted
     /// (`fetch.program_read_ahead`).
-    pub fn note_image_program(&self, top: &str, program: crate::layer::Program) {
+    pub fn note_image_program(&self, top: &str, program: super::Program) {
         if self.settings.fetch.program_read_ahead {
             self.layers.note_program(top, program);
         }

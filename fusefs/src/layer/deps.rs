@@ -8,7 +8,7 @@
 //! library is examined in turn.
 //!
 //! [`LayerSet`] knows the live layers of a process and, per layer, the image's layer list
-//! (from the Prepare labels, see [`crate::context::LayerContext::note_image_layers`]).
+//! (from the Prepare labels, see [`super::LayerContext::note_image_layers`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use super::chunks::{request_of, LARGE_CHUNK};
 use super::elf::{self, ElfError};
 use super::RemoteLayer;
-use crate::registry::Priority;
+use registry::Priority;
 
 /// Symlinks followed while resolving one path (as the kernel's limit).
 const MAX_SYMLINKS: usize = 40;

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use crate::cache::CacheError;
-use crate::registry::{FetchError, RegistryError};
+use crate::fetch::FetchError;
+use registry::RegistryError;
 
 /// Why a layer could not be opened (or restored).
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use super::chunks::{key_of, request_of, LARGE_CHUNK};
 use super::quiet::Quiet;
 use super::stream::Region;
 use super::{FetchState, RemoteLayer};
-use crate::registry::Priority;
+use registry::Priority;
 
 /// Chunks per background request.
 const BATCH_CHUNKS: usize = 128;

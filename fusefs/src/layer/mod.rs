@@ -12,6 +12,7 @@
 
 mod access;
 mod chunks;
+mod context;
 mod deps;
 mod elf;
 mod error;
@@ -33,6 +34,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use context::{status_dir, ContextError, LayerContext, LayerSettings, OpaqueXattr};
 pub use deps::{LayerSet, Program};
 pub use error::{LayerError, ReadError};
 pub use progress::FetchState;
@@ -40,10 +42,10 @@ pub(crate) use quiet::Activity;
 pub use source::{LayerHead, LayerSource};
 pub use state::has_saved_state;
 
-use crate::context::LayerContext;
-use crate::registry::{Blob, ChunkFetcher, Priority};
+use crate::fetch::ChunkFetcher;
 use access::AccessLog;
 use progress::Progress;
+use registry::{Blob, Priority};
 use stream::StreamGate;
 
 /// Fetches of a TOC that fails verification before the layer is declared unusable.

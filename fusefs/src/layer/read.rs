@@ -17,7 +17,8 @@ use tokio::runtime::Handle;
 use super::chunks::{fetch_range, key_of, request_of, LARGE_CHUNK};
 use super::{ReadError, RemoteLayer};
 use crate::cache::ChunkKey;
-use crate::registry::{BlobStream, FetchError, Priority};
+use crate::fetch::FetchError;
+use registry::{BlobStream, Priority};
 
 /// One chunk's share of a read: where its bytes go in the output buffer.
 struct Piece {

@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use estargz::{Footer, Sha256Digest, MAX_FOOTER_SIZE};
 use oci_spec::image::Digest;
 
-use crate::context::LayerContext;
-use crate::registry::{Blob, Priority, Reference, RegistryClient, RegistryError, Repository};
+use super::LayerContext;
+use registry::{Blob, Priority, Reference, RegistryClient, RegistryError, Repository};
 
 use super::LayerError;
 

@@ -32,7 +32,8 @@ use tokio::sync::Notify;
 use super::chunks::{fetch_range, first_chunk_at, key_of, request_of, LARGE_CHUNK};
 use super::RemoteLayer;
 use crate::cache::ChunkKey;
-use crate::registry::{ChunkRequest, FetchError, Priority};
+use crate::fetch::{ChunkRequest, FetchError};
+use registry::Priority;
 
 /// Smallest look-ahead of a stream (bytes) within which reads wait for it.
 const MIN_LOOKAHEAD: u64 = 4 << 20;
@@ -156,7 +157,7 @@ pub(crate) enum StreamError {
     #[error("another stream is running")]
     Busy,
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Registry(#[from] registry::RegistryError),
     #[error("the blob stream ended before byte {0}")]
     Truncated(u64),
     #[error("layer closed")]

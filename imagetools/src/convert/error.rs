@@ -5,7 +5,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use fusefs::registry::RegistryError;
+use registry::RegistryError;
 
 /// Errors of [`convert`](super::convert).
 #[derive(Debug, thiserror::Error)]

@@ -131,7 +131,7 @@ pub struct Platform {
 impl Platform {
     /// This host's platform.
     pub fn host() -> Platform {
-        let (os, arch) = fusefs::registry::host_platform();
+        let (os, arch) = registry::host_platform();
         Platform {
             os: os.into(),
             architecture: arch.into(),

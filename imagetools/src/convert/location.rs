@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use fusefs::registry::Reference;
+use registry::Reference;
 
 use super::ConvertError;
 

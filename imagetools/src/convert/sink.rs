@@ -5,10 +5,8 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use fusefs::registry::{
-    BlobSource, PushOptions, PushOutcome, Reference, RegistryClient, RegistryError,
-};
 use oci_spec::image::Digest;
+use registry::{BlobSource, PushOptions, PushOutcome, Reference, RegistryClient, RegistryError};
 use serde_json::{Map, Value};
 
 use super::image::{self, Desc};
@@ -285,7 +283,7 @@ async fn download(
                 .blob(&reference.repository, &desc.digest, Some(desc.size))
                 .await
                 .map_err(LayerError::Fetch)?;
-            let mut stream = blob.stream(0, fusefs::registry::Priority::OnDemand);
+            let mut stream = blob.stream(0, registry::Priority::OnDemand);
             while let Some(piece) = stream.next_chunk().await {
                 let piece = piece.map_err(LayerError::Fetch)?;
                 file.write_all(&piece).map_err(LayerError::Output)?;

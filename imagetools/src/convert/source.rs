@@ -5,8 +5,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use fusefs::registry::{Priority, Reference, RegistryClient};
 use oci_spec::image::Digest;
+use registry::{Priority, Reference, RegistryClient};
 use serde_json::Value;
 
 use super::image::{self, Desc, Manifest, Platform};
@@ -100,7 +100,7 @@ impl Source {
         }
     }
 
-    fn registry_err(&self, e: fusefs::registry::RegistryError) -> ConvertError {
+    fn registry_err(&self, e: registry::RegistryError) -> ConvertError {
         ConvertError::Registry {
             image: self.name(),
             cause: e,

@@ -8,8 +8,8 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fusefs::registry::{Blob, Priority};
 use oci_spec::image::Digest;
+use registry::{Blob, Priority};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 

@@ -15,7 +15,7 @@ use super::*;
 fn client() -> RegistryClient {
     RegistryClient::new(
         &config::Config::default(),
-        Arc::new(fusefs::metrics::Metrics::default()),
+        Arc::new(registry::Metrics::default()),
     )
     .unwrap()
 }

@@ -30,11 +30,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fusefs::context::{LayerContext, LayerSettings};
 use fusefs::layer::LayerSource;
+use fusefs::layer::{LayerContext, LayerSettings};
 use fusefs::metrics::Metrics;
 use fusefs::mount::{MountManager, MountedLayer};
-use fusefs::registry::{Reference, RegistryClient};
+use registry::{Reference, RegistryClient};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -42,8 +42,7 @@ use crate::convert::image::ZSTD_MANIFEST_CHECKSUM;
 use crate::convert::{
     self, ConvertOptions, ConvertReport, ImageLocation, PlatformChoice, Prioritize, Progress,
 };
-use crate::overlay::sys::MountGuard;
-use crate::overlay::Mount;
+use linuxfs::{Mount, MountGuard};
 
 pub use bundle::Ending;
 pub use error::OptimizeError;
@@ -161,7 +160,7 @@ impl Drop for WorkDir {
             points.extend(rd.flatten().map(|e| e.path()));
         }
         for p in points {
-            if let Err(e) = crate::overlay::sys::detach_all(&p) {
+            if let Err(e) = linuxfs::mount::detach_all(&p) {
                 tracing::warn!("{e}");
             }
         }
@@ -207,7 +206,7 @@ fn is_lazy_layer(d: &oci_spec::image::Descriptor) -> bool {
     })
 }
 
-fn registry_err(image: &Reference, e: fusefs::registry::RegistryError) -> OptimizeError {
+fn registry_err(image: &Reference, e: registry::RegistryError) -> OptimizeError {
     OptimizeError::Source(format!("{image}: {e}"))
 }
 
@@ -224,7 +223,7 @@ pub async fn optimize(
     let runc = check_options(opts)?;
     let work = WorkDir::new(opts.work_dir.as_deref())?;
     let metrics = Arc::new(Metrics::default());
-    let client = RegistryClient::new(cfg, metrics.clone())
+    let client = RegistryClient::new(cfg, metrics.registry.clone())
         .map_err(|e| OptimizeError::Source(format!("registry client: {e}")))?;
     let stop = &opts.stop;
 

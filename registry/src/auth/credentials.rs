@@ -11,7 +11,7 @@ use base64::Engine as _;
 use config::Secret;
 use parking_lot::Mutex;
 
-use crate::registry::RegistryError;
+use crate::RegistryError;
 
 /// Credentials for one registry host.
 #[derive(Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ pub(crate) use credentials::{CredentialStore, Credentials};
 
 use super::error::{describe, redact_url};
 use super::{RegistryError, Target};
-use crate::metrics::Metrics;
+use crate::Metrics;
 
 /// Token lifetime assumed when the token endpoint does not say (distribution spec: 60 s).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);

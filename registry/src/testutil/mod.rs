@@ -1,13 +1,12 @@
-//! Fixtures for the registry integration tests: a real `docker-registry` process per test
-//! (own config, free loopback port, storage in a temp dir), plus helpers to build clients and
-//! push test data. Tests skip with a printed reason when `docker-registry` is missing, and
+//! Test fixtures (feature `testutil`, for this crate's and other crates' tests): a real
+//! `docker-registry` process per test (own config, free loopback port, storage in a temp
+//! dir), a fault-injecting [`proxy`], and helpers to build clients and push test data. Tests
+//! skip with a printed reason when `docker-registry` is missing ([`require_registry!`]), and
 //! fail instead when `STARLING_REQUIRE_INTEGRATION=1`.
 
-#![allow(dead_code)]
+#![allow(missing_docs)]
 
-pub mod http;
 pub mod proxy;
-pub mod token;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -15,9 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::{Metrics, PushOptions, RegistryClient, Repository};
 use bytes::Bytes;
-use fusefs::metrics::Metrics;
-use fusefs::registry::{PushOptions, RegistryClient, Repository};
 use oci_spec::image::Digest;
 use rand::{RngCore, SeedableRng};
 use sha2::Digest as _;
@@ -26,7 +24,7 @@ use sha2::Digest as _;
 #[macro_export]
 macro_rules! require_registry {
     () => {
-        if !$crate::common::registry_available() {
+        if !$crate::testutil::registry_available() {
             return;
         }
     };
@@ -47,6 +45,11 @@ pub fn registry_available() -> bool {
     eprintln!("SKIP: {msg}");
     false
 }
+
+/// The `service` a token-authenticated test registry expects in its tokens.
+pub const TOKEN_SERVICE: &str = "starling-test-registry";
+/// The `issuer` a token-authenticated test registry expects in its tokens.
+pub const TOKEN_ISSUER: &str = "starling-test-issuer";
 
 /// How the registry authenticates.
 pub enum RegistryAuth {
@@ -92,8 +95,8 @@ impl RegistryProc {
             }
             RegistryAuth::Token { realm, bundle } => format!(
                 "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
-                token::SERVICE,
-                token::ISSUER,
+                TOKEN_SERVICE,
+                TOKEN_ISSUER,
                 bundle.display()
             ),
         };

@@ -11,8 +11,7 @@ use base64::Engine as _;
 
 use super::http::{HttpRequest, HttpResponse, HttpServer};
 
-pub const SERVICE: &str = "starling-test-registry";
-pub const ISSUER: &str = "starling-test-issuer";
+pub use registry::testutil::{TOKEN_ISSUER as ISSUER, TOKEN_SERVICE as SERVICE};
 
 #[derive(Debug, Clone)]
 pub struct TokenPolicy {

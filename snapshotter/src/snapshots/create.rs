@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::labels;
 use crate::merge;
 use crate::overlay::layout::remove_tree;
-use crate::overlay::{sys, Mount};
+use crate::overlay::Mount;
 use crate::remote::{LayerOutcome, LayerRequest, RemoteLayers, RemoteSnapshot};
 use crate::store::{Kind, Labels, Lookup, NewRecord, SnapshotRecord, Usage};
 
@@ -180,7 +180,8 @@ impl Snapshots {
             LayerOutcome::Mounted { labels } => labels,
             LayerOutcome::Declined { reason } => {
                 // The hook promised to leave nothing mounted; make sure.
-                sys::detach_all(&mountpoint)?;
+                linuxfs::mount::detach_all(&mountpoint)
+                    .map_err(|e| Error::io("detach mounts at", &mountpoint, e))?;
                 if !self.allow_fallback {
                     tracing::warn!(key = %c.key, target, %reason, "layer is not lazy and fallback is off");
                     if let Err(e) = self.remove(&c.key) {

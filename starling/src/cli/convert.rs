@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use config::Config;
-use fusefs::metrics::Metrics;
-use fusefs::registry::RegistryClient;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use registry::Metrics;
+use registry::RegistryClient;
 
-use crate::convert::{
+use imagetools::convert::{
     self, prioritize, ConvertOptions, ConvertReport, ImageLocation, LayerId, LayerReport,
     OutputFormat, PlatformChoice, Prioritize, Progress, Stage,
 };

@@ -1,6 +1,6 @@
 //! `starling daemon`: serve containerd's snapshots API (a proxy plugin) on a unix socket
-//! until SIGTERM or SIGINT, with lazy eStargz layers ([`crate::lazy`]) and the Prometheus
-//! endpoint ([`crate::metrics`]) when `metrics_address` is set. The lazy layers' FUSE
+//! until SIGTERM or SIGINT, with lazy eStargz layers ([`snapshotter::lazy`]) and the Prometheus
+//! endpoint ([`snapshotter::metrics`]) when `metrics_address` is set. The lazy layers' FUSE
 //! connections are handed to an fd store holder (`starling fdstore`, started here, told
 //! `[daemon] restart_grace`) so that after a crash the next daemon serves the same
 //! connections again. On SIGTERM/SIGINT the gRPC server stops, then by default the lazy
@@ -26,14 +26,14 @@ use tokio::sync::watch;
 
 use fusefs::mount::fdstore::{self, FdStore, HolderCommand};
 
-use crate::lazy::LazyLayers;
-use crate::metrics::http::MetricsServer;
-use crate::metrics::DaemonMetrics;
-use crate::overlay::OverlayFeatures;
-use crate::remote::RemoteLayers;
-use crate::server::{self, Socket};
-use crate::service::Service;
-use crate::{Options, Snapshots};
+use snapshotter::lazy::LazyLayers;
+use snapshotter::metrics::http::MetricsServer;
+use snapshotter::metrics::DaemonMetrics;
+use snapshotter::overlay::OverlayFeatures;
+use snapshotter::remote::RemoteLayers;
+use snapshotter::server::{self, Socket};
+use snapshotter::service::Service;
+use snapshotter::{Options, Snapshots};
 
 /// Arguments of `starling daemon`.
 #[derive(clap::Args, Debug)]
@@ -166,12 +166,12 @@ async fn start_metrics(
 }
 
 /// The configuration's default merge mode (`overlay` is the stack mode).
-fn merge_mode(mode: config::MergeMode) -> crate::merge::MergeMode {
+fn merge_mode(mode: config::MergeMode) -> snapshotter::merge::MergeMode {
     match mode {
-        config::MergeMode::Auto => crate::merge::MergeMode::Auto,
-        config::MergeMode::Overlay => crate::merge::MergeMode::Stack,
-        config::MergeMode::Hardlink => crate::merge::MergeMode::Hardlink,
-        config::MergeMode::Copy => crate::merge::MergeMode::Copy,
+        config::MergeMode::Auto => snapshotter::merge::MergeMode::Auto,
+        config::MergeMode::Overlay => snapshotter::merge::MergeMode::Stack,
+        config::MergeMode::Hardlink => snapshotter::merge::MergeMode::Hardlink,
+        config::MergeMode::Copy => snapshotter::merge::MergeMode::Copy,
     }
 }
 
@@ -247,7 +247,7 @@ async fn serve(cfg: Config) -> anyhow::Result<Stopped> {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    crate::overlay::Layout::new(&cfg.root).create_dirs()?;
+    snapshotter::overlay::Layout::new(&cfg.root).create_dirs()?;
     let features = OverlayFeatures::probe(&cfg.root)?;
     tracing::debug!(?features, "overlay features");
     let lazy = remote_layers(&cfg, &features)?;
@@ -280,7 +280,7 @@ async fn serve_with(
         features,
         remote: lazy.clone().map(|l| l as Arc<dyn RemoteLayers>),
         allow_fallback: cfg.snapshotter.allow_fallback,
-        merge: crate::merge::MergeOptions {
+        merge: snapshotter::merge::MergeOptions {
             default_mode: merge_mode(cfg.merge.default_mode),
             ..Default::default()
         },

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use estargz::{BuildOptions, BuildOutput, Format, Layer, OpenOptions, Sha256Digest};
 
-use crate::extract::{extract_layer, ExtractOptions, OpaqueXattr};
+use imagetools::extract::{extract_layer, ExtractOptions, OpaqueXattr};
 
 /// Subcommands of `starling estargz`.
 #[derive(clap::Subcommand, Debug)]

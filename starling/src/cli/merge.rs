@@ -21,7 +21,7 @@ use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::Request;
 use containerd_client::types::Mount;
 
-use crate::merge::{MergeMode, MODE_LABEL, SOURCES_LABEL};
+use snapshotter::merge::{MergeMode, MODE_LABEL, SOURCES_LABEL};
 
 /// containerd's label that makes its GC keep a resource.
 const GC_ROOT: &str = "containerd.io/gc.root";
@@ -75,7 +75,7 @@ pub struct Args {
 }
 
 fn parse_mode(s: &str) -> Result<MergeMode, String> {
-    s.parse().map_err(|e: crate::Error| e.to_string())
+    s.parse().map_err(|e: snapshotter::Error| e.to_string())
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

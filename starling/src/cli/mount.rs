@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use config::Config;
-use fusefs::context::{LayerContext, LayerSettings};
 use fusefs::layer::LayerSource;
+use fusefs::layer::{LayerContext, LayerSettings};
 use fusefs::metrics::Metrics;
 use fusefs::mount::{MountManager, MountedLayer};
 use tokio::signal::unix::{signal, SignalKind};
@@ -71,7 +71,7 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
             std::path::absolute(root).with_context(|| format!("--root {}", root.display()))?;
     }
     if args.plain_http {
-        let reference: fusefs::registry::Reference = args
+        let reference: registry::Reference = args
             .reference
             .parse()
             .with_context(|| format!("reference {}", args.reference))?;

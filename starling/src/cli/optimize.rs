@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::convert::{load_registry_config, output_format, progress_for, LayerFormatArgs};
-use crate::convert::{self, ConvertOptions, ImageLocation};
-use crate::optimize::{self, OptimizeOptions, OptimizeReport, Overrides};
+use imagetools::convert::{self, ConvertOptions, ImageLocation};
+use imagetools::optimize::{self, OptimizeOptions, OptimizeReport, Overrides};
 
 /// Arguments of `starling optimize`.
 #[derive(clap::Args, Debug)]

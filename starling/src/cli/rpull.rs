@@ -1,5 +1,5 @@
 //! `starling rpull`: lazily pull an image into containerd through a snapshotter (starling by
-//! default). The work is [`crate::rpull::pull`]; this module reads the flags and the
+//! default). The work is [`rpull::pull`]; this module reads the flags and the
 //! registry settings (`--config`, `--plain-http`), and shows progress: bars on a terminal,
 //! plain lines otherwise, and one summary line on stdout.
 
@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use config::Config;
-use fusefs::metrics::Metrics;
-use fusefs::registry::{Reference, RegistryClient};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use registry::Metrics;
+use registry::{Reference, RegistryClient};
 
-use crate::rpull::progress::{human_bytes, short};
-use crate::rpull::{self, Event, LayerSummary, Platform, Progress, PullOptions};
+use rpull::progress::{human_bytes, short};
+use rpull::{self, Event, LayerSummary, Platform, Progress, PullOptions};
 
 /// Arguments of `starling rpull`.
 #[derive(clap::Args, Debug)]

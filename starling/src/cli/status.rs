@@ -82,7 +82,7 @@ pub fn table(records: &[StatusRecord]) -> String {
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = root(&args)?;
-    let dir = fusefs::context::status_dir(&root);
+    let dir = fusefs::layer::status_dir(&root);
     let mut records =
         read_status_dir(&dir).with_context(|| format!("read status files in {}", dir.display()))?;
     if !args.all {
