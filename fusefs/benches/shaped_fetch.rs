@@ -477,7 +477,8 @@ async fn measure(
                         m.clone(),
                     )
                     .unwrap();
-                    let f = ChunkFetcher::new(b.clone(), cache, Arc::new(RawChunks));
+                    let f =
+                        ChunkFetcher::new(Arc::new(b.clone()), cache, Arc::new(RawChunks), &fetch);
                     let reqs: Vec<ChunkRequest> = chunks
                         .iter()
                         .map(|(s, e, h)| ChunkRequest {

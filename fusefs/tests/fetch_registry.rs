@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::*;
 use fusefs::cache::{CacheOptions, ChunkCache, ChunkKey};
 use fusefs::fetch::{
-    ChunkDecoder, ChunkFetcher, ChunkRequest, FetchError, RawChunks, STREAM_DECODE_MIN,
+    ChunkDecoder, ChunkFetcher, ChunkRequest, DecodeError, FetchError, RawChunks, STREAM_DECODE_MIN,
 };
 use fusefs::metrics::Metrics;
 use registry::testutil::proxy::{Proxy, ProxyMode};
@@ -53,7 +53,12 @@ async fn concurrent_identical_chunk_reads_make_one_request() {
         metrics.clone(),
     )
     .unwrap();
-    let fetcher = ChunkFetcher::new(blob, cache.clone(), Arc::new(RawChunks));
+    let fetcher = ChunkFetcher::new(
+        Arc::new(blob),
+        cache.clone(),
+        Arc::new(RawChunks),
+        &fetch_config(),
+    );
     let range = 100_000..300_000u64;
     let chunk = blob_data.slice(range.start as usize..range.end as usize);
     let req = ChunkRequest {
@@ -90,7 +95,7 @@ async fn concurrent_identical_chunk_reads_make_one_request() {
 struct SizedRaw;
 
 impl ChunkDecoder for SizedRaw {
-    fn decode(&self, _request: &ChunkRequest, raw: Bytes) -> Result<Bytes, String> {
+    fn decode(&self, _request: &ChunkRequest, raw: Bytes) -> Result<Bytes, DecodeError> {
         Ok(raw)
     }
 
@@ -160,7 +165,7 @@ async fn corrupted_fetch(multi_range: bool, seed: u64, large: bool) {
         metrics.clone(),
     )
     .unwrap();
-    let fetcher = ChunkFetcher::new(blob, cache.clone(), decoder.clone());
+    let fetcher = ChunkFetcher::new(Arc::new(blob), cache.clone(), decoder.clone(), &fetch);
     let results = fetcher.get_many(&chunks, Priority::OnDemand).await;
     fetcher.wait_idle().await;
     let (mut ok, mut failed) = (0, 0);
@@ -229,7 +234,7 @@ async fn corrupted_fetch(multi_range: bool, seed: u64, large: bool) {
         )
         .await
         .unwrap();
-    let fetcher = ChunkFetcher::new(blob, cache, decoder);
+    let fetcher = ChunkFetcher::new(Arc::new(blob), cache, decoder, &fetch_config());
     for (req, res) in chunks
         .iter()
         .zip(fetcher.get_many(&chunks, Priority::OnDemand).await)

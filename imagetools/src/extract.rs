@@ -28,24 +28,7 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
-/// Which xattr marks an opaque directory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OpaqueXattr {
-    /// `trusted.overlay.opaque` (overlayfs as root).
-    #[default]
-    Trusted,
-    /// `user.overlay.opaque` (overlayfs with `userxattr`, rootless).
-    User,
-}
-
-impl OpaqueXattr {
-    fn name(self) -> &'static str {
-        match self {
-            OpaqueXattr::Trusted => "trusted.overlay.opaque",
-            OpaqueXattr::User => "user.overlay.opaque",
-        }
-    }
-}
+pub use linuxfs::overlay::OpaqueXattr;
 
 /// Options for [`extract_layer`].
 #[derive(Clone, Copy, Debug)]

@@ -19,8 +19,9 @@ use super::auth::Scope;
 use super::hosts::{MultiRange, RegistryHost};
 use super::limiter::{Permit, Priority};
 use super::ranges::{self, Span};
+use super::transport::ClientInner;
 use super::transport::{Answer, Request};
-use super::{ClientInner, RegistryClient, RegistryError, Repository, Target};
+use super::{RegistryClient, RegistryError, Repository, Target};
 use crate::Metrics;
 
 /// Largest merged range (bytes) fetched as one piece.

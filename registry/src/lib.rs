@@ -46,7 +46,7 @@ pub use reference::{Reference, Repository, DOCKER_HUB};
 
 use auth::{Authenticator, Scope};
 use hosts::RegistryHost;
-use transport::{Answer, Request};
+use transport::{Answer, ClientInner, Request};
 
 pub use metrics::{Metrics, MetricsSnapshot};
 
@@ -55,15 +55,6 @@ pub use metrics::{Metrics, MetricsSnapshot};
 #[derive(Clone)]
 pub struct RegistryClient {
     inner: Arc<ClientInner>,
-}
-
-pub(crate) struct ClientInner {
-    pub(crate) http: reqwest::Client,
-    pub(crate) fetch: config::FetchConfig,
-    registry: config::RegistryConfig,
-    hosts: Mutex<HashMap<String, Arc<RegistryHost>>>,
-    pub(crate) auth: Authenticator,
-    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl RegistryClient {

@@ -5,6 +5,7 @@
 //! with exponential backoff and jitter under an overall deadline, and the per-host limit on
 //! requests in flight.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +16,10 @@ use rand::Rng as _;
 use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode, Url};
 
-use super::auth::Scope;
-use super::error::{describe, redact_url};
+use super::auth::{Authenticator, Scope};
+use super::error::{describe, redact_url, RegistryError, Target};
 use super::hosts::{Endpoint, RegistryHost};
 use super::limiter::{Permit, Priority};
-use super::{ClientInner, RegistryError, Target};
 use crate::Metrics;
 
 /// Redirect hops followed for one request.
@@ -177,6 +177,17 @@ fn error_code(body: &[u8]) -> String {
             })
         })
         .unwrap_or_default()
+}
+
+/// What every clone of a [`crate::RegistryClient`] shares: the HTTP client, settings,
+/// per-host state, authentication and counters. The transport's methods run requests on it.
+pub(crate) struct ClientInner {
+    pub(crate) http: reqwest::Client,
+    pub(crate) fetch: config::FetchConfig,
+    pub(crate) registry: config::RegistryConfig,
+    pub(crate) hosts: Mutex<HashMap<String, Arc<RegistryHost>>>,
+    pub(crate) auth: Authenticator,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl ClientInner {

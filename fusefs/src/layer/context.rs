@@ -8,29 +8,13 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::cache::{CacheError, CacheOptions, ChunkCache};
-use crate::metrics::Metrics;
+use linuxfs::overlay::OpaqueXattr;
 use registry::{RegistryClient, RegistryError};
 
-/// Which xattr marks an opaque directory (`.wh..wh..opq`) to overlayfs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OpaqueXattr {
-    /// `trusted.overlay.opaque` (overlay mounted by root in the initial user namespace).
-    #[default]
-    Trusted,
-    /// `user.overlay.opaque` (overlay mounted with `userxattr`).
-    User,
-}
-
-impl OpaqueXattr {
-    /// The attribute name.
-    pub fn name(self) -> &'static str {
-        match self {
-            OpaqueXattr::Trusted => "trusted.overlay.opaque",
-            OpaqueXattr::User => "user.overlay.opaque",
-        }
-    }
-}
+use super::quiet::Activity;
+use super::set::{LayerSet, Program};
+use crate::cache::{CacheError, CacheOptions, ChunkCache};
+use crate::metrics::Metrics;
 
 /// Settings of the layers of one context.
 #[derive(Debug, Clone)]
@@ -82,9 +66,9 @@ pub struct LayerContext {
     /// Bounds background fetch requests over all layers.
     pub(crate) background: Arc<Semaphore>,
     /// Whether something waits on the link (background fetch waits for quiet).
-    pub(crate) activity: Arc<super::Activity>,
+    pub(crate) activity: Arc<Activity>,
     /// The live layers and their images (for reading ahead across layers).
-    pub(crate) layers: super::LayerSet,
+    pub(crate) layers: LayerSet,
 }
 
 impl LayerContext {
@@ -157,7 +141,7 @@ impl LayerContext {
     /// Reads ahead the program an image runs by default (`argv[0]` of its Entrypoint or
     /// Cmd) and what it loads, once the image's top layer `top` is mounted
     /// (`fetch.program_read_ahead`).
-    pub fn note_image_program(&self, top: &str, program: super::Program) {
+    pub fn note_image_program(&self, top: &str, program: Program) {
         if self.settings.fetch.program_read_ahead {
             self.layers.note_program(top, program);
         }

@@ -9,18 +9,22 @@
 //!
 //! The prefetch claims the layer's stream gate when fetching starts, before anything is
 //! spawned: a read of a prefetched chunk that comes right after the mount waits for the
-//! prefetch's request instead of fetching the chunk again.
+//! prefetch's request instead of fetching the chunk again. Starting also starts the
+//! read-ahead of the configured start files and of the image's program.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::chunks::{key_of, request_of, LARGE_CHUNK};
-use super::quiet::Quiet;
-use super::stream::Region;
-use super::{FetchState, RemoteLayer};
 use registry::Priority;
+
+use super::ahead::ReadAhead;
+use super::chunks::{key_of, request_of};
+use super::core::LayerCore;
+use super::progress::FetchState;
+use super::quiet::Quiet;
+use super::stream::{claim_region, Region};
 
 /// Chunks per background request.
 const BATCH_CHUNKS: usize = 128;
@@ -38,72 +42,88 @@ impl Prefetch {
     }
 }
 
-impl RemoteLayer {
+/// The fetch scheduling of one layer: prefetch, then background fetch.
+pub(crate) struct FetchSchedule {
+    core: Arc<LayerCore>,
+    ahead: Arc<ReadAhead>,
+}
+
+impl FetchSchedule {
+    pub(crate) fn new(core: Arc<LayerCore>, ahead: Arc<ReadAhead>) -> Arc<Self> {
+        Arc::new(FetchSchedule { core, ahead })
+    }
+
     /// Starts prefetch and background fetch as configured (`[fetch] prefetch`,
     /// `background_fetch`) on the context's runtime; returns a handle on the prefetch.
     /// When it returns, reads of the prefetched region already wait for the prefetch.
     /// Later calls start nothing.
     pub fn start_fetching(self: &Arc<Self>) -> Prefetch {
         let (tx, rx) = watch::channel(false);
-        if self.fetching_started() {
+        let core = &self.core;
+        if core
+            .fetching
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             tx.send_replace(true);
             return Prefetch(rx);
         }
         // A mount is activity: background fetch (of every layer) waits a silence window.
-        self.ctx.activity.touch();
-        self.fetch_start_files();
+        core.ctx.activity.touch();
+        self.ahead.fetch_start_files();
         let region = self.claim_prefetch();
-        self.ctx.layers.start_program(self);
+        core.ctx.layers.start_program(self.ahead.clone());
         let this = self.clone();
-        self.ctx
+        core.ctx
             .runtime
             .spawn(async move { this.fetch_task(region, tx).await });
         Prefetch(rx)
     }
 
     /// Claims the stream gate for the prefetch region, if the layer has one to fetch.
-    fn claim_prefetch(self: &Arc<Self>) -> Option<Region> {
-        let index = &self.layer.index;
-        if !self.ctx.settings.fetch.prefetch || index.has_no_prefetch_landmark() {
+    fn claim_prefetch(&self) -> Option<Region> {
+        let core = &self.core;
+        let index = core.index();
+        if !core.ctx.settings.fetch.prefetch || index.has_no_prefetch_landmark() {
             return None;
         }
         let landmark = index.prefetch_landmark()?;
-        match self.claim_region(0, landmark) {
+        match claim_region(core, 0, landmark) {
             Ok(Some(region)) => {
-                self.progress.set_state(FetchState::Prefetching);
+                core.progress.set_state(FetchState::Prefetching);
                 Some(region)
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::debug!(layer = %self.source.digest, error = %e, "no prefetch");
+                tracing::debug!(layer = %core.source.digest, error = %e, "no prefetch");
                 None
             }
         }
     }
 
     async fn fetch_task(self: Arc<Self>, region: Option<Region>, done: watch::Sender<bool>) {
-        let fetch = &self.ctx.settings.fetch;
+        let core = &self.core;
+        let fetch = &core.ctx.settings.fetch;
         if let Some(region) = region {
             match region.run(Priority::Prefetch).await {
                 Ok(n) => {
-                    tracing::debug!(layer = %self.source.digest, chunks = n, "prefetch done")
+                    tracing::debug!(layer = %core.source.digest, chunks = n, "prefetch done")
                 }
                 Err(e) => {
-                    tracing::warn!(layer = %self.source.digest, error = %e, "prefetch stopped")
+                    tracing::warn!(layer = %core.source.digest, error = %e, "prefetch stopped")
                 }
             }
         }
         // The state after the prefetch is set before waiters are told it is done.
-        if !fetch.background_fetch || self.is_closed() {
-            self.progress.set_state(FetchState::OnDemand);
+        if !fetch.background_fetch || core.is_closed() {
+            core.progress.set_state(FetchState::OnDemand);
             done.send_replace(true);
             return;
         }
-        self.progress.set_state(FetchState::Background);
+        core.progress.set_state(FetchState::Background);
         done.send_replace(true);
         self.background().await;
-        if !self.progress.complete() {
-            self.progress.set_state(FetchState::OnDemand);
+        if !core.progress.complete() {
+            core.progress.set_state(FetchState::OnDemand);
         }
     }
 
@@ -116,57 +136,53 @@ impl RemoteLayer {
         !closing && !*closed.borrow()
     }
 
-    async fn background(self: &Arc<Self>) {
-        let fetch = &self.ctx.settings.fetch;
+    async fn background(&self) {
+        let core = &self.core;
+        let fetch = &core.ctx.settings.fetch;
         let (window, batch_bytes) = (
             fetch.background_pause_after_read,
             fetch.background_batch_size.max(1),
         );
-        let index = &self.layer.index;
-        let mut closed = self.closed.subscribe();
+        let index = core.index();
+        let mut closed = core.closed.subscribe();
         let n = index.num_chunks() as u32;
         let mut cursor = 0u32;
         let mut failures = 0u32;
         let mut fetched_this_pass = false;
         loop {
-            if *closed.borrow() || self.progress.complete() {
+            if *closed.borrow() || core.progress.complete() {
                 return;
             }
-            if self.stream.is_active() {
+            if core.gate.is_active() {
                 if !self.nap(&mut closed, Duration::from_millis(200)).await {
                     return;
                 }
                 continue;
             }
-            if !self.ctx.activity.wait_quiet(window, &mut closed).await {
+            if !core.ctx.activity.wait_quiet(window, &mut closed).await {
                 return;
             }
             // The next batch of chunks that are not local, in blob order.
             let batch_start = cursor;
             let mut batch = Vec::new();
             let mut bytes = 0u64;
-            let mut large = None;
             while cursor < n && batch.len() < BATCH_CHUNKS && bytes < batch_bytes {
                 let c = index.chunk(cursor).expect("in range");
                 cursor += 1;
-                if self.progress.is_done(c.id) {
+                if core.progress.is_done(c.id) {
                     continue;
                 }
                 let Some(key) = key_of(&c) else { continue };
-                if self.ctx.cache.contains(&key) {
-                    self.progress.mark(index, c.id);
+                if core.ctx.cache.contains(&key) {
+                    core.mark(c.id);
                     continue;
-                }
-                if c.size > LARGE_CHUNK {
-                    large = Some(c);
-                    break;
                 }
                 if let Some(r) = request_of(&c) {
                     bytes += r.range.end - r.range.start;
                     batch.push((c.id, r));
                 }
             }
-            if batch.is_empty() && large.is_none() {
+            if batch.is_empty() {
                 if cursor < n {
                     continue;
                 }
@@ -183,39 +199,31 @@ impl RemoteLayer {
                 continue;
             }
             let permit = tokio::select! {
-                p = self.ctx.background.clone().acquire_owned() => p,
+                p = core.ctx.background.clone().acquire_owned() => p,
                 _ = closed.wait_for(|c| *c) => return,
             };
             let Ok(_permit) = permit else { return };
             // Waiting for the permit may have taken long: go only if the link is still quiet.
-            if self.ctx.activity.check_at(Instant::now(), window) != Quiet::Yes {
+            if core.ctx.activity.check_at(Instant::now(), window) != Quiet::Yes {
                 cursor = batch_start;
                 continue;
             }
             let mut ok = true;
-            if let Some(c) = large {
-                if let Err(e) = self.fetch_large(&c).await {
-                    tracing::debug!(layer = %self.source.digest, error = %e, "background fetch failed");
-                    ok = false;
-                }
-            }
-            if !batch.is_empty() {
-                let requests: Vec<_> = batch.iter().map(|(_, r)| r.clone()).collect();
-                let answers = tokio::select! {
-                    a = self.fetcher.get_many(&requests, Priority::Background) => a,
-                    _ = closed.wait_for(|c| *c) => return,
-                };
-                for ((id, _), a) in batch.iter().zip(answers) {
-                    match a {
-                        Ok(_) => {
-                            self.progress.mark(index, *id);
+            let requests: Vec<_> = batch.iter().map(|(_, r)| r.clone()).collect();
+            let answers = tokio::select! {
+                a = core.fetcher.get_many(&requests, Priority::Background) => a,
+                _ = closed.wait_for(|c| *c) => return,
+            };
+            for ((id, _), a) in batch.iter().zip(answers) {
+                match a {
+                    Ok(_) => {
+                        core.mark(*id);
+                    }
+                    Err(e) => {
+                        if ok {
+                            tracing::debug!(layer = %core.source.digest, error = %e, "background fetch failed");
                         }
-                        Err(e) => {
-                            if ok {
-                                tracing::debug!(layer = %self.source.digest, error = %e, "background fetch failed");
-                            }
-                            ok = false;
-                        }
+                        ok = false;
                     }
                 }
             }
@@ -225,7 +233,7 @@ impl RemoteLayer {
             } else {
                 failures += 1;
                 if failures == 3 {
-                    tracing::warn!(layer = %self.source.digest, "background fetch keeps failing; retrying with backoff");
+                    tracing::warn!(layer = %core.source.digest, "background fetch keeps failing; retrying with backoff");
                 }
                 let backoff = Duration::from_millis(250 << failures.min(7)).min(MAX_BACKOFF);
                 if !self.nap(&mut closed, backoff).await {
