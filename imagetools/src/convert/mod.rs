@@ -10,249 +10,40 @@
 //! Nothing is written under the destination tag unless every layer and the config were
 //! stored: a failed conversion leaves at most unreferenced blobs behind.
 
+mod ctx;
 mod error;
 pub mod image;
 mod layer;
 pub mod layout;
 mod location;
+mod options;
 pub mod prioritize;
 mod progress;
+mod report;
 mod sink;
 mod source;
 mod stream;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use registry::RegistryClient;
-use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
+pub(crate) use ctx::Ctx;
 pub use error::{ConvertError, LayerError};
 pub use image::Platform;
 pub use location::{ImageLocation, OCI_PREFIX};
+pub use options::{ConvertOptions, OutputFormat, PlatformChoice, Prioritize, DEFAULT_JOBS};
 pub use progress::{LayerId, NoProgress, Progress, Stage};
+pub use report::{ConvertReport, ImageReport, LayerReport};
 
 use layer::{LayerJob, LayerOutcome};
 use prioritize::Assigner;
 use sink::Sink;
 use source::{Source, SourceImage};
-
-/// The layer format to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OutputFormat {
-    /// gzip eStargz (`application/vnd.oci.image.layer.v1.tar+gzip`).
-    #[default]
-    Estargz,
-    /// zstd:chunked (`application/vnd.oci.image.layer.v1.tar+zstd`).
-    ZstdChunked,
-}
-
-/// Which manifests of an image index to convert.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum PlatformChoice {
-    /// This host's platform (a plain manifest is converted whatever its platform).
-    #[default]
-    Host,
-    /// This platform (a plain manifest's config must declare it).
-    Exact(Platform),
-    /// Every platform; the result is an index.
-    All,
-}
-
-/// Files to place first in the layers (followed by `.prefetch.landmark`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Prioritize {
-    /// None: every layer starts with `.no.prefetch.landmark`.
-    #[default]
-    None,
-    /// Paths, each prioritized in the topmost layer that has it (see [`prioritize`]).
-    Paths(Vec<Vec<u8>>),
-    /// Paths per layer position (bottom first), e.g. from a workload profile.
-    PerLayer(Vec<Vec<Vec<u8>>>),
-}
-
-/// Options of [`convert`].
-#[derive(Debug, Clone)]
-pub struct ConvertOptions {
-    /// Layer format.
-    pub format: OutputFormat,
-    /// Largest uncompressed chunk of a file (bytes).
-    pub chunk_size: u64,
-    /// Compression level (`None`: gzip 9, zstd 3).
-    pub level: Option<u32>,
-    /// Prioritized files.
-    pub prioritize: Prioritize,
-    /// Platforms to convert.
-    pub platform: PlatformChoice,
-    /// Layers converted at the same time (each uses `threads` compression threads).
-    pub jobs: usize,
-    /// Compression threads per layer (0: one per CPU).
-    pub threads: usize,
-    /// Rebuild layers that already are eStargz of the target format.
-    pub reconvert: bool,
-    /// Directory for temporary blobs (default: the system's; a layout destination uses
-    /// its own directory).
-    pub temp_dir: Option<PathBuf>,
-}
-
-/// Layers converted at once by default. Each layer's writer already compresses on every
-/// core; a second layer overlaps one layer's download, decompression and upload with the
-/// other's compression (on 2 cores with pydeb a little faster than 1, within noise; see
-/// the README).
-pub const DEFAULT_JOBS: usize = 2;
-
-impl Default for ConvertOptions {
-    fn default() -> Self {
-        ConvertOptions {
-            format: OutputFormat::Estargz,
-            chunk_size: estargz::writer::DEFAULT_CHUNK_SIZE,
-            level: None,
-            prioritize: Prioritize::None,
-            platform: PlatformChoice::Host,
-            jobs: DEFAULT_JOBS,
-            threads: 0,
-            reconvert: false,
-            temp_dir: None,
-        }
-    }
-}
-
-/// What happened to one layer.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct LayerReport {
-    /// Source blob digest.
-    pub source_digest: String,
-    /// Source blob size.
-    pub source_size: u64,
-    /// Source media type.
-    pub source_media_type: String,
-    /// New blob digest.
-    pub digest: String,
-    /// New blob size.
-    pub size: u64,
-    /// New media type.
-    pub media_type: String,
-    /// diffID (uncompressed digest) of the new blob.
-    pub diff_id: String,
-    /// `containerd.io/snapshot/stargz/toc.digest`.
-    pub toc_digest: String,
-    /// `io.containers.estargz.uncompressed-size`.
-    pub uncompressed_size: u64,
-    /// True if the source blob was already eStargz and kept as it is.
-    pub kept: bool,
-    /// Prioritized paths placed in this layer.
-    pub prioritized: usize,
-    /// What the destination did: `uploaded`, `exists`, `mounted` or `stored`.
-    pub stored: String,
-    /// Why a layer that looked like eStargz was rebuilt, or that it was kept.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    /// Time spent on the layer (seconds).
-    #[serde(skip)]
-    pub seconds: f64,
-}
-
-/// One converted image (platform).
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageReport {
-    /// Its platform (from the source index), if it came from one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    /// Source manifest digest.
-    pub source_manifest_digest: String,
-    /// New manifest digest.
-    pub manifest_digest: String,
-    /// New manifest size.
-    pub manifest_size: u64,
-    /// New config digest.
-    pub config_digest: String,
-    /// Layers, bottom first.
-    pub layers: Vec<LayerReport>,
-    /// Prioritized paths no layer has.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub missing_prioritized: Vec<String>,
-}
-
-/// The result of [`convert`].
-#[derive(Debug, Clone, Serialize)]
-pub struct ConvertReport {
-    /// The source as given.
-    pub source: String,
-    /// The destination.
-    pub destination: String,
-    /// Digest of what the destination tag names (the manifest, or the index).
-    pub digest: String,
-    /// Its media type.
-    pub media_type: String,
-    /// The converted images.
-    pub images: Vec<ImageReport>,
-    /// Sum of the source layer sizes.
-    pub source_layer_bytes: u64,
-    /// Sum of the new layer sizes.
-    pub layer_bytes: u64,
-    /// Wall time (seconds).
-    pub seconds: f64,
-}
-
-/// Shared state of one conversion.
-pub(crate) struct Ctx {
-    source: Source,
-    sink: Sink,
-    opts: ConvertOptions,
-    progress: Arc<dyn Progress>,
-    temp: PathBuf,
-    permits: Arc<Semaphore>,
-}
-
-impl Ctx {
-    async fn permit(&self) -> OwnedSemaphorePermit {
-        self.permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed")
-    }
-}
-
-impl ConvertOptions {
-    fn validate(&self) -> Result<(), ConvertError> {
-        if self.chunk_size == 0 || self.chunk_size > (1 << 30) {
-            return Err(ConvertError::Option(format!(
-                "chunk size {} must be between 1 byte and 1 GiB",
-                self.chunk_size
-            )));
-        }
-        if let Some(l) = self.level {
-            let ok = match self.format {
-                OutputFormat::Estargz => (1..=9).contains(&l),
-                OutputFormat::ZstdChunked => (1..=22).contains(&l),
-            };
-            if !ok {
-                return Err(ConvertError::Option(format!(
-                    "compression level {l} is out of range (gzip 1-9, zstd 1-22)"
-                )));
-            }
-        }
-        if self.jobs == 0 || self.jobs > 64 {
-            return Err(ConvertError::Option(format!(
-                "jobs {} must be between 1 and 64",
-                self.jobs
-            )));
-        }
-        if matches!(self.prioritize, Prioritize::PerLayer(_))
-            && self.platform == PlatformChoice::All
-        {
-            return Err(ConvertError::Option(
-                "per-layer prioritized files need a single platform".into(),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Converts the image at `src` and stores the result at `dst`.
 pub async fn convert(
