@@ -40,7 +40,10 @@ use reqwest::Method;
 pub use blob::{Blob, BlobStream, BlockingBlob};
 pub use error::{RegistryError, Target};
 pub use limiter::Priority;
-pub use manifest::{host_platform, FetchedManifest, ResolvedImage};
+pub use manifest::{
+    host_platform, is_index, platforms, select_manifest, FetchedManifest, InvalidPlatform,
+    Platform, ResolvedImage, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
+};
 pub use push::{BlobSource, PushOptions, PushOutcome};
 pub use reference::{Reference, Repository, DOCKER_HUB};
 

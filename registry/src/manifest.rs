@@ -1,6 +1,7 @@
 //! Manifests: fetching by tag or digest (digest-checked), resolving image indexes and docker
 //! manifest lists to this host's platform, and the image's config blob and layer descriptors.
 
+use std::fmt;
 use std::str::FromStr;
 
 use bytes::Bytes;
@@ -18,10 +19,14 @@ const MAX_MANIFEST: u64 = 4 << 20;
 /// Largest image config accepted.
 const MAX_CONFIG: u64 = 16 << 20;
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// OCI image manifest media type.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI image index media type.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker image manifest (schema 2) media type.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker manifest list media type.
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// A manifest (or index) as fetched.
 #[derive(Debug, Clone)]
@@ -176,7 +181,7 @@ impl RegistryClient {
         let (index_digest, fetched) = if is_index(&first) {
             let index: ImageIndex = serde_json::from_slice(&first.body)
                 .map_err(|e| bad(format!("image index is not valid: {e}")))?;
-            let chosen = pick_platform(&index).ok_or_else(|| {
+            let chosen = select_manifest(&index, &Platform::host()).ok_or_else(|| {
                 let (os, arch) = host_platform();
                 RegistryError::NoPlatform {
                     target: target.clone(),
@@ -217,50 +222,131 @@ impl RegistryClient {
     }
 }
 
-fn is_index(m: &FetchedManifest) -> bool {
+/// A platform to pick from an index: `OS/ARCH[/VARIANT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// e.g. `linux`.
+    pub os: String,
+    /// e.g. `amd64`.
+    pub arch: String,
+    /// e.g. `v8`.
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// This host's platform.
+    pub fn host() -> Self {
+        let (os, arch) = host_platform();
+        Platform {
+            os: os.into(),
+            arch: arch.into(),
+            variant: None,
+        }
+    }
+
+    /// Whether index entry `d` is for this platform (arm64's default `v8` may be left out).
+    pub fn matches(&self, d: &Descriptor) -> bool {
+        let Some(p) = d.platform() else {
+            return false;
+        };
+        if p.os().to_string() != self.os || p.architecture().to_string() != self.arch {
+            return false;
+        }
+        match &self.variant {
+            None => true,
+            // arm64's default variant is v8, often left out.
+            Some(v) => {
+                let theirs = p.variant().clone().unwrap_or_default();
+                theirs == *v || (self.arch == "arm64" && v == "v8" && theirs.is_empty())
+            }
+        }
+    }
+}
+
+/// A platform string that is not `OS/ARCH[/VARIANT]`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("platform {0:?}: expected OS/ARCH[/VARIANT] in lower case, e.g. linux/amd64")]
+pub struct InvalidPlatform(pub String);
+
+impl FromStr for Platform {
+    type Err = InvalidPlatform;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| ok(p)) {
+            return Err(InvalidPlatform(s.to_string()));
+        }
+        Ok(Platform {
+            os: parts[0].into(),
+            arch: parts[1].into(),
+            variant: parts.get(2).map(|v| v.to_string()),
+        })
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a fetched manifest is an index (OCI index or Docker manifest list).
+pub fn is_index(m: &FetchedManifest) -> bool {
     if m.media_type == OCI_INDEX || m.media_type == DOCKER_LIST {
         return true;
     }
-    // OCI indexes may omit mediaType: recognise them by their `manifests` array.
+    // OCI indexes may leave out mediaType: recognise them by their `manifests` array.
     m.media_type.is_empty()
         && serde_json::from_slice::<serde_json::Value>(&m.body)
             .ok()
             .is_some_and(|v| v.get("manifests").is_some_and(|x| x.is_array()))
 }
 
-fn pick_platform(index: &ImageIndex) -> Option<&Descriptor> {
-    let (os, arch) = host_platform();
-    let matching: Vec<&Descriptor> = index
+/// The index entry for `platform`; without a wanted variant, an entry without a variant
+/// (or arm64's `v8`) is preferred over other variants.
+pub fn select_manifest<'a>(index: &'a ImageIndex, platform: &Platform) -> Option<&'a Descriptor> {
+    let candidates: Vec<&Descriptor> = index
         .manifests()
         .iter()
         .filter(|d| {
-            d.platform()
-                .as_ref()
-                .is_some_and(|p| p.os().to_string() == os && p.architecture().to_string() == arch)
+            let t = d.media_type().to_string();
+            (t == OCI_MANIFEST || t == DOCKER_MANIFEST) && platform.matches(d)
         })
         .collect();
-    // Prefer the plain entry (arm64: "v8" or no variant) when several variants match.
-    matching
-        .iter()
-        .find(|d| {
-            d.platform()
-                .as_ref()
-                .and_then(|p| p.variant().clone())
-                .is_none_or(|v| v == "v8")
-        })
-        .or(matching.first())
-        .copied()
+    let plain = candidates.iter().find(|d| {
+        d.platform()
+            .as_ref()
+            .and_then(|p| p.variant().clone())
+            .is_none_or(|v| v == "v8")
+    });
+    plain.or(candidates.first()).copied()
 }
 
-fn platforms(index: &ImageIndex) -> String {
+/// The platforms an index has, for error messages (`linux/amd64, linux/arm/v7`).
+pub fn platforms(index: &ImageIndex) -> String {
     let v: Vec<String> = index
         .manifests()
         .iter()
         .filter_map(|d| d.platform().as_ref())
-        .map(|p| format!("{}/{}", p.os(), p.architecture()))
+        .map(|p| {
+            let mut s = format!("{}/{}", p.os(), p.architecture());
+            if let Some(v) = p.variant() {
+                s = format!("{s}/{v}");
+            }
+            s
+        })
         .collect();
     if v.is_empty() {
-        "none".into()
+        "no platforms".into()
     } else {
         v.join(", ")
     }
@@ -282,7 +368,13 @@ mod tests {
             d('b')
         );
         let index: ImageIndex = serde_json::from_str(&json).unwrap();
-        assert_eq!(pick_platform(&index).unwrap().digest().to_string(), d('b'));
+        assert_eq!(
+            select_manifest(&index, &Platform::host())
+                .unwrap()
+                .digest()
+                .to_string(),
+            d('b')
+        );
         assert!(platforms(&index).contains("linux/s390x"));
     }
 }

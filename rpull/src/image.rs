@@ -3,12 +3,13 @@
 //! bytes the registry served (they go into containerd's content store under their digests),
 //! the config blob and its diff IDs, and the layers' chain IDs.
 
-use std::fmt;
-use std::str::FromStr;
-
 use bytes::Bytes;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
-use registry::{host_platform, FetchedManifest, Reference, RegistryClient};
+pub use registry::Platform;
+use registry::{
+    is_index, platforms, select_manifest, FetchedManifest, Reference, RegistryClient,
+    DOCKER_MANIFEST,
+};
 use sha2::{Digest as _, Sha256};
 
 use super::RpullError;
@@ -16,88 +17,8 @@ use super::RpullError;
 /// Largest image config accepted.
 const MAX_CONFIG: u64 = 16 << 20;
 
-/// OCI image index media type.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// OCI image manifest media type.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub use registry::{OCI_INDEX, OCI_MANIFEST};
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-
-/// A platform to pick from an index: `OS/ARCH[/VARIANT]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    /// e.g. `linux`.
-    pub os: String,
-    /// e.g. `amd64`.
-    pub arch: String,
-    /// e.g. `v8`.
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// This host's platform.
-    pub fn host() -> Self {
-        let (os, arch) = host_platform();
-        Platform {
-            os: os.into(),
-            arch: arch.into(),
-            variant: None,
-        }
-    }
-
-    fn matches(&self, d: &Descriptor) -> bool {
-        let Some(p) = d.platform() else {
-            return false;
-        };
-        if p.os().to_string() != self.os || p.architecture().to_string() != self.arch {
-            return false;
-        }
-        match &self.variant {
-            None => true,
-            // arm64's default variant is v8, often left out.
-            Some(v) => {
-                let theirs = p.variant().clone().unwrap_or_default();
-                theirs == *v || (self.arch == "arm64" && v == "v8" && theirs.is_empty())
-            }
-        }
-    }
-}
-
-impl FromStr for Platform {
-    type Err = RpullError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &str| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        };
-        if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| ok(p)) {
-            return Err(RpullError::InvalidArgument {
-                what: "--platform",
-                value: s.to_string(),
-                reason: "expected OS/ARCH[/VARIANT] in lower case, e.g. linux/amd64".into(),
-            });
-        }
-        Ok(Platform {
-            os: parts[0].into(),
-            arch: parts[1].into(),
-            variant: parts.get(2).map(|v| v.to_string()),
-        })
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.arch)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
 
 /// A blob with the media type and bytes the registry served.
 #[derive(Debug, Clone)]
@@ -248,37 +169,6 @@ pub async fn resolve(
     })
 }
 
-fn is_index(m: &FetchedManifest) -> bool {
-    if m.media_type == OCI_INDEX || m.media_type == DOCKER_LIST {
-        return true;
-    }
-    // OCI indexes may leave out mediaType: recognise them by their `manifests` array.
-    m.media_type.is_empty()
-        && serde_json::from_slice::<serde_json::Value>(&m.body)
-            .ok()
-            .is_some_and(|v| v.get("manifests").is_some_and(|x| x.is_array()))
-}
-
-/// The index entry for `platform`; without a wanted variant, an entry without a variant
-/// (or arm64's `v8`) is preferred over other variants.
-pub fn select_manifest<'a>(index: &'a ImageIndex, platform: &Platform) -> Option<&'a Descriptor> {
-    let candidates: Vec<&Descriptor> = index
-        .manifests()
-        .iter()
-        .filter(|d| {
-            let t = d.media_type().to_string();
-            (t == OCI_MANIFEST || t == DOCKER_MANIFEST) && platform.matches(d)
-        })
-        .collect();
-    let plain = candidates.iter().find(|d| {
-        d.platform()
-            .as_ref()
-            .and_then(|p| p.variant().clone())
-            .is_none_or(|v| v == "v8")
-    });
-    plain.or(candidates.first()).copied()
-}
-
 /// `(media type, digest)` of every entry of an index, in order (for its GC labels: all
 /// platforms, as containerd labels them).
 pub fn index_children(index: &[u8]) -> Vec<(String, String)> {
@@ -290,26 +180,6 @@ pub fn index_children(index: &[u8]) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn platforms(index: &ImageIndex) -> String {
-    let v: Vec<String> = index
-        .manifests()
-        .iter()
-        .filter_map(|d| d.platform().as_ref())
-        .map(|p| {
-            let mut s = format!("{}/{}", p.os(), p.architecture());
-            if let Some(v) = p.variant() {
-                s = format!("{s}/{v}");
-            }
-            s
-        })
-        .collect();
-    if v.is_empty() {
-        "no platforms".into()
-    } else {
-        v.join(", ")
-    }
 }
 
 /// The `rootfs.diff_ids` of an image config, checked to be sha256 digests.

@@ -77,9 +77,6 @@ pub enum ConvertError {
         /// The cause.
         cause: io::Error,
     },
-    /// A background task stopped unexpectedly.
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 /// What failed while converting or copying one layer.
@@ -90,16 +87,16 @@ pub enum LayerError {
     MediaType(String),
     /// Fetching the source blob failed.
     #[error("fetching the source blob: {0}")]
-    Fetch(RegistryError),
+    Fetch(#[source] RegistryError),
     /// Reading the source blob from an OCI layout failed.
     #[error("reading the source blob: {0}")]
-    Read(io::Error),
+    Read(#[source] io::Error),
     /// The source blob does not match its digest or size.
     #[error("source blob is corrupt: {0}")]
     Corrupt(String),
     /// The source blob could not be decompressed.
     #[error("decompressing the source blob: {0}")]
-    Decompress(io::Error),
+    Decompress(#[source] io::Error),
     /// The source is compressed with an algorithm we do not read.
     #[error("source blob is {0}-compressed; only plain, gzip and zstd layers are supported")]
     Compression(&'static str),
@@ -113,20 +110,32 @@ pub enum LayerError {
     },
     /// The eStargz writer failed (malformed tar, unsupported entry, I/O).
     #[error("building the eStargz blob: {0}")]
-    Build(estargz::WriteError),
+    Build(#[source] estargz::WriteError),
     /// Reading back the built blob failed.
     #[error("reading the built blob: {0}")]
-    Output(io::Error),
+    Output(#[source] io::Error),
     /// Scanning the layer's tar for prioritized files failed.
     #[error("scanning the layer for prioritized files: {0}")]
-    Scan(String),
-    /// Storing the converted blob failed.
+    Scan(#[source] io::Error),
+    /// A temporary file for the layer could not be created.
+    #[error("temporary file in {}: {source}", dir.display())]
+    TempFile {
+        /// Where.
+        dir: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Storing the converted blob in the OCI layout failed.
     #[error("storing the converted blob: {0}")]
-    Store(String),
+    Store(#[source] Box<ConvertError>),
     /// Pushing the blob failed.
     #[error("pushing the blob: {0}")]
-    Push(RegistryError),
+    Push(#[source] RegistryError),
     /// A worker thread stopped.
     #[error("conversion worker stopped unexpectedly: {0}")]
-    Worker(String),
+    Worker(#[source] tokio::task::JoinError),
+    /// The writer reported a blob digest that is not a sha256 digest.
+    #[error("the built blob's digest {0:?} is not a sha256 digest")]
+    BlobDigest(String),
 }

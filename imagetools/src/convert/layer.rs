@@ -56,7 +56,7 @@ struct Existing {
 }
 
 fn worker(e: tokio::task::JoinError) -> LayerError {
-    LayerError::Worker(e.to_string())
+    LayerError::Worker(e)
 }
 
 impl LayerJob<'_> {
@@ -225,8 +225,10 @@ impl LayerJob<'_> {
     ) -> Result<LayerOutcome, LayerError> {
         let permit = ctx.permit().await;
         self.stage(ctx, Stage::Converting);
-        let out = NamedTempFile::new_in(&ctx.temp)
-            .map_err(|e| LayerError::Store(format!("temporary file: {e}")))?;
+        let out = NamedTempFile::new_in(&ctx.temp).map_err(|source| LayerError::TempFile {
+            dir: ctx.temp.clone(),
+            source,
+        })?;
         let opts = BuildOptions {
             format: ctx.opts.format.format(),
             chunk_size: ctx.opts.chunk_size,
@@ -270,7 +272,7 @@ impl LayerJob<'_> {
             zstd_annotations(&mut ann, &footer, &compressed_toc);
         }
         let digest = image::parse_sha256(&output.blob_digest.to_string())
-            .map_err(|e| LayerError::Worker(e.to_string()))?;
+            .map_err(|_| LayerError::BlobDigest(output.blob_digest.to_string()))?;
         self.stage(ctx, Stage::Uploading);
         let stored = ctx.sink.put_file(out, &digest).await?;
         let media_type = ctx.opts.format.media_type();
@@ -323,8 +325,10 @@ pub async fn spool(
         let failure = reader.failure();
         let source_err = |e: LayerError| failure.take().unwrap_or(e);
         let mut diff = DiffReader::new(decompress(reader).map_err(source_err)?);
-        let spool = NamedTempFile::new_in(&temp)
-            .map_err(|e| LayerError::Store(format!("temporary file: {e}")))?;
+        let spool = NamedTempFile::new_in(&temp).map_err(|source| LayerError::TempFile {
+            dir: temp.clone(),
+            source,
+        })?;
         let mut w = BufWriter::with_capacity(1 << 20, spool.as_file());
         let mut buf = vec![0u8; 256 * 1024];
         loop {

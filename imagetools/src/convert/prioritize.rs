@@ -101,13 +101,13 @@ impl Assigner {
     }
 
     /// The names of a layer's tar (plain, seekable) that matter for the assignment.
-    pub fn scan(&self, tar_file: &File) -> Result<HashSet<Vec<u8>>, String> {
+    pub fn scan(&self, tar_file: &File) -> std::io::Result<HashSet<Vec<u8>>> {
         let mut f = tar_file;
-        f.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+        f.seek(SeekFrom::Start(0))?;
         let mut archive = tar::Archive::new(BufReader::with_capacity(256 * 1024, f));
         let mut found = HashSet::new();
-        for entry in archive.entries_with_seek().map_err(|e| e.to_string())? {
-            let entry = entry.map_err(|e| e.to_string())?;
+        for entry in archive.entries_with_seek()? {
+            let entry = entry?;
             let name = clean(&entry.path_bytes());
             if self.interesting.contains(&name) {
                 found.insert(name);

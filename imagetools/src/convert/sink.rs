@@ -147,7 +147,7 @@ impl Sink {
                 layout
                     .persist(file, digest)
                     .map(|()| "stored")
-                    .map_err(|e| LayerError::Store(e.to_string()))
+                    .map_err(|e| LayerError::Store(Box::new(e)))
             }
         }
     }
@@ -211,7 +211,7 @@ impl Sink {
                 layout
                     .persist(file, &desc.digest)
                     .map(|()| "stored")
-                    .map_err(|e| LayerError::Store(e.to_string()))
+                    .map_err(|e| LayerError::Store(Box::new(e)))
             }
         }
     }
@@ -275,8 +275,11 @@ async fn download(
     temp: &Path,
 ) -> Result<tempfile::NamedTempFile, LayerError> {
     use std::io::Write;
-    let mut file = tempfile::NamedTempFile::new_in(temp)
-        .map_err(|e| LayerError::Store(format!("temporary file in {}: {e}", temp.display())))?;
+    let mut file =
+        tempfile::NamedTempFile::new_in(temp).map_err(|source| LayerError::TempFile {
+            dir: temp.to_path_buf(),
+            source,
+        })?;
     match source {
         Source::Registry { client, reference } => {
             let blob = client
