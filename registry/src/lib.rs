@@ -1,14 +1,14 @@
-//! The OCI distribution client: image references ([`reference`]), registry hosts with
-//! their mirrors and TLS settings ([`hosts`]), authentication ([`auth`]: basic, bearer
-//! tokens, docker `config.json`), the transport ([`transport`]), manifests and indexes
-//! ([`manifest`]: an index resolved to one platform), blobs read by byte ranges or as
-//! streams ([`Blob`]), and pushes ([`push`]). Knows nothing of layers, chunks or caches:
+//! The OCI distribution client: image references (`reference`), registry hosts with
+//! their mirrors and TLS settings (`hosts`), authentication (`auth`: basic, bearer
+//! tokens, docker `config.json`), the transport (`transport`), manifests and indexes
+//! (`manifest`: an index resolved to one platform), blobs read by byte ranges or as
+//! streams ([`Blob`]), and pushes (`push`). Knows nothing of layers, chunks or caches:
 //! `fusefs` reads layer blobs through it (as one of its blob sources), the image tools
 //! convert and push with it, `rpull` resolves images with it.
 //!
-//! Layers: [`transport`] sends one logical request (mirrors then origin, auth, redirects,
+//! Layers: `transport` sends one logical request (mirrors then origin, auth, redirects,
 //! timeouts, retries with backoff under a deadline, per-host request limit) → [`Blob`] turns
-//! ranges into few requests (merging, multi-range with fallback; [`ranges`]).
+//! ranges into few requests (merging, multi-range with fallback; `ranges`).
 //! [`metrics`] counts requests, bytes and retries.
 //!
 //! Credentials and tokens never appear in logs or errors; URLs in errors lose their query.

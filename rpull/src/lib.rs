@@ -13,6 +13,10 @@
 //!    AlreadyExists), the others are fetched and applied with the diff service;
 //! 4. label the config with `containerd.io/gc.ref.snapshot.<snapshotter>` = the top chain
 //!    ID, create or update the image record, and delete the lease.
+//!
+//! A client crate: it talks to the registry (`registry`) and to containerd (its gRPC API),
+//! and takes the remote-snapshot label names from the snapshotter that defines them
+//! (`snapshotter::labels`); the `starling` binary draws its progress.
 
 mod client;
 mod content;
