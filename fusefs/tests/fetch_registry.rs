@@ -17,6 +17,29 @@ use fusefs::metrics::Metrics;
 use registry::testutil::proxy::{Proxy, ProxyMode};
 use registry::{Priority, RegistryClient, Repository};
 
+/// A chunk cache in `dir` with a memory tier of `memory` bytes, counting into `metrics`.
+fn cache_in(dir: &std::path::Path, memory: u64, metrics: &Arc<Metrics>) -> ChunkCache {
+    let options = CacheOptions {
+        dir: dir.to_path_buf(),
+        max_size: 0,
+        memory_size: memory,
+        read_mode: fusefs::cache::DEFAULT_READ_MODE,
+    };
+    ChunkCache::open(options, metrics.clone()).unwrap()
+}
+
+/// Blob `digest` of `host/repo` through `client`.
+async fn blob_at(
+    client: &RegistryClient,
+    host: &str,
+    repo: &str,
+    digest: &oci_spec::image::Digest,
+    size: u64,
+) -> registry::Blob {
+    let repo = Repository::new(host, repo);
+    client.blob(&repo, digest, Some(size)).await.unwrap()
+}
+
 /// A client whose counters are part of a fusefs [`Metrics`] (what the cache counts too).
 fn fetch_client(
     fetch: &config::FetchConfig,
@@ -43,16 +66,7 @@ async fn concurrent_identical_chunk_reads_make_one_request() {
         .await
         .unwrap();
     let cache_dir = tempfile::tempdir().unwrap();
-    let cache = ChunkCache::open(
-        CacheOptions {
-            dir: cache_dir.path().to_path_buf(),
-            max_size: 0,
-            memory_size: 16 << 20,
-            read_mode: fusefs::cache::DEFAULT_READ_MODE,
-        },
-        metrics.clone(),
-    )
-    .unwrap();
+    let cache = cache_in(cache_dir.path(), 16 << 20, &metrics);
     let fetcher = ChunkFetcher::new(
         Arc::new(blob),
         cache.clone(),
@@ -146,25 +160,10 @@ async fn corrupted_fetch(multi_range: bool, seed: u64, large: bool) {
     fetch.max_retries = 2;
     fetch.coalesce_gap = 0;
     let (c, metrics) = fetch_client(&fetch, &regcfg);
-    let blob = c
-        .blob(
-            &Repository::new(proxy.host(), repo_name),
-            &digest,
-            Some(blob_data.len() as u64),
-        )
-        .await
-        .unwrap();
+    let size = blob_data.len() as u64;
+    let blob = blob_at(&c, &proxy.host(), repo_name, &digest, size).await;
     let cache_dir = tempfile::tempdir().unwrap();
-    let cache = ChunkCache::open(
-        CacheOptions {
-            dir: cache_dir.path().to_path_buf(),
-            max_size: 0,
-            memory_size: 0,
-            read_mode: fusefs::cache::DEFAULT_READ_MODE,
-        },
-        metrics.clone(),
-    )
-    .unwrap();
+    let cache = cache_in(cache_dir.path(), 0, &metrics);
     let fetcher = ChunkFetcher::new(Arc::new(blob), cache.clone(), decoder.clone(), &fetch);
     let results = fetcher.get_many(&chunks, Priority::OnDemand).await;
     fetcher.wait_idle().await;
@@ -226,14 +225,7 @@ async fn corrupted_fetch(multi_range: bool, seed: u64, large: bool) {
     }
     // Through a clean path every chunk is served.
     let (direct, _) = client(&fetch_config(), &regcfg);
-    let blob = direct
-        .blob(
-            &Repository::new(reg.host(), repo_name),
-            &digest,
-            Some(blob_data.len() as u64),
-        )
-        .await
-        .unwrap();
+    let blob = blob_at(&direct, &reg.host(), repo_name, &digest, size).await;
     let fetcher = ChunkFetcher::new(Arc::new(blob), cache, decoder, &fetch_config());
     for (req, res) in chunks
         .iter()

@@ -72,6 +72,11 @@ impl Fixture {
         Self::new(n, Arc::new(RawChunks))
     }
 
+    /// Reads chunk `i` on demand.
+    async fn get(&self, i: usize) -> Result<Bytes, FetchError> {
+        self.fetcher.get(&self.chunks[i], Priority::OnDemand).await
+    }
+
     fn data(&self, i: usize) -> Bytes {
         let r = &self.chunks[i].range;
         self.blob.data().slice(r.start as usize..r.end as usize)
@@ -111,13 +116,7 @@ async fn concurrent_readers_of_one_chunk_make_one_request() {
     f.fetcher.wait_idle().await;
     assert!(f.cache.contains(&f.chunks[2].key));
     // Cached now: no further request.
-    assert_eq!(
-        f.fetcher
-            .get(&f.chunks[2], Priority::OnDemand)
-            .await
-            .unwrap(),
-        f.data(2)
-    );
+    assert_eq!(f.get(2).await.unwrap(), f.data(2));
     assert_eq!(f.blob.counts().range_requests, 1);
 }
 
@@ -169,10 +168,7 @@ async fn a_read_during_a_region_stream_joins_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_passes_over_local_and_in_flight_chunks() {
     let f = Fixture::raw(6);
-    f.fetcher
-        .get(&f.chunks[1], Priority::OnDemand)
-        .await
-        .unwrap();
+    f.get(1).await.unwrap();
     f.fetcher.wait_idle().await;
     // Chunk 3 is being fetched by a read when the stream reaches it.
     f.blob.hold();
@@ -244,11 +240,7 @@ async fn wrong_bytes_are_refetched_and_never_served_or_cached() {
     let f = Fixture::raw(4);
     let bad = f.chunks[2].range.clone();
     f.blob.corrupt(bad.start + 10..bad.start + 11);
-    let err = f
-        .fetcher
-        .get(&f.chunks[2], Priority::OnDemand)
-        .await
-        .unwrap_err();
+    let err = f.get(2).await.unwrap_err();
     match &err {
         FetchError::Corrupt(c) => {
             assert_eq!(c.attempts, 3);
@@ -261,20 +253,8 @@ async fn wrong_bytes_are_refetched_and_never_served_or_cached() {
     assert!(!f.cache.contains(&f.chunks[2].key));
     // The neighbours are fine, and the chunk once the bytes are right.
     f.blob.heal();
-    assert_eq!(
-        f.fetcher
-            .get(&f.chunks[2], Priority::OnDemand)
-            .await
-            .unwrap(),
-        f.data(2)
-    );
-    assert_eq!(
-        f.fetcher
-            .get(&f.chunks[3], Priority::OnDemand)
-            .await
-            .unwrap(),
-        f.data(3)
-    );
+    assert_eq!(f.get(2).await.unwrap(), f.data(2));
+    assert_eq!(f.get(3).await.unwrap(), f.data(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,13 +294,7 @@ async fn a_failure_reaches_every_joiner_and_nothing_is_cached() {
     }
     assert!(!f.fetcher.is_in_flight(&f.chunks[0].key));
     assert!(!f.cache.contains(&f.chunks[0].key));
-    assert_eq!(
-        f.fetcher
-            .get(&f.chunks[0], Priority::OnDemand)
-            .await
-            .unwrap(),
-        f.data(0)
-    );
+    assert_eq!(f.get(0).await.unwrap(), f.data(0));
     assert_eq!(f.blob.counts().range_requests, 2);
 }
 

@@ -125,10 +125,10 @@ impl LayerCore {
     /// length) from local chunks; false if some chunk is not local.
     pub(crate) fn copy_local(
         &self,
+        buf: &mut Vec<u8>,
         id: EntryId,
         offset: u64,
         size: u32,
-        buf: &mut Vec<u8>,
     ) -> Result<bool, ReadError> {
         let (len, pieces) = self.plan(id, offset, size)?;
         buf.clear();
@@ -141,7 +141,7 @@ impl LayerCore {
     pub(crate) fn peek_local(&self, id: EntryId, offset: u64, len: usize) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
         let size = len.min(u32::MAX as usize) as u32;
-        self.copy_local(id, offset, size, &mut buf)
+        self.copy_local(&mut buf, id, offset, size)
             .ok()?
             .then_some(buf)
     }

@@ -102,7 +102,7 @@ impl ReadPath {
         size: u32,
         buf: &mut Vec<u8>,
     ) -> Result<bool, ReadError> {
-        if !self.core.copy_local(id, offset, size, buf)? {
+        if !self.core.copy_local(buf, id, offset, size)? {
             return Ok(false);
         }
         self.note_read(id);

@@ -373,17 +373,9 @@ impl RemoteLayer {
         self.reads.read_cached(id, offset, size)
     }
 
-    /// [`RemoteLayer::read_cached`] into a caller's buffer (cleared and resized to the
-    /// read's length), so a FUSE worker can reuse one buffer for every read. `Ok(false)` if
-    /// some chunk is not local (the buffer's contents are then unspecified).
-    pub fn read_cached_into(
-        &self,
-        id: EntryId,
-        offset: u64,
-        size: u32,
-        buf: &mut Vec<u8>,
-    ) -> Result<bool, ReadError> {
-        self.reads.read_cached_into(id, offset, size, buf)
+    /// The read path, for the FUSE adapter (reads into reused buffers).
+    pub(crate) fn reads(&self) -> &ReadPath {
+        &self.reads
     }
 
     /// Notes a read of file `id` for the access log.
