@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cri::proxy::{ImageServiceProxy, ProxyError};
 use cri::{CredentialProviders, Keychain, PodAuth, PodCredentials};
-use fusefs::registry::{CredentialSource, Credentials, CredentialsFuture, RegistryClient};
+use registry::{CredentialSource, Credentials, CredentialsFuture, RegistryClient};
 
 use crate::server::{ServeError, Socket, DRAIN_GRACE};
 
