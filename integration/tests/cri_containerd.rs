@@ -20,7 +20,9 @@
 //! - `credential_provider`: starling runs a kubelet credential provider plugin (a shell
 //!   script answering the htpasswd credentials, configured as
 //!   `contrib/kubernetes/credential-provider.toml` shows); images pulled past the image
-//!   service are lazy with the plugin's credentials; the answer is cached as it says.
+//!   service are lazy with the plugin's credentials; the answer is cached as it says (per
+//!   image or per registry); a wrong password from the plugin makes the layers fall back to
+//!   a full pull with a WARN naming the refusal.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -29,7 +31,7 @@ use integration::cri::node::{check_contrib_kubelet, CONTRIB_KUBELET};
 use integration::cri::{push_estargz, read_container_log, CriNode, CriNodeOptions};
 use integration::engines::ContainerdVersion;
 use integration::images::busybox;
-use integration::metrics::{metric, FETCH_BYTES_TOTAL};
+use integration::metrics::metric;
 use integration::oci::{Content, ImageBuilder, LayerBuilder};
 use integration::{prereq, require};
 use sha2::Digest as _;
@@ -277,22 +279,30 @@ fn pod_credentials(version: ContainerdVersion) {
         !metrics(&node).contains("starling_fetch_digest_mismatches_total 1"),
         "no corrupt data"
     );
-    let _ = FETCH_BYTES_TOTAL;
 }
 
-/// A credential provider plugin answering the registry's credentials for
-/// `host` (cacheKeyType Registry), logging each request to `<script>.log`.
+/// A credential provider plugin answering the registry's credentials for `host`
+/// (cacheKeyType Registry), except for images of `team/wrong`: a wrong password for that
+/// image only (cacheKeyType Image). It logs each request to `<script>.log`.
 fn provider_script(path: &std::path::Path, host: &str, user: &str, password: &str) {
-    let answer = serde_json::json!({
-        "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
-        "kind": "CredentialProviderResponse",
-        "cacheKeyType": "Registry",
-        "cacheDuration": "5m0s",
-        "auth": { host: { "username": user, "password": password } },
-    });
+    let answer = |key: &str, password: &str| {
+        serde_json::json!({
+            "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
+            "kind": "CredentialProviderResponse",
+            "cacheKeyType": key,
+            "cacheDuration": "5m0s",
+            "auth": { host: { "username": user, "password": password } },
+        })
+    };
     std::fs::write(
         path,
-        format!("#!/bin/sh\ncat >> \"$0.log\"; echo >> \"$0.log\"\ncat <<'EOF'\n{answer}\nEOF\n"),
+        format!(
+            "#!/bin/sh\nreq=$(cat)\necho \"$req\" >> \"$0.log\"\n\
+             case \"$req\" in\n*team/wrong*) cat <<'EOF'\n{}\nEOF\n;;\n\
+             *) cat <<'EOF'\n{}\nEOF\n;;\nesac\n",
+            answer("Image", "not-the-password"),
+            answer("Registry", password)
+        ),
     )
     .unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -349,16 +359,41 @@ fn credential_provider(version: ContainerdVersion) {
     let images = node.wd.join("images");
     let app = push_estargz(&app_image(41), &images, &node.registry, "team/prov:v1").unwrap();
     let app2 = push_estargz(&app_image(51), &images, &node.registry, "team/prov2:v1").unwrap();
+    let wrong = push_estargz(&app_image(61), &images, &node.registry, "team/wrong:v1").unwrap();
+
+    // The plugin's wrong password for one image: containerd (with the kubelet's
+    // credentials) pulls it, starling's layers fall back to a full pull with a WARN naming
+    // the refusal; no hang.
+    let before = mounted(&node);
+    node.kubelet.pull_with(&wrong, &user, &password).unwrap();
+    assert_eq!(mounted(&node), before, "{}", node.starling.log());
+    let warn = node
+        .starling
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("layer not mounted lazily"))
+        .map(String::from)
+        .collect::<Vec<_>>();
+    assert!(
+        warn.iter()
+            .any(|l| l.contains("401") && l.contains("credentials or token refused")),
+        "{warn:#?}"
+    );
+    let wrong_layers = layer_digests(&node, "team/wrong", "v1");
+    assert!(
+        content_blobs(&node).contains(wrong_layers.last().unwrap().as_str()),
+        "the data layer was downloaded in full"
+    );
 
     // The kubelet (with its own credential provider) passes credentials to containerd;
     // starling gets its own from the plugin.
     let before = mounted(&node);
     node.kubelet.pull_with(&app, &user, &password).unwrap();
     node.kubelet.pull_with(&app2, &user, &password).unwrap();
-    let layers = layer_digests(&node, "team/prov", "v1").len() + 1;
+    // The data layers of both (busybox's layer came in full with team/wrong).
     assert_eq!(
         mounted(&node) - before,
-        layers as f64,
+        2.0,
         "lazy with the plugin's credentials\n{}",
         node.starling.log()
     );
@@ -370,14 +405,23 @@ fn credential_provider(version: ContainerdVersion) {
         .collect();
     assert_eq!(
         requests.len(),
-        1,
-        "one run: the answer is cached for the registry\n{asked}"
+        2,
+        "one run per image key: team/wrong's answer is cached for that image, the next \
+         for the registry\n{asked}"
     );
-    assert_eq!(requests[0]["kind"], "CredentialProviderRequest");
-    assert!(requests[0]["image"]
-        .as_str()
-        .unwrap()
-        .starts_with(&format!("{}/team/prov", node.registry.host())));
+    assert!(requests
+        .iter()
+        .all(|r| r["kind"] == "CredentialProviderRequest"));
+    let image = |i: usize| requests[i]["image"].as_str().unwrap().to_string();
+    let host = node.registry.host();
+    assert!(
+        image(0).starts_with(&format!("{host}/team/wrong")),
+        "{asked}"
+    );
+    assert!(
+        image(1).starts_with(&format!("{host}/team/prov")),
+        "{asked}"
+    );
 
     let log_dir = node.wd.join("pods/prov");
     let pod = node.kubelet.run_pod("prov", &log_dir).unwrap();
