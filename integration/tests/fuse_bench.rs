@@ -122,6 +122,51 @@ fn walk(dir: &Path) -> String {
     )
 }
 
+/// FUSE opcodes counted per walk (the rest is summed as "other").
+const COUNTED_OPS: [(&str, u32); 4] = [
+    ("GETXATTR", 22),
+    ("LISTXATTR", 23),
+    ("LOOKUP", 1),
+    ("READDIRPLUS", 44),
+];
+
+/// Runs `cmd` under `perf stat` and returns the FUSE requests it caused, by opcode (the
+/// `fuse:fuse_request_send` tracepoint fires in the requesting task).
+fn fuse_requests(cmd: &str, out: &Path) -> Result<Vec<(&'static str, u64)>, String> {
+    let mut args: Vec<String> = vec!["stat".into(), "-x,".into(), "-o".into()];
+    args.push(out.display().to_string());
+    for (_, op) in COUNTED_OPS {
+        args.push("-e".into());
+        args.push("fuse:fuse_request_send".into());
+        args.push("--filter".into());
+        args.push(format!("opcode == {op}"));
+    }
+    args.extend(["-e".into(), "fuse:fuse_request_send".into()]);
+    args.extend(["--".into(), "sh".into(), "-c".into(), cmd.into()]);
+    let r = run_cmd(Command::new("perf").args(&args), Duration::from_secs(600))
+        .map_err(|e| format!("perf: {e}"))?;
+    if !r.status.success() {
+        return Err(format!("perf stat failed: {}", r.stderr.trim()));
+    }
+    let text = std::fs::read_to_string(out).map_err(|e| e.to_string())?;
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("fuse_request_send"))
+        .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+        .collect();
+    if counts.len() != COUNTED_OPS.len() + 1 {
+        return Err(format!("unexpected perf output: {text}"));
+    }
+    let mut v: Vec<(&'static str, u64)> = COUNTED_OPS
+        .iter()
+        .zip(&counts)
+        .map(|((name, _), n)| (*name, *n))
+        .collect();
+    let counted: u64 = counts[..COUNTED_OPS.len()].iter().sum();
+    v.push(("other", counts[COUNTED_OPS.len()] - counted));
+    Ok(v)
+}
+
 fn read_all(dir: &Path) -> String {
     format!("tar -C '{}' -cf - usr | cat > /dev/null", dir.display())
 }
@@ -374,6 +419,28 @@ fn fuse_bench_local() {
                 _ => sets[i - 1].1.join("cache"),
             };
             measure_round(&wd, round, &cols[i], &cache, &mut samples[i]);
+        }
+    }
+    // FUSE requests of one walk through a fresh overlay (what a new container's first walk
+    // costs in round trips), counted by the kernel's FUSE tracepoint when perf is here.
+    for col in &cols[1..] {
+        let ov = OverlayStack::mount(
+            &col.lowers,
+            &wd.join(format!("count-{}", col.name.replace(' ', "_"))),
+            &[],
+        )
+        .unwrap();
+        match fuse_requests(&walk(ov.path()), &wd.join("perf.txt")) {
+            Ok(counts) => rep.line(format!(
+                "- FUSE requests of one walk through a fresh overlay, {}: {}",
+                col.name,
+                counts
+                    .iter()
+                    .map(|(op, n)| format!("{op} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(why) => rep.line(format!("- FUSE request counts skipped: {why}")),
         }
     }
     let (rss_read, each_read) = rss_sum(&sets[0].2);

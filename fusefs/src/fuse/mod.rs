@@ -24,7 +24,9 @@
 //! I/O.
 
 mod attr;
+mod ioctl;
 mod open;
+mod xattr;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -35,9 +37,9 @@ use std::time::Duration;
 use estargz::{EntryId, EntryKind};
 use fuser::{
     AccessFlags, Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::context::OpaqueXattr;
@@ -49,6 +51,8 @@ use open::{Backing, OpenMode, Opens};
 const MAX_READAHEAD: u32 = 1 << 20;
 /// A worker's read buffer larger than this is not kept between reads.
 const MAX_KEPT_READ_BUF: usize = 4 << 20;
+/// Longest name (bytes), as `statfs` reports it and as on ext4 and xfs.
+const NAME_MAX: usize = 255;
 
 thread_local! {
     /// Each FUSE worker's buffer for reads answered from the cache (reused: see
@@ -169,13 +173,6 @@ impl LayerFs {
         FileHandle((self.next_fh.fetch_add(1, Ordering::Relaxed) << 1) | mode as u64)
     }
 
-    fn xattr_value(&self, e: &estargz::Entry<'_>, name: &[u8]) -> Option<Vec<u8>> {
-        if e.is_opaque() && name == self.options.opaque_xattr.name().as_bytes() {
-            return Some(b"y".to_vec());
-        }
-        e.xattr(name).map(<[u8]>::to_vec)
-    }
-
     /// Registers the cache entry of `id`'s contents as the backing file of an open.
     fn register_backing(&self, reply: &ReplyOpen, id: EntryId) -> Option<Backing> {
         let key = self.layer.whole_file_key(id)?;
@@ -247,6 +244,11 @@ impl fuser::Filesystem for LayerFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        if name.len() > NAME_MAX {
+            // As a local filesystem: the kernel lets FUSE names reach 1024 bytes, and a
+            // create of a longer name would otherwise fail with EROFS.
+            return reply.error(Errno::ENAMETOOLONG);
+        }
         let index = self.layer.index();
         let Some(pid) = id_of(parent) else {
             return reply.error(Errno::ENOENT);
@@ -590,7 +592,7 @@ impl fuser::Filesystem for LayerFs {
             index.len() as u64,
             0,
             attr::BLOCK_SIZE,
-            255,
+            NAME_MAX as u32,
             attr::BLOCK_SIZE,
         );
     }
@@ -601,38 +603,45 @@ impl fuser::Filesystem for LayerFs {
             Ok(e) => e,
             Err(err) => return reply.error(err),
         };
-        match self.xattr_value(&e, name_bytes(name)) {
+        match xattr::value(&e, name_bytes(name), self.options.opaque_xattr) {
             None => reply.error(Errno::NO_XATTR),
             Some(v) if size == 0 => reply.size(v.len() as u32),
             Some(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-            Some(v) => reply.data(&v),
+            Some(v) => reply.data(v),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.stats.xattrs.fetch_add(1, Ordering::Relaxed);
         let e = match self.entry(ino) {
             Ok(e) => e,
             Err(err) => return reply.error(err),
         };
-        let opaque = self.options.opaque_xattr.name().as_bytes();
-        let mut list = Vec::new();
-        for (n, _) in e.xattrs() {
-            if n != opaque {
-                list.extend_from_slice(n);
-                list.push(0);
-            }
-        }
-        if e.is_opaque() || e.xattr(opaque).is_some() {
-            list.extend_from_slice(opaque);
-            list.push(0);
-        }
+        let list = xattr::list(&e, self.options.opaque_xattr, req.uid());
         if size == 0 {
             reply.size(list.len() as u32)
         } else if list.len() > size as usize {
             reply.error(Errno::ERANGE)
         } else {
             reply.data(&list)
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        match (self.entry(ino), ioctl::answer(cmd, out_size)) {
+            (Err(e), _) => reply.error(e),
+            (Ok(_), Some(data)) => reply.ioctl(0, data),
+            (Ok(_), None) => reply.error(Errno::ENOTTY),
         }
     }
 
