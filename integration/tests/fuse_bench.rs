@@ -361,6 +361,9 @@ fn fuse_bench_local() {
         let config = wd.join(format!("starling-{tag}.toml"));
         MountConfig {
             passthrough,
+            threads: std::env::var("STL_BENCH_FUSE_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             ..Default::default()
         }
         .write(&config)
@@ -991,5 +994,212 @@ fn fuse_bench_rss() {
         .map(|m| m.iter().filter(|m| m.fs_type.starts_with("fuse")).count())
         .unwrap_or(0);
     rep.line(format!("- starling FUSE mounts at the end: {lazy}"));
+    rep.finish();
+}
+
+/// One way of mounting pydeb's layers for [`fuse_bench_xattr`].
+struct XattrColumn {
+    name: String,
+    lowers: Vec<PathBuf>,
+    /// Overlay mount options.
+    options: Vec<&'static str>,
+}
+
+/// What answering overlayfs' xattr questions costs: a walk through a *fresh* overlay (a
+/// new container's first look at its image; overlayfs asks `trusted.overlay.*` of every
+/// lower entry it looks up and FUSE caches no xattr) over pydeb's FUSE layers, against the
+/// same walk on native overlayfs in the same run, with the FUSE requests it caused
+/// (`perf`). Columns: this binary with `[fuse] threads` 4, 2 and 1, the overlay
+/// option `redirect_dir=nofollow` (overlayfs then skips the opaque/redirect questions of
+/// directories whose parent lives in one layer), and, when `STL_BENCH_BASELINE_BIN` names
+/// another starling binary (e.g. one answering GETXATTR with ENOSYS), that binary; the
+/// cost per GETXATTR is the walk's time difference to it over the request difference.
+#[test]
+#[ignore = "benchmark: run with --ignored"]
+fn fuse_bench_xattr() {
+    require!(
+        prereq::root(),
+        prereq::fuse(),
+        prereq::registry(),
+        prereq::starling_binary(),
+        prereq::debian_images(),
+        prereq::binaries(&["skopeo", "find"]),
+        prereq::containerd_stack(),
+        prereq::ctr_remote(),
+    );
+    let rounds: usize = std::env::var("STL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut rep =
+        Report::new("fuse_bench_xattr: walk through a fresh overlay, pydeb (ctr-remote eStargz)");
+    let esgz = pydeb_ctr_remote(false).unwrap();
+    let original = integration::images::pydeb()
+        .unwrap()
+        .image("latest")
+        .unwrap();
+    let image = OciImage::open(&esgz.layout, "latest").unwrap();
+    let wd = Workdir::new("fxattr").unwrap();
+    let registry = Registry::start(&wd).unwrap();
+    let reference = push(&registry, &esgz.layout, "latest", "bench/py:latest").unwrap();
+    let native = extracted(&original, &wd.join("native"));
+    let this = integration::starling::starling_bin().unwrap();
+    let mut sets: Vec<(String, PathBuf, usize)> = vec![
+        ("starling".into(), this.clone(), 4),
+        ("starling threads=2".into(), this.clone(), 2),
+        ("starling threads=1".into(), this, 1),
+    ];
+    if let Some(b) = std::env::var_os("STL_BENCH_BASELINE_BIN") {
+        sets.push(("baseline binary".into(), PathBuf::from(b), 4));
+    }
+    let mut all_mounts = Vec::new();
+    let mut cols = vec![
+        XattrColumn {
+            name: "native".into(),
+            lowers: native.clone(),
+            options: vec![],
+        },
+        XattrColumn {
+            name: "native redirect_dir=nofollow".into(),
+            lowers: native.clone(),
+            options: vec!["redirect_dir=nofollow"],
+        },
+    ];
+    for (i, (name, bin, threads)) in sets.iter().enumerate() {
+        let config = wd.join(format!("starling-{i}.toml"));
+        std::fs::write(
+            &config,
+            format!("[fuse]\npassthrough = false\nthreads = {threads}\n[fetch]\nbackground_fetch = true\n"),
+        )
+        .unwrap();
+        let root = wd.join(format!("root-{i}"));
+        let mounts: Vec<LazyMount> = image
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                LazyMount::start_with(
+                    bin,
+                    &root,
+                    &config,
+                    &reference,
+                    &layer.digest,
+                    &wd.join(format!("mnt-{i}/{l}")),
+                )
+                .unwrap()
+            })
+            .collect();
+        assert!(
+            wait_complete(&root, mounts.len(), Duration::from_secs(600)),
+            "{name}: background fetch did not complete"
+        );
+        let lowers: Vec<PathBuf> = mounts.iter().map(|m| m.mountpoint.clone()).collect();
+        cols.push(XattrColumn {
+            name: name.clone(),
+            lowers: lowers.clone(),
+            options: vec![],
+        });
+        if i == 0 {
+            cols.push(XattrColumn {
+                name: format!("{name} redirect_dir=nofollow"),
+                lowers,
+                options: vec!["redirect_dir=nofollow"],
+            });
+        }
+        all_mounts.push(mounts);
+    }
+    let fresh = |c: &XattrColumn, tag: &str| {
+        OverlayStack::mount(
+            &c.lowers,
+            &wd.join(format!("ov-{}-{tag}", c.name.replace([' ', '='], "_"))),
+            &c.options,
+        )
+        .unwrap()
+    };
+    // Warm the FUSE caches (entries, attributes) as a layer in use has them.
+    for c in &cols {
+        timed(&walk(fresh(c, "warm").path()));
+    }
+    let mut samples: Vec<Vec<Duration>> = cols.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for k in 0..cols.len() {
+            let i = (k + round) % cols.len();
+            let ov = fresh(&cols[i], &format!("r{round}"));
+            samples[i].push(timed(&walk(ov.path())));
+        }
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    rep.line(format!(
+        "- {rounds} rounds; load average at the end: {}",
+        load.trim()
+    ));
+    rep.line("");
+    rep.line("| column | median walk s | native/column [min-max] | FUSE requests of one walk |");
+    rep.line("|---|---|---|---|");
+    let mut getxattrs = Vec::new();
+    for (i, c) in cols.iter().enumerate() {
+        let counts = if i < 2 {
+            String::from("-")
+        } else {
+            let ov = fresh(c, "count");
+            match fuse_requests(&walk(ov.path()), &wd.join("perf.txt")) {
+                Ok(v) => {
+                    getxattrs.push((
+                        i,
+                        v.iter().find(|(n, _)| *n == "GETXATTR").map_or(0, |x| x.1),
+                    ));
+                    v.iter()
+                        .map(|(op, n)| format!("{op} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+                Err(why) => why,
+            }
+        };
+        let base = if c.options.is_empty() { 0 } else { 1 };
+        let (m, lo, hi) = paired(&samples[base], &samples[i]);
+        rep.line(format!(
+            "| {} | {:.3} | {m:.2} [{lo:.2}-{hi:.2}] | {counts} |",
+            c.name,
+            median(samples[i].clone()).as_secs_f64()
+        ));
+    }
+    // What a container start asks: python3 -c 'print(1)' in a chroot on a fresh overlay.
+    if let Some(c) = cols.iter().find(|c| c.name == "starling") {
+        let ov = fresh(c, "print1");
+        let cmd = format!(
+            "chroot '{}' /usr/bin/python3 -c 'print(1)' > /dev/null",
+            ov.path().display()
+        );
+        match fuse_requests(&cmd, &wd.join("perf.txt")) {
+            Ok(v) => rep.line(format!(
+                "- FUSE requests of python3 -c 'print(1)' in a chroot on a fresh overlay: {}",
+                v.iter()
+                    .map(|(op, n)| format!("{op} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(why) => rep.line(format!("- print(1) request counts skipped: {why}")),
+        }
+    }
+    // Cost of one GETXATTR round trip: this binary vs the baseline binary.
+    if let (Some(&(a, na)), Some(&(b, nb))) = (
+        getxattrs.iter().find(|(i, _)| cols[*i].name == "starling"),
+        getxattrs
+            .iter()
+            .find(|(i, _)| cols[*i].name == "baseline binary"),
+    ) {
+        if na > nb {
+            let dt =
+                median(samples[a].clone()).as_secs_f64() - median(samples[b].clone()).as_secs_f64();
+            rep.line(format!(
+                "- per GETXATTR: {:.1} us ({:.3} s more for {} more requests)",
+                dt / (na - nb) as f64 * 1e6,
+                dt,
+                na - nb
+            ));
+        }
+    }
+    drop(all_mounts);
     rep.finish();
 }

@@ -506,7 +506,7 @@ fn lazy_layers_answer_every_call_like_extracted_layers() {
         prereq::fuse(),
         prereq::registry(),
         prereq::starling_binary(),
-        prereq::binaries(&["skopeo", "/bin/busybox"]),
+        prereq::binaries(&["skopeo", "/bin/busybox", "/usr/bin/python3"]),
     );
     let wd = Workdir::new("fuse-compat").unwrap();
     let registry = Registry::start(&wd).unwrap();

@@ -16,12 +16,26 @@
 //! (`[fuse] passthrough`), opens are answered: a file that is one verified cache entry is
 //! opened with FUSE passthrough to it ([`open`]), others with `FOPEN_KEEP_CACHE`.
 //!
-//! Extended attributes answer exactly as on an extracted layer: a missing attribute is
-//! ENODATA and an entry without any lists none, on every layer. (Answering ENOSYS instead
-//! would make the kernel stop asking, but it then answers EOPNOTSUPP for every later call
-//! on the mount, and containerd's and BuildKit's diff code accept only ENODATA for a
-//! missing `security.capability`.) The answers come from the in-memory index, without any
-//! I/O.
+//! Contract: a client cannot tell a lazy layer from the same layer extracted and mounted
+//! read-only, call by call (the integration test `fuse_compat` compares both, also
+//! through read-only and writable overlays, and lists the few fields that cannot be
+//! equal: ctime, birth time, the statx attribute mask, ext4's own `EXTENTS_FL`, the mtime
+//! of directories the layer does not list, `st_dev` of files through an overlay).
+//! - Extended attributes ([`xattr`]): a missing attribute is ENODATA, an entry without any
+//!   lists none, on every layer; size probes and ERANGE as usual; `trusted.*` names are
+//!   listed to root only. Never ENOSYS: the kernel would stop asking, but it then answers
+//!   EOPNOTSUPP for every later call on the mount, and containerd's and BuildKit's diff
+//!   code accept only ENODATA for a missing `security.capability`. The answers come from
+//!   the in-memory index, without I/O or allocation; the cost is the round trip itself
+//!   (overlayfs asks one or two per file on a new overlay mount: docs/fusefs.md).
+//! - Names longer than 255 bytes are ENAMETOOLONG (the kernel lets FUSE names reach 1024).
+//! - Inode-flag ioctls (`lsattr`, overlayfs' copy-up) answer no flags, others ENOTTY
+//!   ([`ioctl`]).
+//! - ENOSYS is answered only where the kernel then does locally what a local filesystem
+//!   answers: OPEN/OPENDIR/FLUSH (above), LSEEK (SEEK_DATA/SEEK_HOLE from the size, as on
+//!   a file extracted without holes), STATX (basic stats through GETATTR). Locks are the
+//!   kernel's local locks; FSYNC succeeds; every change is EROFS (the mount is `ro`, so
+//!   the kernel answers most of them before asking).
 
 mod attr;
 mod ioctl;
