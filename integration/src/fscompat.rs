@@ -845,8 +845,7 @@ except OSError as e:\n    print(errno.errorcode.get(e.errno, str(e.errno)))\n";
     }
 }
 
-/// `FS_IOC_GETFLAGS` and `FS_IOC_FSGETXATTR` (not in the libc crate).
-const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+/// `FS_IOC_FSGETXATTR` (`_IOR('X', 31, struct fsxattr)`; not in the libc crate).
 const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
 
 fn ioctl(fd: libc::c_int, i: Ioctl) -> String {
@@ -864,7 +863,7 @@ fn ioctl(fd: libc::c_int, i: Ioctl) -> String {
         Ioctl::GetFlags => {
             let mut flags: libc::c_long = 0;
             // SAFETY: FS_IOC_GETFLAGS writes at most a long.
-            let r = unsafe { libc::ioctl(fd, FS_IOC_GETFLAGS, &mut flags) };
+            let r = unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) };
             if r < 0 {
                 last_errno()
             } else {

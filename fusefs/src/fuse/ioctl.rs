@@ -5,10 +5,10 @@
 //! (Unanswered, the kernel turned them into ENOTTY too, but `lsattr` failed where it
 //! works on an extracted layer, and each call was logged as not implemented.)
 
-/// `FS_IOC_GETFLAGS` (`_IOR('f', 1, long)`) and its 32-bit form.
-const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
-const FS_IOC32_GETFLAGS: u32 = 0x8004_6601;
-/// `FS_IOC_FSGETXATTR` (`_IOR('X', 31, struct fsxattr)`).
+/// `FS_IOC_GETFLAGS` and its 32-bit form (FUSE carries commands as 32 bits).
+const FS_IOC_GETFLAGS: u32 = libc::FS_IOC_GETFLAGS as u32;
+const FS_IOC32_GETFLAGS: u32 = libc::FS_IOC32_GETFLAGS as u32;
+/// `FS_IOC_FSGETXATTR` (`_IOR('X', 31, struct fsxattr)`; not in the libc crate).
 const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
 /// Size of `struct fsxattr`.
 const FSXATTR_SIZE: usize = 28;
