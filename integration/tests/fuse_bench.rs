@@ -122,6 +122,21 @@ fn walk(dir: &Path) -> String {
     )
 }
 
+/// Four `tar | cat` of parts of /usr at once (readers the daemon serves side by side).
+fn read_parallel(dir: &Path) -> String {
+    let parts = [
+        "usr/lib/python3.11",
+        "usr/lib/x86_64-linux-gnu",
+        "usr/share",
+        "usr/bin",
+    ];
+    let jobs: Vec<String> = parts
+        .iter()
+        .map(|p| format!("tar -C '{}' -cf - {p} | cat > /dev/null &", dir.display()))
+        .collect();
+    format!("{} wait", jobs.join(" "))
+}
+
 /// FUSE opcodes counted per walk (the rest is summed as "other").
 const COUNTED_OPS: [(&str, u32); 4] = [
     ("GETXATTR", 22),
@@ -1003,6 +1018,9 @@ struct XattrColumn {
     lowers: Vec<PathBuf>,
     /// Overlay mount options.
     options: Vec<&'static str>,
+    /// Where its file contents live (dropped from the page cache before each cold read),
+    /// or `None` when the column shares its mounts with another (no read measured).
+    cache: Option<PathBuf>,
 }
 
 /// What answering overlayfs' xattr questions costs: a walk through a *fresh* overlay (a
@@ -1058,11 +1076,13 @@ fn fuse_bench_xattr() {
             name: "native".into(),
             lowers: native.clone(),
             options: vec![],
+            cache: Some(wd.join("native")),
         },
         XattrColumn {
             name: "native redirect_dir=nofollow".into(),
             lowers: native.clone(),
             options: vec!["redirect_dir=nofollow"],
+            cache: None,
         },
     ];
     for (i, (name, bin, threads)) in sets.iter().enumerate() {
@@ -1098,12 +1118,14 @@ fn fuse_bench_xattr() {
             name: name.clone(),
             lowers: lowers.clone(),
             options: vec![],
+            cache: Some(root.join("cache")),
         });
         if i == 0 {
             cols.push(XattrColumn {
                 name: format!("{name} redirect_dir=nofollow"),
                 lowers,
                 options: vec!["redirect_dir=nofollow"],
+                cache: None,
             });
         }
         all_mounts.push(mounts);
@@ -1120,22 +1142,44 @@ fn fuse_bench_xattr() {
     for c in &cols {
         timed(&walk(fresh(c, "warm").path()));
     }
+    // Reads through one overlay per column (a container reading its files while the
+    // daemon serves them from the chunk cache: where the worker count matters).
+    let kept: Vec<Option<OverlayStack>> = cols
+        .iter()
+        .map(|c| c.cache.as_ref().map(|_| fresh(c, "read")))
+        .collect();
     let mut samples: Vec<Vec<Duration>> = cols.iter().map(|_| Vec::new()).collect();
+    let mut reads: Vec<Vec<Duration>> = cols.iter().map(|_| Vec::new()).collect();
+    let mut parallel: Vec<Vec<Duration>> = cols.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for k in 0..cols.len() {
             let i = (k + round) % cols.len();
             let ov = fresh(&cols[i], &format!("r{round}"));
             samples[i].push(timed(&walk(ov.path())));
+            drop(ov);
+            if let (Some(cache), Some(ov)) = (&cols[i].cache, &kept[i]) {
+                evict(cache);
+                for l in &cols[i].lowers {
+                    evict(l);
+                }
+                reads[i].push(timed(&read_all(ov.path())));
+                evict(cache);
+                for l in &cols[i].lowers {
+                    evict(l);
+                }
+                parallel[i].push(timed(&read_parallel(ov.path())));
+            }
         }
     }
+    drop(kept);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     rep.line(format!(
         "- {rounds} rounds; load average at the end: {}",
         load.trim()
     ));
     rep.line("");
-    rep.line("| column | median walk s | native/column [min-max] | FUSE requests of one walk |");
-    rep.line("|---|---|---|---|");
+    rep.line("| column | median walk s | native/column [min-max] | read /usr, page cache dropped: median s, native/column [min-max] | 4 readers at once, page cache dropped: median s, native/column [min-max] | FUSE requests of one walk |");
+    rep.line("|---|---|---|---|---|---|");
     let mut getxattrs = Vec::new();
     for (i, c) in cols.iter().enumerate() {
         let counts = if i < 2 {
@@ -1158,8 +1202,20 @@ fn fuse_bench_xattr() {
         };
         let base = if c.options.is_empty() { 0 } else { 1 };
         let (m, lo, hi) = paired(&samples[base], &samples[i]);
+        let ratio = |v: &[Vec<Duration>]| {
+            if v[i].is_empty() {
+                String::from("-")
+            } else {
+                let (rm, rlo, rhi) = paired(&v[0], &v[i]);
+                format!(
+                    "{:.3}, {rm:.2} [{rlo:.2}-{rhi:.2}]",
+                    median(v[i].clone()).as_secs_f64()
+                )
+            }
+        };
+        let (read, par) = (ratio(&reads), ratio(&parallel));
         rep.line(format!(
-            "| {} | {:.3} | {m:.2} [{lo:.2}-{hi:.2}] | {counts} |",
+            "| {} | {:.3} | {m:.2} [{lo:.2}-{hi:.2}] | {read} | {par} | {counts} |",
             c.name,
             median(samples[i].clone()).as_secs_f64()
         ));
