@@ -138,9 +138,10 @@ fn read_parallel(dir: &Path) -> String {
 }
 
 /// FUSE opcodes counted per walk (the rest is summed as "other").
-const COUNTED_OPS: [(&str, u32); 4] = [
+const COUNTED_OPS: [(&str, u32); 5] = [
     ("GETXATTR", 22),
     ("LISTXATTR", 23),
+    ("IOCTL", 39),
     ("LOOKUP", 1),
     ("READDIRPLUS", 44),
 ];
@@ -1012,6 +1013,39 @@ fn fuse_bench_rss() {
     rep.finish();
 }
 
+/// Mean time of one `lgetxattr(2)` of an attribute `file` does not have, over `n` calls,
+/// and the errno of the last call.
+fn getxattr_cost(file: &Path, n: u32) -> (Duration, String) {
+    let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+    let name = c"trusted.overlay.metacopy";
+    let mut errno = 0;
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: both strings are NUL-terminated and outlive the call; a null buffer of
+        // size 0 asks for the value's size only.
+        let r = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if r < 0 {
+            errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        }
+    }
+    let answer = match errno {
+        0 => "ok".to_string(),
+        e => format!("{:?}", nix::errno::Errno::from_raw(e)),
+    };
+    (t.elapsed() / n, answer)
+}
+
+/// The regular files directly in `dir`.
+fn regular_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        })
+        .count()
+}
+
 /// One way of mounting pydeb's layers for [`fuse_bench_xattr`].
 struct XattrColumn {
     name: String,
@@ -1032,6 +1066,9 @@ struct XattrColumn {
 /// directories whose parent lives in one layer), and, when `STL_BENCH_BASELINE_BIN` names
 /// another starling binary (e.g. one answering GETXATTR with ENOSYS), that binary; the
 /// cost per GETXATTR is the walk's time difference to it over the request difference.
+/// Also: the mean time of one getxattr(2) straight on a lower file (the round trip alone),
+/// and the FUSE requests of copy-ups (touching every file of /usr/bin through a writable
+/// overlay).
 #[test]
 #[ignore = "benchmark: run with --ignored"]
 fn fuse_bench_xattr() {
@@ -1237,6 +1274,74 @@ fn fuse_bench_xattr() {
             )),
             Err(why) => rep.line(format!("- print(1) request counts skipped: {why}")),
         }
+    }
+    // One getxattr straight on a file of the bottom layer (no overlay): the round trip
+    // alone, per column with its own mounts.
+    let probe_cols: Vec<usize> = (0..cols.len())
+        .filter(|&i| cols[i].cache.is_some())
+        .collect();
+    let mut per_call: Vec<Vec<Duration>> = cols.iter().map(|_| Vec::new()).collect();
+    let mut answers: Vec<String> = cols.iter().map(|_| String::new()).collect();
+    for round in 0..rounds {
+        for k in 0..probe_cols.len() {
+            let i = probe_cols[(k + round) % probe_cols.len()];
+            let file = cols[i].lowers[0].join("etc/debian_version");
+            let (d, answer) = getxattr_cost(&file, 20_000);
+            per_call[i].push(d);
+            answers[i] = answer;
+        }
+    }
+    rep.line("");
+    rep.line("| column | lgetxattr(trusted.overlay.metacopy) of a bottom-layer file, mean of 20000 calls, median over rounds us [min-max] | answer |");
+    rep.line("|---|---|---|");
+    for &i in &probe_cols {
+        let v = &per_call[i];
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        rep.line(format!(
+            "| {} | {:.2} [{:.2}-{:.2}] | {} |",
+            cols[i].name,
+            us(median(v.clone())),
+            us(*v.iter().min().unwrap()),
+            us(*v.iter().max().unwrap()),
+            answers[i]
+        ));
+    }
+    // Copy-ups (a container changing files of its image): the FUSE requests of touching
+    // every file of /usr/bin through a writable overlay whose lookups are already done.
+    rep.line("");
+    for c in cols.iter().filter(|c| {
+        c.cache.is_some() && c.name != "starling threads=2" && c.name != "starling threads=1"
+    }) {
+        let dir = wd.join(format!("cu-{}", c.name.replace([' ', '='], "_")));
+        let (merged, _upper) = integration::overlay::container(&c.lowers, &dir).unwrap();
+        let bin = merged.path().join("usr/bin");
+        timed(&format!("find '{}' > /dev/null", bin.display()));
+        let n = regular_files(&bin);
+        let touch = format!(
+            "find '{}' -maxdepth 1 -type f -exec touch -c -m {{}} +",
+            bin.display()
+        );
+        let line = if c.name == "native" {
+            format!("{:.3} s", timed(&touch).as_secs_f64())
+        } else {
+            let t = Instant::now();
+            match fuse_requests(&touch, &wd.join("perf.txt")) {
+                Ok(v) => format!(
+                    "{:.3} s (under perf); FUSE requests per copy-up: {}",
+                    t.elapsed().as_secs_f64(),
+                    v.iter()
+                        .map(|(op, k)| format!("{op} {:.2}", *k as f64 / n as f64))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Err(why) => why,
+            }
+        };
+        rep.line(format!(
+            "- copy-up of {n} files of /usr/bin, {}: {line}",
+            c.name
+        ));
+        drop(merged);
     }
     // Cost of one GETXATTR round trip: this binary vs the baseline binary.
     if let (Some(&(a, na)), Some(&(b, nb))) = (

@@ -19,7 +19,7 @@
 mod fuse_common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use fuse_common::*;
 use integration::extract::{extract_layer, ExtractOptions};
@@ -28,9 +28,9 @@ use integration::fscompat::{
     StatField,
 };
 use integration::images::{edge_image, EdgeOptions};
-use integration::mounts::{self, bind_ro, MountGuard};
+use integration::mounts::{self, bind_ro};
 use integration::oci::OciImage;
-use integration::overlay::OverlayStack;
+use integration::overlay::{self, OverlayStack};
 use integration::registry::Registry;
 use integration::treecmp::{compare_trees, CompareOptions};
 use integration::workdir::Workdir;
@@ -309,29 +309,6 @@ fn report(title: &str, t: &BTreeMap<String, Tally>) -> Vec<String> {
     bad
 }
 
-/// A writable overlay (upper and work in `dir`) over `lowers` (bottom first).
-fn container_overlay(lowers: &[PathBuf], dir: &Path) -> (MountGuard, PathBuf) {
-    let upper = dir.join("upper");
-    let work = dir.join("work");
-    let merged = dir.join("merged");
-    for d in [&upper, &work, &merged] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    let lowerdir: Vec<String> = lowers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect();
-    let data = format!(
-        "index=off,lowerdir={},upperdir={},workdir={}",
-        lowerdir.join(":"),
-        upper.display(),
-        work.display()
-    );
-    let g = mounts::mount("overlay", &merged, "overlay", MsFlags::empty(), &data).unwrap();
-    (g, upper)
-}
-
 struct Subject {
     name: &'static str,
     original: OciImage,
@@ -473,8 +450,10 @@ fn run(wd: &Workdir, registry: &Registry, s: &Subject, bad: &mut Vec<String>) {
         drop(ov_l);
         drop(ov_x);
         // Writable overlays (a container): the changes happen, copy-ups included.
-        let (cx, upper_x) = container_overlay(&extracted, &wd.join(format!("{}-cx-{tag}", s.name)));
-        let (cl, upper_l) = container_overlay(&lazy_dirs, &wd.join(format!("{}-cl-{tag}", s.name)));
+        let (cx, upper_x) =
+            overlay::container(&extracted, &wd.join(format!("{}-cx-{tag}", s.name))).unwrap();
+        let (cl, upper_l) =
+            overlay::container(&lazy_dirs, &wd.join(format!("{}-cl-{tag}", s.name))).unwrap();
         let paths = walk(cx.path());
         let rows = compare(cx.path(), cl.path(), &paths, &calls, &scratch);
         let mut table = BTreeMap::new();

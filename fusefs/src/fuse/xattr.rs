@@ -7,7 +7,7 @@
 
 use estargz::Entry;
 
-use crate::context::OpaqueXattr;
+use crate::layer::OpaqueXattr;
 
 /// The value of `name` on `e`, if it has one.
 pub(crate) fn value<'a>(e: &Entry<'a>, name: &[u8], opaque: OpaqueXattr) -> Option<&'a [u8]> {

@@ -4,8 +4,8 @@
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 
+use super::args::{Kind, Mutation};
 use super::probe::{close, cpath, last_errno, raw_open, sys};
-use super::{Kind, Mutation};
 
 /// A new name next to `path` (inside it for directories).
 fn sibling(path: &Path, kind: Kind, suffix: &str) -> PathBuf {

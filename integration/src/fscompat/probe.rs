@@ -7,7 +7,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::{Ioctl, Kind, Lock, OpenMode, Seek, StatField};
+use super::args::{Ioctl, Kind, Lock, OpenMode, Seek, StatField};
 
 /// `statfs(2)` of a mount, field by field (`f_type`, block and inode counts, `f_fsid`,
 /// `f_bsize`, `f_frsize`, `f_namelen`, `f_flags`).
