@@ -37,6 +37,7 @@ use parking_lot::Mutex;
 use reqwest::header::CONTENT_LENGTH;
 use reqwest::Method;
 
+pub use auth::{CredentialSource, Credentials, CredentialsFuture};
 pub use blob::{Blob, BlobStream, BlockingBlob};
 pub use error::{RegistryError, Target};
 pub use limiter::Priority;
@@ -90,6 +91,12 @@ impl RegistryClient {
                 metrics,
             }),
         })
+    }
+
+    /// Asks `source` for credentials (per host and repository) before the configured ones,
+    /// from now on, for every clone of this client.
+    pub fn set_credential_source(&self, source: Arc<dyn CredentialSource>) {
+        self.inner.auth.set_source(source);
     }
 
     /// The counters this client adds to.

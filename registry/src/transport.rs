@@ -358,7 +358,7 @@ impl ClientInner {
             if status == StatusCode::UNAUTHORIZED {
                 let had_auth = auth.is_some();
                 if refreshed || !self.auth.learn(&ep.host, resp.headers()) {
-                    let has_creds = self.auth.has_credentials(&ep.host);
+                    let has_creds = self.auth.has_credentials(&ep.host, &req.scope.repo).await;
                     return Err(RegistryError::Unauthorized {
                         target: req.target.clone(),
                         endpoint: ep.host.clone(),

@@ -10,6 +10,8 @@
 //! - [`snapshots`]: [`Snapshots`], the operations, tying store, overlay and hooks together;
 //! - [`remote`] and [`labels`]: the remote-layer extension point and its label protocol;
 //!   [`lazy`]: its implementation over the lazy eStargz file system (`fusefs`);
+//! - [`kubernetes`]: the daemon's Kubernetes side: pods' pull credentials and credential
+//!   provider plugins as a credential source of the lazy layers, the CRI image service;
 //! - [`metrics`]: the daemon's Prometheus metrics and their HTTP endpoint;
 //! - [`merge`]: merged snapshots (stacked, hardlinked or copied; cache-aware);
 //! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
@@ -19,6 +21,7 @@
 
 pub mod error;
 pub mod filter;
+pub mod kubernetes;
 pub mod labels;
 pub mod lazy;
 pub mod merge;

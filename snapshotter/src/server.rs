@@ -106,6 +106,12 @@ impl Socket {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The listener, for a server other than the snapshots API (once); the socket file
+    /// is still removed when `self` is dropped.
+    pub fn take_listener(&mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
 }
 
 impl Drop for Socket {

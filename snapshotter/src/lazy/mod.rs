@@ -185,6 +185,11 @@ impl LazyLayers {
         &self.counters
     }
 
+    /// The registry client every layer fetches with.
+    pub fn registry_client(&self) -> &registry::RegistryClient {
+        self.manager.context().client()
+    }
+
     /// The registry/cache counters shared by every layer.
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.manager.context().metrics()
@@ -276,7 +281,18 @@ impl LazyLayers {
     fn decline(&self, kind: Decline, digest: &str, reason: String) -> LayerOutcome {
         let i = Decline::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         self.counters.declined[i].fetch_add(1, Ordering::Relaxed);
-        tracing::info!(layer = digest, kind = kind.name(), %reason, "layer not mounted lazily");
+        match kind {
+            // Not a lazy layer to begin with: a normal pull is what was asked for.
+            Decline::Labels | Decline::NotEstargz => {
+                tracing::info!(layer = digest, kind = kind.name(), %reason, "layer not mounted lazily")
+            }
+            // A lazy layer that falls back to a full pull (e.g. the registry refused the
+            // credentials): worth a warning.
+            Decline::Registry | Decline::Local => {
+                tracing::warn!(layer = digest, kind = kind.name(), %reason,
+                    "layer not mounted lazily; containerd pulls it in full")
+            }
+        }
         LayerOutcome::Declined { reason }
     }
 

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use fusefs::mount::fdstore::{self, FdStore, HolderCommand};
 
+use snapshotter::kubernetes::Kubernetes;
 use snapshotter::lazy::LazyLayers;
 use snapshotter::metrics::http::MetricsServer;
 use snapshotter::metrics::DaemonMetrics;
@@ -276,6 +277,17 @@ async fn serve_with(
     stop: watch::Receiver<bool>,
     signalled: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Before anything fetches: restored layers read with the pods' credentials too.
+    let kubernetes = Kubernetes::set_up(cfg).context("[kubernetes]")?;
+    if let Some(lazy) = &lazy {
+        kubernetes.plug_into(lazy.registry_client());
+    }
+    let image_service = {
+        let mut stop = stop.clone();
+        tokio::spawn(kubernetes.serve(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
     let options = Options {
         features,
         remote: lazy.clone().map(|l| l as Arc<dyn RemoteLayers>),
@@ -316,6 +328,11 @@ async fn serve_with(
     );
     let service = Service::with_metrics(core, metrics.ops().clone());
     server::serve_service(service, socket, signalled).await?;
+    match image_service.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "the CRI image service stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the CRI image service task failed"),
+        Ok(Ok(())) => {}
+    }
     tracing::info!("stopped; metadata store closed");
     Ok(())
 }
