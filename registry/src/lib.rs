@@ -38,7 +38,7 @@ use reqwest::header::CONTENT_LENGTH;
 use reqwest::Method;
 
 pub use blob::{Blob, BlobStream, BlockingBlob};
-pub use error::{RegistryError, Target};
+pub use error::{Permanent, RegistryError, Target, TlsProblem};
 pub use limiter::Priority;
 pub use manifest::{
     host_platform, is_index, platforms, select_manifest, FetchedManifest, InvalidPlatform,
