@@ -344,7 +344,9 @@ impl RegistryError {
             RegistryError::Tls { endpoint, .. } => endpoint.as_str(),
             _ => host,
         };
-        let key = if endpoint == host || (host == crate::DOCKER_HUB && endpoint.ends_with(".docker.io")) {
+        let key = if endpoint == host
+            || (host == crate::DOCKER_HUB && endpoint.ends_with(".docker.io"))
+        {
             format!("[registry.hosts.\"{host}\"]")
         } else {
             format!("the mirror entry {{ host = \"{endpoint}\" }} of [registry.hosts.\"{host}\"]")
@@ -460,7 +462,10 @@ pub(crate) fn tls_problem(err: &(dyn std::error::Error + 'static)) -> Option<Tls
             };
         }
         // An `io::Error`'s `source()` skips the error it wraps (which may be another one).
-        cur = match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => e.source(),
         };

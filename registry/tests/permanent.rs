@@ -45,7 +45,9 @@ async fn plain_http_registry_addressed_as_https_fails_at_once_with_the_fix() {
     assert!(!err.is_retryable());
     let text = err.to_string();
     assert!(
-        text.contains(&format!("https to {host} failed: the server speaks plain HTTP")),
+        text.contains(&format!(
+            "https to {host} failed: the server speaks plain HTTP"
+        )),
         "{text}"
     );
     let fix = err.fix().expect("a fix");

@@ -11,8 +11,8 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use std::sync::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
+use std::sync::{Mutex, MutexGuard};
 
 /// How many fallbacks `<root>/fallbacks.json` keeps.
 pub const KEEP: usize = 50;
@@ -211,7 +211,11 @@ mod tests {
         let log = FallbackLog::open(tmp.path());
         assert!(log.recent().is_empty());
         for i in 0..KEEP + 5 {
-            log.record(fallback(&format!("sha256:{i}"), "10.0.0.5:5000", "plain_http"));
+            log.record(fallback(
+                &format!("sha256:{i}"),
+                "10.0.0.5:5000",
+                "plain_http",
+            ));
         }
         let again = FallbackLog::open(tmp.path());
         let recent = again.recent();

@@ -323,12 +323,7 @@ impl LazyLayers {
     }
 
     /// Mounts the layer; on failure leaves nothing mounted and no state behind.
-    fn mount(
-        &self,
-        id: &LayerIdentity,
-        labels: &Labels,
-        mountpoint: &Path,
-    ) -> Result<(), Failure> {
+    fn mount(&self, id: &LayerIdentity, labels: &Labels, mountpoint: &Path) -> Result<(), Failure> {
         let source = LayerSource::new(&id.reference, &id.digest, None, Some(&id.toc_digest))
             .map_err(|e| Failure::new(Decline::Labels, e.to_string()))?;
         let state = state_dir(mountpoint);

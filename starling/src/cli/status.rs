@@ -183,7 +183,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print!("{}", table(&records));
     }
     if !live && !records.is_empty() {
-        println!("(no daemon answers on {}: figures from the status files, up to a second old)", control::socket_path(&root).display());
+        println!(
+            "(no daemon answers on {}: figures from the status files, up to a second old)",
+            control::socket_path(&root).display()
+        );
     }
     print!("{}", fallback_lines(&fallbacks));
     Ok(())

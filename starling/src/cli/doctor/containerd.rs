@@ -52,12 +52,16 @@ impl ContainerdConfig {
             .table
             .get("imports")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         for pattern in patterns {
             for file in expand(base, &pattern) {
-                let text =
-                    std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
                 let imported: Table = toml::from_str(&text)
                     .map_err(|e| format!("{} (imported): {e}", file.display()))?;
                 merge(&mut cfg.table, imported);
@@ -70,7 +74,10 @@ impl ContainerdConfig {
     /// Parses one file's text (no imports).
     pub fn parse(text: &str, path: &Path) -> Result<Self, String> {
         let table: Table = toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let version = table.get("version").and_then(Value::as_integer).unwrap_or(1);
+        let version = table
+            .get("version")
+            .and_then(Value::as_integer)
+            .unwrap_or(1);
         Ok(ContainerdConfig {
             path: path.to_path_buf(),
             version,
@@ -94,9 +101,9 @@ impl ContainerdConfig {
             .get("disabled_plugins")
             .and_then(Value::as_array)
             .is_some_and(|a| {
-                a.iter().filter_map(Value::as_str).any(|p| {
-                    p == "cri" || p == CRI_V2 || p == CRI_V3_IMAGES
-                })
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .any(|p| p == "cri" || p == CRI_V2 || p == CRI_V3_IMAGES)
             });
         let path = match self.version {
             v if v >= 3 => vec!["plugins", CRI_V3_IMAGES],
@@ -181,7 +188,11 @@ pub fn checks(cfg: &ContainerdConfig, socket: &Path, generation: Generation) -> 
     let imports = if cfg.imports.is_empty() {
         String::new()
     } else {
-        let list: Vec<String> = cfg.imports.iter().map(|p| p.display().to_string()).collect();
+        let list: Vec<String> = cfg
+            .imports
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         format!(", imports {}", list.join(", "))
     };
     out.push(Check::ok(
@@ -561,14 +572,15 @@ mod tests {
         );
         // Absent = containerd's default (true): also a failure.
         let text = V2.replace("disable_snapshot_annotations = false\n", "");
-        find(&run(&text, Generation::V1), "CRI snapshot annotations", Level::Fail);
+        find(
+            &run(&text, Generation::V1),
+            "CRI snapshot annotations",
+            Level::Fail,
+        );
         let text = contrib_v3().replace("disable_snapshot_annotations = false\n", "");
         let c = run(&text, Generation::V2);
         let f = find(&c, "CRI snapshot annotations", Level::Fail);
-        assert!(
-            f.fix.as_deref().unwrap().contains(CRI_V3_IMAGES),
-            "{f:?}"
-        );
+        assert!(f.fix.as_deref().unwrap().contains(CRI_V3_IMAGES), "{f:?}");
     }
 
     #[test]
@@ -597,7 +609,9 @@ mod tests {
     #[test]
     fn v3_unpack_config_missing_or_partial() {
         let v3 = contrib_v3();
-        let cut = v3.find("[plugins.\"io.containerd.transfer.v1.local\"]").unwrap();
+        let cut = v3
+            .find("[plugins.\"io.containerd.transfer.v1.local\"]")
+            .unwrap();
         let end = v3.find("# Kubernetes").unwrap();
         let without = format!("{}{}", &v3[..cut], &v3[end..]);
         let c = run(&without, Generation::V2);

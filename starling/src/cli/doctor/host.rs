@@ -47,7 +47,10 @@ pub fn daemon_checks(address: &Path, root: &Path, out: &mut Vec<Check>) -> Optio
         Err(e) => {
             out.push(Check::fail(
                 "daemon socket",
-                format!("{}: {e}: containerd cannot reach starling", address.display()),
+                format!(
+                    "{}: {e}: containerd cannot reach starling",
+                    address.display()
+                ),
                 "start the daemon (systemctl start starling, or starling daemon --address \
                  ...) with this socket",
             ));
@@ -224,7 +227,11 @@ pub fn machine_checks() -> Vec<Check> {
             "load it: modprobe overlay",
         ));
     }
-    if !has("fuse") && out.iter().all(|c| c.what != "FUSE" || c.level != super::Level::Ok) {
+    if !has("fuse")
+        && out
+            .iter()
+            .all(|c| c.what != "FUSE" || c.level != super::Level::Ok)
+    {
         out.push(Check::warn(
             "fuse file system",
             "not in /proc/filesystems",
@@ -312,7 +319,12 @@ mod tests {
         assert_eq!(out.len(), 2, "{out:#?}");
         let plain = &out[0];
         assert_eq!(plain.level, Level::Fail, "{plain:?}");
-        assert!(plain.detail.starts_with("2 layer(s) of 10.0.0.5:5000 fell back (plain_http), last 30s ago"), "{plain:?}");
+        assert!(
+            plain
+                .detail
+                .starts_with("2 layer(s) of 10.0.0.5:5000 fell back (plain_http), last 30s ago"),
+            "{plain:?}"
+        );
         assert_eq!(plain.fix.as_deref(), Some(fix));
         assert_eq!(out[1].level, Level::Warn);
         assert!(out[1].fix.as_deref().unwrap().contains("read_timeout"));
@@ -347,8 +359,12 @@ mod tests {
     #[test]
     fn lazy_off_fails() {
         let mut cfg = config::Config::default();
-        assert!(config_checks(&cfg, "x").iter().all(|c| c.level == Level::Ok));
+        assert!(config_checks(&cfg, "x")
+            .iter()
+            .all(|c| c.level == Level::Ok));
         cfg.snapshotter.lazy = false;
-        assert!(config_checks(&cfg, "x").iter().any(|c| c.level == Level::Fail));
+        assert!(config_checks(&cfg, "x")
+            .iter()
+            .any(|c| c.level == Level::Fail));
     }
 }

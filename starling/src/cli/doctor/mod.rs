@@ -139,10 +139,13 @@ fn generation(cfg: &ContainerdConfig, bin: &Path) -> (Generation, Option<String>
         _ => return (Generation::V1, None),
     };
     // "containerd containerd.io 1.7.27 ..." / "containerd github.com/containerd/containerd/v2 v2.1.4 ..."
-    let major = text
-        .split_whitespace()
-        .nth(2)
-        .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse::<u32>().ok());
+    let major = text.split_whitespace().nth(2).and_then(|v| {
+        v.trim_start_matches('v')
+            .split('.')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
     match major {
         Some(m) if m >= 2 => (Generation::V2, Some(text)),
         _ => (Generation::V1, Some(text)),
@@ -225,10 +228,7 @@ mod tests {
 
     #[test]
     fn render_puts_the_fix_under_the_problem_and_counts() {
-        let text = render(&[
-            Check::ok("a", "fine"),
-            Check::fail("b", "broken", "do x"),
-        ]);
+        let text = render(&[Check::ok("a", "fine"), Check::fail("b", "broken", "do x")]);
         assert_eq!(
             text,
             "OK    a: fine\nFAIL  b: broken\n      fix: do x\n1 ok, 0 warning(s), 1 failure(s)\n"
