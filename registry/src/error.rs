@@ -344,9 +344,8 @@ impl RegistryError {
             RegistryError::Tls { endpoint, .. } => endpoint.as_str(),
             _ => host,
         };
-        let key = if endpoint == host
-            || (host == crate::DOCKER_HUB && endpoint.ends_with(".docker.io"))
-        {
+        // Docker Hub's endpoint is registry-1.docker.io; any other endpoint is a mirror.
+        let key = if endpoint == host || endpoint.ends_with(".docker.io") {
             format!("[registry.hosts.\"{host}\"]")
         } else {
             format!("the mirror entry {{ host = \"{endpoint}\" }} of [registry.hosts.\"{host}\"]")

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
 
-use super::Check;
+use super::check::Check;
 
 /// containerd's default configuration file.
 pub const DEFAULT_PATH: &str = "/etc/containerd/config.toml";
@@ -467,7 +467,7 @@ fn cri_checks(cfg: &ContainerdConfig, names: &[String], out: &mut Vec<Check>) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Level;
+    use super::super::check::Level;
     use super::*;
 
     const V2: &str = include_str!("../../../../contrib/containerd/config.toml");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use snapshotter::control::{self, DaemonState};
 use snapshotter::lazy::fallbacks::{self, Fallback};
 
-use super::Check;
+use super::check::Check;
 
 /// Kernel release from which the FUSE features starling uses are all there
 /// (`FUSE_NOTIFY_RESEND` for crash recovery, passthrough).
@@ -230,7 +230,7 @@ pub fn machine_checks() -> Vec<Check> {
     if !has("fuse")
         && out
             .iter()
-            .all(|c| c.what != "FUSE" || c.level != super::Level::Ok)
+            .all(|c| c.what != "FUSE" || c.level != super::check::Level::Ok)
     {
         out.push(Check::warn(
             "fuse file system",
@@ -280,7 +280,7 @@ pub fn which(name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Level;
+    use super::super::check::Level;
     use super::*;
 
     fn fallback(host: &str, cause: &str, fix: Option<&str>) -> Fallback {

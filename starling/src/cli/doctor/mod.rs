@@ -4,6 +4,7 @@
 //! line per check, `OK`, `WARN` or `FAIL`, with a `fix:` line under each problem; exits
 //! non-zero when a check fails.
 
+mod check;
 mod containerd;
 mod host;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use config::Config;
 
+use check::{Check, Level};
 use containerd::{ContainerdConfig, Generation};
 
 /// Arguments of `starling doctor`.
@@ -36,69 +38,6 @@ pub struct Args {
     /// Print the checks as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    /// Fine.
-    Ok,
-    /// Lazy pulls work, but not everywhere (a client, Kubernetes, crash recovery).
-    Warn,
-    /// Lazy pulls do not work (or containerd cannot use starling at all).
-    Fail,
-}
-
-impl Level {
-    fn name(self) -> &'static str {
-        match self {
-            Level::Ok => "OK",
-            Level::Warn => "WARN",
-            Level::Fail => "FAIL",
-        }
-    }
-}
-
-/// One check's result.
-#[derive(Debug, Clone)]
-pub struct Check {
-    /// How it came out.
-    pub level: Level,
-    /// What was checked.
-    pub what: String,
-    /// What was found.
-    pub detail: String,
-    /// What to change (problems only).
-    pub fix: Option<String>,
-}
-
-impl Check {
-    fn ok(what: impl Into<String>, detail: impl Into<String>) -> Self {
-        Check {
-            level: Level::Ok,
-            what: what.into(),
-            detail: detail.into(),
-            fix: None,
-        }
-    }
-
-    fn warn(what: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Check {
-            level: Level::Warn,
-            what: what.into(),
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
-
-    fn fail(what: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Check {
-            level: Level::Fail,
-            what: what.into(),
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
-    }
 }
 
 /// starling's configuration and where it came from.
