@@ -39,7 +39,7 @@ use reqwest::Method;
 
 pub use auth::{CredentialSource, Credentials, CredentialsFuture};
 pub use blob::{Blob, BlobStream, BlockingBlob};
-pub use error::{RegistryError, Target};
+pub use error::{Permanent, RegistryError, Target, TlsProblem};
 pub use limiter::Priority;
 pub use manifest::{
     host_platform, is_index, platforms, select_manifest, FetchedManifest, InvalidPlatform,

@@ -17,7 +17,8 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode, Url};
 
 use super::auth::{Authenticator, Scope};
-use super::error::{describe, redact_url, RegistryError, Target};
+use super::error::{describe, redact_url, tls_problem, RegistryError, Target};
+use super::error::{CREDENTIALS_REFUSED, NO_CREDENTIALS};
 use super::hosts::{Endpoint, RegistryHost};
 use super::limiter::{Permit, Priority};
 use crate::Metrics;
@@ -357,15 +358,18 @@ impl ClientInner {
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED {
                 let had_auth = auth.is_some();
-                if refreshed || !self.auth.learn(&ep.host, resp.headers()) {
-                    let has_creds = self.auth.has_credentials(&ep.host, &req.scope.repo).await;
+                let has_creds = self.auth.has_credentials(&ep.host, &req.scope.repo).await;
+                if refreshed
+                    || !self.auth.learn(&ep.host, resp.headers())
+                    || (!has_creds && self.auth.is_basic(&ep.host))
+                {
                     return Err(RegistryError::Unauthorized {
                         target: req.target.clone(),
                         endpoint: ep.host.clone(),
                         status: 401,
                         reason: match (had_auth, has_creds) {
-                            (_, false) => "no credentials configured for this host".into(),
-                            (true, true) => "credentials or token refused".into(),
+                            (_, false) => NO_CREDENTIALS.into(),
+                            (true, true) => CREDENTIALS_REFUSED.into(),
                             (false, true) => "unsupported authentication challenge".into(),
                         },
                     });
@@ -496,7 +500,15 @@ impl ClientInner {
                 "no response within {:.1}s",
                 timeout.as_secs_f64()
             ))),
-            Ok(Err(e)) => Err(network(describe(e))),
+            Ok(Err(e)) => match tls_problem(&e) {
+                Some(problem) => Err(RegistryError::Tls {
+                    target: req.target.clone(),
+                    endpoint: host_of(url),
+                    problem,
+                    cause: describe(e),
+                }),
+                None => Err(network(describe(e))),
+            },
             Ok(Ok(r)) => Ok(r),
         }
     }

@@ -25,10 +25,16 @@
 //! - [`LazyLayers::hand_over`]: leaves every layer mounted, its FUSE connection with the
 //!   fd store holder, for the next daemon (default daemon stop).
 //!
+//! A layer that carries a TOC digest but is declined (registry, format or local failure)
+//! falls back with a WARN naming the cause and, for registry errors that cannot heal, the
+//! setting that fixes it; the last ones are kept in `<root>/fallbacks.json`
+//! ([`fallbacks`]). Layers without a TOC digest (plain images) are an INFO line only.
+//!
 //! The chunk cache is shared by all layers and outlives them: a layer removed and pulled
 //! again reads what was cached before without fetching it.
 
 pub mod ahead;
+pub mod fallbacks;
 pub mod identity;
 mod program;
 #[cfg(test)]
@@ -49,6 +55,7 @@ use crate::overlay::OverlayFeatures;
 use crate::remote::{HookError, LayerOutcome, LayerRequest, RemoteLayers, RemoteSnapshot};
 use crate::store::Labels;
 use ahead::Ahead;
+use fallbacks::{Fallback, FallbackLog};
 use identity::{IdentityError, LayerIdentity};
 
 /// Name of a layer's state directory inside its snapshot directory.
@@ -128,6 +135,8 @@ pub struct LazyLayers {
     /// Footers and TOCs of next layers, fetched while the current one is prepared.
     ahead: Ahead,
     programs: program::Programs,
+    /// Layers that fell back, for the WARN and `<root>/fallbacks.json`.
+    fallbacks: FallbackLog,
 }
 
 impl std::fmt::Debug for LazyLayers {
@@ -177,6 +186,7 @@ impl LazyLayers {
             prepare_timeout: cfg.fetch.read_timeout + cfg.fetch.prefetch_timeout,
             ahead: Ahead::default(),
             programs: program::Programs::default(),
+            fallbacks: FallbackLog::open(&cfg.root),
         })
     }
 
@@ -193,6 +203,11 @@ impl LazyLayers {
     /// The registry/cache counters shared by every layer.
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.manager.context().metrics()
+    }
+
+    /// The last layers that fell back to a normal pull, oldest first.
+    pub fn fallbacks(&self) -> Vec<Fallback> {
+        self.fallbacks.recent()
     }
 
     /// Every mounted layer with its progress.
@@ -296,15 +311,37 @@ impl LazyLayers {
         LayerOutcome::Declined { reason }
     }
 
+    /// Counts a layer with a TOC digest that was not mounted, WARNs with the cause and the
+    /// fix (once per host and cause a minute) and records it.
+    fn fall_back(&self, id: &LayerIdentity, failure: Failure) -> LayerOutcome {
+        let Failure {
+            kind,
+            reason,
+            cause,
+            fix,
+        } = failure;
+        let host = id
+            .reference
+            .split_once('/')
+            .map_or(id.reference.as_str(), |(h, _)| h)
+            .to_string();
+        self.fallbacks.record(Fallback {
+            time: fallbacks::now(),
+            reference: id.reference.clone(),
+            layer: id.digest.clone(),
+            host,
+            kind: kind.name().to_string(),
+            cause: cause.to_string(),
+            reason: reason.clone(),
+            fix,
+        });
+        self.decline(kind, &id.digest, reason)
+    }
+
     /// Mounts the layer; on failure leaves nothing mounted and no state behind.
-    fn mount(
-        &self,
-        id: &LayerIdentity,
-        labels: &Labels,
-        mountpoint: &Path,
-    ) -> Result<(), (Decline, String)> {
+    fn mount(&self, id: &LayerIdentity, labels: &Labels, mountpoint: &Path) -> Result<(), Failure> {
         let source = LayerSource::new(&id.reference, &id.digest, None, Some(&id.toc_digest))
-            .map_err(|e| (Decline::Labels, e.to_string()))?;
+            .map_err(|e| Failure::new(Decline::Labels, e.to_string()))?;
         let state = state_dir(mountpoint);
         let started = Instant::now();
         let ctx = self.manager.context().clone();
@@ -338,7 +375,7 @@ impl LazyLayers {
                 return Ok(());
             }
             Ok(Err(e)) => classify(&e),
-            Err(_) => (
+            Err(_) => Failure::new(
                 Decline::Registry,
                 format!(
                     "layer {}: the registry did not deliver the footer, TOC and prefetch \
@@ -365,8 +402,36 @@ fn note_image(ctx: &LayerContext, labels: &Labels, digest: &str) {
     }
 }
 
-/// The decline kind and reason (with every cause) of a failed mount.
-fn classify(e: &MountError) -> (Decline, String) {
+/// Why a layer with a TOC digest was not mounted.
+#[derive(Debug)]
+struct Failure {
+    kind: Decline,
+    /// The error with every cause.
+    reason: String,
+    /// A registry error that cannot heal: its [`registry::Permanent::name`]; else
+    /// `transient` for the registry, or the kind's name.
+    cause: &'static str,
+    /// What fixes it, when known.
+    fix: Option<String>,
+}
+
+impl Failure {
+    fn new(kind: Decline, reason: String) -> Self {
+        Failure {
+            kind,
+            reason,
+            cause: match kind {
+                Decline::Registry => "transient",
+                k => k.name(),
+            },
+            fix: None,
+        }
+    }
+}
+
+/// The decline kind, reason (with every cause), and for registry errors that cannot heal
+/// their cause and fix, of a failed mount.
+fn classify(e: &MountError) -> Failure {
     let mut reason = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -383,7 +448,14 @@ fn classify(e: &MountError) -> (Decline, String) {
         MountError::Layer(LayerError::Source(_)) => Decline::Labels,
         _ => Decline::Local,
     };
-    (kind, reason)
+    let mut failure = Failure::new(kind, reason);
+    if let MountError::Layer(LayerError::Registry { source, .. }) = e {
+        if let Some(p) = source.permanent() {
+            failure.cause = p.name();
+            failure.fix = source.fix();
+        }
+    }
+    failure
 }
 
 impl RemoteLayers for LazyLayers {
@@ -405,7 +477,10 @@ impl RemoteLayers for LazyLayers {
                     labels: Labels::new(),
                 }
             }
-            Err((kind, reason)) => self.decline(kind, &id.digest, reason),
+            Err(failure) if failure.kind == Decline::Labels => {
+                self.decline(failure.kind, &id.digest, failure.reason)
+            }
+            Err(failure) => self.fall_back(&id, failure),
         }
     }
 
@@ -551,6 +626,14 @@ mod tests {
         }
         eprintln!("declined after {:?}", started.elapsed());
         assert_eq!(declined(Decline::Registry, &h), 1);
+        // Recorded (a refused connection may heal: transient, no fix), and on disk.
+        let recorded = h.fallbacks();
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].layer, digest);
+        assert_eq!(recorded[0].host, "127.0.0.1:1");
+        assert_eq!(recorded[0].cause, "transient");
+        assert_eq!(recorded[0].kind, "registry");
+        assert_eq!(fallbacks::read(tmp.path()).unwrap(), recorded);
         assert!(
             !state_dir(&mp).exists(),
             "state of a declined layer removed"
