@@ -351,7 +351,11 @@ impl Parser<'_> {
             format!("https://{server}")
         };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            self.invalid(offset, key, format!("{server:?} is not a URL (\"https://HOST[:PORT]\")"))
+            self.invalid(
+                offset,
+                key,
+                format!("{server:?} is not a URL (\"https://HOST[:PORT]\")"),
+            )
         })?;
         if scheme != "http" && scheme != "https" {
             return Err(self.invalid(
@@ -400,7 +404,9 @@ impl Parser<'_> {
                         resolve: false,
                         push: false,
                     };
-                    for (s, o) in self.strings(value, &here, "a list of \"pull\", \"resolve\", \"push\"")? {
+                    for (s, o) in
+                        self.strings(value, &here, "a list of \"pull\", \"resolve\", \"push\"")?
+                    {
                         match s.to_ascii_lowercase().as_str() {
                             "pull" => ep.capabilities.pull = true,
                             "resolve" => ep.capabilities.resolve = true,
@@ -434,11 +440,16 @@ impl Parser<'_> {
                 },
                 "header" => {
                     let DeValue::Table(h) = value.get_ref() else {
-                        return Err(self.invalid(off, &here, "must be a table of NAME = \"value\" or [\"values\"]"));
+                        return Err(self.invalid(
+                            off,
+                            &here,
+                            "must be a table of NAME = \"value\" or [\"values\"]",
+                        ));
                     };
                     for (hname, hvalue) in h.iter() {
                         let hkey = format!("{here}.{}", hname.get_ref());
-                        let values = self.strings(hvalue, &hkey, "a string or a list of strings")?;
+                        let values =
+                            self.strings(hvalue, &hkey, "a string or a list of strings")?;
                         check_header(hname.get_ref(), &values)
                             .map_err(|m| self.invalid(hname.span().start, &hkey, m))?;
                         ep.headers.insert(
@@ -449,10 +460,14 @@ impl Parser<'_> {
                 }
                 "dial_timeout" => {
                     let DeValue::String(s) = value.get_ref() else {
-                        return Err(self.invalid(off, &here, "must be a duration string like \"5s\""));
+                        return Err(self.invalid(
+                            off,
+                            &here,
+                            "must be a duration string like \"5s\"",
+                        ));
                     };
-                    let d = crate::units::parse_duration(s)
-                        .map_err(|m| self.invalid(off, &here, m))?;
+                    let d =
+                        crate::units::parse_duration(s).map_err(|m| self.invalid(off, &here, m))?;
                     ep.dial_timeout = Some(d);
                 }
                 other if extra.contains(&other) => {}

@@ -88,7 +88,11 @@ server = "https://registry-1.docker.io"
 fn without_server_the_origin_is_the_registry_host_itself() {
     let f = parse_str("[host.\"http://mirror:5000\"]\n").unwrap();
     assert_eq!(f.endpoints.len(), 2);
-    assert_eq!(f.origin().host, "", "filled in by the client: the host itself");
+    assert_eq!(
+        f.origin().host,
+        "",
+        "filled in by the client: the host itself"
+    );
     assert_eq!(f.origin().path, "/v2");
 }
 
@@ -115,7 +119,8 @@ fn unknown_keys_are_warnings_naming_file_line_and_key() {
     .unwrap();
     assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
     assert!(
-        f.warnings[0].starts_with("/etc/containerd/certs.d/docker.io/hosts.toml:2:1: unknown key `mirrors`"),
+        f.warnings[0]
+            .starts_with("/etc/containerd/certs.d/docker.io/hosts.toml:2:1: unknown key `mirrors`"),
         "{}",
         f.warnings[0]
     );
@@ -139,12 +144,18 @@ fn bad_files_are_clear_errors() {
             "[host.\"https://m\"]\ncapabilities = [\"pul\"]\n",
             "unknown capability \"pul\"",
         ),
-        ("[host.\"https://m\"]\nskip_verify = \"yes\"\n", "must be true or false"),
+        (
+            "[host.\"https://m\"]\nskip_verify = \"yes\"\n",
+            "must be true or false",
+        ),
         (
             "[host.\"https://m\"]\nclient = [[\"a\"]]\n",
             "a pair must have two files",
         ),
-        ("[host.\"https://m\"]\ndial_timeout = \"soon\"\n", "dial_timeout"),
+        (
+            "[host.\"https://m\"]\ndial_timeout = \"soon\"\n",
+            "dial_timeout",
+        ),
         (
             "[host.\"https://m\".header]\n\"bad name\" = \"v\"\n",
             "not a valid HTTP header name",
@@ -217,7 +228,13 @@ fn without_hosts_toml_certificate_files_apply_to_the_origin() {
     let root = tempfile::tempdir().unwrap();
     let d = root.path().join("reg.io");
     std::fs::create_dir(&d).unwrap();
-    for f in ["ca.crt", "client.cert", "client.key", "lone.cert", "notes.txt"] {
+    for f in [
+        "ca.crt",
+        "client.cert",
+        "client.key",
+        "lone.cert",
+        "notes.txt",
+    ] {
         std::fs::write(d.join(f), "x").unwrap();
     }
     let f = load(root.path(), "reg.io").unwrap().unwrap();

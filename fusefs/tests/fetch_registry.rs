@@ -275,9 +275,22 @@ async fn wrong_bytes_from_a_mirror(large: bool) {
     let mut regcfg = registry_config(origin.dir.path());
     let (pusher, _) = client(&fetch_config(), &regcfg);
     let repo_name = "faults/mirror";
-    let blob_data = data(if large { 60 } else { 61 }, if large { 8 << 20 } else { 2 << 20 });
-    let digest = push(&pusher, &Repository::new(origin.host(), repo_name), &blob_data).await;
-    push(&pusher, &Repository::new(mirror.host(), repo_name), &blob_data).await;
+    let blob_data = data(
+        if large { 60 } else { 61 },
+        if large { 8 << 20 } else { 2 << 20 },
+    );
+    let digest = push(
+        &pusher,
+        &Repository::new(origin.host(), repo_name),
+        &blob_data,
+    )
+    .await;
+    push(
+        &pusher,
+        &Repository::new(mirror.host(), repo_name),
+        &blob_data,
+    )
+    .await;
     let flipper = Proxy::start(
         mirror.addr(),
         ProxyMode::FlipBodies {
@@ -297,7 +310,11 @@ async fn wrong_bytes_from_a_mirror(large: bool) {
     .unwrap();
     regcfg.hosts_dir = hosts.path().to_path_buf();
 
-    let len = if large { STREAM_DECODE_MIN + 4096 } else { 32_768 };
+    let len = if large {
+        STREAM_DECODE_MIN + 4096
+    } else {
+        32_768
+    };
     let chunks: Vec<ChunkRequest> = (0..blob_data.len() as u64 / len)
         .step_by(2)
         .map(|i| {
@@ -317,7 +334,14 @@ async fn wrong_bytes_from_a_mirror(large: bool) {
     fetch.coalesce_gap = 0;
     fetch.max_retries = 2;
     let (c, metrics) = fetch_client(&fetch, &regcfg);
-    let blob = blob_at(&c, &origin.host(), repo_name, &digest, blob_data.len() as u64).await;
+    let blob = blob_at(
+        &c,
+        &origin.host(),
+        repo_name,
+        &digest,
+        blob_data.len() as u64,
+    )
+    .await;
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = cache_in(cache_dir.path(), 0, &metrics);
     let fetcher = ChunkFetcher::new(Arc::new(blob), cache, decoder, &fetch);
@@ -350,7 +374,11 @@ async fn wrong_bytes_from_a_mirror(large: bool) {
     assert_eq!(cached.len(), chunks.len(), "every chunk cached once");
     for e in cached {
         let name = e.file_name().unwrap().to_string_lossy().to_string();
-        assert_eq!(sha256_hex(&std::fs::read(&e).unwrap()), name, "nothing wrong cached");
+        assert_eq!(
+            sha256_hex(&std::fs::read(&e).unwrap()),
+            name,
+            "nothing wrong cached"
+        );
     }
     eprintln!(
         "large={large}: {} chunks, {from_mirror} mirror answers (corrupted), {} digest mismatches",

@@ -61,7 +61,11 @@ enum MultiOutcome {
 }
 
 /// Remembers that `via` served `range` of the blob (mirrors only).
-fn note_served(served: &Mutex<VecDeque<(Range<u64>, Arc<Endpoint>)>>, range: Range<u64>, via: &Arc<Endpoint>) {
+fn note_served(
+    served: &Mutex<VecDeque<(Range<u64>, Arc<Endpoint>)>>,
+    range: Range<u64>,
+    via: &Arc<Endpoint>,
+) {
     if !via.is_mirror {
         return;
     }

@@ -234,9 +234,7 @@ impl RegistryHost {
         }
         self.endpoints
             .iter()
-            .filter(|e| {
-                !e.is_mirror || (!e.is_down() && if resolve { e.resolve } else { e.pull })
-            })
+            .filter(|e| !e.is_mirror || (!e.is_down() && if resolve { e.resolve } else { e.pull }))
             .cloned()
             .collect()
     }
@@ -283,7 +281,8 @@ fn hosts_file(root: &Path, name: &str) -> Result<Option<HostsFile>, RegistryErro
     if root.as_os_str().is_empty() {
         return Ok(None);
     }
-    let file = config::hosts_dir::load(root, name).map_err(|e| RegistryError::HostsDir(Arc::new(e)))?;
+    let file =
+        config::hosts_dir::load(root, name).map_err(|e| RegistryError::HostsDir(Arc::new(e)))?;
     if let Some(f) = &file {
         for w in &f.warnings {
             tracing::warn!(registry = name, "{w}");
@@ -384,8 +383,13 @@ fn tls_client(
     if let Some(t) = e.dial_timeout {
         b = b.connect_timeout(t);
     }
-    b.build()
-        .map_err(|err| RegistryError::Setup(format!("{}: {}", file.dir.display(), super::error::describe(err))))
+    b.build().map_err(|err| {
+        RegistryError::Setup(format!(
+            "{}: {}",
+            file.dir.display(),
+            super::error::describe(err)
+        ))
+    })
 }
 
 fn header_map(
@@ -450,7 +454,10 @@ mod tests {
         );
         assert_eq!(h.endpoints[1].request_timeout, Duration::from_secs(3));
         h.endpoints[0].mark_down();
-        assert_eq!(hosts(&h, false, false), ["m2.local", "registry-1.docker.io"]);
+        assert_eq!(
+            hosts(&h, false, false),
+            ["m2.local", "registry-1.docker.io"]
+        );
         h.endpoints[1].mark_down();
         assert_eq!(
             hosts(&h, false, false),
@@ -459,7 +466,10 @@ mod tests {
         );
         assert_eq!(hosts(&h, true, false), ["registry-1.docker.io"]);
         h.endpoints[0].mark_up();
-        assert_eq!(hosts(&h, false, false), ["m1.local:5000", "registry-1.docker.io"]);
+        assert_eq!(
+            hosts(&h, false, false),
+            ["m1.local:5000", "registry-1.docker.io"]
+        );
     }
 
     #[test]
@@ -542,8 +552,11 @@ mod tests {
         let ns: Vec<_> = h.endpoints.iter().map(|e| e.namespace.as_deref()).collect();
         assert_eq!(ns, [Some("docker.io"), None]);
 
-        std::fs::write(dir.join("hosts.toml"), "[host.\"https://m\"]\ncapabilities = [\"fetch\"]\n")
-            .unwrap();
+        std::fs::write(
+            dir.join("hosts.toml"),
+            "[host.\"https://m\"]\ncapabilities = [\"fetch\"]\n",
+        )
+        .unwrap();
         let err = RegistryHost::from_config("docker.io", &Default::default(), &reg)
             .err()
             .unwrap()

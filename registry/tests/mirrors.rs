@@ -112,14 +112,20 @@ async fn a_mirror_answering_5xx_is_skipped_for_mirror_skip() {
     regcfg.hosts_dir = hosts.path().to_path_buf();
     regcfg.mirror_skip = Duration::from_millis(800);
     let (c, _) = client(&fetch_config(), &regcfg);
-    let blob = c.blob(&repo, &digest, Some(blob_data.len() as u64)).await.unwrap();
+    let blob = c
+        .blob(&repo, &digest, Some(blob_data.len() as u64))
+        .await
+        .unwrap();
     let read = |r: std::ops::Range<u64>| {
         let blob = blob.clone();
         async move {
-            tokio::time::timeout(Duration::from_secs(60), blob.read_range(r, Priority::OnDemand))
-                .await
-                .expect("no hang")
-                .unwrap()
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                blob.read_range(r, Priority::OnDemand),
+            )
+            .await
+            .expect("no hang")
+            .unwrap()
         }
     };
     assert_eq!(read(0..1000).await, blob_data.slice(0..1000));
@@ -134,9 +140,16 @@ async fn a_mirror_answering_5xx_is_skipped_for_mirror_skip() {
         "skipped while mirror_skip lasts: {}",
         mirror.log()
     );
-    assert_eq!(blob_gets(&origin, digest.digest()), 5, "the origin served them");
+    assert_eq!(
+        blob_gets(&origin, digest.digest()),
+        5,
+        "the origin served them"
+    );
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(read(500_000..501_000).await, blob_data.slice(500_000..501_000));
+    assert_eq!(
+        read(500_000..501_000).await,
+        blob_data.slice(500_000..501_000)
+    );
     assert_eq!(
         mirror.count_status(500),
         2,
@@ -209,7 +222,12 @@ async fn a_bad_hosts_toml_is_a_clear_error_until_it_is_fixed() {
 
     regcfg.hosts_dir = hosts.path().to_path_buf();
     let (c, _) = client(&fetch_config(), &regcfg);
-    let err = c.blob(&repo, &digest, None).await.err().unwrap().to_string();
+    let err = c
+        .blob(&repo, &digest, None)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
     let file = format!(
         "{}/hosts.toml:2:",
         config::hosts_dir::port_dir_name(&origin.host()).unwrap()

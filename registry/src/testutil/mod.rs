@@ -54,11 +54,19 @@ pub const TOKEN_ISSUER: &str = "starling-test-issuer";
 /// How the registry authenticates, or that it is a pull-through cache.
 pub enum RegistryAuth {
     None,
-    Htpasswd { user: String, password: String },
-    Token { realm: String, bundle: PathBuf },
+    Htpasswd {
+        user: String,
+        password: String,
+    },
+    Token {
+        realm: String,
+        bundle: PathBuf,
+    },
     /// No authentication; a pull-through cache of the registry at this URL
     /// (`proxy.remoteurl`; it must be up when this one starts).
-    PullThrough { remote_url: String },
+    PullThrough {
+        remote_url: String,
+    },
 }
 
 /// A docker-registry process.
