@@ -306,7 +306,10 @@ fn daemon_stop_keys_parse_with_defaults_and_bounds() {
 #[test]
 fn registry_hosts_dir_and_mirror_skip() {
     let d = Config::default();
-    assert!(d.registry.hosts_dir.as_os_str().is_empty(), "off by default");
+    assert!(
+        d.registry.hosts_dir.as_os_str().is_empty(),
+        "off by default"
+    );
     assert_eq!(d.registry.mirror_skip, Duration::from_secs(30));
     let text = "[registry]\nhosts_dir = \"/etc/containerd/certs.d\"\nmirror_skip = \"5s\"\n";
     let c = Config::from_toml_str(text, "t.toml").unwrap();
@@ -317,7 +320,10 @@ fn registry_hosts_dir_and_mirror_skip() {
     assert_eq!(c.registry.mirror_skip, Duration::from_secs(5));
     // Rendered with their documentation, and read back the same.
     let rendered = c.to_toml_documented();
-    assert!(rendered.contains("hosts_dir = \"/etc/containerd/certs.d\""), "{rendered}");
+    assert!(
+        rendered.contains("hosts_dir = \"/etc/containerd/certs.d\""),
+        "{rendered}"
+    );
     assert!(rendered.contains("containerd's registry host directory"));
     assert_eq!(Config::from_toml_str(&rendered, "r.toml").unwrap(), c);
     let (key, _, _) = invalid("[registry]\nhosts_dir = \"certs.d\"\n");

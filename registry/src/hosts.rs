@@ -93,6 +93,17 @@ impl Endpoint {
     }
 }
 
+/// The settings every HTTP client of this crate shares (endpoints with TLS settings of their
+/// own start from these too).
+pub(crate) fn http_builder(fetch: &config::FetchConfig) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(fetch.request_timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .user_agent(concat!("starling/", env!("CARGO_PKG_VERSION")))
+}
+
 /// Settings of one endpoint before it is built.
 struct Spec {
     scheme: &'static str,
@@ -359,7 +370,7 @@ fn tls_client(
             super::error::describe(e)
         ))
     };
-    let mut b = super::http_builder(fetch);
+    let mut b = http_builder(fetch);
     for ca in &e.ca {
         for cert in reqwest::Certificate::from_pem_bundle(&read(ca)?)
             .map_err(|err| bad(ca, "not a PEM certificate bundle", err))?
