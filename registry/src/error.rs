@@ -216,6 +216,9 @@ pub enum RegistryError {
     /// The client could not be built from the configuration.
     #[error("registry client setup: {0}")]
     Setup(String),
+    /// The registry host directory (`registry.hosts_dir`) has a file that cannot be used.
+    #[error("registry host directory: {0}")]
+    HostsDir(#[source] std::sync::Arc<config::hosts_dir::HostsDirError>),
 }
 
 /// Why a TLS connection cannot work.

@@ -30,7 +30,7 @@ mod transport;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use oci_spec::image::Digest;
 use parking_lot::Mutex;
@@ -73,12 +73,7 @@ impl RegistryClient {
         registry: &config::RegistryConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(fetch.request_timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .user_agent(concat!("starling/", env!("CARGO_PKG_VERSION")))
+        let http = hosts::http_builder(fetch)
             .build()
             .map_err(|e| RegistryError::Setup(error::describe(e)))?;
         Ok(RegistryClient {

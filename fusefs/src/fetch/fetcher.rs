@@ -577,6 +577,11 @@ async fn retry_or_give_up(inner: &Inner, bad: Vec<(Job, Corruption)>, attempts: 
     if bad.is_empty() {
         return Vec::new();
     }
+    // Whoever served them (a mirror) is skipped for a while: the copies fetched next come
+    // from the next mirror or the origin.
+    for (job, _) in &bad {
+        inner.source.report_corrupt(job.request.range.clone());
+    }
     if attempts > inner.max_retries {
         for (job, reason) in bad {
             let err = FetchError::Corrupt(Box::new(CorruptChunk {

@@ -34,6 +34,13 @@ pub trait BlobSource: Send + Sync + 'static {
     /// can (a resumable HTTP range request for the registry).
     fn stream_range(&self, range: Range<u64>, priority: Priority) -> SourceStream;
 
+    /// The bytes of `range` this source returned failed verification. A source with several
+    /// places to read from (registry mirrors) stops using the one that served them for a
+    /// while, so that the next read of them goes elsewhere.
+    fn report_corrupt(&self, range: Range<u64>) {
+        let _ = range;
+    }
+
     /// Reads one byte range.
     fn read_range(
         &self,
@@ -69,5 +76,9 @@ impl BlobSource for Blob {
 
     fn stream_range(&self, range: Range<u64>, priority: Priority) -> SourceStream {
         futures::StreamExt::boxed(Blob::stream_range(self, range, priority).into_stream())
+    }
+
+    fn report_corrupt(&self, range: Range<u64>) {
+        Blob::report_corrupt(self, range);
     }
 }
