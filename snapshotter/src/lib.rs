@@ -12,13 +12,17 @@
 //! - [`metrics`]: the daemon's Prometheus metrics and their HTTP endpoint;
 //! - [`merge`]: merged snapshots (stacked, hardlinked or copied; cache-aware);
 //! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
-//!   socket server the daemon runs;
+//!   socket server the daemon runs ([`authority`]: its connections accept any HTTP/2
+//!   `:authority`);
+//! - [`clip`]: client-supplied strings cut short for logs and errors;
 //! - [`rpull`]: the lazy-pull client (`starling rpull`), a containerd client that unpacks
 //!   images into a snapshotter with the remote-snapshot labels.
 //! - [`convert`]: the image converter behind `starling convert`.
 //! - [`optimize`]: workload profiling + prioritized conversion (`starling optimize`).
 
+pub mod authority;
 pub mod cli;
+pub mod clip;
 pub mod convert;
 pub mod error;
 pub mod extract;

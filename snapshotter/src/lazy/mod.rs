@@ -45,6 +45,7 @@ use fusefs::metrics::Metrics;
 use fusefs::mount::fdstore::FdStore;
 use fusefs::mount::{MountError, MountManager};
 
+use crate::clip::clip;
 use crate::overlay::OverlayFeatures;
 use crate::remote::{HookError, LayerOutcome, LayerRequest, RemoteLayers, RemoteSnapshot};
 use crate::store::Labels;
@@ -273,10 +274,18 @@ impl LazyLayers {
         }
     }
 
+    /// Counts and logs a decline; the reason is bounded (see [`MAX_REASON`]) for the log
+    /// and for the caller.
     fn decline(&self, kind: Decline, digest: &str, reason: String) -> LayerOutcome {
+        let reason = clip_reason(&reason);
         let i = Decline::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         self.counters.declined[i].fetch_add(1, Ordering::Relaxed);
-        tracing::info!(layer = digest, kind = kind.name(), %reason, "layer not mounted lazily");
+        tracing::info!(
+            layer = %clip(digest),
+            kind = kind.name(),
+            %reason,
+            "layer not mounted lazily"
+        );
         LayerOutcome::Declined { reason }
     }
 
@@ -340,6 +349,21 @@ impl LazyLayers {
         }
         Err(failure)
     }
+}
+
+/// Longest decline reason logged: reasons are error chains whose client-supplied parts
+/// are clipped already; this bounds the line as a whole.
+const MAX_REASON: usize = 2048;
+
+fn clip_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason.to_string();
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &reason[..end], reason.len())
 }
 
 /// Tells the layers which image layer `digest` belongs to (for read-ahead across layers).
@@ -557,6 +581,45 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(declined(Decline::Labels, &h), 2);
+    }
+
+    #[test]
+    fn huge_label_values_give_a_bounded_decline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = hook(tmp.path(), &rt);
+        let mp = tmp.path().join("snapshots/3/fs");
+        std::fs::create_dir_all(&mp).unwrap();
+        let huge = format!("127.0.0.1:1/{}:t", "r".repeat(8192));
+        let toc = format!("sha256:{}", "b".repeat(64));
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for labels in [
+            vec![
+                (labels::STARGZ_REFERENCE, huge.as_str()),
+                (labels::STARGZ_DIGEST, digest.as_str()),
+                (labels::TOC_DIGEST, toc.as_str()),
+            ],
+            vec![
+                (labels::STARGZ_REFERENCE, "127.0.0.1:1/x/y:t"),
+                (labels::STARGZ_DIGEST, huge.as_str()),
+                (labels::TOC_DIGEST, toc.as_str()),
+            ],
+            vec![
+                (labels::CRI_IMAGE_REF, "127.0.0.1:1/x/y:t"),
+                (labels::CRI_LAYER_DIGEST, digest.as_str()),
+                (labels::TOC_DIGEST, huge.as_str()),
+            ],
+        ] {
+            match offer(&h, &mp, &labels) {
+                LayerOutcome::Declined { reason } => {
+                    assert!(reason.len() < 600, "{} bytes: {reason}", reason.len());
+                    assert!(reason.contains("bytes long"), "{reason}");
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+        assert_eq!(declined(Decline::Labels, &h), 3);
+        assert!(clip_reason(&"x".repeat(10_000)).len() < MAX_REASON + 40);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use redb::{
 
 pub use record::{without_empty, Info, Kind, Labels, SnapshotRecord, Usage};
 
+use crate::clip::clip;
 use crate::error::{Error, Result};
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
@@ -46,7 +47,7 @@ pub enum StoreError {
     #[error("metadata store: {0}")]
     Db(#[from] redb::Error),
     /// A stored record does not decode.
-    #[error("metadata store: record of snapshot {key:?} is corrupt: {source}")]
+    #[error("metadata store: record of snapshot {:?} is corrupt: {source}", clip(.key))]
     Corrupt {
         /// The snapshot key.
         key: String,
@@ -55,7 +56,7 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     /// A record cannot be encoded (the system clock is before 1970).
-    #[error("metadata store: cannot encode the record of snapshot {key:?}: {source}")]
+    #[error("metadata store: cannot encode the record of snapshot {:?}: {source}", clip(.key))]
     Encode {
         /// The snapshot key.
         key: String,
@@ -70,7 +71,7 @@ pub enum StoreError {
         found: u64,
     },
     /// The `children` index names a snapshot that does not exist.
-    #[error("metadata store: snapshot {key:?} refers to missing snapshot {missing:?}")]
+    #[error("metadata store: snapshot {:?} refers to missing snapshot {:?}", clip(.key), clip(.missing))]
     Dangling {
         /// The snapshot whose chain is broken.
         key: String,
@@ -155,8 +156,9 @@ pub trait Lookup {
 
     /// The record under `key`, or NotFound naming `what` (e.g. "parent").
     fn expect(&self, key: &str, what: &str) -> Result<SnapshotRecord> {
-        self.record(key)?
-            .ok_or_else(|| Error::NotFound(format!("{what} snapshot {key:?} does not exist")))
+        self.record(key)?.ok_or_else(|| {
+            Error::NotFound(format!("{what} snapshot {:?} does not exist", clip(key)))
+        })
     }
 
     /// The committed snapshots a new snapshot on `parent` (plus merge sources `merged`)
@@ -319,7 +321,7 @@ impl WriteTx {
         if new.kind == Kind::Committed {
             return Err(Error::InvalidArgument(format!(
                 "snapshot {:?}: only active or view snapshots can be created",
-                new.key
+                clip(new.key)
             )));
         }
         if new.key.is_empty() {
@@ -330,7 +332,7 @@ impl WriteTx {
         if self.record(new.key)?.is_some() {
             return Err(Error::AlreadyExists(format!(
                 "snapshot {:?} already exists",
-                new.key
+                clip(new.key)
             )));
         }
         let bases = std::iter::once(new.parent)
@@ -341,7 +343,8 @@ impl WriteTx {
             let rec = self.expect(base, "parent")?;
             if rec.kind != Kind::Committed {
                 return Err(Error::InvalidArgument(format!(
-                    "parent {base:?} is not a committed snapshot"
+                    "parent {:?} is not a committed snapshot",
+                    clip(base)
                 )));
             }
             linked.insert(base);
@@ -389,13 +392,15 @@ impl WriteTx {
         }
         if self.record(name)?.is_some() {
             return Err(Error::AlreadyExists(format!(
-                "committed snapshot {name:?} already exists"
+                "committed snapshot {:?} already exists",
+                clip(name)
             )));
         }
         let mut rec = self.expect(key, "active")?;
         if rec.kind != Kind::Active {
             return Err(Error::FailedPrecondition(format!(
-                "snapshot {key:?} is not active"
+                "snapshot {:?} is not active",
+                clip(key)
             )));
         }
         let now = SystemTime::now();
@@ -438,7 +443,9 @@ impl WriteTx {
             .map(|c| c.value().to_string());
         if let Some(child) = first_child {
             return Err(Error::FailedPrecondition(format!(
-                "cannot remove snapshot {key:?} with child {child:?}"
+                "cannot remove snapshot {:?} with child {:?}",
+                clip(key),
+                clip(&child)
             )));
         }
         let bases: HashSet<&str> = rec.bases().collect();
@@ -479,7 +486,9 @@ impl WriteTx {
                 updated = labels.clone();
             } else {
                 return Err(Error::InvalidArgument(format!(
-                    "cannot update {path:?} field on snapshot {key:?}"
+                    "cannot update {:?} field on snapshot {:?}",
+                    clip(path),
+                    clip(key)
                 )));
             }
         }
@@ -502,7 +511,8 @@ impl WriteTx {
             let h = self.expect(held, "held")?;
             if h.kind != Kind::Committed {
                 return Err(Error::InvalidArgument(format!(
-                    "held snapshot {held:?} is not a committed snapshot"
+                    "held snapshot {:?} is not a committed snapshot",
+                    clip(held)
                 )));
             }
             children.insert(held.as_str(), key).map_err(dberr)?;
