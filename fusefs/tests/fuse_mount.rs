@@ -171,6 +171,57 @@ fn mounted_layer_matches_the_tar() {
     );
 }
 
+/// Layers converted by ctr-remote lost their non-UTF-8 names in the TOC (U+FFFD): the
+/// mount shows the tar headers' names, equal to the original tar (what a full pull
+/// unpacks), and so does a restore without the registry (the names are saved with the
+/// layer's state).
+#[test]
+fn names_the_toc_lost_are_the_tar_headers_names() {
+    require_fuse!();
+    let rt = lazy::runtime();
+    let mut reg = RegistryProc::start(RegistryAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../estargz/tests/fixtures");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures.join("ctr-remote-lostnames.json")).unwrap())
+            .unwrap();
+    let expected = manifest_from_tar(&estargz::testutil::lost_names_tar());
+    let (ctx, _) = lazy::context(
+        dir.path(),
+        rt.handle().clone(),
+        reg.dir.path(),
+        lazy::settings(lazy::on_demand_only(fetch_config()), false, None),
+    );
+    let manager = MountManager::new(ctx.clone());
+    for key in ["estargz", "zstdchunked"] {
+        let m = &meta[key];
+        let blob =
+            bytes::Bytes::from(std::fs::read(fixtures.join(m["blob"].as_str().unwrap())).unwrap());
+        let repo = Repository::new(reg.host(), "fuse/lost-names");
+        let digest = rt.block_on(push(ctx.client(), &repo, &blob));
+        let source = fusefs::layer::LayerSource {
+            repository: repo,
+            digest,
+            size: Some(blob.len() as u64),
+            toc_digest: Some(m["tocDigest"].as_str().unwrap().parse().unwrap()),
+        };
+        let mp = dir.path().join(format!("mnt-{key}"));
+        std::fs::create_dir(&mp).unwrap();
+        let state = dir.path().join(format!("state-{key}"));
+        let mounted = manager.mount(source, &state, &mp).unwrap();
+        expected.assert_same(&lazy::manifest_from_dir(&mp));
+        drop(mounted);
+        manager.unmount(&mp).unwrap();
+        // Every file was read (cached): the restore needs no registry at all.
+        reg.kill();
+        let restored = manager.restore(&state, &mp).unwrap();
+        expected.assert_same(&lazy::manifest_from_dir(&mp));
+        drop(restored);
+        manager.unmount(&mp).unwrap();
+        reg.restart();
+    }
+}
+
 fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
