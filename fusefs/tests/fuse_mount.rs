@@ -345,19 +345,31 @@ fn registry_faults_give_eio_in_bounded_time_and_recover() {
         .unwrap();
     assert_eq!(read_file(&mp, 0).0.unwrap(), pattern(100_000, 0));
 
-    // Registry stopped: EIO within the read timeout (+ margin), cached files and metadata
-    // still fine.
+    // Every read ends within the read timeout of the first request for its data, the
+    // kernel's retry of the failed page included (margin for scheduling on a loaded VM).
+    let bound = faulty_fetch().read_timeout + Duration::from_millis(1500);
+
+    // Registry stopped: EIO within the read timeout, cached files and metadata still fine.
     reg.kill();
     let (r, took) = read_file(&mp, 1);
     assert_eq!(errno_of(r), Some(libc::EIO));
-    assert!(took < Duration::from_secs(8), "EIO took {took:?}");
+    assert!(took < bound, "EIO took {took:?}");
     assert_eq!(read_file(&mp, 0).0.unwrap(), pattern(100_000, 0));
     assert_eq!(std::fs::read_dir(&mp).unwrap().count(), 8);
     assert_eq!(std::fs::metadata(mp.join("f5")).unwrap().len(), 100_000);
 
-    // Back: reads succeed.
+    // Back: reads succeed again (the first one may still get the held failure while a
+    // probe finds out that the registry answers).
     reg.restart();
-    assert_eq!(read_file(&mp, 1).0.unwrap(), pattern(100_000, 1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match read_file(&mp, 1).0 {
+            Ok(data) => break assert_eq!(data, pattern(100_000, 1)),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO)),
+        }
+        assert!(Instant::now() < deadline, "no recovery after the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Frozen registry (accepts, never answers): EIO in bounded time too, and other reads of
     // cached data are not held up meanwhile.
@@ -373,8 +385,15 @@ fn registry_faults_give_eio_in_bounded_time_and_recover() {
     );
     let (r, took) = frozen.join().unwrap();
     assert_eq!(errno_of(r), Some(libc::EIO));
-    assert!(took < Duration::from_secs(8), "EIO took {took:?}");
+    assert!(took < bound, "EIO took {took:?}");
+    // Reading it again while the registry is still frozen fails at once (the held
+    // failure), instead of waiting the read timeout again.
+    let (r, took) = read_file(&mp, 2);
+    assert_eq!(errno_of(r), Some(libc::EIO));
+    assert!(took < Duration::from_secs(1), "second EIO took {took:?}");
     reg.resume();
+    // Once the registry answers (a read of another file), the held failure is dropped.
+    assert_eq!(read_file(&mp, 3).0.unwrap(), pattern(100_000, 3));
     assert_eq!(read_file(&mp, 2).0.unwrap(), pattern(100_000, 2));
 }
 

@@ -86,6 +86,27 @@ impl Blob {
         &self.inner.repo
     }
 
+    /// True if a request to the blob's registry host succeeded after `t` (the registry is
+    /// back after a failure at `t`).
+    pub fn host_answered_since(&self, t: Instant) -> bool {
+        self.inner.host.health.answered_since(t)
+    }
+
+    /// Asks the blob's registry for one byte in the background (one probe per host at a
+    /// time), so that [`Blob::host_answered_since`] notices soon when it is back.
+    pub fn probe_host(&self) {
+        if !self.inner.host.health.begin_probe() {
+            return;
+        }
+        let blob = self.clone();
+        tokio::spawn(async move {
+            let _ = blob
+                .read_range(0..1.min(blob.size()), Priority::Background)
+                .await;
+            blob.inner.host.health.probe_done();
+        });
+    }
+
     pub(crate) fn client_fetch_config(&self) -> &config::FetchConfig {
         &self.inner.client.fetch
     }

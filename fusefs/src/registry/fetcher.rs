@@ -4,11 +4,15 @@
 //! the blob in few requests (see [`Blob::read_ranges`]), decodes each chunk with the layer's
 //! [`ChunkDecoder`], verifies it against its key, caches it and returns it. A chunk that fails
 //! verification is fetched again (bounded by `fetch.max_retries`) and is never returned or
-//! cached.
+//! cached. A chunk whose fetch failed is answered with the same error at once for
+//! `fetch.failure_hold`, unless a request to the registry succeeds meanwhile (see
+//! [`FailedChunks`]): the kernel's retry of the failed page, and readers retrying in a
+//! loop, do not wait `fetch.read_timeout` again.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -107,6 +111,50 @@ impl From<RegistryError> for FetchError {
 
 type Pending = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
 
+/// Most failed chunks remembered at once; past that the oldest half is forgotten.
+const MAX_FAILED: usize = 4096;
+
+/// Chunks whose fetch failed recently, with the error, so reads of them fail at once.
+#[derive(Default)]
+pub(crate) struct FailedChunks {
+    map: Mutex<HashMap<ChunkKey, (Instant, FetchError)>>,
+}
+
+impl FailedChunks {
+    /// Remembers that `key`'s fetch failed now with `err`.
+    pub fn note(&self, key: ChunkKey, err: &FetchError) {
+        if matches!(err, FetchError::Abandoned) {
+            return;
+        }
+        let mut m = self.map.lock();
+        if m.len() >= MAX_FAILED {
+            let mut ages: Vec<Instant> = m.values().map(|(t, _)| *t).collect();
+            ages.sort();
+            let cut = ages[ages.len() / 2];
+            m.retain(|_, (t, _)| *t > cut);
+        }
+        m.insert(key, (Instant::now(), err.clone()));
+    }
+
+    /// The error of `key`'s failed fetch if it is less than `hold` old and `back` (called
+    /// with the failure's time) says the registry has not answered since; forgets it
+    /// otherwise.
+    pub fn recent(
+        &self,
+        key: &ChunkKey,
+        hold: std::time::Duration,
+        back: impl Fn(Instant) -> bool,
+    ) -> Option<FetchError> {
+        let mut m = self.map.lock();
+        let (at, err) = m.get(key)?;
+        if at.elapsed() < hold && !back(*at) {
+            return Some(err.clone());
+        }
+        m.remove(key);
+        None
+    }
+}
+
 /// Fetches, verifies and caches the chunks of one blob. Cheap to clone.
 #[derive(Clone)]
 pub struct ChunkFetcher {
@@ -123,6 +171,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     max_retries: u32,
     backoff: std::time::Duration,
+    /// Recently failed chunks (answered at once for `failure_hold`).
+    failed: FailedChunks,
+    failure_hold: std::time::Duration,
 }
 
 struct Job {
@@ -139,6 +190,8 @@ impl ChunkFetcher {
                 metrics: cache.metrics().clone(),
                 max_retries: fetch.max_retries,
                 backoff: fetch.min_backoff,
+                failed: FailedChunks::default(),
+                failure_hold: fetch.failure_hold,
                 blob,
                 cache,
                 decoder,
@@ -156,6 +209,16 @@ impl ChunkFetcher {
     /// The cache.
     pub fn cache(&self) -> &ChunkCache {
         &self.inner.cache
+    }
+
+    /// The error of `key`'s fetch if it failed less than `fetch.failure_hold` ago and the
+    /// registry has not answered since (a read of it fails at once; [`ChunkFetcher::get_many`]
+    /// then probes the registry in the background).
+    pub fn recent_failure(&self, key: &ChunkKey) -> Option<FetchError> {
+        let blob = &self.inner.blob;
+        self.inner.failed.recent(key, self.inner.failure_hold, |t| {
+            blob.host_answered_since(t)
+        })
     }
 
     /// True while a fetch of `key` is in flight (asked for, or answered and not yet
@@ -250,6 +313,13 @@ impl ChunkFetcher {
                         Metrics::inc(&inner.metrics.fetch_joins);
                     }
                     waits.push((i, p.clone()));
+                    continue;
+                }
+                if let Some(err) = self.recent_failure(&req.key) {
+                    Metrics::inc(&inner.metrics.fetch_fail_fast);
+                    // Find out soon whether the registry is back.
+                    inner.blob.probe_host();
+                    out[i] = Some(Err(err));
                     continue;
                 }
                 let (tx, rx) = oneshot::channel();
@@ -459,6 +529,9 @@ fn decode_verify(inner: &Inner, req: &ChunkRequest, raw: Bytes) -> Result<Bytes,
 }
 
 fn finish(inner: &Inner, job: Job, result: Result<Bytes, FetchError>) {
+    if let Err(e) = &result {
+        inner.failed.note(job.request.key, e);
+    }
     inner.inflight.lock().remove(&job.request.key);
     inner.settled.notify_waiters();
     let _ = job.reply.send(result);
