@@ -30,6 +30,7 @@ pub mod client;
 pub mod containerd;
 pub mod error;
 pub mod extract;
+pub mod faults;
 pub mod http;
 pub mod images;
 pub mod metrics;
