@@ -33,6 +33,7 @@ pub mod docker;
 pub mod engines;
 pub mod error;
 pub mod extract;
+pub mod faults;
 pub mod http;
 pub mod images;
 pub mod metrics;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::health::HostHealth;
 use super::limiter::Limiter;
 use super::reference::DOCKER_HUB;
 use super::RegistryError;
@@ -69,6 +70,8 @@ pub(crate) struct RegistryHost {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) limiter: Arc<Limiter>,
     multi_range: AtomicU8,
+    /// Recent answers and failures to answer (see [`HostHealth`]).
+    pub(crate) health: HostHealth,
 }
 
 impl RegistryHost {
@@ -113,6 +116,7 @@ impl RegistryHost {
             name: name.to_string(),
             endpoints,
             limiter: Limiter::new(fetch.max_concurrent_requests),
+            health: HostHealth::default(),
             multi_range: AtomicU8::new(if fetch.multi_range {
                 MultiRange::Unknown as u8
             } else {
