@@ -15,7 +15,8 @@
 //!
 //! `STL_CHAOS=full` (what `scripts/chaos` runs) uses the default-like `read_timeout` of
 //! 20 s and more reads per fault; the short form (CI) 4 s. The table goes to stderr and,
-//! with `STL_CHAOS_OUT=FILE`, to FILE (Markdown). `docs/reliability.md` keeps the latest
+//! with `STL_CHAOS_OUT=FILE`, is appended to FILE (Markdown). Snapshot operations across
+//! daemon kills are `chaos_snapshots.rs`. `docs/reliability.md` keeps the latest
 //! figures.
 
 mod fuse_common;
@@ -464,7 +465,13 @@ fn chaos_faults_are_survived() {
         started.elapsed().as_secs_f64()
     );
     if let Ok(out) = std::env::var("STL_CHAOS_OUT") {
-        std::fs::write(out, &text).unwrap();
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
     }
     let failed: Vec<&Row> = rows.iter().filter(|r| !r.survived()).collect();
     assert!(failed.is_empty(), "faults not survived:\n{text}");
