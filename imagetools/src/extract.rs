@@ -547,7 +547,9 @@ mod tests {
             extract_layer(&layer, &blob, dir.path(), &ExtractOptions::default()).unwrap();
             expected.assert_same(&manifest_from_dir(dir.path()));
             use std::os::unix::ffi::OsStrExt;
-            let raw = dir.path().join(std::ffi::OsStr::from_bytes(b"bad-\xff\xfe"));
+            let raw = dir
+                .path()
+                .join(std::ffi::OsStr::from_bytes(b"bad-\xff\xfe"));
             assert!(std::fs::symlink_metadata(raw).is_ok(), "{key}: raw name");
         }
     }

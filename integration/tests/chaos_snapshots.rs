@@ -80,7 +80,11 @@ enum Op {
 
 impl Op {
     fn args(&self) -> Vec<String> {
-        let mut a = vec!["snapshots".into(), "--snapshotter".into(), SNAPSHOTTER.into()];
+        let mut a = vec![
+            "snapshots".into(),
+            "--snapshotter".into(),
+            SNAPSHOTTER.into(),
+        ];
         match self {
             Op::Prepare { key, parent } => {
                 a.extend(["prepare".into(), key.clone()]);
