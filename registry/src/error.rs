@@ -386,6 +386,16 @@ impl RegistryError {
         })
     }
 
+    /// True if the host gave no answer (connection refused or reset, request timed out),
+    /// as opposed to answering with an error status.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            RegistryError::Network { .. } => true,
+            RegistryError::Timeout { last, .. } => last.is_unreachable(),
+            _ => false,
+        }
+    }
+
     /// The HTTP status this error carries, if any.
     pub fn status(&self) -> Option<u16> {
         match self {

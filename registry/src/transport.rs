@@ -237,6 +237,26 @@ impl ClientInner {
         F: Fn(Answer) -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
     {
+        let result = self.execute_inner(host, req, deadline, handle).await;
+        match &result {
+            Ok(_) => host.health.answered(),
+            Err(e) if e.is_unreachable() => host.health.unreachable(e.to_string()),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn execute_inner<T, F, Fut>(
+        &self,
+        host: &RegistryHost,
+        req: &Request,
+        deadline: Instant,
+        handle: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: Fn(Answer) -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
         let start = Instant::now();
         let mut attempts = 0u32;
         loop {

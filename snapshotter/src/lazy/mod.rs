@@ -3,9 +3,11 @@
 //!
 //! - **prepare**: the layer's identity comes from the Prepare labels ([`identity`]); a
 //!   layer without a TOC digest label, one that is not eStargz, whose TOC does not match,
-//!   or whose registry does not answer within `fetch.read_timeout +
-//!   fetch.prefetch_timeout` is declined (the core falls back to a normal snapshot that
-//!   containerd fills). Otherwise the footer and TOC are fetched and verified, saved in the
+//!   or whose registry does not deliver its footer and TOC within `fetch.mount_timeout`
+//!   is declined (the core falls back to a normal snapshot that containerd fills). After
+//!   a registry host timed out or refused, layers on it are declined at once for
+//!   `fetch.host_failure_hold` unless a request to it succeeds meanwhile, so the later
+//!   layers of a pull do not each wait again. Otherwise the footer and TOC are fetched and verified, saved in the
 //!   layer's state directory `<root>/snapshots/<id>/layer` (next to the `fs` mountpoint, so
 //!   deleting the snapshot directory frees it), the layer is mounted on `fs` and the
 //!   prefetch starts; the Prepare returns without waiting for it (reads of prefetched
@@ -51,6 +53,7 @@ use fusefs::metrics::Metrics;
 use fusefs::mount::fdstore::FdStore;
 use fusefs::mount::{MountError, MountManager};
 
+use crate::clip::clip;
 use crate::overlay::OverlayFeatures;
 use crate::remote::{HookError, LayerOutcome, LayerRequest, RemoteLayers, RemoteSnapshot};
 use crate::store::Labels;
@@ -130,8 +133,10 @@ pub struct MountedStatus {
 pub struct LazyLayers {
     manager: MountManager,
     counters: HookCounters,
-    /// Bound of one Prepare's open + mount + prefetch.
+    /// Bound of one Prepare's open + mount (+ prefetch with `fetch.wait_for_prefetch`).
     prepare_timeout: Duration,
+    /// How long a host that did not answer makes Prepares decline at once.
+    host_failure_hold: Duration,
     /// Footers and TOCs of next layers, fetched while the current one is prepared.
     ahead: Ahead,
     programs: program::Programs,
@@ -183,7 +188,13 @@ impl LazyLayers {
         Ok(LazyLayers {
             manager: MountManager::with_fd_store(ctx, store),
             counters: HookCounters::default(),
-            prepare_timeout: cfg.fetch.read_timeout + cfg.fetch.prefetch_timeout,
+            prepare_timeout: cfg.fetch.mount_timeout
+                + if cfg.fetch.wait_for_prefetch {
+                    cfg.fetch.prefetch_timeout
+                } else {
+                    Duration::ZERO
+                },
+            host_failure_hold: cfg.fetch.host_failure_hold,
             ahead: Ahead::default(),
             programs: program::Programs::default(),
             fallbacks: FallbackLog::open(&cfg.root),
@@ -293,21 +304,18 @@ impl LazyLayers {
         }
     }
 
+    /// Counts and logs a decline; the reason is bounded (see [`MAX_REASON`]) for the log
+    /// and for the caller.
     fn decline(&self, kind: Decline, digest: &str, reason: String) -> LayerOutcome {
+        let reason = clip_reason(&reason);
         let i = Decline::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         self.counters.declined[i].fetch_add(1, Ordering::Relaxed);
-        match kind {
-            // Not a lazy layer to begin with: a normal pull is what was asked for.
-            Decline::Labels | Decline::NotEstargz => {
-                tracing::info!(layer = digest, kind = kind.name(), %reason, "layer not mounted lazily")
-            }
-            // A lazy layer that falls back to a full pull (e.g. the registry refused the
-            // credentials): worth a warning.
-            Decline::Registry | Decline::Local => {
-                tracing::warn!(layer = digest, kind = kind.name(), %reason,
-                    "layer not mounted lazily; containerd pulls it in full")
-            }
-        }
+        tracing::info!(
+            layer = %clip(digest),
+            kind = kind.name(),
+            %reason,
+            "layer not mounted lazily"
+        );
         LayerOutcome::Declined { reason }
     }
 
@@ -345,6 +353,23 @@ impl LazyLayers {
         let state = state_dir(mountpoint);
         let started = Instant::now();
         let ctx = self.manager.context().clone();
+        let host = source.repository.host.clone();
+        if let Some(u) = ctx
+            .client()
+            .unreachable_within(&host, self.host_failure_hold)
+        {
+            return Err(Failure::new(
+                Decline::Registry,
+                format!(
+                    "layer {}: registry {host} did not answer {:.1}s ago ({}); not waiting \
+                     for it again within fetch.host_failure_hold ({:?}) unless it answers",
+                    id.digest,
+                    u.ago.as_secs_f64(),
+                    u.cause,
+                    self.host_failure_hold
+                ),
+            ));
+        }
         let early = self.ahead.take(&source);
         if let Some(next) = ahead::next_layer(labels, &id.digest) {
             self.ahead.start(&ctx, &id.reference, next);
@@ -375,14 +400,15 @@ impl LazyLayers {
                 return Ok(());
             }
             Ok(Err(e)) => classify(&e),
-            Err(_) => Failure::new(
-                Decline::Registry,
-                format!(
+            Err(_) => {
+                let why = format!(
                     "layer {}: the registry did not deliver the footer, TOC and prefetch \
-                     within {:?}",
+                     within {:?} (fetch.mount_timeout)",
                     id.digest, self.prepare_timeout
-                ),
-            ),
+                );
+                ctx.client().mark_unreachable(&host, &why);
+                Failure::new(Decline::Registry, why)
+            }
         };
         // A cancelled mount may have been registered already: take it down.
         let _ = self.manager.unmount(mountpoint);
@@ -393,6 +419,21 @@ impl LazyLayers {
         }
         Err(failure)
     }
+}
+
+/// Longest decline reason logged: reasons are error chains whose client-supplied parts
+/// are clipped already; this bounds the line as a whole.
+const MAX_REASON: usize = 2048;
+
+fn clip_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason.to_string();
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &reason[..end], reason.len())
 }
 
 /// Tells the layers which image layer `digest` belongs to (for read-ahead across layers).
@@ -544,6 +585,7 @@ mod tests {
         };
         cfg.fetch.request_timeout = Duration::from_secs(2);
         cfg.fetch.read_timeout = Duration::from_secs(3);
+        cfg.fetch.mount_timeout = Duration::from_secs(2);
         cfg.fetch.max_retries = 0;
         LazyLayers::new(
             &cfg,
@@ -656,6 +698,103 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(declined(Decline::Labels, &h), 2);
+    }
+
+    /// A registry that accepts connections and never answers (frozen): the first layer
+    /// waits `fetch.mount_timeout`, the next layers of the same host decide at once.
+    #[test]
+    fn after_a_host_timed_out_later_layers_decline_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = hook(tmp.path(), &rt);
+        let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = frozen.local_addr().unwrap().to_string();
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        std::thread::spawn(move || {
+            for c in frozen.incoming().flatten() {
+                keep.lock().unwrap().push(c);
+            }
+        });
+        let toc = format!("sha256:{}", "b".repeat(64));
+        let mut took = Vec::new();
+        for (i, n) in ["1", "2", "3"].iter().enumerate() {
+            let mp = tmp.path().join(format!("snapshots/1{n}/fs"));
+            std::fs::create_dir_all(&mp).unwrap();
+            let digest = format!("sha256:{}", n.repeat(64));
+            let reference = format!("{host}/x/y:t");
+            let started = Instant::now();
+            let out = offer(
+                &h,
+                &mp,
+                &[
+                    (labels::STARGZ_REFERENCE, reference.as_str()),
+                    (labels::STARGZ_DIGEST, digest.as_str()),
+                    (labels::TOC_DIGEST, toc.as_str()),
+                ],
+            );
+            took.push(started.elapsed());
+            let LayerOutcome::Declined { reason } = out else {
+                panic!("{out:?}");
+            };
+            if i == 0 {
+                assert!(
+                    reason.contains("fetch.mount_timeout") || reason.contains("timed out"),
+                    "{reason}"
+                );
+            } else {
+                assert!(reason.contains("fetch.host_failure_hold"), "{reason}");
+                assert!(reason.contains(&host), "{reason}");
+            }
+            assert!(!state_dir(&mp).exists());
+        }
+        assert_eq!(declined(Decline::Registry, &h), 3);
+        eprintln!("declined after {took:?}");
+        assert!(took[0] >= Duration::from_secs(2), "{took:?}");
+        assert!(
+            took[1] < Duration::from_secs(1) && took[2] < Duration::from_secs(1),
+            "{took:?}"
+        );
+        drop(held);
+    }
+
+    #[test]
+    fn huge_label_values_give_a_bounded_decline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = hook(tmp.path(), &rt);
+        let mp = tmp.path().join("snapshots/3/fs");
+        std::fs::create_dir_all(&mp).unwrap();
+        let huge = format!("127.0.0.1:1/{}:t", "r".repeat(8192));
+        let toc = format!("sha256:{}", "b".repeat(64));
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for labels in [
+            vec![
+                (labels::STARGZ_REFERENCE, huge.as_str()),
+                (labels::STARGZ_DIGEST, digest.as_str()),
+                (labels::TOC_DIGEST, toc.as_str()),
+            ],
+            vec![
+                (labels::STARGZ_REFERENCE, "127.0.0.1:1/x/y:t"),
+                (labels::STARGZ_DIGEST, huge.as_str()),
+                (labels::TOC_DIGEST, toc.as_str()),
+            ],
+            vec![
+                (labels::CRI_IMAGE_REF, "127.0.0.1:1/x/y:t"),
+                (labels::CRI_LAYER_DIGEST, digest.as_str()),
+                (labels::TOC_DIGEST, huge.as_str()),
+            ],
+        ] {
+            match offer(&h, &mp, &labels) {
+                LayerOutcome::Declined { reason } => {
+                    assert!(reason.len() < 600, "{} bytes: {reason}", reason.len());
+                    assert!(reason.contains("bytes long"), "{reason}");
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+        assert_eq!(declined(Decline::Labels, &h), 3);
+        assert!(clip_reason(&"x".repeat(10_000)).len() < MAX_REASON + 40);
     }
 
     #[test]
