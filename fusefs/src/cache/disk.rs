@@ -171,7 +171,13 @@ impl TempEntry {
             rand::random::<u64>()
         );
         let path = area.dir().join(name);
-        let file = File::create_new(&path).map_err(|e| CacheError::io("create", &path, e))?;
+        let file = match File::create_new(&path) {
+            // The area was removed under us (someone emptied `tmp/`): make it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(area.dir())
+                .and_then(|()| File::create_new(&path)),
+            r => r,
+        }
+        .map_err(|e| CacheError::io("create", &path, e))?;
         Ok(TempEntry {
             path,
             file: Some(file),
