@@ -103,11 +103,7 @@ pub fn export<W: Write>(
             stats.missing += 1;
             continue;
         };
-        append(
-            &mut tar,
-            &format!("{CHUNKS}{}", key.relative_path()),
-            &data,
-        )?;
+        append(&mut tar, &format!("{CHUNKS}{}", key.relative_path()), &data)?;
         written.insert(*key);
         stats.chunks += 1;
         stats.bytes += data.len() as u64;
@@ -130,7 +126,11 @@ pub fn export<W: Write>(
     Ok((stats, out))
 }
 
-fn append<W: Write>(tar: &mut tar::Builder<W>, path: &str, data: &[u8]) -> Result<(), TransferError> {
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    data: &[u8],
+) -> Result<(), TransferError> {
     let mut header = tar::Header::new_gnu();
     header.set_size(data.len() as u64);
     header.set_mode(0o644);

@@ -390,10 +390,16 @@ fn warming_fetches_the_selection_once_and_only_it() {
     let mut seen = 0;
     let (stats, err) = rt.block_on(layer.warm(&plan.requests, |b| seen += b));
     assert!(err.is_none(), "{err:?}");
-    assert_eq!((stats.chunks, stats.failed), (plan.requests.len() as u64, 0));
+    assert_eq!(
+        (stats.chunks, stats.failed),
+        (plan.requests.len() as u64, 0)
+    );
     assert_eq!(seen, plan.bytes());
     for name in ["f07", "f31", "f12"] {
-        assert_eq!(local(name), Some(pattern(30_000, name[1..].parse().unwrap())));
+        assert_eq!(
+            local(name),
+            Some(pattern(30_000, name[1..].parse().unwrap()))
+        );
     }
     assert!(local("f20").is_none());
     // Warmed chunks are not planned again; nothing crosses the network for them.

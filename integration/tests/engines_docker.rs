@@ -71,7 +71,12 @@ fn tail(text: &str, n: usize) -> String {
 fn assert_base_not_moved(log: &[AccessEntry], blobs: &[(String, u64)], repo: &str) {
     let dump = || {
         log.iter()
-            .map(|e| format!("{} {} {} {} {}", e.method, e.uri, e.status, e.bytes, e.user_agent))
+            .map(|e| {
+                format!(
+                    "{} {} {} {} {}",
+                    e.method, e.uri, e.status, e.bytes, e.user_agent
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -89,7 +94,11 @@ fn assert_base_not_moved(log: &[AccessEntry], blobs: &[(String, u64)], repo: &st
         let uploaded = log
             .iter()
             .any(|e| e.method == "PUT" && e.uri.contains("/blobs/uploads/") && e.uri.contains(hex));
-        assert!(!uploaded, "base layer {digest} was uploaded again:\n{}", dump());
+        assert!(
+            !uploaded,
+            "base layer {digest} was uploaded again:\n{}",
+            dump()
+        );
         let mounted = log.iter().any(|e| {
             e.method == "POST"
                 && e.uri.starts_with(&format!("/v2/{repo}/blobs/uploads/"))

@@ -87,7 +87,12 @@ fn push_estargz(s: &Stack, repo: &str, b_len: u64) -> String {
 /// `starling ARGS` that must succeed; its JSON output.
 fn starling_json(args: &[&str]) -> Value {
     let out = client::run(args, TIMEOUT).unwrap();
-    assert!(out.success(), "starling {args:?}: {}\n{}", out.stderr, out.stdout);
+    assert!(
+        out.success(),
+        "starling {args:?}: {}\n{}",
+        out.stderr,
+        out.stdout
+    );
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
 }
 
@@ -147,7 +152,10 @@ fn prefetch_then_run_fetches_nothing_for_the_warmed_files() {
     ]);
     let fetched = r["fetched_bytes"].as_u64().unwrap();
     assert!(fetched > 1 << 20, "a.bin and busybox were fetched: {r}");
-    assert!(fetched < 6 << 20, "b.bin (6 MiB, not listed) was not fetched: {r}");
+    assert!(
+        fetched < 6 << 20,
+        "b.bin (6 MiB, not listed) was not fetched: {r}"
+    );
     // Again: everything is local.
     let again = starling_json(&[
         "prefetch",
@@ -173,7 +181,11 @@ fn prefetch_then_run_fetches_nothing_for_the_warmed_files() {
         b2 - b1
     );
     assert_eq!(b2, b1, "the container fetched bytes of warmed files");
-    assert!(b1 - b0 < 256.0 * 1024.0, "the pull fetched {} bytes", b1 - b0);
+    assert!(
+        b1 - b0 < 256.0 * 1024.0,
+        "the pull fetched {} bytes",
+        b1 - b0
+    );
 }
 
 #[test]
@@ -231,11 +243,19 @@ fn exported_cache_imported_into_another_root_runs_without_fetching() {
     client::rpull_ok(ctr, &esgz, "starling").unwrap();
     let b1 = s.fetched_bytes().unwrap();
     let out = ctr
-        .run_ok(&esgz, "starling", &["/bin/md5sum", "/data/a.bin", "/data/b.bin"])
+        .run_ok(
+            &esgz,
+            "starling",
+            &["/bin/md5sum", "/data/a.bin", "/data/b.bin"],
+        )
         .unwrap();
     assert_eq!(out.lines().count(), 2, "{out}");
     let b2 = s.fetched_bytes().unwrap();
-    eprintln!("import: {i}\npull: {} bytes, run: {} bytes", b1 - b0, b2 - b1);
+    eprintln!(
+        "import: {i}\npull: {} bytes, run: {} bytes",
+        b1 - b0,
+        b2 - b1
+    );
     assert_eq!(b2, b1, "the container fetched bytes the import brought");
 }
 
@@ -281,7 +301,13 @@ fn bad_archives_import_nothing_wrong_and_the_cap_holds() {
     std::fs::write(&tampered, &bad).unwrap();
     let dst = wd.subdir("dst").unwrap();
     let out = client::run(
-        ["cache", "import", "--root", &root_arg(&dst), tampered.to_str().unwrap()],
+        [
+            "cache",
+            "import",
+            "--root",
+            &root_arg(&dst),
+            tampered.to_str().unwrap(),
+        ],
         TIMEOUT,
     )
     .unwrap();
@@ -292,7 +318,9 @@ fn bad_archives_import_nothing_wrong_and_the_cap_holds() {
         out.stderr
     );
     assert!(
-        !dst.join("cache").join(name.trim_start_matches("chunks/")).exists(),
+        !dst.join("cache")
+            .join(name.trim_start_matches("chunks/"))
+            .exists(),
         "the tampered chunk was cached"
     );
     let (n, _) = check_cache_entries(&dst.join("cache"));
@@ -303,7 +331,13 @@ fn bad_archives_import_nothing_wrong_and_the_cap_holds() {
     std::fs::write(&cut, &tar[..tar.len() / 2]).unwrap();
     let dst2 = wd.subdir("dst2").unwrap();
     let out = client::run(
-        ["cache", "import", "--root", &root_arg(&dst2), cut.to_str().unwrap()],
+        [
+            "cache",
+            "import",
+            "--root",
+            &root_arg(&dst2),
+            cut.to_str().unwrap(),
+        ],
         TIMEOUT,
     )
     .unwrap();

@@ -93,7 +93,9 @@ fn clean_tmp(tmp: &Path) -> Result<(), CacheError> {
         let name = e.file_name().to_string_lossy().into_owned();
         let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
         if let Some(area) = name.strip_suffix(LOCK_SUFFIX) {
-            let Ok(file) = File::open(&path) else { continue };
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
             if let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 let _ = fs::remove_dir_all(tmp.join(area));
                 let _ = fs::remove_file(&path);
@@ -173,8 +175,9 @@ impl TempEntry {
         let path = area.dir().join(name);
         let file = match File::create_new(&path) {
             // The area was removed under us (someone emptied `tmp/`): make it again.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(area.dir())
-                .and_then(|()| File::create_new(&path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(area.dir()).and_then(|()| File::create_new(&path))
+            }
             r => r,
         }
         .map_err(|e| CacheError::io("create", &path, e))?;
@@ -280,7 +283,10 @@ pub(crate) fn scan(dir: &Path) -> Result<Vec<Found>, CacheError> {
 /// The size of the entry file at `path` if there is one (written by another process since
 /// this one scanned the directory).
 pub(crate) fn stat_entry(path: &Path) -> Option<u64> {
-    fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len())
+    fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
 }
 
 /// Records a use of the entry in its mtime, so the LRU order survives restarts.

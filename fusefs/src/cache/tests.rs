@@ -234,7 +234,10 @@ fn a_second_process_keeps_the_first_ones_temp_files_and_sees_its_entries() {
     drop(first);
     drop(second);
     let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
-    assert!(left.is_empty(), "areas removed when their caches go: {left:?}");
+    assert!(
+        left.is_empty(),
+        "areas removed when their caches go: {left:?}"
+    );
 }
 
 #[test]

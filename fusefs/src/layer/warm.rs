@@ -161,7 +161,8 @@ impl RemoteLayer {
             }
             let mut end = start;
             let mut bytes = 0;
-            while end < requests.len() && (end == start || bytes + cost(&requests[end]) <= BATCH_BYTES)
+            while end < requests.len()
+                && (end == start || bytes + cost(&requests[end]) <= BATCH_BYTES)
             {
                 bytes += cost(&requests[end]);
                 end += 1;

@@ -43,7 +43,9 @@ fn exported(dir: &Path, chunks: &[(ChunkKey, Bytes)]) -> Vec<u8> {
         offset: 0,
         size: 3,
     };
-    cache.insert(&unverified, Bytes::from_static(b"abc")).unwrap();
+    cache
+        .insert(&unverified, Bytes::from_static(b"abc"))
+        .unwrap();
     let mut keys: Vec<ChunkKey> = chunks.iter().map(|c| c.0).collect();
     keys.push(unverified);
     keys.push(ChunkKey::of(b"not in the cache"));
@@ -78,7 +80,11 @@ fn an_archive_carries_verified_chunks_and_their_layers_to_another_cache() {
     let m = report.manifest.unwrap();
     assert_eq!((m.chunks, m.bytes, m.layers.len()), (3, 3000, 1));
     assert_eq!(m.layers[0].digest, format!("sha256:{}", "e".repeat(64)));
-    assert_eq!(m.layers[0].chunks.len(), 3, "only chunks in the archive are listed");
+    assert_eq!(
+        m.layers[0].chunks.len(),
+        3,
+        "only chunks in the archive are listed"
+    );
     for (k, d) in &c {
         assert_eq!(cache.get(k).unwrap().as_ref(), Some(d));
     }
@@ -96,7 +102,10 @@ fn a_tampered_chunk_is_skipped_and_never_cached() {
     let c = chunks(3);
     let mut archive = exported(a.path(), &c);
     // Chunk 1 is 1000 bytes of 0x01: flip one of them.
-    let at = archive.windows(1000).position(|w| w.iter().all(|&b| b == 1)).unwrap();
+    let at = archive
+        .windows(1000)
+        .position(|w| w.iter().all(|&b| b == 1))
+        .unwrap();
     archive[at + 500] = 0xff;
     let cache = open(b.path(), 0);
     let report = import(&cache, &archive[..], |_| {}).unwrap();
@@ -106,7 +115,10 @@ fn a_tampered_chunk_is_skipped_and_never_cached() {
         ChunkKey::Digest(d) => d,
         _ => unreachable!(),
     })));
-    assert!(report.skipped[0].reason.contains("does not match"), "{report:?}");
+    assert!(
+        report.skipped[0].reason.contains("does not match"),
+        "{report:?}"
+    );
     assert!(report.truncated.is_none() && !report.is_clean());
     assert!(!cache.contains(&c[1].0));
     assert!(cache.contains(&c[0].0) && cache.contains(&c[2].0));
@@ -118,11 +130,17 @@ fn a_cut_archive_imports_what_came_before_and_says_so() {
     let c = chunks(3);
     let archive = exported(a.path(), &c);
     // Cut in the middle of chunk 1's data.
-    let at = archive.windows(1000).position(|w| w.iter().all(|&b| b == 1)).unwrap();
+    let at = archive
+        .windows(1000)
+        .position(|w| w.iter().all(|&b| b == 1))
+        .unwrap();
     let cache = open(b.path(), 0);
     let report = import(&cache, &archive[..at + 400], |_| {}).unwrap();
     assert_eq!(report.imported, 1);
-    assert!(report.truncated.as_deref().unwrap().contains("cut short"), "{report:?}");
+    assert!(
+        report.truncated.as_deref().unwrap().contains("cut short"),
+        "{report:?}"
+    );
     assert!(cache.contains(&c[0].0) && !cache.contains(&c[1].0));
     assert_eq!(cache.usage().entries, 1);
     // Cut at an entry boundary, before the manifest: a valid but shorter tar.
@@ -132,7 +150,11 @@ fn a_cut_archive_imports_what_came_before_and_says_so() {
     let report = import(&cache2, &archive[..boundary], |_| {}).unwrap();
     assert_eq!(report.imported, 2);
     assert!(
-        report.truncated.as_deref().unwrap().contains("without its manifest"),
+        report
+            .truncated
+            .as_deref()
+            .unwrap()
+            .contains("without its manifest"),
         "{report:?}"
     );
 }

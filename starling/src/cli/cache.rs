@@ -170,7 +170,9 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
         Some(t) => {
             std::fs::rename(t, &args.output)
                 .with_context(|| format!("rename {} to {}", t.display(), args.output.display()))?;
-            std::fs::metadata(&args.output).map(|m| m.len()).unwrap_or(0)
+            std::fs::metadata(&args.output)
+                .map(|m| m.len())
+                .unwrap_or(0)
         }
         None => 0,
     };
@@ -228,9 +230,15 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         (Box::new(f), len)
     };
     let mut input = BufReader::with_capacity(1 << 20, input);
-    let zstd = input.fill_buf().context("read the archive")?.starts_with(&ZSTD_MAGIC);
-    let cache = ChunkCache::open(CacheOptions::from_config(&cfg), Arc::new(Metrics::default()))
-        .with_context(|| format!("open the chunk cache in {}", cfg.cache_dir().display()))?;
+    let zstd = input
+        .fill_buf()
+        .context("read the archive")?
+        .starts_with(&ZSTD_MAGIC);
+    let cache = ChunkCache::open(
+        CacheOptions::from_config(&cfg),
+        Arc::new(Metrics::default()),
+    )
+    .with_context(|| format!("open the chunk cache in {}", cfg.cache_dir().display()))?;
     let start = std::time::Instant::now();
     let progress = bar(len, args.quiet || args.json || from_stdin, "import");
     let counted = Counting {
@@ -238,8 +246,8 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         bar: progress.clone(),
     };
     let report = if zstd {
-        let dec = zstd::stream::Decoder::with_buffer(BufReader::new(counted))
-            .context("zstd decoder")?;
+        let dec =
+            zstd::stream::Decoder::with_buffer(BufReader::new(counted)).context("zstd decoder")?;
         transfer::import(&cache, dec, |_| {})
     } else {
         transfer::import(&cache, counted, |_| {})
@@ -273,7 +281,12 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         );
         if let Some(m) = &report.manifest {
             for l in &m.layers {
-                println!("  layer {} ({}): {} chunks", l.digest, l.repository, l.chunks.len());
+                println!(
+                    "  layer {} ({}): {} chunks",
+                    l.digest,
+                    l.repository,
+                    l.chunks.len()
+                );
             }
         }
         if report.evicted > 0 {

@@ -81,8 +81,13 @@ pub fn context(cfg: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<Arc
     settings.fetch.elf_read_ahead = false;
     settings.fuse.access_log = false;
     settings.status_dir = None;
-    LayerContext::new(cfg, settings, rt.handle().clone(), Arc::new(Metrics::default()))
-        .with_context(|| format!("open the chunk cache in {}", cfg.cache_dir().display()))
+    LayerContext::new(
+        cfg,
+        settings,
+        rt.handle().clone(),
+        Arc::new(Metrics::default()),
+    )
+    .with_context(|| format!("open the chunk cache in {}", cfg.cache_dir().display()))
 }
 
 /// The eStargz layers of one image, opened (bottom first), and the layers left out.
@@ -112,8 +117,7 @@ pub async fn open_image(
         .resolve(&parsed)
         .await
         .with_context(|| format!("resolve {reference}"))?;
-    std::fs::create_dir_all(&cfg.root)
-        .with_context(|| format!("create {}", cfg.root.display()))?;
+    std::fs::create_dir_all(&cfg.root).with_context(|| format!("create {}", cfg.root.display()))?;
     let state = tempfile::Builder::new()
         .prefix(".cli-layers-")
         .tempdir_in(&cfg.root)

@@ -107,7 +107,8 @@ impl Profile {
                 let digest = saved["digest"]
                     .as_str()
                     .with_context(|| format!("{}: no digest", state.display()))?;
-                let text = std::fs::read(&log).with_context(|| format!("read {}", log.display()))?;
+                let text =
+                    std::fs::read(&log).with_context(|| format!("read {}", log.display()))?;
                 let files = p.by_digest.entry(digest.to_string()).or_default();
                 files.extend(
                     text.split(|b| *b == b'\n')
@@ -204,7 +205,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bar.set_message(short(&digest).to_string());
         let (stats, err) = rt.block_on(layer.warm(&plan.requests, |n| bar.inc(n)));
         if let Some(e) = err {
-            failures.push(format!("layer {digest}: {} chunks failed: {e}", stats.failed));
+            failures.push(format!(
+                "layer {digest}: {} chunks failed: {e}",
+                stats.failed
+            ));
         }
         rows.push(json!({
             "digest": digest,
@@ -218,7 +222,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }));
     }
     bar.finish_and_clear();
-    let fetched: u64 = rows.iter().map(|r| r["fetched_bytes"].as_u64().unwrap_or(0)).sum();
+    let fetched: u64 = rows
+        .iter()
+        .map(|r| r["fetched_bytes"].as_u64().unwrap_or(0))
+        .sum();
     let report = json!({
         "reference": args.reference,
         "selection": match (&args.profile, args.all) {
@@ -251,7 +258,11 @@ fn short(digest: &str) -> &str {
 }
 
 fn print_summary(r: &serde_json::Value) {
-    println!("{} ({})", r["reference"].as_str().unwrap_or(""), r["selection"].as_str().unwrap_or(""));
+    println!(
+        "{} ({})",
+        r["reference"].as_str().unwrap_or(""),
+        r["selection"].as_str().unwrap_or("")
+    );
     for l in r["layers"].as_array().into_iter().flatten() {
         let note = if l["no_landmark"].as_bool() == Some(true) {
             ", no prefetch landmark"
@@ -287,10 +298,18 @@ mod tests {
     #[test]
     fn profiles_name_layers_by_number_digest_or_not_at_all() {
         let d = format!("sha256:{}", "a".repeat(64));
-        let p = Profile::parse(&format!("1 /usr/bin/python3\n# c\n\n{d} etc/passwd\n/bin/sh\n"))
-            .unwrap();
-        assert_eq!(p.files_of(1, "x"), vec![b"/usr/bin/python3".to_vec(), b"/bin/sh".to_vec()]);
-        assert_eq!(p.files_of(2, &d), vec![b"/etc/passwd".to_vec(), b"/bin/sh".to_vec()]);
+        let p = Profile::parse(&format!(
+            "1 /usr/bin/python3\n# c\n\n{d} etc/passwd\n/bin/sh\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            p.files_of(1, "x"),
+            vec![b"/usr/bin/python3".to_vec(), b"/bin/sh".to_vec()]
+        );
+        assert_eq!(
+            p.files_of(2, &d),
+            vec![b"/etc/passwd".to_vec(), b"/bin/sh".to_vec()]
+        );
         let e = Profile::parse("python3\n").unwrap_err();
         assert!(format!("{e:#}").contains("line 1"), "{e:#}");
         assert!(Profile::parse("0 /x\n").is_err());
@@ -305,7 +324,10 @@ mod tests {
         std::fs::write(state.join("layer.json"), format!(r#"{{"digest":"{d}"}}"#)).unwrap();
         std::fs::write(state.join("access.log"), "/bin/sh\n/etc/passwd\n").unwrap();
         let p = Profile::load(dir.path()).unwrap();
-        assert_eq!(p.files_of(1, &d), vec![b"/bin/sh".to_vec(), b"/etc/passwd".to_vec()]);
+        assert_eq!(
+            p.files_of(1, &d),
+            vec![b"/bin/sh".to_vec(), b"/etc/passwd".to_vec()]
+        );
         let empty = tempfile::tempdir().unwrap();
         assert!(Profile::load(empty.path()).is_err());
     }
