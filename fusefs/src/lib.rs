@@ -18,6 +18,8 @@
 //!   and `starling mount` ([`mount::MountManager`]); the fd store that keeps FUSE
 //!   connections across daemon restarts.
 //! - [`status`]: per-layer status files read by `starling status`.
+//! - [`transfer`]: verified chunks out of one cache into an archive and into another cache
+//!   (`starling cache export` / `import`).
 //! - [`memory`]: returning freed heap memory to the system after fetches.
 //! - [`metrics`]: the counters of the registry client, fetch layer and cache.
 //!
@@ -32,3 +34,4 @@ pub mod memory;
 pub mod metrics;
 pub mod mount;
 pub mod status;
+pub mod transfer;

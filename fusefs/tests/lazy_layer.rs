@@ -370,3 +370,56 @@ fn a_blob_that_is_not_estargz_is_a_format_error() {
         .unwrap_err();
     assert!(err.is_not_estargz(), "{err}");
 }
+
+#[test]
+fn warming_fetches_the_selection_once_and_only_it() {
+    use fusefs::layer::WarmSelection;
+    require_registry!();
+    let rt = lazy::runtime();
+    let reg = RegistryProc::start(RegistryAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let (_ctx, metrics, layer) = prioritized_layer(&rt, &reg, dir.path(), "lazy/warm");
+    let index = layer.index();
+    let local = |name: &str| {
+        let id = index.resolve(name.as_bytes()).unwrap();
+        layer.read_cached(id, 0, 1 << 20).unwrap()
+    };
+    // The landmark region: the three prioritized files, nothing else.
+    let plan = layer.warm_plan(WarmSelection::Landmark);
+    assert!(!plan.no_landmark && !plan.requests.is_empty());
+    let mut seen = 0;
+    let (stats, err) = rt.block_on(layer.warm(&plan.requests, |b| seen += b));
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(
+        (stats.chunks, stats.failed),
+        (plan.requests.len() as u64, 0)
+    );
+    assert_eq!(seen, plan.bytes());
+    for name in ["f07", "f31", "f12"] {
+        assert_eq!(
+            local(name),
+            Some(pattern(30_000, name[1..].parse().unwrap()))
+        );
+    }
+    assert!(local("f20").is_none());
+    // Warmed chunks are not planned again; nothing crosses the network for them.
+    let again = layer.warm_plan(WarmSelection::Landmark);
+    assert!(again.requests.is_empty() && again.local_chunks > 0);
+    // A list of files: unknown ones are reported, a budget keeps the leading chunks.
+    let files = vec![b"/f20".to_vec(), b"/f21".to_vec(), b"/nope".to_vec()];
+    let mut plan = layer.warm_plan(WarmSelection::Files(&files));
+    assert_eq!(plan.missing_files, vec![b"/nope".to_vec()]);
+    let first = plan.requests[0].range.end - plan.requests[0].range.start;
+    assert_eq!(plan.truncate_to(first), first);
+    let before = metrics.snapshot().registry.requests;
+    let (stats, _) = rt.block_on(layer.warm(&plan.requests, |_| {}));
+    assert_eq!(stats.chunks, 1);
+    assert_eq!(metrics.snapshot().registry.requests - before, 1);
+    assert_eq!(local("f20"), Some(pattern(30_000, 20)));
+    assert!(local("f21").is_none());
+    // Everything: the rest of the layer.
+    let plan = layer.warm_plan(WarmSelection::All);
+    rt.block_on(layer.warm(&plan.requests, |_| {}));
+    assert!(layer.warm_plan(WarmSelection::All).requests.is_empty());
+    assert_eq!(local("f39"), Some(pattern(30_000, 39)));
+}

@@ -15,6 +15,10 @@
 //! 3. a second build FROM the first, pushed and run;
 //! 4. a build with `COPY --link` on the eStargz base, pushed and run;
 //!
+//! and the push of step 2 moved no base layer bytes: the engine never GETs a base blob
+//! (only starling's lazy range reads do), never uploads one, and mounts each into the new
+//! repository from its own (cross-repo mount) or finds it there;
+//!
 //! and after all of it the base is still lazy: none of its layer blobs is in containerd's
 //! content store (namespace `moby`), its snapshot is a remote snapshot, the unread 6 MiB of
 //! the data layer were never fetched.
@@ -26,6 +30,7 @@ use std::path::Path;
 use engines_common::{assert_lazy, esgz_image, layers, stack, HELLO};
 use integration::containerd::{ContainerdVersion, Ctr};
 use integration::docker::{Docker, DockerOptions, NAMESPACE};
+use integration::registry::accesslog::AccessEntry;
 use integration::stack::Stack;
 use integration::{engines, prereq, require};
 
@@ -55,6 +60,62 @@ fn build(s: &Stack, docker: &Docker, dir: &Path, reference: &str) -> String {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The push of a build on the lazy base (`blobs`) into repository `repo` kept the base
+/// layers' identity without moving their bytes: no blob GET of a base layer by anything but
+/// starling's lazy range reads (the engine never downloaded one), no upload of a base layer
+/// into `repo` (a `PUT` naming its digest), and each one either mounted from its repository
+/// (`POST .../blobs/uploads/?mount=<digest>&from=...` → 201) or found there already (`HEAD`
+/// → 200).
+fn assert_base_not_moved(log: &[AccessEntry], blobs: &[(String, u64)], repo: &str) {
+    let dump = || {
+        log.iter()
+            .map(|e| {
+                format!(
+                    "{} {} {} {} {}",
+                    e.method, e.uri, e.status, e.bytes, e.user_agent
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (digest, size) in blobs {
+        let hex = digest.trim_start_matches("sha256:");
+        let engine_gets: Vec<&AccessEntry> = log
+            .iter()
+            .filter(|e| e.is_blob_get() && e.uri.contains(hex))
+            .filter(|e| !e.user_agent.starts_with("starling/"))
+            .collect();
+        assert!(
+            engine_gets.is_empty(),
+            "the engine downloaded base layer {digest} ({size} bytes): {engine_gets:?}"
+        );
+        let uploaded = log
+            .iter()
+            .any(|e| e.method == "PUT" && e.uri.contains("/blobs/uploads/") && e.uri.contains(hex));
+        assert!(
+            !uploaded,
+            "base layer {digest} was uploaded again:\n{}",
+            dump()
+        );
+        let mounted = log.iter().any(|e| {
+            e.method == "POST"
+                && e.uri.starts_with(&format!("/v2/{repo}/blobs/uploads/"))
+                && e.uri.contains("mount=")
+                && e.uri.contains(hex)
+                && e.status == 201
+        });
+        let present = log.iter().any(|e| {
+            e.method == "HEAD" && e.uri == format!("/v2/{repo}/blobs/{digest}") && e.status == 200
+        });
+        assert!(
+            mounted || present,
+            "base layer {digest} neither mounted into {repo} nor found there:\n{}",
+            dump()
+        );
+    }
+    eprintln!("push of the build on the lazy base:\n{}", dump());
 }
 
 #[test]
@@ -99,7 +160,9 @@ fn docker_pull_run_and_builds_on_an_estargz_base_keep_it_lazy() {
         ),
         &[],
     );
+    let mark = s.registry.access_mark();
     build(&s, &docker, &ctx.join("v1"), &v1);
+    assert_base_not_moved(&s.registry.access_since_settled(mark), &blobs, "app");
     let v1_layers = layers(&s.registry, "app", "v1");
     assert_eq!(v1_layers.len(), 3, "base (2) + RUN: {v1_layers:?}");
     assert_eq!(

@@ -1,5 +1,6 @@
 //! The `starling` binary: a thin clap front over starling's library crates (`snapshotter`
-//! for the daemon, `imagetools`, `rpull`, `fusefs`, `estargz`, `config`); [`cli`] holds one
+//! for the daemon, `imagetools`, `rpull`, `fusefs` (also prefetch and cache transfer),
+//! `estargz`, `config`); [`cli`] holds one
 //! module per subcommand. The only crate that uses `anyhow` and installs a log subscriber.
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,11 @@ enum Command {
     Merge(cli::merge::Args),
     /// Mount one eStargz layer lazily over FUSE, without containerd.
     Mount(cli::mount::Args),
+    /// Warm the chunk cache for an image without a container.
+    Prefetch(cli::prefetch::Args),
+    /// Move verified chunks between nodes' caches: export, import.
+    #[command(subcommand)]
+    Cache(cli::cache::Command),
     /// Show per-layer fetch status of a running daemon or mount.
     Status(cli::status::Args),
     /// Check what stops lazy pulls: containerd's and starling's configuration, the daemon,
@@ -63,6 +69,8 @@ fn main() -> std::process::ExitCode {
         Command::Mount(a) => cli::mount::run(a),
         Command::Status(a) => cli::status::run(a),
         Command::Doctor(a) => cli::doctor::run(a),
+        Command::Prefetch(a) => cli::prefetch::run(a),
+        Command::Cache(c) => cli::cache::run(c),
         Command::Optimize(a) => cli::optimize::run(a),
         Command::Estargz(c) => cli::estargz::run(c),
         Command::Config(c) => cli::config::run(c),

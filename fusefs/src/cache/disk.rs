@@ -1,9 +1,17 @@
 //! Files of the disk cache: layout, atomic writes, reads (pread or mmap) and the start-up scan.
 //!
 //! Layout under the cache dir: `sha256/<2 hex>/<64 hex>` (verifiable chunks),
-//! `unverified/<layer hex>/<offset>-<size>` (legacy chunks), `tmp/` (writes in progress,
-//! emptied on open). Files hold exactly the chunk's uncompressed bytes, no header, so a file
-//! can back a FUSE passthrough open directly.
+//! `unverified/<layer hex>/<offset>-<size>` (legacy chunks), `tmp/` (writes in progress).
+//! Files hold exactly the chunk's uncompressed bytes, no header, so a file can back a FUSE
+//! passthrough open directly.
+//!
+//! Several processes may use one cache directory at once (the daemon, `starling mount`,
+//! `starling prefetch`, `starling cache import`): each writes its temp files in its own
+//! [`TempArea`] (`tmp/<name>/`, held by an exclusive `flock` on `tmp/<name>.lock` for the
+//! life of the process), and a process opening the cache removes only the areas whose lock
+//! it can take (their process is gone), never files another live process is writing.
+//! Entries are renamed into place whole, so writers of the same entry (same key, same
+//! bytes) cannot tear each other's files.
 //!
 //! fsync policy: verifiable entries are written to a temp file and renamed into place without
 //! fsync; a file torn by a crash fails its digest check on first use and is removed and
@@ -17,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use nix::fcntl::{Flock, FlockArg};
 
 use super::{CacheError, ChunkKey};
 
@@ -36,6 +45,71 @@ pub enum ReadMode {
 pub const MMAP_THRESHOLD: u64 = 256 << 10;
 
 pub(crate) const TMP_DIR: &str = "tmp";
+const LOCK_SUFFIX: &str = ".lock";
+
+/// This process's directory for temp files under `tmp/`, locked while it lives.
+pub(crate) struct TempArea {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl TempArea {
+    /// Creates a fresh area: the lock file is created and locked before the directory, so
+    /// a directory without a lock file is never in use.
+    pub(crate) fn create(cache_dir: &Path) -> Result<Self, CacheError> {
+        let tmp = cache_dir.join(TMP_DIR);
+        let name = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let lock_path = tmp.join(format!("{name}{LOCK_SUFFIX}"));
+        let file =
+            File::create_new(&lock_path).map_err(|e| CacheError::io("create", &lock_path, e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| CacheError::io("lock", &lock_path, io::Error::from(e)))?;
+        let dir = tmp.join(name);
+        fs::create_dir(&dir).map_err(|e| CacheError::io("create directory", &dir, e))?;
+        Ok(TempArea { dir, _lock: lock })
+    }
+
+    /// The directory temp files go to.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for TempArea {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        let mut lock = self.dir.clone().into_os_string();
+        lock.push(LOCK_SUFFIX);
+        let _ = fs::remove_file(lock);
+    }
+}
+
+/// Removes what dead processes left in `tmp/`: areas whose lock nobody holds, directories
+/// without a lock file, loose files (older versions wrote temp files straight into `tmp/`).
+fn clean_tmp(tmp: &Path) -> Result<(), CacheError> {
+    for e in fs::read_dir(tmp).map_err(|e| CacheError::io("list", tmp, e))? {
+        let e = e.map_err(|e| CacheError::io("list", tmp, e))?;
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if let Some(area) = name.strip_suffix(LOCK_SUFFIX) {
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            if let Ok(_held) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                let _ = fs::remove_dir_all(tmp.join(area));
+                let _ = fs::remove_file(&path);
+            }
+        } else if is_dir {
+            if !tmp.join(format!("{name}{LOCK_SUFFIX}")).exists() {
+                let _ = fs::remove_dir_all(&path);
+            }
+        } else {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}
 
 /// Reads a whole entry file. `expected` is the size the index knows (checked).
 pub(crate) fn read_entry(path: &Path, expected: u64, mode: ReadMode) -> io::Result<Bytes> {
@@ -71,14 +145,16 @@ pub(crate) fn read_entry(path: &Path, expected: u64, mode: ReadMode) -> io::Resu
     }
 }
 
-/// Writes `data` as the entry for `key`: temp file, optional fsync, rename into place.
+/// Writes `data` as the entry for `key`: temp file (in `area`), optional fsync, rename
+/// into place under `dir`.
 pub(crate) fn write_atomic(
     dir: &Path,
+    area: &TempArea,
     key: &ChunkKey,
     data: &[u8],
     durable: bool,
 ) -> Result<PathBuf, CacheError> {
-    let mut tmp = TempEntry::create(dir)?;
+    let mut tmp = TempEntry::create(area)?;
     tmp.write(data)?;
     tmp.persist(dir, key, durable)
 }
@@ -90,14 +166,21 @@ pub(crate) struct TempEntry {
 }
 
 impl TempEntry {
-    pub(crate) fn create(dir: &Path) -> Result<Self, CacheError> {
+    pub(crate) fn create(area: &TempArea) -> Result<Self, CacheError> {
         let name = format!(
             "{:016x}{:016x}",
             rand::random::<u64>(),
             rand::random::<u64>()
         );
-        let path = dir.join(TMP_DIR).join(name);
-        let file = File::create_new(&path).map_err(|e| CacheError::io("create", &path, e))?;
+        let path = area.dir().join(name);
+        let file = match File::create_new(&path) {
+            // The area was removed under us (someone emptied `tmp/`): make it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(area.dir()).and_then(|()| File::create_new(&path))
+            }
+            r => r,
+        }
+        .map_err(|e| CacheError::io("create", &path, e))?;
         Ok(TempEntry {
             path,
             file: Some(file),
@@ -156,15 +239,12 @@ pub(crate) struct Found {
     pub(crate) used: SystemTime,
 }
 
-/// Prepares the directory (creating it and `tmp/`, emptying `tmp/`) and lists its entries.
-/// Files that are not entries are left alone.
+/// Prepares the directory (creating it and `tmp/`, removing what dead processes left in
+/// `tmp/`) and lists its entries. Files that are not entries are left alone.
 pub(crate) fn scan(dir: &Path) -> Result<Vec<Found>, CacheError> {
     let tmp = dir.join(TMP_DIR);
     fs::create_dir_all(&tmp).map_err(|e| CacheError::io("create directory", &tmp, e))?;
-    for e in fs::read_dir(&tmp).map_err(|e| CacheError::io("list", &tmp, e))? {
-        let e = e.map_err(|e| CacheError::io("list", &tmp, e))?;
-        let _ = fs::remove_file(e.path());
-    }
+    clean_tmp(&tmp)?;
     let mut found = Vec::new();
     for top in ["sha256", "unverified"] {
         let top_dir = dir.join(top);
@@ -198,6 +278,15 @@ pub(crate) fn scan(dir: &Path) -> Result<Vec<Found>, CacheError> {
         }
     }
     Ok(found)
+}
+
+/// The size of the entry file at `path` if there is one (written by another process since
+/// this one scanned the directory).
+pub(crate) fn stat_entry(path: &Path) -> Option<u64> {
+    fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
 }
 
 /// Records a use of the entry in its mtime, so the LRU order survives restarts.

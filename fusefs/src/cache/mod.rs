@@ -11,6 +11,11 @@
 //! - Writes are atomic (temp file + rename); see [`disk`] for the fsync policy.
 //! - Eviction (LRU by access, order rebuilt from file mtimes on open) never removes a pinned
 //!   entry; pins are held by callers for chunks in use (e.g. a passthrough backing file).
+//! - Other processes may write the same directory (`starling prefetch`, `starling cache
+//!   import`, other mounts): an entry missing from this process's index is looked for on
+//!   disk before it counts as a miss, and adopted (checked on first use, counted against
+//!   the cap like any entry); temp files are per process ([`disk`]). Each process keeps the
+//!   cap over the entries it knows, which at open is the whole directory.
 
 mod disk;
 mod error;
@@ -32,7 +37,7 @@ pub use error::CacheError;
 pub use key::ChunkKey;
 
 use crate::metrics::Metrics;
-use disk::TempEntry;
+use disk::{TempArea, TempEntry};
 use memory::MemoryLru;
 
 /// How cache files are read by default. `benches/cache_read.rs` (warm page cache, 2 cores):
@@ -87,6 +92,7 @@ pub struct ChunkCache {
 
 struct Inner {
     dir: PathBuf,
+    tmp: TempArea,
     max_size: u64,
     read_mode: ReadMode,
     index: Mutex<Index>,
@@ -129,8 +135,10 @@ impl ChunkCache {
                 },
             );
         }
+        let tmp = TempArea::create(&options.dir)?;
         let cache = ChunkCache {
             inner: Arc::new(Inner {
+                tmp,
                 dir: options.dir,
                 max_size: options.max_size,
                 read_mode: options.read_mode,
@@ -206,7 +214,7 @@ impl ChunkCache {
             Metrics::inc(&inner.metrics.memory_hits);
             return Ok(Some(copy(&b, buf)));
         }
-        let verified = match inner.index.lock().entries.get(key) {
+        let verified = match inner.entry(key) {
             None => {
                 Metrics::inc(&inner.metrics.misses);
                 return Ok(None);
@@ -258,9 +266,10 @@ impl ChunkCache {
         hit
     }
 
-    /// True if an entry for `key` is on disk (not yet necessarily verified).
+    /// True if an entry for `key` is on disk (not yet necessarily verified), also one
+    /// another process wrote since this one opened the cache.
     pub fn contains(&self, key: &ChunkKey) -> bool {
-        self.inner.index.lock().entries.contains(key)
+        self.inner.index.lock().entries.contains(key) || self.inner.adopt(key).is_some()
     }
 
     /// Stores `data` for `key` after checking it matches the key.
@@ -288,7 +297,7 @@ impl ChunkCache {
             inner.remember(*key, data);
             return Ok(());
         }
-        disk::write_atomic(&inner.dir, key, &data, !key.is_verifiable())?;
+        disk::write_atomic(&inner.dir, &inner.tmp, key, &data, !key.is_verifiable())?;
         inner.add_entry(*key, data.len() as u64);
         inner.remember(*key, data);
         Ok(())
@@ -308,7 +317,7 @@ impl ChunkCache {
         if known_good {
             return Ok(());
         }
-        disk::write_atomic(&inner.dir, key, data, !key.is_verifiable())?;
+        disk::write_atomic(&inner.dir, &inner.tmp, key, data, !key.is_verifiable())?;
         inner.add_entry(*key, data.len() as u64);
         Ok(())
     }
@@ -320,7 +329,7 @@ impl ChunkCache {
         Ok(CacheWriter {
             cache: self.clone(),
             key,
-            tmp: TempEntry::create(&self.inner.dir)?,
+            tmp: TempEntry::create(&self.inner.tmp)?,
             hasher: Sha256::new(),
             written: 0,
         })
@@ -332,7 +341,7 @@ impl ChunkCache {
     pub fn open_entry(&self, key: &ChunkKey) -> Result<Option<OpenEntry>, CacheError> {
         let pin = self.pin(key);
         let inner = &self.inner;
-        let verified = match inner.index.lock().entries.get(key) {
+        let verified = match inner.entry(key) {
             None => return Ok(None),
             Some(e) => e.verified,
         };
@@ -376,6 +385,13 @@ impl ChunkCache {
         self.inner.drop_entry(key);
     }
 
+    /// The keys of every entry on disk this process knows of (all of the directory at
+    /// open, plus what was written or adopted since), least recently used first.
+    pub fn keys(&self) -> Vec<ChunkKey> {
+        let idx = self.inner.index.lock();
+        idx.entries.iter().rev().map(|(k, _)| *k).collect()
+    }
+
     /// Current usage.
     pub fn usage(&self) -> CacheUsage {
         let idx = self.inner.index.lock();
@@ -398,9 +414,36 @@ impl Inner {
         self.dir.join(key.relative_path())
     }
 
+    /// The index entry for `key` (marked used), or the entry file another process wrote,
+    /// adopted.
+    fn entry(&self, key: &ChunkKey) -> Option<Entry> {
+        let known = self.index.lock().entries.get(key).copied();
+        known.or_else(|| self.adopt(key))
+    }
+
+    /// Adds the entry file for `key` to the index if one is on disk (written by another
+    /// process): unverified, so it is checked on first use like any entry found at open.
+    fn adopt(&self, key: &ChunkKey) -> Option<Entry> {
+        let size = disk::stat_entry(&self.path(key))?;
+        let entry = Entry {
+            size,
+            verified: false,
+        };
+        {
+            let mut idx = self.index.lock();
+            if let Some(old) = idx.entries.put(*key, entry) {
+                idx.bytes -= old.size;
+            }
+            idx.bytes += size;
+        }
+        self.evict();
+        self.update_gauges();
+        Some(entry)
+    }
+
     /// Reads an entry from disk, checking it on first use; removes it if it is bad.
     fn load(&self, key: &ChunkKey, mode: ReadMode) -> Result<Option<Bytes>, CacheError> {
-        let Some(entry) = self.index.lock().entries.get(key).copied() else {
+        let Some(entry) = self.entry(key) else {
             return Ok(None);
         };
         let path = self.path(key);

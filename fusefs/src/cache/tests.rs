@@ -194,8 +194,76 @@ fn writer_commits_only_matching_content() {
     w.write(b"y").unwrap();
     assert!(matches!(w.commit(), Err(CacheError::Mismatch { .. })));
     assert!(!cache.contains(&other));
-    assert_eq!(
-        std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
-        0
+    assert_eq!(temp_files(dir.path()), 0);
+}
+
+/// Files under `tmp/` other than the areas' lock files.
+fn temp_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.join("tmp")).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            n += std::fs::read_dir(e.path()).unwrap().count();
+        } else if !e.file_name().to_string_lossy().ends_with(".lock") {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_second_process_keeps_the_first_ones_temp_files_and_sees_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = open(dir.path(), 0, 0);
+    let (k, data) = chunk(9, 5000);
+    let mut w = first.writer(k).unwrap();
+    w.write(&data[..2000]).unwrap();
+    // Another process opens the same directory while the first is writing.
+    let (second, _) = open(dir.path(), 0, 0);
+    assert_eq!(temp_files(dir.path()), 1, "the writer's temp file survives");
+    w.write(&data[2000..]).unwrap();
+    w.commit().unwrap();
+    // The second one finds the entry the first wrote after it opened the directory.
+    assert!(second.contains(&k));
+    assert_eq!(second.get(&k).unwrap().unwrap(), data);
+    assert_eq!(second.usage().disk_bytes, 5000);
+    // A corrupted entry written behind its back is not served.
+    let (k2, data2) = chunk(10, 100);
+    first.insert(&k2, data2).unwrap();
+    std::fs::write(dir.path().join(k2.relative_path()), vec![0u8; 100]).unwrap();
+    assert!(second.get(&k2).unwrap().is_none());
+    drop(first);
+    drop(second);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "areas removed when their caches go: {left:?}"
     );
+}
+
+#[test]
+fn temp_areas_of_dead_processes_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(tmp.join("123-dead")).unwrap();
+    std::fs::write(tmp.join("123-dead.lock"), b"").unwrap();
+    std::fs::write(tmp.join("123-dead/partial"), b"half").unwrap();
+    std::fs::create_dir_all(tmp.join("no-lock")).unwrap();
+    let (_cache, _) = open(dir.path(), 0, 0);
+    assert!(!tmp.join("123-dead").exists() && !tmp.join("123-dead.lock").exists());
+    assert!(!tmp.join("no-lock").exists());
+}
+
+#[test]
+fn adopted_entries_count_against_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _) = open(dir.path(), 2500, 0);
+    let (other, _) = open(dir.path(), 2500, 0);
+    let c: Vec<_> = (0..3).map(|i| chunk(20 + i, 1000)).collect();
+    daemon.insert(&c[0].0, c[0].1.clone()).unwrap();
+    other.insert(&c[1].0, c[1].1.clone()).unwrap();
+    other.insert(&c[2].0, c[2].1.clone()).unwrap();
+    // The daemon adopts both entries the other wrote: 3000 bytes > 2500, its oldest goes.
+    assert!(daemon.contains(&c[1].0) && daemon.contains(&c[2].0));
+    assert!(daemon.usage().disk_bytes <= 2500);
+    assert!(!dir.path().join(c[0].0.relative_path()).exists());
 }

@@ -34,6 +34,7 @@ mod set;
 mod source;
 mod state;
 mod stream;
+mod warm;
 
 pub use context::{status_dir, ContextError, LayerContext, LayerSettings};
 pub use error::{LayerError, ReadError};
@@ -44,3 +45,4 @@ pub use schedule::Prefetch;
 pub use set::{LayerSet, Program};
 pub use source::{LayerHead, LayerSource};
 pub use state::has_saved_state;
+pub use warm::{WarmPlan, WarmSelection, WarmStats};

@@ -1,15 +1,18 @@
 //! Command implementations behind the `starling` binary, one module per subcommand.
 //! Each module owns its clap `Args` (or `Command`) and a `run` function returning `anyhow`.
 
+pub mod cache;
 pub mod config;
 pub mod convert;
 pub mod daemon;
 pub mod doctor;
 pub mod estargz;
 pub mod fdstore;
+pub mod image;
 pub mod merge;
 pub mod mount;
 pub mod optimize;
+pub mod prefetch;
 pub mod rpull;
 pub mod status;
 
