@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use cache::{CacheConfig, MIN_MAX_SIZE};
 pub use daemon::{DaemonConfig, MIN_RESTART_GRACE};
 pub use error::{ConfigError, Invalid, KeyPath, KeySegment, Location};
-pub use fetch::FetchConfig;
+pub use fetch::{ElfExtent, FetchConfig, NextChunk};
 pub use fuse::FuseConfig;
 pub use merge::{MergeConfig, MergeMode};
 pub use registry::{check_host, HostConfig, MirrorConfig, RegistryConfig, Secret};
