@@ -45,8 +45,9 @@ pub struct FetchConfig {
     #[serde(with = "crate::units::size")]
     pub neighbour_read_ahead: u64,
     /// After an on-demand fetch in the middle of a file, also fetch the chunks that follow:
-    /// `"sequential"`: only when the file is being read in order (its previous on-demand
-    /// fetch ended right before this one), `"always"`: after every on-demand fetch,
+    /// `"sequential"`: only when the file is being read in order (this fetch starts
+    /// within or right after the file's previous on-demand fetch and the chunks fetched
+    /// ahead of it), `"always"`: after every on-demand fetch,
     /// `"off"`: never. Files that are mapped and paged in (libraries) fault here and there:
     /// fetching ahead of every fault costs a chunk each time.
     pub next_chunk_read_ahead: NextChunk,
