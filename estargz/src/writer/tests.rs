@@ -346,9 +346,10 @@ fn large_files_are_cut_in_their_own_chunk_size() {
             .map(|e| (e.chunk_offset, e.chunk_size))
             .collect()
     };
-    // Up to `chunk_size`: one chunk, as without the option.
+    // Up to `chunk_size`: one chunk, as without the option (a file of exactly
+    // `chunk_size` bytes has it as its chunk size, as the reference writes it).
     assert_eq!(chunks_of(b"small"), [(0, 0)]);
-    assert_eq!(chunks_of(b"mid"), [(0, 0)]);
+    assert_eq!(chunks_of(b"mid"), [(0, 65536)]);
     // Larger: cut every 16 KiB, the last chunk running to the end.
     let large = chunks_of(b"large");
     assert_eq!(large.len(), 7, "{large:?}");
