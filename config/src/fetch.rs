@@ -51,8 +51,9 @@ pub struct FetchConfig {
     /// `"off"`: never. Files that are mapped and paged in (libraries) fault here and there:
     /// fetching ahead of every fault costs a chunk each time.
     pub next_chunk_read_ahead: NextChunk,
-    /// Decoded bytes fetched after a sequential read (`next_chunk_read_ahead`): the chunks
-    /// that follow, up to this many bytes (at least one chunk).
+    /// Most decoded bytes fetched ahead after an on-demand fetch (`next_chunk_read_ahead`;
+    /// at least one chunk). For `"sequential"` the window starts at the size of the fetch
+    /// and doubles with each further fetch in order, up to this.
     #[serde(with = "crate::units::size")]
     pub next_chunk_window: u64,
     /// When a second small file of a directory is fetched on demand, also fetch the other

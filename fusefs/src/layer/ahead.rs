@@ -58,8 +58,9 @@ pub(crate) struct ReadAhead {
     misses: Mutex<HashMap<EntryId, u32>>,
     directories: Mutex<HashMap<EntryId, u32>>,
     loader_chunks: Mutex<HashSet<u32>>,
-    /// Per file: (first, last) chunk of its last on-demand fetch or read-ahead after it.
-    last_span: Mutex<HashMap<EntryId, (u32, u32)>>,
+    /// Per file: first and last chunk of its last on-demand fetch and the read-ahead after
+    /// it, and how many on-demand fetches in a row were in order.
+    last_span: Mutex<HashMap<EntryId, (u32, u32, u32)>>,
 }
 
 /// Counts one more event for `key` in `map` (cleared when it grows past [`MAX_TRACKED`]);
@@ -236,20 +237,48 @@ impl ReadAhead {
     }
 
     /// After an on-demand fetch of chunks `first..=last` of file `id`: fetches the chunks
-    /// that follow, up to `fetch.next_chunk_window` decoded bytes, as
-    /// `fetch.next_chunk_read_ahead` says (`sequential`: only when this fetch starts where
-    /// the file's previous on-demand fetch, or the read-ahead after it, ended).
+    /// that follow, as `fetch.next_chunk_read_ahead` says: `sequential`: only when this
+    /// fetch starts within or right after the file's previous one and the read-ahead after
+    /// it, as many decoded bytes as this fetch, doubled for each further fetch in order, up
+    /// to `fetch.next_chunk_window`; `always`: the window after every fetch.
     pub(crate) fn next_chunks(self: &Arc<Self>, id: EntryId, first: u32, last: u32) {
         let core = &self.core;
         let settings = &core.ctx.settings.fetch;
         let index = core.index();
         let Some(entry) = index.entry(id) else { return };
         let ids = entry.chunk_ids();
-        // The chunks this would fetch: after `last`, within the window.
+        // In order: this fetch starts within or right after the file's previous one and
+        // the chunks fetched ahead of it. The window grows with the run of in-order
+        // fetches (the size of this fetch, doubled per step, up to the setting), so a
+        // library faulted at two neighbouring places costs a chunk ahead, not a window.
+        let mut spans = self.last_span.lock();
+        if spans.len() > MAX_TRACKED {
+            spans.clear();
+        }
+        let streak = match spans.get(&id) {
+            Some(&(lo, hi, n)) if lo <= first && first <= hi.saturating_add(1) => n + 1,
+            _ => 0,
+        };
+        let fetched: u64 = (first..=last)
+            .filter_map(|c| index.chunk(c))
+            .map(|c| c.size)
+            .sum();
+        let window = match settings.next_chunk_read_ahead {
+            NextChunk::Off => None,
+            NextChunk::Always => Some(settings.next_chunk_window),
+            NextChunk::Sequential if streak == 0 => None,
+            NextChunk::Sequential => Some(
+                fetched
+                    .saturating_mul(1 << (streak - 1).min(16))
+                    .min(settings.next_chunk_window),
+            ),
+        };
+        // The chunks after `last`, within the window (at least one).
         let mut chunks = Vec::new();
         let mut size = 0u64;
         for next in last.saturating_add(1)..ids.end {
-            if size >= settings.next_chunk_window && !chunks.is_empty() {
+            let Some(window) = window else { break };
+            if size >= window && !chunks.is_empty() {
                 break;
             }
             let Some(chunk) = index.chunk(next) else {
@@ -261,23 +290,10 @@ impl ReadAhead {
             size += chunk.size;
             chunks.push(chunk);
         }
-        let fetch = {
-            let mut spans = self.last_span.lock();
-            if spans.len() > MAX_TRACKED {
-                spans.clear();
-            }
-            let sequential = spans
-                .get(&id)
-                .is_some_and(|&(lo, hi)| lo <= first && first <= hi.saturating_add(1));
-            let fetch = match settings.next_chunk_read_ahead {
-                NextChunk::Off => false,
-                NextChunk::Sequential => sequential,
-                NextChunk::Always => true,
-            };
-            let ahead_to = chunks.last().filter(|_| fetch).map_or(last, |c| c.id);
-            spans.insert(id, (first, ahead_to));
-            fetch
-        };
+        let ahead_to = chunks.last().map_or(last, |c| c.id);
+        spans.insert(id, (first, ahead_to, streak));
+        drop(spans);
+        let fetch = !chunks.is_empty();
         if !fetch {
             return;
         }

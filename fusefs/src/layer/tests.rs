@@ -194,6 +194,46 @@ async fn next_chunks_follow_a_file_read_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_ahead_grows_with_the_run_of_reads_in_order() {
+    let (tar, data) = big_file();
+    let f = Fixture::new(
+        &tar,
+        config::FetchConfig {
+            next_chunk_read_ahead: config::NextChunk::Sequential,
+            next_chunk_window: 4 * CHUNK,
+            ..quiet()
+        },
+    )
+    .await;
+    let local = |f: &Fixture| -> Vec<u64> {
+        (0..8)
+            .filter(|i| f.local("data/big", i * CHUNK))
+            .collect::<Vec<_>>()
+    };
+    f.read("data/big", 0, 4096, &data).await;
+    f.read("data/big", CHUNK, 4096, &data).await;
+    // The first step in order: as much ahead as it fetched (one chunk).
+    f.settle(3).await;
+    assert_eq!(local(&f), [0, 1, 2]);
+    f.read("data/big", 2 * CHUNK, 4096, &data).await;
+    f.read("data/big", 3 * CHUNK, 4096, &data).await;
+    // The next: twice that.
+    f.settle(6).await;
+    assert_eq!(local(&f), [0, 1, 2, 3, 4, 5]);
+    f.read("data/big", 4 * CHUNK, 4096, &data).await;
+    f.read("data/big", 5 * CHUNK, 4096, &data).await;
+    f.read("data/big", 6 * CHUNK, 4096, &data).await;
+    // Then four (the file ends after one).
+    f.settle(8).await;
+    assert_eq!(local(&f), [0, 1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(
+        f.asked().0,
+        7,
+        "4 on demand (0, 1, 3, 6), 3 ahead (2; 4-5; 7)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_chunks_skip_scattered_faults() {
     let (tar, data) = big_file();
     let f = Fixture::new(
