@@ -26,6 +26,13 @@ pub struct FetchConfig {
     /// libraries it names (`DT_NEEDED`, found in the image's lazy layers), all at once
     /// instead of one round trip each as the loader gets to them.
     pub elf_read_ahead: bool,
+    /// How much of each ELF file `elf_read_ahead` and `program_read_ahead` fetch:
+    /// `"loader"`: the parts the kernel and the dynamic loader read or touch while loading
+    /// it (headers, dynamic section, symbol, string, version and relocation tables, the
+    /// writable segments, the page of its init code), chunk by chunk; code and read-only
+    /// data come on demand as the program runs. `"whole"`: whole files (only the first and
+    /// last chunks of files over 32 MiB).
+    pub elf_read_ahead_extent: ElfExtent,
     /// When an image's top layer is mounted lazily, fetch the program the image runs by
     /// default (`argv[0]` of its config's Entrypoint, else Cmd, looked up in its `PATH`)
     /// and what the loader needs for it (see `elf_read_ahead`), while the pull and the
@@ -37,6 +44,24 @@ pub struct FetchConfig {
     /// locale files). 0 = off.
     #[serde(with = "crate::units::size")]
     pub neighbour_read_ahead: u64,
+    /// After an on-demand fetch in the middle of a file, also fetch the chunks that follow:
+    /// `"sequential"`: only when the file is being read in order (this fetch starts
+    /// within or right after the file's previous on-demand fetch and the chunks fetched
+    /// ahead of it), `"always"`: after every on-demand fetch,
+    /// `"off"`: never. Files that are mapped and paged in (libraries) fault here and there:
+    /// fetching ahead of every fault costs a chunk each time.
+    pub next_chunk_read_ahead: NextChunk,
+    /// Most decoded bytes fetched ahead after an on-demand fetch (`next_chunk_read_ahead`;
+    /// at least one chunk). For `"sequential"` the window starts at the size of the fetch
+    /// and doubles with each further fetch in order, up to this.
+    #[serde(with = "crate::units::size")]
+    pub next_chunk_window: u64,
+    /// When a second small file of a directory is fetched on demand, also fetch the other
+    /// small files (single chunks of at most 256 KiB compressed) of that directory that are
+    /// not local yet, up to this many compressed bytes (files of a package imported one
+    /// after the other cost one round trip each otherwise). 0 = off.
+    #[serde(with = "crate::units::size")]
+    pub directory_read_ahead: u64,
     /// Files fetched as soon as a layer that has them is mounted (absolute paths in the
     /// image, symlinks followed within the layer): what container starts read before the
     /// application runs (containerd and runc read `/etc/passwd` and `/etc/group` of the
@@ -104,6 +129,28 @@ pub struct FetchConfig {
     pub stream_threshold: f64,
 }
 
+/// `fetch.elf_read_ahead_extent`: how much of an ELF file is read ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ElfExtent {
+    /// What the kernel and the dynamic loader touch while loading the file.
+    Loader,
+    /// The whole file (first and last chunks of files over 32 MiB).
+    Whole,
+}
+
+/// `fetch.next_chunk_read_ahead`: when the chunks after an on-demand fetch are fetched too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NextChunk {
+    /// When the file is read in order.
+    Sequential,
+    /// After every on-demand fetch.
+    Always,
+    /// Never.
+    Off,
+}
+
 impl Default for FetchConfig {
     fn default() -> Self {
         FetchConfig {
@@ -111,8 +158,12 @@ impl Default for FetchConfig {
             wait_for_prefetch: false,
             prefetch_timeout: Duration::from_secs(10),
             elf_read_ahead: true,
+            elf_read_ahead_extent: ElfExtent::Loader,
             program_read_ahead: true,
             neighbour_read_ahead: 32 << 10,
+            next_chunk_read_ahead: NextChunk::Sequential,
+            next_chunk_window: 4 << 20,
+            directory_read_ahead: 0,
             start_files: vec![
                 "/etc/passwd".into(),
                 "/etc/group".into(),
@@ -186,6 +237,18 @@ impl FetchConfig {
             return Err(Invalid::new(
                 at.key("background_batch_size"),
                 "must be between 1 byte and 64 MiB",
+            ));
+        }
+        if self.next_chunk_window > 1 << 30 {
+            return Err(Invalid::new(
+                at.key("next_chunk_window"),
+                "must be at most 1 GiB",
+            ));
+        }
+        if self.directory_read_ahead > 1 << 30 {
+            return Err(Invalid::new(
+                at.key("directory_read_ahead"),
+                "must be at most 1 GiB",
             ));
         }
         if self.max_retries > 100 {

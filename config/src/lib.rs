@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 pub use cache::{CacheConfig, MIN_MAX_SIZE};
 pub use daemon::{DaemonConfig, MIN_RESTART_GRACE};
 pub use error::{ConfigError, Invalid, KeyPath, KeySegment, Location};
-pub use fetch::FetchConfig;
+pub use fetch::{ElfExtent, FetchConfig, NextChunk};
 pub use fuse::FuseConfig;
 pub use kubernetes::{
     CredentialProviderConfig, KubernetesConfig, CREDENTIAL_PROVIDER_API_VERSIONS,

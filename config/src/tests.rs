@@ -149,6 +149,19 @@ fn background_and_prefetch_keys_parse_with_defaults() {
         ["/etc/passwd", "/etc/group", "/etc/localtime"]
     );
     assert_eq!(d.neighbour_read_ahead, 32 << 10);
+    assert_eq!(d.elf_read_ahead_extent, crate::ElfExtent::Loader);
+    assert_eq!(d.next_chunk_read_ahead, crate::NextChunk::Sequential);
+    assert_eq!(d.next_chunk_window, 4 << 20);
+    assert_eq!(d.directory_read_ahead, 0);
+    let c = parse(
+        "[fetch]\nelf_read_ahead_extent = \"whole\"\nnext_chunk_read_ahead = \"always\"\ndirectory_read_ahead = \"1MiB\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.fetch.elf_read_ahead_extent, crate::ElfExtent::Whole);
+    assert_eq!(c.fetch.next_chunk_read_ahead, crate::NextChunk::Always);
+    assert_eq!(c.fetch.directory_read_ahead, 1 << 20);
+    let e = parse("[fetch]\nnext_chunk_read_ahead = \"sometimes\"\n").unwrap_err();
+    assert!(e.to_string().contains("next_chunk_read_ahead"), "{e}");
     let c = parse("[fetch]\nelf_read_ahead = false\nstart_files = []\n").unwrap();
     assert!(!c.fetch.elf_read_ahead);
     assert!(c.fetch.start_files.is_empty());

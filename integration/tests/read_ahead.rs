@@ -13,6 +13,10 @@
 //! The harness runs commands through `/bin/sh`, so both add `/bin/sh` to
 //! `fetch.start_files`: dash and, through its ELF headers, the C library are read ahead
 //! at mount in both tests.
+//!
+//! Both read ELF files ahead whole (`fetch.elf_read_ahead_extent = "whole"`): by default
+//! only what the loader touches is read ahead and the code comes on demand, which needs the
+//! registry (what that default fetches is pinned by the unit tests in `fusefs::layer`).
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +40,7 @@ fn stack(name: &str, program_read_ahead: bool) -> Stack {
         .set("fetch.background_fetch", false)
         .set("fetch.program_read_ahead", program_read_ahead)
         .set("fetch.elf_read_ahead", true)
+        .set("fetch.elf_read_ahead_extent", "whole")
         .set("fetch.start_files", start)
         .set("fetch.request_timeout", "3s")
         .set("fetch.read_timeout", "6s")

@@ -44,6 +44,8 @@ pub(crate) fn is_reserved(cleaned: &[u8]) -> bool {
 pub(crate) struct Emitter<'p> {
     p: &'p mut Producer,
     chunk_size: u64,
+    /// Chunk size of files larger than `chunk_size`.
+    large_chunk_size: u64,
     split_at: usize,
     diff: Sha256,
     pub(crate) uncompressed: u64,
@@ -67,10 +69,15 @@ pub(crate) struct Emitted {
 }
 
 impl<'p> Emitter<'p> {
-    pub(crate) fn new(p: &'p mut Producer, chunk_size: u64) -> Self {
+    pub(crate) fn new(p: &'p mut Producer, chunk_size: u64, large_file_chunk_size: u64) -> Self {
+        let large_chunk_size = match large_file_chunk_size {
+            0 => chunk_size,
+            n => n,
+        };
         Self {
             p,
             chunk_size,
+            large_chunk_size,
             split_at: (chunk_size as usize).clamp(1 << 20, 16 << 20),
             diff: Sha256::new(),
             uncompressed: 0,
@@ -234,7 +241,12 @@ impl<'p> Emitter<'p> {
         tar: &mut TarReader<R>,
     ) -> Result<(), WriteError> {
         let first = self.toc.len();
-        let multi = size > self.chunk_size;
+        let step = if size > self.chunk_size {
+            self.large_chunk_size
+        } else {
+            self.chunk_size
+        };
+        let multi = size > step;
         let mut file_hash = multi.then(Sha256::new);
         let mut written = 0u64;
         let mut last_digest = String::new();
@@ -242,9 +254,9 @@ impl<'p> Emitter<'p> {
             self.p.end_segment()?;
             let seg = self.p.segment_index();
             let remain = size - written;
-            let n = remain.min(self.chunk_size);
-            if remain >= self.chunk_size {
-                ent.chunk_size = self.chunk_size as i64;
+            let n = remain.min(step);
+            if remain >= step {
+                ent.chunk_size = step as i64;
             }
             ent.chunk_offset = written as i64;
             let at = self.p.data.len();

@@ -48,6 +48,11 @@ pub struct BuildOptions {
     pub format: Format,
     /// Largest uncompressed chunk of a regular file (bytes).
     pub chunk_size: u64,
+    /// Chunk size of regular files larger than `chunk_size` (0: `chunk_size`). Large files
+    /// are mostly mapped and paged in here and there (shared libraries, data files): a
+    /// reader that verifies per chunk fetches whole chunks, so smaller chunks for them cost
+    /// a little compression and TOC size and save much of what a start fetches.
+    pub large_file_chunk_size: u64,
     /// Compression level (gzip 1-9, zstd 1-22); `None` for the format's default.
     pub level: Option<u32>,
     /// Paths to place first (as the reference: each with its parent directories and
@@ -65,6 +70,7 @@ impl Default for BuildOptions {
         Self {
             format: Format::Estargz,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            large_file_chunk_size: 0,
             level: None,
             prioritized_files: Vec::new(),
             threads: 0,
@@ -119,6 +125,12 @@ impl BuildOptions {
             return Err(WriteError::InvalidOption(format!(
                 "chunk size {} must be between 1 byte and 1 GiB",
                 self.chunk_size
+            )));
+        }
+        if self.large_file_chunk_size > (1 << 30) {
+            return Err(WriteError::InvalidOption(format!(
+                "large file chunk size {} must be at most 1 GiB",
+                self.large_file_chunk_size
             )));
         }
         Ok(Codec { compression, level })
@@ -222,7 +234,7 @@ fn build_streaming<R: Read, W: Write + Send>(
     let codec = opts.codec()?;
     let (emitted, written) =
         pipeline::run(&mut output, codec, opts.threads(), job_bytes(opts), |p| {
-            let mut em = Emitter::new(p, opts.chunk_size);
+            let mut em = Emitter::new(p, opts.chunk_size, opts.large_file_chunk_size);
             em.landmark(NO_PREFETCH_LANDMARK)?;
             let mut reader = TarReader::new(tar);
             while let Some(e) = reader.next_entry()? {
@@ -242,7 +254,7 @@ fn build_sorted<W: Write + Send>(
     let plan = sort::plan(file, &opts.prioritized_files)?;
     let ((emitted, missing), written) =
         pipeline::run(&mut output, codec, opts.threads(), job_bytes(opts), |p| {
-            let mut em = Emitter::new(p, opts.chunk_size);
+            let mut em = Emitter::new(p, opts.chunk_size, opts.large_file_chunk_size);
             let mut reader = sort::Rereader::new(file);
             for &start in &plan.prioritized {
                 reader.emit_at(start, &mut em)?;

@@ -323,3 +323,42 @@ fn empty_tar_gives_a_valid_layer() {
 }
 
 const ROOT_ID_FOR_TEST: u32 = crate::ROOT_ID;
+
+#[test]
+fn large_files_are_cut_in_their_own_chunk_size() {
+    let mut t = TarBuilder::new();
+    let m = Meta::default();
+    t.file(b"small", &m, &crate::testutil::pattern(60_000, 1));
+    t.file(b"mid", &m, &crate::testutil::pattern(64 * 1024, 2));
+    t.file(b"large", &m, &crate::testutil::pattern(100_000, 3));
+    let tar = t.finish();
+    let o = BuildOptions {
+        large_file_chunk_size: 16 * 1024,
+        ..opts(Format::Estargz)
+    };
+    let mut blob = Vec::new();
+    build(&tar[..], &mut blob, &o).unwrap();
+    let toc = toc_of(&blob);
+    let chunks_of = |name: &[u8]| -> Vec<(i64, i64)> {
+        toc.entries
+            .iter()
+            .filter(|e| e.name == name && (e.kind == "reg" || e.kind == "chunk"))
+            .map(|e| (e.chunk_offset, e.chunk_size))
+            .collect()
+    };
+    // Up to `chunk_size`: one chunk, as without the option (a file of exactly
+    // `chunk_size` bytes has it as its chunk size, as the reference writes it).
+    assert_eq!(chunks_of(b"small"), [(0, 0)]);
+    assert_eq!(chunks_of(b"mid"), [(0, 65536)]);
+    // Larger: cut every 16 KiB, the last chunk running to the end.
+    let large = chunks_of(b"large");
+    assert_eq!(large.len(), 7, "{large:?}");
+    assert!(large[..6]
+        .iter()
+        .enumerate()
+        .all(|(i, c)| *c == (i as i64 * 16384, 16384)));
+    assert_eq!(large[6], (6 * 16384, 0));
+    // The blob reads back as the input.
+    let layer = open(&blob, &OpenOptions::default()).unwrap();
+    manifest_from_tar(&tar).assert_same(&manifest_from_layer(&layer, &blob));
+}

@@ -2,7 +2,11 @@
 //! they ask.
 //!
 //! - Neighbours: small files of the same directory right after a small file read on demand
-//!   ([`ReadAhead::neighbours`]), and the next chunk of a file ([`ReadAhead::next_chunk`]).
+//!   ([`ReadAhead::neighbours`]); once a directory has had two small files fetched on
+//!   demand, its other small files (`fetch.directory_read_ahead`, [`ReadAhead::directory`]).
+//! - The chunks after an on-demand fetch, when the file is read in order
+//!   (`fetch.next_chunk_read_ahead`, [`ReadAhead::next_chunks`]); a mapped file faulted
+//!   here and there does not pay a chunk ahead of every fault.
 //! - What a program loads before it runs. Starting a dynamically linked program is a chain
 //!   of dependent reads: the kernel reads the binary, then the dynamic loader it names, the
 //!   loader reads `/etc/ld.so.cache`, then each shared library in turn. Over a lazy layer
@@ -12,7 +16,10 @@
 //!   symlinks followed; `set`) and fetches them all at once; each fetched library is
 //!   examined in turn. The image's own program is read ahead the same way once its top
 //!   layer fetches ([`ReadAhead::read_ahead_program`]), and `fetch.start_files` when a
-//!   layer starts fetching.
+//!   layer starts fetching. Of an ELF file only what loading it touches is fetched
+//!   (`fetch.elf_read_ahead_extent = "loader"`, see [`elf::loader_regions`]): its first
+//!   chunk, then the chunks holding its loader tables, writable segments and init code;
+//!   the code runs on demand. A large library costs a few chunks, not the whole file.
 //!
 //! Read-ahead leaves chunks a stream or the prefetch will deliver to them.
 
@@ -25,23 +32,47 @@ use estargz::{Chunk, EntryId};
 use parking_lot::Mutex;
 use registry::Priority;
 
+use config::{ElfExtent, NextChunk};
+
 use super::chunks::{fetch_range, key_of, request_of};
 use super::core::{LayerCore, Piece};
 use super::elf::{self, ElfError};
 use super::set::{join, resolve, Program, StackLayer};
 use crate::fetch::LARGE_CHUNK;
 
-/// Files larger than this have only their first and last chunks read ahead (a loader maps
-/// them but touches little of a huge library).
+/// Files larger than this have only their first and last chunks read ahead whole (a
+/// loader maps them but touches little of a huge library).
 const MAX_WHOLE_FILE: u64 = 32 << 20;
+/// Largest compressed chunk of a file that counts as small for directory read-ahead.
+const SMALL_FILE: u64 = 256 << 10;
+/// Entries kept in the per-file and per-directory maps before they are cleared.
+const MAX_TRACKED: usize = 65536;
 
 /// The read-ahead of one layer and its bookkeeping: files examined, files read ahead,
-/// on-demand misses per directory.
+/// on-demand misses per directory, chunks asked for as loader regions, the last
+/// on-demand chunks of each file.
 pub(crate) struct ReadAhead {
     core: Arc<LayerCore>,
     examined: Mutex<HashSet<EntryId>>,
     requested: Mutex<HashSet<EntryId>>,
     misses: Mutex<HashMap<EntryId, u32>>,
+    directories: Mutex<HashMap<EntryId, u32>>,
+    loader_chunks: Mutex<HashSet<u32>>,
+    /// Per file: first and last chunk of its last on-demand fetch and the read-ahead after
+    /// it, and how many on-demand fetches in a row were in order.
+    last_span: Mutex<HashMap<EntryId, (u32, u32, u32)>>,
+}
+
+/// Counts one more event for `key` in `map` (cleared when it grows past [`MAX_TRACKED`]);
+/// returns the count before this one.
+fn count(map: &Mutex<HashMap<EntryId, u32>>, key: EntryId) -> u32 {
+    let mut m = map.lock();
+    if m.len() > MAX_TRACKED {
+        m.clear();
+    }
+    let n = m.entry(key).or_insert(0);
+    *n += 1;
+    *n - 1
 }
 
 impl StackLayer for ReadAhead {
@@ -62,10 +93,8 @@ impl StackLayer for ReadAhead {
     }
 
     fn fetch_ahead(self: Arc<Self>, id: EntryId) {
-        if self.requested.lock().insert(id) {
-            let runtime = self.core.ctx.runtime.clone();
-            runtime.spawn(async move { self.fetch_file(id).await });
-        }
+        let whole = self.core.ctx.settings.fetch.elf_read_ahead_extent == ElfExtent::Whole;
+        self.fetch_once(id, whole);
     }
 }
 
@@ -76,19 +105,19 @@ impl ReadAhead {
             examined: Mutex::default(),
             requested: Mutex::default(),
             misses: Mutex::default(),
+            directories: Mutex::default(),
+            loader_chunks: Mutex::default(),
+            last_span: Mutex::default(),
         })
     }
 
-    /// Counts an on-demand miss of a small file in directory `dir`; returns the misses
-    /// there before this one.
-    fn dir_misses(&self, dir: EntryId) -> u32 {
-        let mut m = self.misses.lock();
-        if m.len() > 65536 {
-            m.clear();
+    /// Fetches file `id` ahead of reads, once: all of it when `whole` (first and last
+    /// chunks of a huge file), else its first chunk; then examines it.
+    fn fetch_once(self: Arc<Self>, id: EntryId, whole: bool) {
+        if self.requested.lock().insert(id) {
+            let runtime = self.core.ctx.runtime.clone();
+            runtime.spawn(async move { self.fetch_file(id, whole).await });
         }
-        let n = m.entry(dir).or_insert(0);
-        *n += 1;
-        *n - 1
     }
 
     /// Small files of the same directory right after file `id`'s chunks in the blob, not
@@ -109,7 +138,7 @@ impl ReadAhead {
             return Vec::new();
         }
         let parent = entry.parent();
-        let budget = base << self.dir_misses(parent).min(3);
+        let budget = base << count(&self.misses, parent).min(3);
         let mut out = Vec::new();
         let (mut used, mut end) = (0u64, fetch_range(&first.chunk).end);
         let mut next = first.chunk.id + 1;
@@ -138,32 +167,162 @@ impl ReadAhead {
         out
     }
 
-    /// Starts fetching the chunk after `last` of file `id`, if any and not local.
-    pub(crate) fn next_chunk(self: &Arc<Self>, id: EntryId, last: Option<u32>) {
+    /// When file `id` had a second small file of its directory fetched on demand (this
+    /// one: `pieces`), the directory's other small files not local or coming yet, up to
+    /// `fetch.directory_read_ahead` compressed bytes (in blob order); empty when off.
+    pub(crate) fn directory(&self, id: EntryId, pieces: &[Piece]) -> Vec<Chunk> {
         let core = &self.core;
+        let budget = core.ctx.settings.fetch.directory_read_ahead;
         let index = core.index();
-        let Some(last) = last else { return };
+        let (Some(first), Some(entry)) = (pieces.first(), index.entry(id)) else {
+            return Vec::new();
+        };
+        if budget == 0
+            || pieces.len() != 1
+            || entry.chunk_ids().len() != 1
+            || first.chunk.compressed_len > SMALL_FILE
+        {
+            return Vec::new();
+        }
+        let parent = entry.parent();
+        if count(&self.directories, parent) != 1 {
+            return Vec::new(); // the first miss there, or read ahead already
+        }
+        let mut out = Vec::new();
+        let mut used = 0u64;
+        for (_, child) in index.children(parent) {
+            let Some(e) = index.entry(child) else {
+                continue;
+            };
+            if child == id || e.kind() != estargz::EntryKind::Reg || e.chunk_ids().len() != 1 {
+                continue;
+            }
+            let Some(c) = index.chunk(e.chunk_ids().start) else {
+                continue;
+            };
+            let len = fetch_range(&c).end - c.compressed_offset;
+            if c.compressed_len > SMALL_FILE
+                || core.progress.is_done(c.id)
+                || core.gate.will_cover(c.compressed_offset)
+                || key_of(&c).is_none_or(|k| core.fetcher.is_in_flight(&k))
+            {
+                continue;
+            }
+            if used + len > budget {
+                break;
+            }
+            used += len;
+            out.push(c);
+        }
+        out.sort_by_key(|c| c.compressed_offset);
+        out
+    }
+
+    /// Fetches `chunks` (small files of one directory) in the background of the read that
+    /// found them, and marks them local.
+    pub(crate) fn fetch_directory(&self, chunks: Vec<Chunk>) {
+        if chunks.is_empty() {
+            return;
+        }
+        let core = self.core.clone();
+        self.core.ctx.runtime.spawn(async move {
+            let requests: Vec<_> = chunks.iter().filter_map(request_of).collect();
+            let answers = core.fetcher.get_many(&requests, Priority::Prefetch).await;
+            for (c, a) in chunks.iter().zip(answers) {
+                if a.is_ok() {
+                    core.mark(c.id);
+                }
+            }
+        });
+    }
+
+    /// After an on-demand fetch of chunks `first..=last` of file `id`: fetches the chunks
+    /// that follow, as `fetch.next_chunk_read_ahead` says: `sequential`: only when this
+    /// fetch starts within or right after the file's previous one and the read-ahead after
+    /// it, as many decoded bytes as this fetch, doubled for each further fetch in order, up
+    /// to `fetch.next_chunk_window`; `always`: the window after every fetch.
+    pub(crate) fn next_chunks(self: &Arc<Self>, id: EntryId, first: u32, last: u32) {
+        let core = &self.core;
+        let settings = &core.ctx.settings.fetch;
+        let index = core.index();
         let Some(entry) = index.entry(id) else { return };
-        let next = last + 1;
-        if !entry.chunk_ids().contains(&next) || core.progress.is_done(next) {
+        let ids = entry.chunk_ids();
+        // In order: this fetch starts within or right after the file's previous one and
+        // the chunks fetched ahead of it. The window grows with the run of in-order
+        // fetches (the size of this fetch, doubled per step, up to the setting), so a
+        // library faulted at two neighbouring places costs a chunk ahead, not a window.
+        let mut spans = self.last_span.lock();
+        if spans.len() > MAX_TRACKED {
+            spans.clear();
+        }
+        let streak = match spans.get(&id) {
+            Some(&(lo, hi, n)) if lo <= first && first <= hi.saturating_add(1) => n + 1,
+            _ => 0,
+        };
+        let fetched: u64 = (first..=last)
+            .filter_map(|c| index.chunk(c))
+            .map(|c| c.size)
+            .sum();
+        let window = match settings.next_chunk_read_ahead {
+            NextChunk::Off => None,
+            NextChunk::Always => Some(settings.next_chunk_window),
+            NextChunk::Sequential if streak == 0 => None,
+            NextChunk::Sequential => Some(
+                fetched
+                    .saturating_mul(1 << (streak - 1).min(16))
+                    .min(settings.next_chunk_window),
+            ),
+        };
+        // The chunks after `last`, within the window (at least one).
+        let mut chunks = Vec::new();
+        let mut size = 0u64;
+        for next in last.saturating_add(1)..ids.end {
+            let Some(window) = window else { break };
+            if size >= window && !chunks.is_empty() {
+                break;
+            }
+            let Some(chunk) = index.chunk(next) else {
+                break;
+            };
+            if chunk.size > LARGE_CHUNK || core.gate.should_wait(chunk.compressed_offset) {
+                break;
+            }
+            size += chunk.size;
+            chunks.push(chunk);
+        }
+        let ahead_to = chunks.last().map_or(last, |c| c.id);
+        spans.insert(id, (first, ahead_to, streak));
+        drop(spans);
+        let fetch = !chunks.is_empty();
+        if !fetch {
             return;
         }
-        let Some(chunk) = index.chunk(next) else {
-            return;
-        };
-        if chunk.size > LARGE_CHUNK || core.gate.should_wait(chunk.compressed_offset) {
+        let chunks: Vec<_> = chunks
+            .into_iter()
+            .filter(|c| {
+                !core.progress.is_done(c.id)
+                    && key_of(c).is_some_and(|k| !core.fetcher.is_in_flight(&k))
+            })
+            .collect();
+        if chunks.is_empty() {
             return;
         }
-        let Some(req) = request_of(&chunk) else {
-            return;
-        };
         let this = self.clone();
         tokio::spawn(async move {
-            let r = this.core.fetcher.get(&req, Priority::Prefetch).await;
-            if let Ok(data) = r {
-                this.core.mark(next);
-                this.after_fetch(id, vec![(chunk.file_offset, data)]);
+            let requests: Vec<_> = chunks.iter().filter_map(request_of).collect();
+            let answers = this
+                .core
+                .fetcher
+                .get_many(&requests, Priority::Prefetch)
+                .await;
+            let mut fresh = Vec::new();
+            for (c, a) in chunks.iter().zip(answers) {
+                if let Ok(data) = a {
+                    this.core.mark(c.id);
+                    fresh.push((c.file_offset, data));
+                }
             }
+            this.after_fetch(id, fresh);
         });
     }
 
@@ -201,6 +360,16 @@ impl ReadAhead {
                 _ => core.peek_local(id, off, len),
             }
         };
+        if core.ctx.settings.fetch.elf_read_ahead_extent == ElfExtent::Loader {
+            match elf::loader_regions(&mut read) {
+                Ok(r) => self.fetch_loader_regions(id, &r.regions),
+                Err(ElfError::Incomplete(..)) => {}
+                Err(_) => {
+                    self.examined.lock().insert(id);
+                    return;
+                }
+            }
+        }
         // A fetched chunk is answered just before it is written to the cache: a chunk
         // marked local but not readable yet is waited for (briefly).
         let mut waits = 0;
@@ -292,13 +461,60 @@ impl ReadAhead {
         let me: Arc<dyn StackLayer> = self.clone();
         for path in &self.core.ctx.settings.fetch.start_files {
             if let Some((_, id)) = resolve(std::slice::from_ref(&me), path.as_bytes()) {
-                self.clone().fetch_ahead(id);
+                self.clone().fetch_once(id, true);
             }
         }
     }
 
-    /// Fetches file `id` (its first and last chunks only when it is huge), then examines it.
-    async fn fetch_file(self: Arc<Self>, id: EntryId) {
+    /// Fetches the chunks of ELF file `id` that hold `regions` (see
+    /// [`elf::loader_regions`]) and are not local or asked for yet, then examines it again.
+    fn fetch_loader_regions(self: &Arc<Self>, id: EntryId, regions: &[std::ops::Range<u64>]) {
+        let core = &self.core;
+        let index = core.index();
+        let Some(entry) = index.entry(id) else { return };
+        let mut chunks = Vec::new();
+        {
+            let mut asked = self.loader_chunks.lock();
+            for cid in entry.chunk_ids() {
+                let Some(c) = index.chunk(cid) else { continue };
+                let hit = regions
+                    .iter()
+                    .any(|r| r.start < c.file_offset + c.size && c.file_offset < r.end);
+                if hit
+                    && !core.progress.is_done(cid)
+                    && !core.gate.will_cover(c.compressed_offset)
+                    && key_of(&c).is_some()
+                    && asked.insert(cid)
+                {
+                    chunks.push(c);
+                }
+            }
+        }
+        if chunks.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        core.ctx.runtime.spawn(async move {
+            let core = &this.core;
+            let _busy = core.ctx.activity.begin();
+            let requests: Vec<_> = chunks.iter().filter_map(request_of).collect();
+            let answers = core.fetcher.get_many(&requests, Priority::OnDemand).await;
+            let mut fresh = Vec::new();
+            for (c, a) in chunks.iter().zip(answers) {
+                if let Ok(data) = a {
+                    core.mark(c.id);
+                    if c.size <= LARGE_CHUNK {
+                        fresh.push((c.file_offset, data));
+                    }
+                }
+            }
+            this.after_fetch(id, fresh);
+        });
+    }
+
+    /// Fetches file `id` (`whole`: all of it, only its first and last chunks when it is
+    /// huge; else its first chunk), then examines it.
+    async fn fetch_file(self: Arc<Self>, id: EntryId, whole: bool) {
         let core = &self.core;
         let index = core.index();
         let Some(entry) = index.entry(id) else { return };
@@ -306,7 +522,7 @@ impl ReadAhead {
         let huge = entry.size() > MAX_WHOLE_FILE;
         let chunks: Vec<_> = ids
             .clone()
-            .filter(|c| !huge || *c == ids.start || *c + 1 == ids.end)
+            .filter(|c| *c == ids.start || (whole && (!huge || *c + 1 == ids.end)))
             .filter(|c| !core.progress.is_done(*c))
             .filter_map(|c| index.chunk(c))
             // The prefetch (or a stream) brings these anyway: not twice.

@@ -1,8 +1,9 @@
 //! What a dynamically linked ELF file needs before it can run: its program interpreter
 //! (`PT_INTERP`, the dynamic loader), the shared libraries it names (`DT_NEEDED`) and where
 //! it asks for them to be looked up (`DT_RUNPATH` / `DT_RPATH`), read from its program
-//! headers and dynamic section. Only those few structures are read, through a
-//! `read(offset, len)` callback that may answer "not local yet" ([`ElfError::Incomplete`]);
+//! headers and dynamic section ([`needs`]); and which parts of the file the kernel and the
+//! loader touch while loading it ([`loader_regions`]). Only those few structures are read,
+//! through a `read(offset, len)` callback that may answer "not local yet" ([`ElfError::Incomplete`]);
 //! every size is bounded, so a hostile file costs little and never panics.
 
 use thiserror::Error;
@@ -13,8 +14,8 @@ const MAX_PHNUM: usize = 256;
 const MAX_INTERP: u64 = 4096;
 /// Largest dynamic section read.
 const MAX_DYNAMIC: u64 = 64 << 10;
-/// Largest string table read.
-const MAX_STRTAB: u64 = 1 << 20;
+/// Longest name or search path read from the string table.
+const MAX_NAME: u64 = 4096;
 /// Most `DT_NEEDED` names kept.
 const MAX_NEEDED: usize = 128;
 
@@ -261,11 +262,14 @@ pub fn needs(read: &mut dyn FnMut(u64, usize) -> Option<Vec<u8>>) -> Result<ElfN
         .ok_or(ElfError::Malformed(
             "string table outside the loaded segments",
         ))?;
-    let strings = read_exact(read, at, strsz.min(MAX_STRTAB) as usize)?;
-    let string = |off: u64| -> Result<Vec<u8>, ElfError> {
-        let rest = strings
-            .get(off as usize..)
-            .ok_or(ElfError::Malformed("string offset past the string table"))?;
+    // Each name is read where it is (a large library's string table runs to megabytes and
+    // its needed names may sit anywhere in it).
+    let mut string = |off: u64| -> Result<Vec<u8>, ElfError> {
+        if off >= strsz {
+            return Err(ElfError::Malformed("string offset past the string table"));
+        }
+        let len = (strsz - off).min(MAX_NAME) as usize;
+        let rest = read_exact(read, at.saturating_add(off), len)?;
         let s = rest.split(|&c| c == 0).next().unwrap_or_default();
         Ok(s.to_vec())
     };
@@ -282,6 +286,205 @@ pub fn needs(read: &mut dyn FnMut(u64, usize) -> Option<Vec<u8>>) -> Result<ElfN
             .map(<[u8]>::to_vec)
             .collect();
     }
+    Ok(out)
+}
+
+/// The parts of an ELF file the kernel and the dynamic loader read or touch while loading
+/// it, before any of its code runs (file ranges): the headers, the interpreter path, the
+/// dynamic section, the loader's tables (hash, symbols, strings, versions, relocations,
+/// contiguous at the start of the first segment in files made by the usual linkers), the
+/// writable segments (relocation targets, GOT, data) and the page of `DT_INIT`. Code and
+/// read-only data are touched only as the program runs. `complete` is false when the
+/// dynamic section was not readable yet (the tables are then missing from `regions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoaderRegions {
+    pub regions: Vec<std::ops::Range<u64>>,
+    pub complete: bool,
+}
+
+const PF_W: u32 = 2;
+const DT_PLTRELSZ: u64 = 2;
+const DT_HASH: u64 = 4;
+const DT_SYMTAB: u64 = 6;
+const DT_RELA: u64 = 7;
+const DT_RELASZ: u64 = 8;
+const DT_INIT: u64 = 12;
+const DT_REL: u64 = 17;
+const DT_RELSZ: u64 = 18;
+const DT_JMPREL: u64 = 23;
+const DT_RELRSZ: u64 = 35;
+const DT_RELR: u64 = 36;
+const DT_GNU_HASH: u64 = 0x6fff_fef5;
+const DT_VERSYM: u64 = 0x6fff_fff0;
+const DT_VERDEF: u64 = 0x6fff_fffc;
+const DT_VERNEED: u64 = 0x6fff_fffe;
+/// Largest loader table span taken (a hostile file costs at most this much read-ahead).
+const MAX_TABLES: u64 = 256 << 20;
+
+/// See [`LoaderRegions`]. Fails only when the ELF header and program headers are not
+/// readable (or it is not an ELF file that is loaded).
+pub fn loader_regions(
+    read: &mut dyn FnMut(u64, usize) -> Option<Vec<u8>>,
+) -> Result<LoaderRegions, ElfError> {
+    let ident = read(0, 64).ok_or(ElfError::Incomplete(0, 64))?;
+    if ident.len() < 52 || &ident[..4] != b"\x7fELF" {
+        return Err(ElfError::NotElf);
+    }
+    let form = match (ident[4], ident[5]) {
+        (1, 1) => Form {
+            is_64: false,
+            big: false,
+        },
+        (1, 2) => Form {
+            is_64: false,
+            big: true,
+        },
+        (2, 1) => Form {
+            is_64: true,
+            big: false,
+        },
+        (2, 2) => Form {
+            is_64: true,
+            big: true,
+        },
+        _ => return Err(ElfError::NotElf),
+    };
+    if form.is_64 && ident.len() < 64 {
+        return Err(ElfError::NotElf);
+    }
+    if !matches!(form.u16(&ident, 16), 2 | 3) {
+        return Err(ElfError::NotElf);
+    }
+    let (phoff, phentsize, phnum) = if form.is_64 {
+        (
+            form.u64(&ident, 32),
+            form.u16(&ident, 54) as usize,
+            form.u16(&ident, 56) as usize,
+        )
+    } else {
+        (
+            u64::from(form.u32(&ident, 28)),
+            form.u16(&ident, 42) as usize,
+            form.u16(&ident, 44) as usize,
+        )
+    };
+    let min_ent = if form.is_64 { 56 } else { 32 };
+    let mut out = LoaderRegions::default();
+    let ehdr = if form.is_64 { 64 } else { 52 };
+    if phnum == 0 {
+        out.regions.push(0..ehdr);
+        out.complete = true;
+        return Ok(out);
+    }
+    if phentsize < min_ent || phnum > MAX_PHNUM {
+        return Err(ElfError::Malformed("program header table"));
+    }
+    let table_end = phoff.saturating_add((phentsize * phnum) as u64);
+    out.regions.push(0..table_end.max(ehdr));
+    let table = read_exact(read, phoff, phentsize * phnum)?;
+    // (kind, flags, offset, vaddr, filesz)
+    let segs: Vec<(u32, u32, u64, u64, u64)> = (0..phnum)
+        .map(|i| {
+            let b = &table[i * phentsize..];
+            if form.is_64 {
+                (
+                    form.u32(b, 0),
+                    form.u32(b, 4),
+                    form.u64(b, 8),
+                    form.u64(b, 16),
+                    form.u64(b, 32),
+                )
+            } else {
+                (
+                    form.u32(b, 0),
+                    form.u32(b, 24),
+                    u64::from(form.u32(b, 4)),
+                    u64::from(form.u32(b, 8)),
+                    u64::from(form.u32(b, 16)),
+                )
+            }
+        })
+        .collect();
+    for &(kind, flags, off, _, filesz) in &segs {
+        let keep =
+            kind == PT_INTERP || kind == PT_DYNAMIC || (kind == PT_LOAD && flags & PF_W != 0);
+        if keep && filesz > 0 {
+            out.regions
+                .push(off..off.saturating_add(filesz.min(MAX_TABLES)));
+        }
+    }
+    let loads: Vec<_> = segs.iter().filter(|s| s.0 == PT_LOAD).collect();
+    // vaddr -> (file offset, end of its segment in the file)
+    let to_file = |addr: u64| {
+        loads
+            .iter()
+            .find(|s| addr >= s.3 && addr - s.3 < s.4)
+            .map(|s| (s.2 + (addr - s.3), s.2 + s.4))
+    };
+    let Some(&(_, _, doff, _, dsize)) = segs.iter().find(|s| s.0 == PT_DYNAMIC) else {
+        out.complete = true;
+        return Ok(out);
+    };
+    let ent = if form.is_64 { 16 } else { 8 };
+    let len = dsize.min(MAX_DYNAMIC) as usize / ent * ent;
+    let Some(dynb) = read(doff, len).filter(|b| b.len() == len) else {
+        return Ok(out);
+    };
+    let mut tags: Vec<(u64, u64)> = Vec::new();
+    for e in dynb.chunks_exact(ent) {
+        let (tag, val) = (form.word(e, 0), form.word(e, ent / 2));
+        if tag == DT_NULL {
+            break;
+        }
+        tags.push((tag, val));
+    }
+    let tag = |t: u64| tags.iter().find(|(k, _)| *k == t).map(|(_, v)| *v);
+    let mut starts = Vec::new();
+    let mut ends = Vec::new();
+    for t in [
+        DT_HASH,
+        DT_GNU_HASH,
+        DT_SYMTAB,
+        DT_STRTAB,
+        DT_VERSYM,
+        DT_VERDEF,
+        DT_VERNEED,
+        DT_RELA,
+        DT_REL,
+        DT_JMPREL,
+        DT_RELR,
+    ] {
+        if let Some((off, seg_end)) = tag(t).and_then(to_file) {
+            starts.push((off, seg_end));
+        }
+    }
+    for (t, sz) in [
+        (DT_STRTAB, DT_STRSZ),
+        (DT_RELA, DT_RELASZ),
+        (DT_REL, DT_RELSZ),
+        (DT_JMPREL, DT_PLTRELSZ),
+        (DT_RELR, DT_RELRSZ),
+    ] {
+        if let (Some((off, seg_end)), Some(n)) = (tag(t).and_then(to_file), tag(sz)) {
+            ends.push(off.saturating_add(n).min(seg_end));
+        }
+    }
+    if let Some(&(first, seg_end)) = starts.iter().min() {
+        let last_start = starts.iter().map(|s| s.0).max().unwrap_or(first);
+        let end = ends
+            .iter()
+            .copied()
+            .chain(std::iter::once(last_start.saturating_add(4096)))
+            .max()
+            .unwrap_or(first)
+            .min(seg_end)
+            .min(first.saturating_add(MAX_TABLES));
+        out.regions.push(first..end);
+    }
+    if let Some((off, seg_end)) = tag(DT_INIT).and_then(to_file) {
+        out.regions.push(off..off.saturating_add(4096).min(seg_end));
+    }
+    out.complete = true;
     Ok(out)
 }
 
@@ -446,6 +649,49 @@ mod tests {
             g[i] ^= 0xa5;
             let _ = needs(&mut reader(&g));
         }
+    }
+
+    #[test]
+    fn loader_regions_are_headers_tables_and_writable_parts() {
+        let f = sample();
+        let r = loader_regions(&mut reader(&f)).unwrap();
+        assert!(r.complete);
+        // Headers, interpreter, dynamic section, string table (the only table here).
+        assert!(r.regions.contains(&(0..64 + 3 * 56)), "{r:?}");
+        assert!(r.regions.contains(&(0x200..0x200 + 28)), "{r:?}");
+        assert!(r.regions.contains(&(0x300..0x300 + 6 * 16)), "{r:?}");
+        assert!(
+            r.regions
+                .iter()
+                .any(|x| x.start == 0x240 && x.end >= 0x240 + 36),
+            "{r:?}"
+        );
+        // Without the dynamic section local: the headers, and not complete.
+        let mut short = |off: u64, len: usize| {
+            let end = off as usize + len;
+            (end <= 0x300).then(|| f[off as usize..end].to_vec())
+        };
+        let r = loader_regions(&mut short).unwrap();
+        assert!(
+            !r.complete && r.regions.contains(&(0..64 + 3 * 56)),
+            "{r:?}"
+        );
+        // Damage: errors or results, never panics; a hostile size is bounded.
+        for i in 0..0x400 {
+            let mut g = f.clone();
+            g[i] ^= 0xa5;
+            let got = loader_regions(&mut reader(&g));
+            if let Ok(r) = got {
+                assert!(r
+                    .regions
+                    .iter()
+                    .all(|x| x.end - x.start <= MAX_TABLES + 4096));
+            }
+        }
+        assert_eq!(
+            loader_regions(&mut reader(b"#!/bin/sh\n")),
+            Err(ElfError::NotElf)
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! - `schedule` and `stream`: fetch scheduling — prefetch, background fetch, region streams
 //!   and the switch to streaming when reads look like a scan; `gate`, `progress` and
 //!   `quiet` are their state;
-//! - `ahead`: read-ahead — the next chunk, neighbouring small files, what ELF programs load
-//!   (`elf`), across the image's layers (`set`);
+//! - `ahead`: read-ahead — the next chunks of a file read in order, neighbouring small
+//!   files and directories read file after file, the parts of ELF programs and libraries
+//!   the loader touches (`elf`), across the image's layers (`set`);
 //! - `context`: [`LayerContext`], what all layers of a process share;
 //! - `source`, `state`, `chunks`, `access`, `error`: where a layer comes from, its saved
 //!   state, chunk keys and ranges, the access log, errors.
@@ -34,6 +35,8 @@ mod set;
 mod source;
 mod state;
 mod stream;
+#[cfg(test)]
+mod tests;
 mod warm;
 
 pub use context::{status_dir, ContextError, LayerContext, LayerSettings};

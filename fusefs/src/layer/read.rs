@@ -4,8 +4,9 @@
 //! flight, merged into few requests, verified, cached), or waiting for the layer's stream
 //! when it is about to deliver them ([`ReadPath::read`], bounded by `fetch.read_timeout`).
 //!
-//! A fetch of a file's chunk also starts read-ahead (the file's next chunk, neighbouring
-//! small files, what an ELF file loads; see `ahead`), and every on-demand fetch feeds the
+//! A fetch of a file's chunk also starts read-ahead (the chunks after it when the file is
+//! read in order, neighbouring small files or the rest of a directory read file after
+//! file, what an ELF file loads; see `ahead`), and every on-demand fetch feeds the
 //! detector that switches the layer to streaming (see `stream`). Reads are recorded in the
 //! access log when it is on; failures are logged once per file.
 
@@ -173,13 +174,22 @@ impl ReadPath {
             .filter_map(|p| request_of(&p.chunk))
             .collect();
         let wanted = requests.len();
-        let neighbours = self.ahead.neighbours(id, &missing);
+        // Small files of the directory: all of them once it is read file after file, else
+        // those right after this one, in the same request.
+        let directory = self.ahead.directory(id, &missing);
+        let neighbours = if directory.is_empty() {
+            self.ahead.neighbours(id, &missing)
+        } else {
+            Vec::new()
+        };
         requests.extend(neighbours.iter().filter_map(request_of));
         tracing::debug!(layer = %core.source.digest,
             file = %String::from_utf8_lossy(&core.index().path_of(id)),
-            chunks = requests.len(), "fetching on demand");
-        self.ahead
-            .next_chunk(id, missing.last().map(|p| p.chunk.id));
+            chunks = requests.len(), directory = directory.len(), "fetching on demand");
+        self.ahead.fetch_directory(directory);
+        if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
+            self.ahead.next_chunks(id, first.chunk.id, last.chunk.id);
+        }
         let mut answers = core.fetcher.get_many(&requests, Priority::OnDemand).await;
         let threshold = core.ctx.settings.fetch.stream_threshold;
         let mut fresh = Vec::with_capacity(missing.len());

@@ -232,6 +232,7 @@ impl LayerJob<'_> {
         let opts = BuildOptions {
             format: ctx.opts.format.format(),
             chunk_size: ctx.opts.chunk_size,
+            large_file_chunk_size: ctx.opts.large_file_chunk_size,
             level: ctx.opts.level,
             prioritized_files: self.prioritized.clone(),
             threads: ctx.opts.threads,

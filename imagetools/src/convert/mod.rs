@@ -36,7 +36,10 @@ pub(crate) use ctx::Ctx;
 pub use error::{ConvertError, LayerError};
 pub use image::Platform;
 pub use location::{ImageLocation, OCI_PREFIX};
-pub use options::{ConvertOptions, OutputFormat, PlatformChoice, Prioritize, DEFAULT_JOBS};
+pub use options::{
+    ConvertOptions, OutputFormat, PlatformChoice, Prioritize, DEFAULT_JOBS,
+    DEFAULT_LARGE_FILE_CHUNK_SIZE,
+};
 pub use progress::{LayerId, NoProgress, Progress, Stage};
 pub use report::{ConvertReport, ImageReport, LayerReport};
 

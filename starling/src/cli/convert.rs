@@ -28,6 +28,11 @@ pub struct LayerFormatArgs {
     /// Largest uncompressed chunk of a file, in bytes.
     #[arg(long, default_value_t = estargz::writer::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u64,
+    /// Chunk size of files larger than --chunk-size, in bytes (0: --chunk-size). Large files
+    /// (shared libraries, data files) are mostly paged in here and there: smaller chunks
+    /// make a lazy start fetch less of them.
+    #[arg(long, default_value_t = imagetools::convert::DEFAULT_LARGE_FILE_CHUNK_SIZE)]
+    pub large_file_chunk_size: u64,
     /// Compression level (gzip 1-9, default 9; zstd 1-22, default 3).
     #[arg(long)]
     pub level: Option<u32>,
@@ -88,6 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let opts = ConvertOptions {
         format: output_format(args.layer.zstdchunked),
         chunk_size: args.layer.chunk_size,
+        large_file_chunk_size: args.layer.large_file_chunk_size,
         level: args.layer.level,
         prioritize: match &args.prioritize {
             None => Prioritize::None,

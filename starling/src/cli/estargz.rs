@@ -32,6 +32,9 @@ pub struct BuildArgs {
     /// Largest uncompressed chunk of a file, in bytes.
     #[arg(long, default_value_t = estargz::writer::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u64,
+    /// Chunk size of files larger than --chunk-size, in bytes (0: --chunk-size).
+    #[arg(long, default_value_t = 0)]
+    pub large_file_chunk_size: u64,
     /// Compression level (gzip 1-9, default 9; zstd 1-22, default 3).
     #[arg(long)]
     pub level: Option<u32>,
@@ -111,6 +114,7 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
             Format::Estargz
         },
         chunk_size: a.chunk_size,
+        large_file_chunk_size: a.large_file_chunk_size,
         level: a.level,
         prioritized_files: match &a.prioritize {
             Some(p) => read_prioritized(p)?,

@@ -132,6 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         convert: ConvertOptions {
             format: output_format(args.layer.zstdchunked),
             chunk_size: args.layer.chunk_size,
+            large_file_chunk_size: args.layer.large_file_chunk_size,
             level: args.layer.level,
             jobs: args.jobs,
             threads: args.threads,
