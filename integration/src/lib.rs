@@ -7,7 +7,8 @@
 //! plumbing; [`registry`], [`containerd`], [`starling`], [`peer`], [`proxy`] and [`shaped`]
 //! run the real parts; [`client`] runs starling's client subcommands and [`metrics`] reads
 //! the daemon's metrics; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and
-//! [`treecmp`] compute and compare expected trees; [`stack`] wires a whole environment;
+//! [`treecmp`] compute and compare expected trees; [`loopfs`] gives a filesystem whose
+//! page reads can be counted; [`stack`] wires a whole environment;
 //! [`prereq`] decides whether a test can run here. [`bench`] is the side-by-side benchmark
 //! suite built on all of it (`scripts/bench`).
 //!
@@ -32,6 +33,7 @@ pub mod error;
 pub mod extract;
 pub mod http;
 pub mod images;
+pub mod loopfs;
 pub mod metrics;
 pub mod mounts;
 pub mod oci;

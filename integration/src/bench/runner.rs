@@ -60,6 +60,14 @@ pub struct Sample {
     /// 1-minute load average when the run ended (the machine may be shared).
     #[serde(default)]
     pub load1: Option<f64>,
+    /// A warm-overlayfs baseline: the cold workload again right after its cold overlayfs
+    /// run (image pulled and unpacked, page cache warm, a fresh container).
+    #[serde(default)]
+    pub baseline: bool,
+    /// HTTP requests through the shaped link (method, path, Range) until the task exited;
+    /// kept for lazy cold runs when the run asks for it (`keep_fetches`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fetches: Vec<crate::proxy::ProxyRequest>,
 }
 
 /// Output of a streamed command.
@@ -290,64 +298,7 @@ impl BenchEnv {
         reference: &str,
         w: &Workload,
     ) -> Result<(Duration, Duration, Option<Duration>, String), BenchError> {
-        let ctr = self.ctr();
-        let id = format!("b{}", unique_token(10).to_lowercase());
-        let t0 = Instant::now();
-        let mount = format!(
-            "type=bind,src={},dst={},options=rbind:ro",
-            self.scripts_dir.display(),
-            plan::SCRIPT_DIR
-        );
-        let cmd = w.command();
-        let mut a = vec![
-            "containers",
-            "create",
-            "--snapshotter",
-            s.name(),
-            "--mount",
-            &mount,
-            reference,
-            id.as_str(),
-        ];
-        a.extend(cmd.iter().map(String::as_str));
-        let mut c = ctr.clone();
-        c.timeout = STEP_TIMEOUT;
-        c.ctr_ok(a)?;
-        let t1 = Instant::now();
-        std::fs::create_dir_all(&ctr.fifo_dir)
-            .map_err(|e| BenchError::Setup(format!("create fifo dir: {e}")))?;
-        let mut cmd = Command::new("ctr");
-        cmd.env("CONTAINERD_ADDRESS", &ctr.address)
-            .env("CONTAINERD_NAMESPACE", &ctr.namespace)
-            .arg("--address")
-            .arg(&ctr.address)
-            .arg("--namespace")
-            .arg(&ctr.namespace)
-            .args(["tasks", "start", "--fifo-dir"])
-            .arg(&ctr.fifo_dir)
-            .arg(&id);
-        let r = run_streamed(&mut cmd, STEP_TIMEOUT);
-        let _ = ctr.ctr(["tasks", "rm", "-f", &id]);
-        let _ = ctr.ctr(["containers", "rm", &id]);
-        let st = r?;
-        if !st.ok {
-            return Err(BenchError::Step(format!(
-                "`ctr tasks start` failed: {}{}",
-                st.stderr.trim(),
-                st.stdout.trim()
-            )));
-        }
-        let run = st.end - t1;
-        let first = st.first_byte.map(|f| f - t1);
-        if !st.stdout.contains(w.expect) {
-            return Err(BenchError::Step(format!(
-                "output lacks {:?}: stdout {:?}, stderr {:?}",
-                w.expect,
-                st.stdout.chars().take(300).collect::<String>(),
-                st.stderr.chars().take(300).collect::<String>()
-            )));
-        }
-        Ok((t1 - t0, run, first, st.stdout))
+        create_and_start(self.ctr(), s.name(), reference, w, &self.scripts_dir)
     }
 
     /// One run of `w` on `cell`: cold (reset, pull, run) or warm (run only).
@@ -381,6 +332,8 @@ impl BenchEnv {
                 String::new()
             },
             load1: None,
+            baseline: false,
+            fetches: Vec::new(),
         };
         if let Err(e) = self.sample_inner(&mut s, image, cell, w, warm) {
             s.error = Some(e.to_string());
@@ -413,7 +366,11 @@ impl BenchEnv {
         let (create, run, first, _out) = self.create_and_start(snap, &reference, w)?;
         let after = self.shaped().link_bytes();
         s.link_bytes = (after.rx + after.tx).saturating_sub(before.rx + before.tx);
-        s.requests = self.shaped().proxy_stats().map(|p| p.requests).unwrap_or(0);
+        let proxy = self.shaped().proxy_stats().unwrap_or_default();
+        s.requests = proxy.requests;
+        if self.keep_fetches && snap.is_lazy() && !warm {
+            s.fetches = proxy.requests_log;
+        }
         s.pull_s = pull.as_secs_f64();
         s.create_s = create.as_secs_f64();
         s.run_s = run.as_secs_f64();
@@ -423,6 +380,77 @@ impl BenchEnv {
         s.ok = true;
         Ok(())
     }
+}
+
+/// Runs workload `w` in a new container of `reference` (already pulled for `snapshotter`)
+/// with the scripts of `scripts_dir` bind-mounted at [`plan::SCRIPT_DIR`]: `ctr containers
+/// create`, then `ctr tasks start` streamed; the container is removed afterwards. Returns
+/// (create, run, first output since run start, stdout); fails when the output lacks the
+/// workload's marker.
+pub fn create_and_start(
+    ctr: &crate::containerd::Ctr,
+    snapshotter: &str,
+    reference: &str,
+    w: &Workload,
+    scripts_dir: &std::path::Path,
+) -> Result<(Duration, Duration, Option<Duration>, String), BenchError> {
+    let id = format!("b{}", unique_token(10).to_lowercase());
+    let t0 = Instant::now();
+    let mount = format!(
+        "type=bind,src={},dst={},options=rbind:ro",
+        scripts_dir.display(),
+        plan::SCRIPT_DIR
+    );
+    let cmd = w.command();
+    let mut a = vec![
+        "containers",
+        "create",
+        "--snapshotter",
+        snapshotter,
+        "--mount",
+        &mount,
+        reference,
+        id.as_str(),
+    ];
+    a.extend(cmd.iter().map(String::as_str));
+    let mut c = ctr.clone();
+    c.timeout = STEP_TIMEOUT;
+    c.ctr_ok(a)?;
+    let t1 = Instant::now();
+    std::fs::create_dir_all(&ctr.fifo_dir)
+        .map_err(|e| BenchError::Setup(format!("create fifo dir: {e}")))?;
+    let mut cmd = Command::new("ctr");
+    cmd.env("CONTAINERD_ADDRESS", &ctr.address)
+        .env("CONTAINERD_NAMESPACE", &ctr.namespace)
+        .arg("--address")
+        .arg(&ctr.address)
+        .arg("--namespace")
+        .arg(&ctr.namespace)
+        .args(["tasks", "start", "--fifo-dir"])
+        .arg(&ctr.fifo_dir)
+        .arg(&id);
+    let r = run_streamed(&mut cmd, STEP_TIMEOUT);
+    let _ = ctr.ctr(["tasks", "rm", "-f", &id]);
+    let _ = ctr.ctr(["containers", "rm", &id]);
+    let st = r?;
+    if !st.ok {
+        return Err(BenchError::Step(format!(
+            "`ctr tasks start` failed: {}{}",
+            st.stderr.trim(),
+            st.stdout.trim()
+        )));
+    }
+    let run = st.end - t1;
+    let first = st.first_byte.map(|f| f - t1);
+    if !st.stdout.contains(w.expect) {
+        return Err(BenchError::Step(format!(
+            "output lacks {:?}: stdout {:?}, stderr {:?}",
+            w.expect,
+            st.stdout.chars().take(300).collect::<String>(),
+            st.stderr.chars().take(300).collect::<String>()
+        )));
+    }
+    Ok((t1 - t0, run, first, st.stdout))
 }
 
 /// Runs every round; `on_sample` sees each sample as it completes (progress, partial
@@ -449,6 +477,15 @@ pub fn run_rounds(
                     if cold_selected {
                         on_sample(&s);
                         all.push(s.clone());
+                        if cold_ok
+                            && opts.warm_baseline
+                            && cell.snapshotter == Snapshotter::Overlayfs
+                        {
+                            let mut b = env.sample(round, image, cell, cold, true);
+                            b.baseline = true;
+                            on_sample(&b);
+                            all.push(b);
+                        }
                     } else if !cold_ok {
                         eprintln!(
                             "bench: {} {} {}: cold parent failed: {}",

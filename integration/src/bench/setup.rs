@@ -14,7 +14,7 @@ use crate::images::CachedImage;
 use crate::oci::OciImage;
 use crate::peer::PeerOptions;
 use crate::process::{run_cmd, run_ok};
-use crate::shaped::{ShapedLink, ShapedOptions};
+use crate::shaped::ShapedLink;
 use crate::stack::{Stack, StackOptions};
 use crate::starling::StarlingOptions;
 use crate::workdir::unique_token;
@@ -73,6 +73,8 @@ pub struct BenchEnv {
     pub runc_state: PathBuf,
     /// Host directory with the workload scripts, bind-mounted at [`plan::SCRIPT_DIR`].
     pub scripts_dir: PathBuf,
+    /// Keep the request log of lazy cold samples ([`BenchOptions::keep_fetches`]).
+    pub keep_fetches: bool,
 }
 
 impl std::fmt::Debug for BenchEnv {
@@ -160,11 +162,7 @@ impl BenchEnv {
             }
         }
         let namespace = format!("stlbench{}", unique_token(6).to_lowercase());
-        let shaped = ShapedOptions {
-            rtt: opts.rtt,
-            rate_mbit: opts.rate_mbit,
-            ..Default::default()
-        };
+        let shaped = super::link::shaped_options(&opts.link_profiles()[0]);
         let make = |with_starling: bool| StackOptions {
             shaped: Some(shaped.clone()),
             starling: with_starling.then(StarlingOptions::default),
@@ -190,7 +188,7 @@ impl BenchEnv {
         };
         let runc_state = PathBuf::from("/run/containerd/runc").join(&namespace);
         let scripts_dir = stack.wd.subdir("scripts")?;
-        for w in plan::WORKLOADS {
+        for w in plan::WORKLOADS.iter().filter(|w| !w.uses_image_command()) {
             let p = scripts_dir.join(w.name);
             std::fs::write(&p, w.script)
                 .map_err(|e| BenchError::Setup(format!("write {}: {e}", p.display())))?;
@@ -204,6 +202,7 @@ impl BenchEnv {
             notes,
             runc_state,
             scripts_dir,
+            keep_fetches: opts.keep_fetches,
         };
         env.decide_starling_tools();
         Ok(env)
@@ -246,11 +245,7 @@ impl BenchEnv {
         let variants = plan::needed_variants(&cells_wanted);
         let crv = ctr_remote_version();
         for image in &opts.images {
-            let cached = match image.as_str() {
-                "pydeb" => crate::images::pydeb()?,
-                "pylarge" => crate::images::pylarge()?,
-                other => return Err(BenchError::Option(format!("unknown image {other}"))),
-            };
+            let cached = crate::images::by_name(image)?;
             let mut set = BTreeMap::new();
             let orig_tag = format!("{image}:orig");
             self.stack
