@@ -172,7 +172,13 @@ fn draw_panel(
         .iter()
         .map(|c| {
             (
-                format!("{} {}", c.snapshotter.label(), c.variant.tag()),
+                match (c.snapshotter, c.variant) {
+                    (super::plan::Snapshotter::Overlayfs, super::plan::Variant::Orig) => {
+                        "overlayfs".to_string()
+                    }
+                    (super::plan::Snapshotter::Stargz, v) => format!("peer {}", v.tag()),
+                    (s, v) => format!("{} {}", s.name(), v.tag()),
+                },
                 med(*c, |s| s.pull_s),
                 med(*c, |s| s.create_s),
                 med(*c, |s| s.run_s),
@@ -190,7 +196,7 @@ fn draw_panel(
         bars.insert(
             0,
             (
-                "overlayfs warm".into(),
+                "warm".into(),
                 0.0,
                 m(|s| s.create_s),
                 m(|s| s.run_s),
@@ -218,7 +224,7 @@ fn draw_panel(
         .disable_x_mesh()
         .y_desc("seconds")
         .x_labels(bars.len())
-        .x_label_style(("sans-serif", 13))
+        .x_label_style(("sans-serif", 12))
         .y_label_style(("sans-serif", 13))
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),

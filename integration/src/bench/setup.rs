@@ -313,7 +313,9 @@ impl BenchEnv {
         let repo_tag = format!("{image}:{tag}");
         let src_ref = self.loopback_ref(image, Variant::Orig);
         let dst_ref = self.loopback_ref(image, v);
-        let ctr = self.ctr().clone();
+        // converting a large image (pysci: 0.9 GB of gzip) takes longer than a ctr step
+        let mut ctr = self.ctr().clone();
+        ctr.timeout = Duration::from_secs(3600);
         let registry_host = self.stack.registry.host();
         let t = Instant::now();
         let mut built = false;
