@@ -239,7 +239,7 @@ struct TraceSite {
 
 impl TraceSite {
     fn start(env: &BenchEnv, image: &str, size: u64) -> Result<TraceSite, BenchError> {
-        let dir = env.stack.wd.subdir(&format!("access-{image}"))?;
+        let dir = env.stack.wd.subdir(format!("access-{image}"))?;
         let fs = LoopFs::create(&dir.join("fs.img"), &dir.join("fs"), size, 0)?;
         let namespace = format!("stlaccess{}", unique_token(6).to_lowercase());
         let containerd = Containerd::start_in(

@@ -249,7 +249,7 @@ pub fn breakdown(
             }
         })
         .collect();
-    files.sort_by(|a, b| b.fetched.cmp(&a.fetched));
+    files.sort_by_key(|f| std::cmp::Reverse(f.fetched));
     files.truncate(top);
     b.top_files = files;
     b
