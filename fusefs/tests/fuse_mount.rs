@@ -221,6 +221,22 @@ fn a_layer_without_xattrs_answers_like_an_extracted_layer() {
     }
     assert_eq!(xattr_calls(), 5 * (3 * 2 + 1));
     assert_eq!(std::fs::read(mp.join("f1")).unwrap(), pattern(100_000, 1));
+    // Inode flags (asked by overlayfs on every copy-up): none, ENOTTY.
+    assert_eq!(errno_of(inode_flags(&mp.join("f1"))), Some(libc::ENOTTY));
+}
+
+/// `FS_IOC_GETFLAGS` of `p`.
+fn inode_flags(p: &Path) -> std::io::Result<libc::c_long> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(p)?;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: a valid open fd and a pointer to a long the kernel writes the flags into.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(flags)
+    }
 }
 
 /// The size of `p`'s xattr name list.

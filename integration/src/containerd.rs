@@ -1,8 +1,12 @@
-//! A private containerd 1.6 for one test: own config, root, state, gRPC/ttrpc/debug sockets
-//! and runc root under the test's workdir, CRI disabled, `[proxy_plugins]` given by the
-//! test. [`Ctr`] runs `ctr`/`ctr-remote` against it (pull, rpull, run, images rm --sync,
-//! snapshot views); teardown kills tasks, removes containers, stops containerd by PID and
-//! unmounts leftovers. Shim sockets always go to `/run/containerd/s` (hard-coded in 1.6).
+//! A private containerd for one test — bookworm's 1.6 or the extracted 1.7 / 2.1
+//! ([`ContainerdVersion`]): own config, root, state, gRPC/ttrpc/debug sockets and runc root
+//! under the test's workdir, CRI disabled unless asked for, `[proxy_plugins]` given by the
+//! test. The config is rendered from `contrib/containerd/config.toml` (1.x, version 2) or
+//! `config-v3.toml` (2.x, version 3) with the paths replaced, so the documented snippets
+//! are what the tests run. [`Ctr`] runs the version's `ctr` (and `ctr-remote`) against it
+//! (pull, rpull, run, images rm --sync, snapshot views); teardown kills tasks, removes
+//! containers, stops containerd by PID and unmounts leftovers. Shim sockets of 1.6 always
+//! go to `/run/containerd/s` (hard-coded there).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -11,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use crate::engines::ContainerdVersion;
 use crate::error::{Error, IoContext, Result};
 use crate::mounts::{MountGuard, MountSpec};
 use crate::process::{run_cmd, CmdOutput, Daemon, ProcessSpec};
@@ -19,13 +24,20 @@ use crate::workdir::{unique_token, Workdir};
 /// Options of a containerd instance.
 #[derive(Debug, Clone)]
 pub struct ContainerdOptions {
-    /// `(name, socket)` of each snapshotter proxy plugin.
+    /// Which containerd (default: bookworm's 1.6).
+    pub version: ContainerdVersion,
+    /// Keep the CRI plugin(s) enabled (default: disabled; `ctr`-driven tests need none).
+    pub cri: bool,
+    /// `(name, socket)` of each snapshotter proxy plugin. A name that the contrib config
+    /// defines (`starling`, `stargz`) keeps its settings there (2.x: `exports`), others get
+    /// a plain entry (2.x: with `enable_remote_snapshot_annotations`); each is also an
+    /// unpack target of 2.x's transfer service.
     pub proxy_plugins: Vec<(String, PathBuf)>,
     /// containerd namespace the `ctr` helpers use.
     pub namespace: String,
     /// containerd log level.
     pub log_level: String,
-    /// Extra TOML appended to the config.
+    /// Extra TOML merged into the config (tables merged key by key, values replaced).
     pub extra_toml: String,
     /// Timeout of each `ctr` command.
     pub command_timeout: Duration,
@@ -34,6 +46,8 @@ pub struct ContainerdOptions {
 impl Default for ContainerdOptions {
     fn default() -> Self {
         ContainerdOptions {
+            version: ContainerdVersion::default(),
+            cri: false,
             proxy_plugins: Vec::new(),
             namespace: "default".into(),
             log_level: "info".into(),
@@ -49,11 +63,19 @@ impl ContainerdOptions {
         self.proxy_plugins.push((name.into(), socket.into()));
         self
     }
+
+    /// Runs containerd `version`.
+    pub fn version(mut self, version: ContainerdVersion) -> Self {
+        self.version = version;
+        self
+    }
 }
 
 /// Runs `ctr` and `ctr-remote` against one containerd (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Ctr {
+    /// The `ctr` program (of the containerd version it talks to).
+    pub program: PathBuf,
     /// gRPC socket.
     pub address: PathBuf,
     /// Namespace.
@@ -69,12 +91,8 @@ pub struct Ctr {
 /// Where a foreground [`Ctr::run_with`] container writes its stdout and stderr.
 pub const RUN_IO_DIR: &str = "/dev/.stl-io";
 
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
 impl Ctr {
-    fn command(&self, program: &str) -> Command {
+    fn command(&self, program: &OsStr) -> Command {
         let mut c = Command::new(program);
         c.env("CONTAINERD_ADDRESS", &self.address)
             .env("CONTAINERD_NAMESPACE", &self.namespace)
@@ -87,7 +105,10 @@ impl Ctr {
 
     /// Runs `ctr ARGS...`; returns its output whatever the exit status.
     pub fn ctr<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&self, args: I) -> Result<CmdOutput> {
-        run_cmd(self.command("ctr").args(args), self.timeout)
+        run_cmd(
+            self.command(self.program.as_os_str()).args(args),
+            self.timeout,
+        )
     }
 
     /// Runs `ctr ARGS...`; error unless it succeeds; returns stdout.
@@ -100,7 +121,7 @@ impl Ctr {
         &self,
         args: I,
     ) -> Result<CmdOutput> {
-        run_cmd(self.command("ctr-remote").args(args), self.timeout)
+        run_cmd(self.command("ctr-remote".as_ref()).args(args), self.timeout)
     }
 
     /// Runs `ctr-remote ARGS...`; error unless it succeeds; returns stdout.
@@ -143,7 +164,10 @@ impl Ctr {
         })
     }
 
-    /// `ctr images pull --plain-http --snapshotter S REF` (full pull + unpack).
+    /// `ctr images pull --plain-http --snapshotter S REF`: with 1.x a client-side full
+    /// pull + unpack (no layer labels: nothing can be lazy); with 2.x a pull through the
+    /// transfer service, which passes the layer annotations to snapshotters that export
+    /// `enable_remote_snapshot_annotations` (lazy with starling).
     pub fn pull(&self, reference: &str, snapshotter: &str) -> Result<()> {
         self.ctr_ok([
             "images",
@@ -515,34 +539,20 @@ pub struct Containerd {
     detached: bool,
 }
 
-/// Renders containerd's TOML config.
-pub fn render_config(dir: &Path, socket: &Path, opts: &ContainerdOptions) -> String {
-    let p = |x: &str| quote(&dir.join(x).to_string_lossy());
-    let mut t = format!(
-        "version = 2\nroot = {root}\nstate = {state}\n\
-         # CRI is not needed for ctr-driven tests\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\n\
-         [grpc]\n  address = {sock}\n[ttrpc]\n  address = {ttrpc}\n[debug]\n  address = {debug}\n  level = {level}\n\n\
-         [plugins]\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = {opt}\n",
-        root = p("root"),
-        state = p("state"),
-        sock = quote(&socket.to_string_lossy()),
-        ttrpc = quote(&format!("{}.ttrpc", socket.to_string_lossy())),
-        debug = p("debug.sock"),
-        level = quote(&opts.log_level),
-        opt = p("opt"),
-    );
-    if !opts.proxy_plugins.is_empty() {
-        t.push_str("\n[proxy_plugins]\n");
-        for (name, addr) in &opts.proxy_plugins {
-            t.push_str(&format!(
-                "  [proxy_plugins.{}]\n    type = \"snapshot\"\n    address = {}\n",
-                quote(name),
-                quote(&addr.to_string_lossy())
-            ));
-        }
-    }
-    t.push_str(&opts.extra_toml);
-    t
+/// Renders containerd's TOML config from the contrib snippet of `opts.version`
+/// ([`crate::contrib::containerd_config`]).
+pub fn render_config(dir: &Path, socket: &Path, opts: &ContainerdOptions) -> Result<String> {
+    crate::contrib::containerd_config(
+        opts.version,
+        &crate::contrib::ContainerdPaths {
+            dir,
+            socket,
+            log_level: &opts.log_level,
+        },
+        &opts.proxy_plugins,
+        opts.cri,
+        &opts.extra_toml,
+    )
 }
 
 impl Containerd {
@@ -564,14 +574,22 @@ impl Containerd {
             ));
         }
         let config = dir.join("config.toml");
-        std::fs::write(&config, render_config(dir, &socket, &opts))
+        std::fs::write(&config, render_config(dir, &socket, &opts)?)
             .ctx(|| format!("write {}", config.display()))?;
-        let mut spec = ProcessSpec::new("containerd", "containerd", dir.join("containerd.log"))
-            .args([OsStr::new("--config"), config.as_os_str()])
-            .stop_timeout(Duration::from_secs(15));
+        let mut spec = ProcessSpec::new(
+            "containerd",
+            opts.version.containerd(),
+            dir.join("containerd.log"),
+        )
+        .args([OsStr::new("--config"), config.as_os_str()])
+        .stop_timeout(Duration::from_secs(15));
+        if let Some(path) = opts.version.path_env() {
+            spec = spec.env("PATH", path);
+        }
         spec.new_session = new_session;
         let daemon = Daemon::start(spec)?;
         let ctr = Ctr {
+            program: opts.version.ctr(),
             address: socket.clone(),
             namespace: opts.namespace.clone(),
             timeout: opts.command_timeout,
@@ -694,40 +712,5 @@ impl Drop for Containerd {
         if let Err(e) = self.teardown() {
             eprintln!("warning: containerd teardown: {e}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_has_private_paths_and_proxies() {
-        let opts = ContainerdOptions::default()
-            .proxy("starling", "/tmp/x/st.sock")
-            .proxy("stargz", "/tmp/x/st.sock");
-        let t = render_config(
-            Path::new("/tmp/x/containerd"),
-            Path::new("/tmp/x/containerd/c.sock"),
-            &opts,
-        );
-        let v: toml::Table = t.parse().unwrap();
-        assert_eq!(v["root"].as_str(), Some("/tmp/x/containerd/root"));
-        assert_eq!(
-            v["grpc"]["address"].as_str(),
-            Some("/tmp/x/containerd/c.sock")
-        );
-        assert_eq!(
-            v["proxy_plugins"]["stargz"]["address"].as_str(),
-            Some("/tmp/x/st.sock")
-        );
-        assert_eq!(
-            v["proxy_plugins"]["starling"]["type"].as_str(),
-            Some("snapshot")
-        );
-        assert_eq!(
-            v["disabled_plugins"][0].as_str(),
-            Some("io.containerd.grpc.v1.cri")
-        );
     }
 }

@@ -29,6 +29,9 @@
 pub mod bench;
 pub mod client;
 pub mod containerd;
+pub mod contrib;
+pub mod docker;
+pub mod engines;
 pub mod error;
 pub mod extract;
 pub mod http;

@@ -33,6 +33,9 @@ pub struct StackOptions {
     pub extra_proxies: Vec<(String, PathBuf)>,
     /// containerd namespace (default `default`).
     pub namespace: Option<String>,
+    /// containerd's options (version, CRI, extra TOML...); the stack adds the proxy
+    /// plugins above to them.
+    pub containerd: ContainerdOptions,
 }
 
 /// A running environment; dropping it tears everything down in order.
@@ -77,7 +80,7 @@ impl Stack {
             Some((bin, o)) => Some(Peer::start(&wd, bin, *o)?),
             None => None,
         };
-        let mut copts = ContainerdOptions::default();
+        let mut copts = opts.containerd.clone();
         if let Some(ns) = &opts.namespace {
             copts.namespace = ns.clone();
         }

@@ -265,6 +265,7 @@ mod tests {
             mount: judge_help("mount", out(0, help)),
         };
         let ctr = Ctr {
+            program: "ctr".into(),
             address: "/tmp/c.sock".into(),
             namespace: "ns1".into(),
             timeout: Duration::from_secs(1),

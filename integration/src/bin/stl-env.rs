@@ -378,6 +378,7 @@ fn down(dir: &Path, purge: bool) -> Result<()> {
     ) {
         if alive(p) {
             let ctr = Ctr {
+                program: "ctr".into(),
                 address: addr.clone(),
                 namespace: st.namespace.clone(),
                 timeout: Duration::from_secs(60),
