@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fusefs::cache::{CacheOptions, ChunkCache, ChunkKey};
+use fusefs::fetch::{ChunkFetcher, ChunkRequest, RawChunks};
 use fusefs::metrics::Metrics;
-use fusefs::registry::{
-    ChunkFetcher, ChunkRequest, Priority, PushOptions, RawChunks, RegistryClient, Repository,
-};
+use registry::{Priority, PushOptions, RegistryClient, Repository};
 use sha2::Digest as _;
 
 const NS: &str = "regbench";
@@ -291,9 +290,12 @@ async fn prepare(dir: &Path, registry: &str) -> Plan {
             ..Default::default()
         },
     );
-    let c =
-        RegistryClient::with_settings(&Default::default(), &regcfg, Arc::new(Metrics::default()))
-            .unwrap();
+    let c = RegistryClient::with_settings(
+        &Default::default(),
+        &regcfg,
+        Arc::new(registry::Metrics::default()),
+    )
+    .unwrap();
     c.push_blob(&repo, &digest, &blob, &PushOptions::default())
         .await
         .unwrap();
@@ -364,7 +366,7 @@ async fn client(plan: Plan) {
     let fresh = |fetch: config::FetchConfig| {
         let m = Arc::new(Metrics::default());
         (
-            RegistryClient::with_settings(&fetch, &regcfg, m.clone()).unwrap(),
+            RegistryClient::with_settings(&fetch, &regcfg, m.registry.clone()).unwrap(),
             m,
         )
     };
@@ -475,7 +477,8 @@ async fn measure(
                         m.clone(),
                     )
                     .unwrap();
-                    let f = ChunkFetcher::new(b.clone(), cache, Arc::new(RawChunks));
+                    let f =
+                        ChunkFetcher::new(Arc::new(b.clone()), cache, Arc::new(RawChunks), &fetch);
                     let reqs: Vec<ChunkRequest> = chunks
                         .iter()
                         .map(|(s, e, h)| ChunkRequest {
@@ -504,8 +507,8 @@ async fn measure(
             "{:<46} {:>9.0} {:>9} {:>10.2} {:>13.2}x",
             name,
             time.as_secs_f64() * 1e3,
-            snap.range_requests,
-            snap.bytes_fetched as f64 / 1e6,
+            snap.registry.range_requests,
+            snap.registry.bytes_fetched as f64 / 1e6,
             time.as_secs_f64() / bound.as_secs_f64()
         );
     }

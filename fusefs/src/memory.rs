@@ -11,11 +11,7 @@
 //! stop. `MALLOC_ARENA_MAX` / `MALLOC_MMAP_THRESHOLD_` in the environment win over the
 //! built-in values.
 
-use std::sync::atomic::Ordering;
-use std::sync::Weak;
 use std::time::Duration;
-
-use crate::context::LayerContext;
 
 /// How often memory is trimmed while layers fetch.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(2);
@@ -59,16 +55,14 @@ pub fn trim() {
     }
 }
 
-/// Trims while the context's fetch counters move; ends when the context is dropped.
-pub(crate) async fn trim_while_fetching(ctx: Weak<LayerContext>) {
+/// Trims while `activity` (a count of fetch work, e.g. bytes fetched + disk hits) moves;
+/// ends when it answers `None` (its owner is gone).
+pub(crate) async fn trim_while_fetching(activity: impl Fn() -> Option<u64>) {
     let mut last = u64::MAX;
     let mut quiet_ticks = 0u32;
     loop {
         tokio::time::sleep(TRIM_INTERVAL).await;
-        let Some(ctx) = ctx.upgrade() else { return };
-        let m = ctx.metrics();
-        let now = m.bytes_fetched.load(Ordering::Relaxed) + m.disk_hits.load(Ordering::Relaxed);
-        drop(ctx);
+        let Some(now) = activity() else { return };
         if now != last {
             quiet_ticks = 0;
             last = now;

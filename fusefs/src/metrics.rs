@@ -1,45 +1,42 @@
-//! Counters of the registry client, fetch scheduler and chunk cache: plain atomics, shared
-//! through an `Arc<Metrics>` by every component of one daemon (or one test). A Prometheus
-//! exporter reads [`Metrics::snapshot`] later.
+//! Counters of the fetch layer and chunk cache, next to the registry client's
+//! ([`registry::Metrics`], held in [`Metrics::registry`]): plain atomics, shared through an
+//! `Arc<Metrics>` by every component of one daemon (or one test). A Prometheus exporter
+//! reads [`Metrics::snapshot`] later.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// Live counters (monotonic unless noted).
         #[derive(Debug, Default)]
         pub struct Metrics {
+            /// The registry client's counters (requests, bytes, retries, tokens).
+            pub registry: Arc<registry::Metrics>,
             $($(#[doc = $doc])* pub $name: AtomicU64,)*
         }
 
         /// A copy of the counters at one moment.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         pub struct MetricsSnapshot {
+            /// The registry client's counters.
+            pub registry: registry::MetricsSnapshot,
             $($(#[doc = $doc])* pub $name: u64,)*
         }
 
         impl Metrics {
             /// Reads every counter.
             pub fn snapshot(&self) -> MetricsSnapshot {
-                MetricsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+                MetricsSnapshot {
+                    registry: self.registry.snapshot(),
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
             }
         }
     };
 }
 
 counters! {
-    /// HTTP requests sent to registries, mirrors, object storage and token endpoints.
-    requests,
-    /// Of `requests`: blob range requests (single or multi-range).
-    range_requests,
-    /// Of `range_requests`: requests asking for more than one range.
-    multi_range_requests,
-    /// Response body bytes received from the network (including bytes of merged gaps).
-    bytes_fetched,
-    /// Requests retried after a transient failure (connection, 5xx, 429, corrupted data).
-    retries,
-    /// Bearer tokens fetched from token endpoints.
-    token_fetches,
     /// Fetched chunks whose content did not match their digest (never served or cached).
     digest_mismatches,
     /// Chunk reads that joined a fetch already in flight for the same chunk.
@@ -86,11 +83,14 @@ mod tests {
     #[test]
     fn snapshot_reads_counters() {
         let m = Metrics::default();
-        Metrics::inc(&m.requests);
-        Metrics::add(&m.bytes_fetched, 10);
+        registry::Metrics::inc(&m.registry.requests);
+        registry::Metrics::add(&m.registry.bytes_fetched, 10);
         Metrics::set(&m.disk_bytes, 7);
         let s = m.snapshot();
-        assert_eq!((s.requests, s.bytes_fetched, s.disk_bytes), (1, 10, 7));
+        assert_eq!(
+            (s.registry.requests, s.registry.bytes_fetched, s.disk_bytes),
+            (1, 10, 7)
+        );
         assert_eq!(s.misses, 0);
     }
 }

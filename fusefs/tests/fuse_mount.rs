@@ -15,12 +15,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::proxy::{Proxy, ProxyMode};
 use common::*;
 use estargz::testutil::{edge_case_tar, manifest_from_tar, pattern};
 use estargz::BuildOptions;
 use fusefs::mount::{MountManager, Unmounted};
-use fusefs::registry::Repository;
+use registry::testutil::proxy::{Proxy, ProxyMode};
+use registry::Repository;
 
 macro_rules! require_fuse {
     () => {

@@ -12,7 +12,7 @@ use common::*;
 use estargz::testutil::pattern;
 use estargz::BuildOptions;
 use fusefs::mount::MountManager;
-use fusefs::registry::Repository;
+use registry::Repository;
 
 /// Files in the layer (names sort in blob order).
 const FILES: u64 = 300;
@@ -56,7 +56,7 @@ fn reading_every_file_fetches_each_byte_about_once() {
         let data = std::fs::read(mp.join(name(i))).unwrap();
         assert_eq!(data, pattern(FILE_SIZE, i), "{}", name(i));
     }
-    let scattered = metrics.snapshot().bytes_fetched - before.bytes_fetched;
+    let scattered = metrics.snapshot().registry.bytes_fetched - before.registry.bytes_fetched;
     assert!(
         scattered > blob_size / 5,
         "the scattered reads fetched only {scattered} of {blob_size} bytes"
@@ -68,8 +68,8 @@ fn reading_every_file_fetches_each_byte_about_once() {
         assert_eq!(data, pattern(FILE_SIZE, i), "{}", name(i));
     }
     let after = metrics.snapshot();
-    let fetched = after.bytes_fetched - before.bytes_fetched;
-    let requests = after.requests - before.requests;
+    let fetched = after.registry.bytes_fetched - before.registry.bytes_fetched;
+    let requests = after.registry.requests - before.registry.requests;
     eprintln!(
         "blob {blob_size} bytes; fetched {fetched} bytes ({:.3}x) in {requests} requests",
         fetched as f64 / blob_size as f64

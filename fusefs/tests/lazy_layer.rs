@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use estargz::testutil::{edge_case_tar, manifest_from_tar, pattern};
 use estargz::{BuildOptions, EntryKind, Sha256Digest};
-use fusefs::context::LayerContext;
+use fusefs::layer::LayerContext;
 use fusefs::layer::{FetchState, LayerError, ReadError, RemoteLayer};
 use fusefs::metrics::Metrics;
-use fusefs::registry::Repository;
+use registry::Repository;
 
 use common::*;
 
@@ -186,7 +186,7 @@ fn prefetch_brings_the_landmark_region_in_one_request() {
     assert!(rt.block_on(layer.start_fetching().wait(Duration::from_secs(30))));
     let after = metrics.snapshot();
     assert_eq!(
-        after.requests - before.requests,
+        after.registry.requests - before.registry.requests,
         1,
         "prefetch must be one request"
     );
@@ -224,7 +224,7 @@ fn reads_right_after_fetching_starts_wait_for_the_prefetch_request() {
     assert!(rt.block_on(prefetch.wait(Duration::from_secs(30))));
     let after = metrics.snapshot();
     assert_eq!(
-        after.requests - before.requests,
+        after.registry.requests - before.registry.requests,
         1,
         "the reads waited for the prefetch's single request"
     );
@@ -287,14 +287,14 @@ fn reading_files_in_layer_order_switches_to_streaming() {
     let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch);
     let repo = Repository::new(reg.host(), "lazy/stream");
     let layer = lazy::push_and_open(&rt, &ctx, &repo, &built, &dir.path().join("state"));
-    let before = metrics.snapshot().requests;
+    let before = metrics.snapshot().registry.requests;
     let index = layer.index();
     for i in 0..n {
         let id = index.resolve(format!("d/f{i:03}").as_bytes()).unwrap();
         let data = rt.block_on(layer.read(id, 0, 1 << 20)).unwrap();
         assert_eq!(data, pattern(8_000, i), "f{i:03}");
     }
-    let requests = metrics.snapshot().requests - before;
+    let requests = metrics.snapshot().registry.requests - before;
     assert!(
         requests < 60,
         "{requests} requests for {n} files: the scan did not switch to streaming"

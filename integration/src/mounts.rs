@@ -1,10 +1,10 @@
 //! Mount helpers: read `/proc/self/mountinfo`, lazily unmount everything under a directory
 //! (deepest first), mount overlayfs/bind mounts, and a guard that unmounts on drop.
 
-use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use linuxfs::mountinfo::unescape;
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::error::{Error, IoContext, Result};
@@ -28,28 +28,6 @@ pub struct MountInfo {
     pub super_options: String,
 }
 
-fn unescape(field: &str) -> Vec<u8> {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') as u32 * 64
-                + (b[i + 2] - b'0') as u32 * 8
-                + (b[i + 3] - b'0') as u32;
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 /// Parses mountinfo text.
 pub fn parse_mountinfo(text: &str) -> Result<Vec<MountInfo>> {
     let mut v = Vec::new();
@@ -64,10 +42,10 @@ pub fn parse_mountinfo(text: &str) -> Result<Vec<MountInfo>> {
         v.push(MountInfo {
             id: f[0].parse().map_err(|_| bad())?,
             parent: f[1].parse().map_err(|_| bad())?,
-            mount_point: PathBuf::from(OsString::from_vec(unescape(f[4]))),
+            mount_point: unescape(f[4]),
             mount_options: f[5].to_string(),
             fs_type: p[0].to_string(),
-            source: String::from_utf8_lossy(&unescape(p[1])).into_owned(),
+            source: unescape(p[1]).to_string_lossy().into_owned(),
             super_options: p.get(2).map(|s| s.to_string()).unwrap_or_default(),
         });
     }

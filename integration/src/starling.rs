@@ -52,7 +52,7 @@ pub fn starling_bin() -> Result<PathBuf> {
         .map(|(_, p)| p)
         .ok_or_else(|| {
             Error::Missing(format!(
-                "starling binary not built (looked for {} and {}; run `cargo build -p snapshotter` or set STARLING_BIN)",
+                "starling binary not built (looked for {} and {}; run `cargo build -p starling` or set STARLING_BIN)",
                 candidates[0].display(),
                 candidates[1].display()
             ))

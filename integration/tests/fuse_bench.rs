@@ -4,7 +4,7 @@
 //! `ctr-remote image convert`):
 //!
 //! ```sh
-//! cargo build --release -p snapshotter
+//! cargo build --release -p starling
 //! cargo test --release -p integration --test fuse_bench -- --ignored --nocapture --test-threads 1
 //! ```
 //!

@@ -1,6 +1,7 @@
-//! The containerd snapshotter: metadata store, overlay snapshots, the remote-snapshot
-//! protocol for lazy eStargz layers, the merge component, and the gRPC service; plus the
-//! command implementations behind the `starling` binary.
+//! The daemon's library: the containerd snapshotter with its metadata store, overlay
+//! snapshots, the remote-snapshot protocol for lazy eStargz layers, the merge component,
+//! the gRPC service and the daemon's metrics. No command-line parsing and no `anyhow`: the
+//! `starling` binary drives it.
 //!
 //! Layers, bottom up:
 //! - [`store`]: the transactional metadata store (redb) and containerd's snapshot rules;
@@ -12,25 +13,18 @@
 //! - [`metrics`]: the daemon's Prometheus metrics and their HTTP endpoint;
 //! - [`merge`]: merged snapshots (stacked, hardlinked or copied; cache-aware);
 //! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
-//!   socket server the daemon runs;
-//! - [`rpull`]: the lazy-pull client (`starling rpull`), a containerd client that unpacks
-//!   images into a snapshotter with the remote-snapshot labels.
-//! - [`convert`]: the image converter behind `starling convert`.
-//! - [`optimize`]: workload profiling + prioritized conversion (`starling optimize`).
+//!   socket server the daemon runs.
+//!
+//! Mount syscalls and mountinfo are `linuxfs`'s; lazy layers themselves are `fusefs`'s.
 
-pub mod cli;
-pub mod convert;
 pub mod error;
-pub mod extract;
 pub mod filter;
 pub mod labels;
 pub mod lazy;
 pub mod merge;
 pub mod metrics;
-pub mod optimize;
 pub mod overlay;
 pub mod remote;
-pub mod rpull;
 pub mod server;
 pub mod service;
 pub mod snapshots;

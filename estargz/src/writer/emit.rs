@@ -8,9 +8,9 @@ use std::io::Read;
 
 use sha2::{Digest as _, Sha256};
 
+use super::error::WriteError;
 use super::pipeline::Producer;
 use super::tar_in::{RawEntry, TarReader};
-use super::WriteError;
 use crate::digest::Sha256Digest;
 use crate::time::format_rfc3339;
 use crate::toc::{

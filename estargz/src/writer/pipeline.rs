@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use flate2::{Compress, FlushCompress, Status};
 use sha2::{Digest as _, Sha256};
 
-use super::WriteError;
+use super::error::WriteError;
 use crate::footer::Compression;
 
 /// A batch of consecutive segments.

@@ -9,8 +9,8 @@ use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 
 use super::emit::{clean_name, is_reserved, Emitter};
+use super::error::WriteError;
 use super::tar_in::TarReader;
-use super::WriteError;
 
 /// Bound on parent/hardlink recursion (paths are at most this deep in practice).
 const MAX_DEPTH: usize = 4096;

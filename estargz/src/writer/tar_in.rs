@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 
-use super::WriteError;
+use super::error::WriteError;
 use crate::toc::Xattrs;
 
 const BLOCK: usize = 512;

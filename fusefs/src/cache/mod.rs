@@ -157,7 +157,7 @@ impl ChunkCache {
             Metrics::inc(&inner.metrics.memory_hits);
             return Ok(Some(b));
         }
-        match inner.load(key)? {
+        match inner.load(key, inner.read_mode)? {
             Some(data) => {
                 Metrics::inc(&inner.metrics.disk_hits);
                 inner.remember(*key, data.clone());
@@ -175,7 +175,13 @@ impl ChunkCache {
     /// a fetcher that decoded a chunk straight into the cache serves it from there (large
     /// entries come back as a mapping of the file, so no heap copy is made).
     pub fn read_back(&self, key: &ChunkKey) -> Result<Option<Bytes>, CacheError> {
-        self.inner.load(key)
+        self.inner.load(key, self.inner.read_mode)
+    }
+
+    /// Like [`ChunkCache::read_back`], but always as a mapping of the entry file, whatever
+    /// the configured read mode (for entries too large for the heap).
+    pub fn map_entry(&self, key: &ChunkKey) -> Result<Option<Bytes>, CacheError> {
+        self.inner.load(key, ReadMode::Mmap)
     }
 
     /// Copies up to `buf.len()` bytes of the entry for `key` from `offset` into `buf`, without
@@ -208,7 +214,7 @@ impl ChunkCache {
             Some(e) => e.verified,
         };
         if !verified {
-            return match inner.load(key)? {
+            return match inner.load(key, inner.read_mode)? {
                 Some(data) => {
                     Metrics::inc(&inner.metrics.disk_hits);
                     Ok(Some(copy(&data, buf)))
@@ -330,7 +336,7 @@ impl ChunkCache {
             None => return Ok(None),
             Some(e) => e.verified,
         };
-        if !verified && inner.load(key)?.is_none() {
+        if !verified && inner.load(key, inner.read_mode)?.is_none() {
             return Ok(None);
         }
         let path = inner.path(key);
@@ -393,12 +399,12 @@ impl Inner {
     }
 
     /// Reads an entry from disk, checking it on first use; removes it if it is bad.
-    fn load(&self, key: &ChunkKey) -> Result<Option<Bytes>, CacheError> {
+    fn load(&self, key: &ChunkKey, mode: ReadMode) -> Result<Option<Bytes>, CacheError> {
         let Some(entry) = self.index.lock().entries.get(key).copied() else {
             return Ok(None);
         };
         let path = self.path(key);
-        let data = match disk::read_entry(&path, entry.size, self.read_mode) {
+        let data = match disk::read_entry(&path, entry.size, mode) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.drop_entry(key);

@@ -40,7 +40,7 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::context::OpaqueXattr;
+use crate::layer::OpaqueXattr;
 use crate::layer::{ReadError, RemoteLayer};
 use attr::{attr_of, file_type, id_of};
 use open::{Backing, OpenMode, Opens};
@@ -52,7 +52,7 @@ const MAX_KEPT_READ_BUF: usize = 4 << 20;
 
 thread_local! {
     /// Each FUSE worker's buffer for reads answered from the cache (reused: see
-    /// [`RemoteLayer::read_cached_into`]).
+    /// `ReadPath::read_cached_into`).
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -365,7 +365,10 @@ impl fuser::Filesystem for LayerFs {
         let mut reply = Some(reply);
         let local = READ_BUF.with(|cell| {
             let mut buf = cell.borrow_mut();
-            let r = self.layer.read_cached_into(id, offset, size, &mut buf);
+            let r = self
+                .layer
+                .reads()
+                .read_cached_into(id, offset, size, &mut buf);
             if matches!(r, Ok(true)) {
                 if let Some(reply) = reply.take() {
                     reply.data(&buf);

@@ -9,12 +9,7 @@ use bytes::Bytes;
 use estargz::{Chunk, LayerIndex};
 
 use crate::cache::ChunkKey;
-use crate::registry::{ChunkDecoder, ChunkRequest};
-
-/// Chunks larger than this are not decoded into memory in one piece: they are streamed into
-/// a cache entry (see `read::fetch_large`). Writers cut chunks at 4 MiB; only legacy layers
-/// hold whole big files in one chunk.
-pub(crate) const LARGE_CHUNK: u64 = 32 << 20;
+use crate::fetch::{ChunkDecoder, ChunkRequest, DecodeError, LARGE_CHUNK};
 
 /// The cache key of a data chunk; `None` for a hole (`zeros`) chunk, which needs no fetch.
 /// Indexes are built with digests required, so every data chunk has one.
@@ -84,25 +79,21 @@ pub(crate) struct LayerDecoder {
 
 impl LayerDecoder {
     /// The layer's chunk that `request` asks for.
-    fn chunk_of(&self, request: &ChunkRequest) -> Result<Chunk, String> {
+    fn chunk_of(&self, request: &ChunkRequest) -> Result<Chunk, DecodeError> {
         find_chunk(&self.index.index, request.range.start, &request.key)
-            .ok_or_else(|| "no such chunk in the layer".to_string())
+            .ok_or(DecodeError::UnknownChunk)
     }
 }
 
 impl ChunkDecoder for LayerDecoder {
-    fn decode(&self, request: &ChunkRequest, raw: Bytes) -> Result<Bytes, String> {
+    fn decode(&self, request: &ChunkRequest, raw: Bytes) -> Result<Bytes, DecodeError> {
         let chunk = self.chunk_of(request)?;
         if chunk.size > LARGE_CHUNK {
-            return Err(format!(
-                "chunk of {} bytes is too large to decode in memory",
-                chunk.size
-            ));
+            return Err(DecodeError::TooLarge(chunk.size));
         }
         let mut out = vec![0u8; chunk.size as usize];
         let compression = self.index.index.compression();
-        estargz::chunk::decompress(compression, &raw, chunk.inner_offset, &mut out)
-            .map_err(|e| e.to_string())?;
+        estargz::chunk::decompress(compression, &raw, chunk.inner_offset, &mut out)?;
         Ok(Bytes::from(out))
     }
 
@@ -113,19 +104,18 @@ impl ChunkDecoder for LayerDecoder {
     fn decode_to(
         &self,
         request: &ChunkRequest,
-        raw: Bytes,
+        raw: &mut dyn std::io::BufRead,
         sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DecodeError> {
         let chunk = self.chunk_of(request)?;
         estargz::chunk::decompress_stream(
             self.index.index.compression(),
-            &raw[..],
+            raw,
             chunk.inner_offset,
             chunk.size,
             sink,
-        )
-        .map(drop)
-        .map_err(|e| e.to_string())
+        )?;
+        Ok(())
     }
 }
 

@@ -1,9 +1,11 @@
 //! Errors of opening and reading lazy layers.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::cache::CacheError;
-use crate::registry::{FetchError, RegistryError};
+use crate::fetch::FetchError;
+use registry::RegistryError;
 
 /// Why a layer could not be opened (or restored).
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +62,9 @@ pub enum ReadError {
     /// The read did not finish within `fetch.read_timeout`.
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
-    /// A chunk too large for memory could not be streamed into the cache.
-    #[error("large chunk: {0}")]
-    LargeChunk(String),
     /// The local chunk cache failed.
-    #[error("chunk cache: {0}")]
-    Cache(String),
+    #[error(transparent)]
+    Cache(Arc<CacheError>),
     /// The layer is being unmounted.
     #[error("layer closed")]
     Closed,
@@ -73,6 +72,6 @@ pub enum ReadError {
 
 impl From<CacheError> for ReadError {
     fn from(e: CacheError) -> Self {
-        ReadError::Cache(e.to_string())
+        ReadError::Cache(Arc::new(e))
     }
 }

@@ -10,19 +10,23 @@ use bytes::{Bytes, BytesMut};
 use estargz::{Footer, Sha256Digest, MAX_FOOTER_SIZE};
 use oci_spec::image::Digest;
 
-use crate::context::LayerContext;
-use crate::registry::{Blob, Priority, Reference, RegistryClient, RegistryError, Repository};
+use registry::{Priority, Reference, RegistryClient, RegistryError, Repository};
 
-use super::LayerError;
+use super::context::LayerContext;
+use super::error::LayerError;
+use crate::fetch::BlobSource;
 
 /// Bytes asked for at the end of a blob when a layer is opened: the footer and, for most
 /// layers, the whole TOC in one request (the start of a larger TOC is a second one).
 const TAIL_FETCH: u64 = 64 << 10;
 
 /// A layer blob's footer and TOC bytes, fetched but not verified (the TOC digest is checked
-/// by [`super::RemoteLayer::open_head`]).
+/// by `RemoteLayer::open_head`).
 pub struct LayerHead {
-    pub(crate) blob: Blob,
+    pub(crate) blob: Arc<dyn BlobSource>,
+    /// The repository and digest of the blob.
+    pub(crate) repository: Repository,
+    pub(crate) digest: Digest,
     /// The blob's last bytes holding the footer (at most `MAX_FOOTER_SIZE`).
     pub(crate) tail: Bytes,
     pub(crate) footer: Footer,
@@ -33,7 +37,7 @@ pub struct LayerHead {
 impl std::fmt::Debug for LayerHead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LayerHead")
-            .field("digest", &self.blob.digest().to_string())
+            .field("digest", &self.digest.to_string())
             .field("size", &self.blob.size())
             .field("toc_bytes", &self.toc.len())
             .finish()
@@ -50,10 +54,6 @@ impl LayerHead {
             digest: digest.clone(),
             source: e,
         };
-        let format = |e: estargz::Error| LayerError::Format {
-            digest: digest.clone(),
-            source: e,
-        };
         // Prioritized traffic: background fetch of every layer waits while this runs.
         let _busy = ctx.activity.begin();
         let (blob, fetched) = ctx
@@ -67,6 +67,42 @@ impl LayerHead {
             )
             .await
             .map_err(reg)?;
+        Self::from_tail(source, Arc::new(blob), fetched).await
+    }
+
+    /// Reads footer and TOC of `source`'s blob through any [`BlobSource`]: its last bytes,
+    /// then the start of a TOC longer than that.
+    pub async fn read(source: &LayerSource, blob: Arc<dyn BlobSource>) -> Result<Self, LayerError> {
+        let size = blob.size();
+        let from = size - TAIL_FETCH.min(size);
+        let fetched = if from == size {
+            Bytes::new()
+        } else {
+            blob.read_range(from..size, Priority::OnDemand)
+                .await
+                .map_err(|e| LayerError::Registry {
+                    digest: source.digest.to_string(),
+                    source: e,
+                })?
+        };
+        Self::from_tail(source, blob, fetched).await
+    }
+
+    /// The head from the blob's last bytes `fetched` (fetching the start of a longer TOC).
+    async fn from_tail(
+        source: &LayerSource,
+        blob: Arc<dyn BlobSource>,
+        fetched: Bytes,
+    ) -> Result<Self, LayerError> {
+        let digest = source.digest.to_string();
+        let reg = |e| LayerError::Registry {
+            digest: digest.clone(),
+            source: e,
+        };
+        let format = |e: estargz::Error| LayerError::Format {
+            digest: digest.clone(),
+            source: e,
+        };
         let size = blob.size();
         let tail_start = size - fetched.len() as u64;
         let tail = fetched.slice(fetched.len() - MAX_FOOTER_SIZE.min(fetched.len())..);
@@ -81,11 +117,13 @@ impl LayerHead {
                 .into(),
             ));
         }
-        let toc = toc_bytes(&blob, footer.toc_range(), tail_start, &fetched)
+        let toc = toc_bytes(&*blob, footer.toc_range(), tail_start, &fetched)
             .await
             .map_err(reg)?;
         Ok(LayerHead {
             blob,
+            repository: source.repository.clone(),
+            digest: source.digest.clone(),
             tail,
             footer,
             toc,
@@ -94,14 +132,14 @@ impl LayerHead {
 
     /// True if this is the head of `source`'s blob (same repository and digest).
     pub fn is_of(&self, source: &LayerSource) -> bool {
-        self.blob.digest() == &source.digest && self.blob.repository() == &source.repository
+        self.digest == source.digest && self.repository == source.repository
     }
 }
 
 /// The bytes `toc` of `blob`: taken from `tail` (the blob's bytes from `tail_start` to its
 /// end) where it covers them, the part before it fetched.
 async fn toc_bytes(
-    blob: &Blob,
+    blob: &dyn BlobSource,
     toc: Range<u64>,
     tail_start: u64,
     tail: &Bytes,

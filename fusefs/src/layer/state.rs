@@ -21,7 +21,7 @@ use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
 
 use super::{LayerError, LayerSource};
-use crate::registry::Repository;
+use registry::Repository;
 
 const LAYER_FILE: &str = "layer.json";
 const TOC_FILE: &str = "toc";

@@ -37,12 +37,13 @@ use std::time::{Duration, Instant};
 use fuser::{MountOption, Session, SessionACL};
 use parking_lot::Mutex;
 
-use crate::context::LayerContext;
 use crate::fuse::{FsOptions, FsStats, LayerFs};
+use crate::layer::LayerContext;
 use crate::layer::{LayerError, LayerHead, LayerSource, RemoteLayer};
 use crate::status::StatusFile;
 use fdstore::{FdStore, HeldFd, HeldMeta};
-pub use sys::Unmounted;
+pub use linuxfs::Unmounted;
+use linuxfs::{mount as lmount, mountinfo};
 
 /// How long an unmount waits for the session threads to end.
 const SESSION_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -172,7 +173,7 @@ impl MountedLayer {
         let cfg = session_config(&layer, store.is_some());
         let session = Session::new(fs, &mountpoint, &cfg).map_err(err)?;
         // From mountinfo: asks the (not yet running) session nothing.
-        let dev = sys::mount_at(&mountpoint)
+        let dev = mountinfo::mount_at(&mountpoint)
             .ok()
             .flatten()
             .filter(|m| is_fuse(&m.fstype))
@@ -372,8 +373,8 @@ impl MountedLayer {
         };
         let outcome = match sys::device_of(mp) {
             // Ours, or a connection that is gone (nothing else can be on our path then).
-            Ok(Some(d)) if Some(d) == self.dev => sys::unmount(mp).map_err(uerr)?,
-            Ok(None) => sys::unmount(mp).map_err(uerr)?,
+            Ok(Some(d)) if Some(d) == self.dev => lmount::unmount(mp).map_err(uerr)?,
+            Ok(None) => lmount::unmount(mp).map_err(uerr)?,
             Ok(Some(_)) => {
                 if self.is_served() {
                     tracing::warn!(mountpoint = %mp.display(), "another mount covers the layer mount; leaving both");
@@ -551,12 +552,12 @@ impl MountManager {
         if let Some(mounted) = self.resume_held(state_dir, &abs).await? {
             return Ok(mounted);
         }
-        if let Ok(Some(kind)) = sys::mounted_type(&abs) {
+        if let Ok(Some(kind)) = mountinfo::mounted_type(&abs) {
             if self.mounts.lock().contains_key(&abs) {
                 return Err(MountError::AlreadyMounted(abs));
             }
             tracing::info!(mountpoint = %abs.display(), kind, "detaching a stale mount before restoring the layer");
-            sys::unmount(&abs).map_err(|source| MountError::Unmount {
+            lmount::unmount(&abs).map_err(|source| MountError::Unmount {
                 path: abs.clone(),
                 source,
             })?;
@@ -587,7 +588,7 @@ impl MountManager {
         let Some(held) = store.take_inherited(&key) else {
             return Ok(None);
         };
-        match sys::mount_at(&key) {
+        match mountinfo::mount_at(&key) {
             Ok(Some(m)) if is_fuse(&m.fstype) && m.dev == held.meta.dev => {}
             found => {
                 tracing::info!(mountpoint = %key.display(), ?found, "the held FUSE connection no longer serves this mountpoint; mounting anew");
@@ -605,7 +606,7 @@ impl MountManager {
                 // and detach the mount, as a stale one is before a restore.
                 let _ = store.remove(&key);
                 drop(held);
-                if let Err(u) = sys::unmount(&key) {
+                if let Err(u) = lmount::unmount(&key) {
                     tracing::warn!(mountpoint = %key.display(), error = %u, "could not detach the mount of an unrestorable layer");
                 }
                 return Err(e.into());

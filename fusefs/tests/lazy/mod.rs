@@ -17,10 +17,10 @@ use bytes::Bytes;
 use estargz::testutil::{pattern, Manifest, Meta, Node, TarBuilder};
 use estargz::{BuildOptions, BuildOutput, Sha256Digest};
 use fusefs::cache::{CacheOptions, ChunkCache};
-use fusefs::context::{LayerContext, LayerSettings, OpaqueXattr};
+use fusefs::layer::{LayerContext, LayerSettings, OpaqueXattr};
 use fusefs::layer::{LayerSource, RemoteLayer};
 use fusefs::metrics::Metrics;
-use fusefs::registry::{RegistryClient, Repository};
+use registry::{RegistryClient, Repository};
 
 use crate::common;
 
@@ -144,7 +144,7 @@ pub fn context(
     let client = RegistryClient::with_settings(
         &settings.fetch,
         &common::registry_config(registry_dir),
-        metrics.clone(),
+        metrics.registry.clone(),
     )
     .unwrap();
     let cache = ChunkCache::open(

@@ -9,7 +9,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
-use super::report::{secs, Results};
+use super::format::secs;
+use super::report::Results;
 use super::BenchError;
 
 /// The TTF file used for text.

@@ -18,8 +18,8 @@ use crate::extract::{extract_layer, ExtractOptions};
 use crate::overlay::OverlayStack;
 use crate::process::{run_cmd, Daemon};
 
+use super::format::{fmt_summary, ratio, secs};
 use super::plan::{BenchOptions, Snapshotter, Variant};
-use super::report::{fmt_summary, ratio, secs};
 use super::runner::rss_kib;
 use super::setup::{note, BenchEnv};
 use super::stats::{paired_ratios, Summary};

@@ -7,12 +7,15 @@
 //! checks the link per profile; [`starling_cli`] detects which starling subcommands work;
 //! [`runner`] measures samples; [`access`] measures the file regions each workload reads
 //! and [`attribution`] maps a run's requests onto them; [`micro`] the single-layer
-//! micro-benchmarks; [`stats`], [`report`] and [`goals`] turn samples into tables and JSON;
-//! `chart` (feature `chart`) draws the PNGs.
+//! micro-benchmarks; [`stats`], [`report`] and [`goals`] turn samples into tables and JSON
+//! ([`format`]: how numbers are written); `chart` (feature `chart`) draws the PNGs.
 
 pub mod access;
 pub mod attribution;
+mod error;
+pub mod format;
 pub mod goals;
+mod host;
 pub mod link;
 pub mod micro;
 pub mod plan;
@@ -35,51 +38,9 @@ use plan::{BenchOptions, Cell, LinkProfile};
 use report::{Results, RunInfo, SuiteResults, VariantReport};
 use setup::BenchEnv;
 
-/// Benchmark errors.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    /// A bad option value.
-    #[error("invalid option: {0}")]
-    Option(String),
-    /// The harness failed (registry, containerd, a command...).
-    #[error(transparent)]
-    Harness(#[from] crate::Error),
-    /// Setting something up failed.
-    #[error("setup: {0}")]
-    Setup(String),
-    /// One step of a sample failed.
-    #[error("{0}")]
-    Step(String),
-    /// Writing results failed.
-    #[error("writing {path}: {source}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Drawing the chart failed.
-    #[error("chart: {0}")]
-    Chart(String),
-}
+pub use error::BenchError;
 
-/// UTC time as `YYYYMMDD-HHMMSS` (from `date`).
-pub fn timestamp() -> String {
-    run_ok("date", ["-u", "+%Y%m%d-%H%M%S"], Duration::from_secs(5))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| format!("run-{}", std::process::id()))
-}
-
-/// The three load averages.
-pub fn load_average() -> Vec<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .filter_map(|x| x.parse().ok())
-        .collect()
-}
+pub use host::{load_average, timestamp};
 
 fn first_line(program: &str, args: &[&str]) -> String {
     run_ok(program, args, Duration::from_secs(10))

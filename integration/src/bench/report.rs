@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::access::AccessReport;
 use super::attribution::FetchBreakdown;
 use super::link::LinkCheck;
+pub use super::format::{fmt_summary, ratio, secs};
 use super::micro::MicroResults;
 use super::plan::{self, Cell, LinkProfile, Snapshotter, Variant};
 use super::runner::Sample;
@@ -127,37 +128,6 @@ impl SuiteResults {
         super::goals::access_markdown(first, &mut m);
         m
     }
-}
-
-/// Formats seconds: 2 decimals below 10 s, 1 below 100 s, none above.
-pub fn secs(x: f64) -> String {
-    if x < 10.0 {
-        format!("{x:.2}")
-    } else if x < 100.0 {
-        format!("{x:.1}")
-    } else {
-        format!("{x:.0}")
-    }
-}
-
-/// `median [min–max]` with `f` for each number; `–` when there is nothing.
-pub fn fmt_summary(s: Option<Summary>, f: impl Fn(f64) -> String) -> String {
-    match s {
-        None => "–".into(),
-        Some(s) => {
-            let (lo, hi) = (f(s.min), f(s.max));
-            if lo == hi {
-                lo
-            } else {
-                format!("{} [{lo}–{hi}]", f(s.median))
-            }
-        }
-    }
-}
-
-/// Ratio formatting (`0.43×`).
-pub fn ratio(x: f64) -> String {
-    format!("{x:.2}×")
 }
 
 impl Results {

@@ -338,7 +338,7 @@ impl BenchEnv {
         if let Err(e) = self.sample_inner(&mut s, image, cell, w, warm) {
             s.error = Some(e.to_string());
         }
-        s.load1 = super::load_average().first().copied();
+        s.load1 = super::host::load_average().first().copied();
         s
     }
 

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fusefs::context::LayerContext;
+use fusefs::layer::LayerContext;
 use fusefs::layer::{LayerError, LayerHead, LayerSource};
 use tokio::task::JoinHandle;
 

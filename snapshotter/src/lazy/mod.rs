@@ -39,8 +39,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fusefs::context::{ContextError, LayerContext, LayerSettings, OpaqueXattr};
 use fusefs::layer::{has_saved_state, LayerError, LayerSource, LayerStatus};
+use fusefs::layer::{ContextError, LayerContext, LayerSettings, OpaqueXattr};
 use fusefs::metrics::Metrics;
 use fusefs::mount::fdstore::FdStore;
 use fusefs::mount::{MountError, MountManager};

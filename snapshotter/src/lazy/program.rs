@@ -8,10 +8,10 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use fusefs::context::LayerContext;
+use fusefs::layer::LayerContext;
 use fusefs::layer::Program;
-use fusefs::registry::Reference;
 use oci_spec::image::{Digest, ImageConfiguration};
+use registry::Reference;
 
 use crate::labels;
 use crate::store::Labels;

@@ -244,21 +244,7 @@ impl Snapshots {
             labels,
         })?;
         let lowers = tx.lowers("", merged)?;
-        let owner = lowers.first().map(|(_, r)| self.layout.fs_dir(r.id));
-        let tmp = match self
-            .layout
-            .assemble(rec.id, rec.kind == Kind::Active, owner.as_deref())
-        {
-            Ok(tmp) => tmp,
-            Err(e) => {
-                let _ = remove_tree(&self.layout.new_dir(rec.id));
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.layout.install(&tmp, rec.id) {
-            let _ = remove_tree(&tmp);
-            return Err(e);
-        }
+        self.materialize(&rec, &lowers)?;
         let installed = Installed {
             snapshots: self,
             ids: vec![rec.id],

@@ -168,21 +168,21 @@ impl Collector for LazyCollector {
             e,
             "fetch_requests",
             "HTTP requests sent to registries (blobs, manifests, tokens)",
-            m.requests,
+            m.registry.requests,
         )?;
         counter(
             e,
             "fetch_range_requests",
             "Blob range requests",
-            m.range_requests,
+            m.registry.range_requests,
         )?;
         counter(
             e,
             "fetch_bytes",
             "Bytes received from registries",
-            m.bytes_fetched,
+            m.registry.bytes_fetched,
         )?;
-        counter(e, "fetch_retries", "Retried requests", m.retries)?;
+        counter(e, "fetch_retries", "Retried requests", m.registry.retries)?;
         counter(
             e,
             "fetch_digest_mismatches",
@@ -374,6 +374,7 @@ mod tests {
             .unwrap(),
         );
         fuse_metrics
+            .registry
             .bytes_fetched
             .fetch_add(12345, Ordering::Relaxed);
         fuse_metrics.disk_hits.fetch_add(3, Ordering::Relaxed);

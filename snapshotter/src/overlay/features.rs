@@ -5,8 +5,8 @@
 use std::fs;
 use std::path::Path;
 
-use super::mounts::Mount;
-use super::sys;
+use linuxfs::mount::{detach, mount_all};
+use linuxfs::Mount;
 
 /// A failed probe: overlayfs is unusable under the given root.
 #[derive(Debug, thiserror::Error)]
@@ -72,9 +72,8 @@ impl OverlayFeatures {
                 options,
             };
             let merged = scratch.join("merged");
-            sys::mount_all(&[m], &merged)
-                .map_err(|e| err("mount overlay with two lowerdirs", e))?;
-            sys::unmount(&merged).map_err(|e| err("unmount probe overlay", e))
+            mount_all(&[m], &merged).map_err(|e| err("mount overlay with two lowerdirs", e))?;
+            detach(&merged).map_err(|e| err("unmount probe overlay", e))
         })();
         let _ = fs::remove_dir_all(&scratch);
         result.map(|()| features)

@@ -136,7 +136,7 @@ impl Layout {
 /// walks into a mounted file system. Missing directories are fine.
 pub fn remove_tree(dir: &Path) -> Result<()> {
     let fs_dir = dir.join("fs");
-    super::sys::detach_all(&fs_dir)?;
+    linuxfs::mount::detach_all(&fs_dir).map_err(|e| Error::io("detach mounts at", &fs_dir, e))?;
     match fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

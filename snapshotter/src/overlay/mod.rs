@@ -1,14 +1,13 @@
 //! Everything overlayfs-specific: where snapshot directories live on disk ([`layout`]),
 //! which kernel features to use ([`features`], containerd's `overlayutils`), the mounts
-//! containerd gets back ([`mounts`]), disk usage of an upper dir ([`usage`]), and the few
-//! mount syscalls the snapshotter makes itself ([`sys`]).
+//! containerd gets back ([`mounts`]) and disk usage of an upper dir ([`usage`]). The mount
+//! syscalls themselves are `linuxfs`'s.
 
 pub mod features;
 pub mod layout;
 pub mod mounts;
-pub mod sys;
 pub mod usage;
 
 pub use features::OverlayFeatures;
 pub use layout::Layout;
-pub use mounts::Mount;
+pub use linuxfs::Mount;

@@ -14,19 +14,10 @@
 
 use std::path::PathBuf;
 
+use linuxfs::Mount;
+
 use super::features::OverlayFeatures;
 use crate::store::Kind;
-
-/// One mount, in containerd's `Mount` terms (`type`, `source`, `options`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    /// File system type: `bind` or `overlay`.
-    pub fstype: String,
-    /// Source: a directory for binds, `overlay` for overlays.
-    pub source: String,
-    /// Mount options.
-    pub options: Vec<String>,
-}
 
 /// The directories a snapshot's mounts are made of.
 #[derive(Clone, Debug)]

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::labels;
 use crate::merge;
 use crate::overlay::layout::remove_tree;
-use crate::overlay::{sys, Mount};
+use crate::overlay::Mount;
 use crate::remote::{LayerOutcome, LayerRequest, RemoteLayers, RemoteSnapshot};
 use crate::store::{Kind, Labels, Lookup, NewRecord, SnapshotRecord, Usage};
 
@@ -132,6 +132,27 @@ impl Snapshots {
             labels: new.labels,
         })?;
         let lowers = tx.lowers(&rec.parent, &rec.merged)?;
+        self.materialize(&rec, &lowers)?;
+        if let Err(e) = tx.commit() {
+            let _ = remove_tree(&self.layout.snapshot_dir(rec.id));
+            return Err(e);
+        }
+        Ok(Created {
+            key: new.key,
+            rec,
+            lowers,
+        })
+    }
+
+    /// Creates the directory of the new snapshot `rec` (standing on `lowers`, topmost
+    /// first): assembled under `new-<id>` (owned like the topmost lower) and renamed to
+    /// `<id>`. A failure leaves no directory behind; the caller's transaction decides the
+    /// record.
+    pub(crate) fn materialize(
+        &self,
+        rec: &SnapshotRecord,
+        lowers: &[(String, SnapshotRecord)],
+    ) -> Result<()> {
         let owner = lowers.first().map(|(_, r)| self.layout.fs_dir(r.id));
         let tmp = match self
             .layout
@@ -147,15 +168,7 @@ impl Snapshots {
             let _ = remove_tree(&tmp);
             return Err(e);
         }
-        if let Err(e) = tx.commit() {
-            let _ = remove_tree(&self.layout.snapshot_dir(rec.id));
-            return Err(e);
-        }
-        Ok(Created {
-            key: new.key,
-            rec,
-            lowers,
-        })
+        Ok(())
     }
 
     /// Offers the just-created active snapshot to the hook. Ok(true): committed as a
@@ -180,7 +193,8 @@ impl Snapshots {
             LayerOutcome::Mounted { labels } => labels,
             LayerOutcome::Declined { reason } => {
                 // The hook promised to leave nothing mounted; make sure.
-                sys::detach_all(&mountpoint)?;
+                linuxfs::mount::detach_all(&mountpoint)
+                    .map_err(|e| Error::io("detach mounts at", &mountpoint, e))?;
                 if !self.allow_fallback {
                     tracing::warn!(key = %c.key, target, %reason, "layer is not lazy and fallback is off");
                     if let Err(e) = self.remove(&c.key) {

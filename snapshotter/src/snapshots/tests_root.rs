@@ -9,8 +9,9 @@ use nix::mount::{mount, MsFlags};
 
 use super::tests::{labels, open};
 use super::*;
-use crate::overlay::sys::{is_mountpoint, MountGuard};
 use crate::remote::{HookError, LayerOutcome, LayerRequest};
+use linuxfs::mountinfo::is_mountpoint;
+use linuxfs::MountGuard;
 
 /// True when the test may mount; otherwise prints why it is skipped (or fails when
 /// STARLING_REQUIRE_INTEGRATION=1).

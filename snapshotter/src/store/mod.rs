@@ -15,6 +15,7 @@
 //! leaves either no record or a record with its directory; stray directories are
 //! removed by cleanup.
 
+mod error;
 mod record;
 
 use std::collections::HashSet;
@@ -26,6 +27,7 @@ use redb::{
     TableDefinition,
 };
 
+pub use error::StoreError;
 pub use record::{without_empty, Info, Kind, Labels, SnapshotRecord, Usage};
 
 use crate::error::{Error, Result};
@@ -37,47 +39,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const META_NEXT_ID: &str = "next_id";
 const META_SCHEMA: &str = "schema";
-const SCHEMA_VERSION: u64 = 1;
-
-/// Failures of the database itself (never the snapshot rules; those are [`Error`] kinds).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// redb failed (open, transaction, table, commit, storage).
-    #[error("metadata store: {0}")]
-    Db(#[from] redb::Error),
-    /// A stored record does not decode.
-    #[error("metadata store: record of snapshot {key:?} is corrupt: {source}")]
-    Corrupt {
-        /// The snapshot key.
-        key: String,
-        /// The decoding error.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A record cannot be encoded (the system clock is before 1970).
-    #[error("metadata store: cannot encode the record of snapshot {key:?}: {source}")]
-    Encode {
-        /// The snapshot key.
-        key: String,
-        /// The encoding error.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The database was written by an incompatible version of starling.
-    #[error("metadata store: schema version {found} is not supported (expected {SCHEMA_VERSION})")]
-    Schema {
-        /// The version found in the database.
-        found: u64,
-    },
-    /// The `children` index names a snapshot that does not exist.
-    #[error("metadata store: snapshot {key:?} refers to missing snapshot {missing:?}")]
-    Dangling {
-        /// The snapshot whose chain is broken.
-        key: String,
-        /// The key that is missing.
-        missing: String,
-    },
-}
+use error::SCHEMA_VERSION;
 
 fn dberr<E: Into<redb::Error>>(e: E) -> Error {
     Error::Store(StoreError::Db(e.into()))

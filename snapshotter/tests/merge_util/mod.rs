@@ -17,9 +17,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use linuxfs::MountGuard;
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use sha2::{Digest, Sha256};
-use snapshotter::overlay::sys::MountGuard;
 use snapshotter::overlay::Mount;
 use snapshotter::store::Labels;
 use snapshotter::Snapshots;

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::HeldMeta;
-use crate::mount::sys::{self, MountInfo};
+use crate::mount::sys;
+use linuxfs::mountinfo::{self, MountInfo};
 
 /// The restart grace of a holder: how long it keeps fds while no daemon is connected.
 #[derive(Debug, Clone, Default)]
@@ -72,7 +73,7 @@ pub(crate) fn still_mounted<'a>(
 /// Aborts the connections of `held` that are still mounted and detaches their mounts;
 /// returns the mountpoints detached. The caller closes the fds afterwards.
 pub(crate) fn abort_and_detach<'a>(held: impl IntoIterator<Item = &'a HeldMeta>) -> Vec<PathBuf> {
-    let mounts = match sys::mounts() {
+    let mounts = match mountinfo::mounts() {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the mount table; closing the held connections without detaching their mounts");

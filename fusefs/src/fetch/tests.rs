@@ -1,0 +1,342 @@
+//! The fetch layer's policy against an in-memory blob: one fetch per chunk however it is
+//! asked for (concurrent reads, a read during a region stream, large chunks), wrong bytes
+//! never served or cached, failures reaching every joiner, streams handing over what they
+//! claimed when they fail.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use registry::Priority;
+
+use super::*;
+use crate::cache::{CacheOptions, ChunkCache, ChunkKey, ReadMode};
+use crate::metrics::Metrics;
+
+const CHUNK: usize = 48 << 10;
+
+struct Fixture {
+    blob: Arc<MemoryBlob>,
+    fetcher: ChunkFetcher,
+    cache: ChunkCache,
+    metrics: Arc<Metrics>,
+    chunks: Vec<ChunkRequest>,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A blob of `n` chunks of [`CHUNK`] bytes (distinct contents), decoded by `decoder`.
+    fn new(n: usize, decoder: Arc<dyn ChunkDecoder>) -> Self {
+        let data: Vec<u8> = (0..n * CHUNK)
+            .map(|i| ((i * 7 + i / CHUNK * 13) % 251) as u8)
+            .collect();
+        let blob = MemoryBlob::new(data);
+        let chunks = (0..n)
+            .map(|i| {
+                let range = (i * CHUNK) as u64..((i + 1) * CHUNK) as u64;
+                ChunkRequest {
+                    key: ChunkKey::of(&blob.data()[range.start as usize..range.end as usize]),
+                    range,
+                }
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let cache = ChunkCache::open(
+            CacheOptions {
+                dir: dir.path().to_path_buf(),
+                max_size: 0,
+                memory_size: 64 << 20,
+                read_mode: ReadMode::Auto,
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        let fetch = config::FetchConfig {
+            max_retries: 2,
+            min_backoff: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let fetcher = ChunkFetcher::new(blob.clone(), cache.clone(), decoder, &fetch);
+        Fixture {
+            blob,
+            fetcher,
+            cache,
+            metrics,
+            chunks,
+            _dir: dir,
+        }
+    }
+
+    fn raw(n: usize) -> Self {
+        Self::new(n, Arc::new(RawChunks))
+    }
+
+    /// Reads chunk `i` on demand.
+    async fn get(&self, i: usize) -> Result<Bytes, FetchError> {
+        self.fetcher.get(&self.chunks[i], Priority::OnDemand).await
+    }
+
+    fn data(&self, i: usize) -> Bytes {
+        let r = &self.chunks[i].range;
+        self.blob.data().slice(r.start as usize..r.end as usize)
+    }
+}
+
+/// Raw chunks that say they are larger than [`LARGE_CHUNK`], so the fetcher streams them
+/// into the cache (without test data of that size).
+struct LargeRaw;
+
+impl ChunkDecoder for LargeRaw {
+    fn decode(&self, _request: &ChunkRequest, raw: Bytes) -> Result<Bytes, DecodeError> {
+        Ok(raw)
+    }
+
+    fn decoded_len(&self, _request: &ChunkRequest) -> Option<u64> {
+        Some(LARGE_CHUNK + 1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_of_one_chunk_make_one_request() {
+    let f = Fixture::raw(4);
+    f.blob.hold();
+    let reads = (0..8).map(|_| f.fetcher.get(&f.chunks[2], Priority::OnDemand));
+    let all = futures::future::join_all(reads);
+    let release = async {
+        tokio::task::yield_now().await;
+        f.blob.release();
+    };
+    let (answers, ()) = tokio::join!(all, release);
+    for a in answers {
+        assert_eq!(a.unwrap(), f.data(2));
+    }
+    assert_eq!(f.blob.counts().range_requests, 1, "{:?}", f.blob.counts());
+    assert!(f.metrics.snapshot().fetch_joins >= 1);
+    f.fetcher.wait_idle().await;
+    assert!(f.cache.contains(&f.chunks[2].key));
+    // Cached now: no further request.
+    assert_eq!(f.get(2).await.unwrap(), f.data(2));
+    assert_eq!(f.blob.counts().range_requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_missing_together_are_fetched_in_one_call() {
+    let f = Fixture::raw(6);
+    let answers = f
+        .fetcher
+        .get_many(&f.chunks[1..5], Priority::OnDemand)
+        .await;
+    for (i, a) in answers.into_iter().enumerate() {
+        assert_eq!(a.unwrap(), f.data(i + 1));
+    }
+    let c = f.blob.counts();
+    assert_eq!((c.range_requests, c.ranges), (1, 4), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_during_a_region_stream_joins_it() {
+    let f = Fixture::raw(8);
+    f.blob.hold();
+    let span = f.chunks[0].range.start..f.chunks[7].range.end;
+    let mut seen = Vec::new();
+    let mut report = |p: StreamProgress| seen.extend(p.local);
+    let (stats, data) = {
+        let stream = f
+            .fetcher
+            .stream_chunks(span, &f.chunks, Priority::Prefetch, &mut report);
+        tokio::pin!(stream);
+        // First poll: the stream claims what is ahead of it and waits for the held blob.
+        assert!(futures::poll!(stream.as_mut()).is_pending());
+        assert!(f.fetcher.is_in_flight(&f.chunks[5].key));
+        let read = f.fetcher.get(&f.chunks[5], Priority::OnDemand);
+        tokio::pin!(read);
+        assert!(futures::poll!(read.as_mut()).is_pending());
+        f.blob.release();
+        tokio::join!(stream, read)
+    };
+    let stats = stats.unwrap();
+    assert_eq!(data.unwrap(), f.data(5));
+    assert_eq!(stats.stored, 8, "{stats:?}");
+    let c = f.blob.counts();
+    assert_eq!((c.streams, c.range_requests), (1, 0), "one fetch: {c:?}");
+    seen.sort();
+    assert_eq!(seen, (0..8).collect::<Vec<_>>());
+    assert!(f.chunks.iter().all(|r| f.cache.contains(&r.key)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_passes_over_local_and_in_flight_chunks() {
+    let f = Fixture::raw(6);
+    f.get(1).await.unwrap();
+    f.fetcher.wait_idle().await;
+    // Chunk 3 is being fetched by a read when the stream reaches it.
+    f.blob.hold();
+    let span = f.chunks[0].range.start..f.chunks[5].range.end;
+    let mut seen = Vec::new();
+    let mut report = |p: StreamProgress| seen.extend(p.local);
+    let (stats, data) = {
+        let read = f.fetcher.get(&f.chunks[3], Priority::OnDemand);
+        tokio::pin!(read);
+        assert!(futures::poll!(read.as_mut()).is_pending());
+        let stream = f
+            .fetcher
+            .stream_chunks(span, &f.chunks, Priority::Prefetch, &mut report);
+        tokio::pin!(stream);
+        assert!(futures::poll!(stream.as_mut()).is_pending());
+        f.blob.release();
+        tokio::join!(stream, read)
+    };
+    let stats = stats.unwrap();
+    assert_eq!(data.unwrap(), f.data(3));
+    assert_eq!(
+        stats,
+        StreamStats {
+            stored: 4,
+            skipped: 2
+        }
+    );
+    assert!(seen.contains(&1) && !seen.contains(&3), "{seen:?}");
+    f.fetcher.wait_idle().await;
+    assert!(f.chunks.iter().all(|r| f.cache.contains(&r.key)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_chunks_are_streamed_into_the_cache_once() {
+    let f = Fixture::new(3, Arc::new(LargeRaw));
+    f.blob.hold();
+    let reads = (0..4).map(|_| f.fetcher.get(&f.chunks[1], Priority::OnDemand));
+    let all = futures::future::join_all(reads);
+    let release = async {
+        tokio::task::yield_now().await;
+        f.blob.release();
+    };
+    let (answers, ()) = tokio::join!(all, release);
+    for a in answers {
+        assert_eq!(a.unwrap(), f.data(1));
+    }
+    let c = f.blob.counts();
+    assert_eq!((c.streams, c.range_requests), (1, 0), "{c:?}");
+    assert!(f.cache.contains(&f.chunks[1].key));
+    // A stream over the region leaves large chunks to reads.
+    let span = f.chunks[0].range.start..f.chunks[2].range.end;
+    let stats = f
+        .fetcher
+        .stream_chunks(span, &f.chunks, Priority::Prefetch, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        stats,
+        StreamStats {
+            stored: 0,
+            skipped: 3
+        }
+    );
+    assert_eq!(f.blob.counts().streams, 1, "nothing to stream: no request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_are_refetched_and_never_served_or_cached() {
+    let f = Fixture::raw(4);
+    let bad = f.chunks[2].range.clone();
+    f.blob.corrupt(bad.start + 10..bad.start + 11);
+    let err = f.get(2).await.unwrap_err();
+    match &err {
+        FetchError::Corrupt(c) => {
+            assert_eq!(c.attempts, 3);
+            assert!(matches!(c.reason, Corruption::Digest), "{c}");
+        }
+        other => panic!("expected a corrupt chunk, got {other}"),
+    }
+    assert_eq!(f.blob.counts().range_requests, 3);
+    assert_eq!(f.metrics.snapshot().digest_mismatches, 3);
+    assert!(!f.cache.contains(&f.chunks[2].key));
+    // The neighbours are fine, and the chunk once the bytes are right.
+    f.blob.heal();
+    assert_eq!(f.get(2).await.unwrap(), f.data(2));
+    assert_eq!(f.get(3).await.unwrap(), f.data(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_in_a_stream_are_fetched_again_by_range() {
+    let f = Fixture::raw(5);
+    let bad = f.chunks[3].range.clone();
+    f.blob.corrupt(bad.start..bad.start + 1);
+    let span = f.chunks[0].range.start..f.chunks[4].range.end;
+    let stats = f
+        .fetcher
+        .stream_chunks(span, &f.chunks, Priority::Prefetch, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(stats.stored, 4);
+    f.fetcher.wait_idle().await;
+    assert!(!f.cache.contains(&f.chunks[3].key));
+    assert!(f.blob.counts().range_requests >= 1, "{:?}", f.blob.counts());
+    assert!(f.metrics.snapshot().digest_mismatches >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_reaches_every_joiner_and_nothing_is_cached() {
+    let f = Fixture::raw(3);
+    f.blob.fail_next(1);
+    f.blob.hold();
+    let release = async {
+        tokio::task::yield_now().await;
+        f.blob.release();
+    };
+    let (a, b, ()) = tokio::join!(
+        f.fetcher.get(&f.chunks[0], Priority::OnDemand),
+        f.fetcher.get(&f.chunks[0], Priority::OnDemand),
+        release
+    );
+    for r in [a, b] {
+        assert!(matches!(r, Err(FetchError::Registry(_))), "{:?}", r.err());
+    }
+    assert!(!f.fetcher.is_in_flight(&f.chunks[0].key));
+    assert!(!f.cache.contains(&f.chunks[0].key));
+    assert_eq!(f.get(0).await.unwrap(), f.data(0));
+    assert_eq!(f.blob.counts().range_requests, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_stream_hands_its_claims_to_range_fetches() {
+    let f = Fixture::raw(4);
+    f.blob.hold();
+    f.blob.fail_next(1);
+    let span = f.chunks[0].range.start..f.chunks[3].range.end;
+    let mut report = |_: StreamProgress| {};
+    let stream = f
+        .fetcher
+        .stream_chunks(span, &f.chunks, Priority::Prefetch, &mut report);
+    tokio::pin!(stream);
+    assert!(futures::poll!(stream.as_mut()).is_pending());
+    let read = f.fetcher.get(&f.chunks[2], Priority::OnDemand);
+    tokio::pin!(read);
+    assert!(futures::poll!(read.as_mut()).is_pending());
+    f.blob.release();
+    assert!(matches!(stream.await, Err(FetchError::Registry(_))));
+    assert_eq!(read.await.unwrap(), f.data(2));
+    f.fetcher.wait_idle().await;
+    assert!(f.chunks.iter().all(|r| f.cache.contains(&r.key)));
+    let c = f.blob.counts();
+    assert_eq!((c.streams, c.range_requests), (1, 1), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_leaves_nothing_claimed_for_ever() {
+    let f = Fixture::raw(4);
+    f.blob.hold();
+    let span = f.chunks[0].range.start..f.chunks[3].range.end;
+    {
+        let mut report = |_: StreamProgress| {};
+        let stream = f
+            .fetcher
+            .stream_chunks(span, &f.chunks, Priority::Prefetch, &mut report);
+        tokio::pin!(stream);
+        assert!(futures::poll!(stream.as_mut()).is_pending());
+        assert!(f.fetcher.is_in_flight(&f.chunks[1].key));
+    }
+    f.blob.release();
+    f.fetcher.wait_idle().await;
+    assert!(f.chunks.iter().all(|r| f.cache.contains(&r.key)));
+}
