@@ -310,14 +310,8 @@ mod tests {
             eprintln!("SKIP: {FONT} missing (fonts-dejavu-core)");
             return;
         }
-        let ov = Cell {
-            snapshotter: Snapshotter::Overlayfs,
-            variant: Variant::Orig,
-        };
-        let peer = Cell {
-            snapshotter: Snapshotter::Stargz,
-            variant: Variant::Esgz,
-        };
+        let ov = Cell::new(Snapshotter::Overlayfs, Variant::Orig);
+        let peer = Cell::new(Snapshotter::Stargz, Variant::Esgz);
         let r = Results {
             cells: vec![ov, peer],
             samples: vec![

@@ -24,23 +24,11 @@ pub const READ_ALL_GOAL: f64 = 0.8;
 /// Goal: daemon peak RSS ≤ this × the peer's when reading everything.
 pub const RSS_GOAL: f64 = 0.5;
 
-const OVERLAY: Cell = Cell {
-    snapshotter: Snapshotter::Overlayfs,
-    variant: Variant::Orig,
-};
-const PEER: Cell = Cell {
-    snapshotter: Snapshotter::Stargz,
-    variant: Variant::Esgz,
-};
+const OVERLAY: Cell = Cell::new(Snapshotter::Overlayfs, Variant::Orig);
+const PEER: Cell = Cell::new(Snapshotter::Stargz, Variant::Esgz);
 const STARLING: [Cell; 2] = [
-    Cell {
-        snapshotter: Snapshotter::Starling,
-        variant: Variant::Esgz,
-    },
-    Cell {
-        snapshotter: Snapshotter::Starling,
-        variant: Variant::StlEsgz,
-    },
+    Cell::new(Snapshotter::Starling, Variant::Esgz),
+    Cell::new(Snapshotter::Starling, Variant::StlEsgz),
 ];
 
 fn mb(x: f64) -> String {
@@ -61,17 +49,80 @@ fn verdict(s: Option<Summary>, goal: f64) -> String {
 
 /// Added-time ratios of `cell` to the peer, paired per round: (cell − warm) / (peer − warm).
 pub fn added_ratio(r: &Results, image: &str, workload: &str, cell: Cell) -> Option<Summary> {
+    added_ratio_to(r, image, workload, cell, PEER)
+}
+
+/// Added-time ratios of `cell` to `base`, paired per round: (cell − warm) / (base − warm).
+fn added_ratio_to(
+    r: &Results,
+    image: &str,
+    workload: &str,
+    cell: Cell,
+    base: Cell,
+) -> Option<Summary> {
     let warm: std::collections::BTreeMap<usize, f64> = r
         .baseline_samples(image, workload)
         .map(|s| (s.round, s.total_s))
         .collect();
     let a = r.totals_by_round(image, workload, cell);
-    let p = r.totals_by_round(image, workload, PEER);
+    let p = r.totals_by_round(image, workload, base);
     Summary::of(a.iter().filter_map(|(round, x)| {
         let w = warm.get(round)?;
         let y = p.get(round)?;
         (y - w > 0.0).then(|| (x - w) / (y - w))
     }))
+}
+
+/// The A/B table of a run with several starling binaries (`--starling-bins A,B`): each
+/// later binary's cells against the first binary's same variant, paired per round. Writes
+/// nothing for a run of one binary.
+pub fn ab_markdown(r: &Results, m: &mut String) {
+    let later: Vec<Cell> = r.cells.iter().copied().filter(|c| c.bin > 0).collect();
+    if later.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        m,
+        "## starling binaries compared (A/B)\n\n\
+         Each binary's cells against binary A's on the same variant, paired per round, \
+         median [min–max]; below 1× means the later binary is faster / moves fewer bytes. \
+         Added = time to ready − warm overlayfs (broad suite only). Binaries: {}.\n",
+        r.info
+            .versions
+            .iter()
+            .filter(|(k, _)| k.starts_with("starling"))
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = writeln!(
+        m,
+        "| image | workload | cell | total / A | added / A | link bytes / A | requests / A | A total s | total s |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    for (image, w) in r.rows() {
+        for c in &later {
+            let a = c.with_bin(0);
+            let _ = writeln!(
+                m,
+                "| {image} | {w} | {} | {} | {} | {} | {} | {} | {} |",
+                c.label(),
+                fmt_summary(r.ratio(&image, &w, *c, a), ratio),
+                fmt_summary(added_ratio_to(r, &image, &w, *c, a), ratio),
+                fmt_summary(
+                    paired(r, &image, &w, *c, a, |s| Some(s.link_bytes as f64)),
+                    ratio
+                ),
+                fmt_summary(
+                    paired(r, &image, &w, *c, a, |s| Some(s.requests as f64)),
+                    ratio
+                ),
+                fmt_summary(r.summary(&image, &w, a, |s| Some(s.total_s)), secs),
+                fmt_summary(r.summary(&image, &w, *c, |s| Some(s.total_s)), secs),
+            );
+        }
+    }
+    let _ = writeln!(m);
 }
 
 /// Median seconds lazy pulling adds to `cell` (total − warm baseline, per round).

@@ -67,6 +67,16 @@ fn versions(env: &BenchEnv) -> BTreeMap<String, String> {
             ),
         );
     }
+    for (k, bin) in env.starling_bins.iter().enumerate().skip(1) {
+        v.insert(
+            format!("starling {}", (b'A' + k as u8) as char),
+            format!(
+                "{} ({})",
+                first_line(&bin.to_string_lossy(), &["--version"]),
+                bin.display()
+            ),
+        );
+    }
     v
 }
 

@@ -411,16 +411,27 @@ impl LinkProfile {
         }
     }
 
-    /// `--profile wan|dc|both`.
+    /// `--profile wan|dc|both`, or a comma-separated list in the order to run (`dc,wan`).
     pub fn parse_list(s: &str) -> Result<Vec<LinkProfile>, BenchError> {
-        match s {
-            "wan" => Ok(vec![LinkProfile::wan()]),
-            "dc" => Ok(vec![LinkProfile::dc()]),
-            "both" => Ok(vec![LinkProfile::wan(), LinkProfile::dc()]),
-            _ => Err(BenchError::Option(format!(
-                "unknown link profile {s:?} (expected wan, dc or both)"
-            ))),
+        let mut out: Vec<LinkProfile> = Vec::new();
+        for name in s.split(',').map(str::trim) {
+            let add = match name {
+                "wan" => vec![LinkProfile::wan()],
+                "dc" => vec![LinkProfile::dc()],
+                "both" => vec![LinkProfile::wan(), LinkProfile::dc()],
+                _ => {
+                    return Err(BenchError::Option(format!(
+                        "unknown link profile {name:?} (expected wan, dc, both or a list such as dc,wan)"
+                    )))
+                }
+            };
+            for p in add {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
         }
+        Ok(out)
     }
 
     /// `20 ms RTT, 100 Mbit/s`.
@@ -464,6 +475,11 @@ pub struct BenchOptions {
     pub micro: bool,
     /// `ctr-remote image optimize --period` seconds.
     pub optimize_period: u32,
+    /// Starling binaries to compare in the same rounds (`--starling-bins A,B`): every
+    /// starling cell runs once per binary, the daemon restarted with that binary (images,
+    /// `starling convert` and the rest come from the first). Empty: `STARLING_BIN` or the
+    /// built one.
+    pub starling_bins: Vec<PathBuf>,
 }
 
 impl BenchOptions {
@@ -485,6 +501,7 @@ impl BenchOptions {
             out,
             micro: true,
             optimize_period: 3,
+            starling_bins: Vec::new(),
         }
     }
 
@@ -571,6 +588,24 @@ impl BenchOptions {
         if self.rate_mbit == 0 || self.link_profiles().iter().any(|p| p.rate_mbit == 0) {
             return Err(BenchError::Option("--rate must be positive".into()));
         }
+        if self.starling_bins.len() > 8 {
+            return Err(BenchError::Option(
+                "--starling-bins takes at most 8 binaries".into(),
+            ));
+        }
+        for b in &self.starling_bins {
+            if !b.is_file() {
+                return Err(BenchError::Option(format!(
+                    "--starling-bins: {} is not a file (give paths of built starling binaries)",
+                    b.display()
+                )));
+            }
+        }
+        if !self.starling_bins.is_empty() && !self.snapshotters.contains(&Snapshotter::Starling) {
+            return Err(BenchError::Option(
+                "--starling-bins needs the starling snapshotter in --snapshotters".into(),
+            ));
+        }
         for i in &self.images {
             if self.workloads_for(i).is_empty() {
                 return Err(BenchError::Option(format!(
@@ -636,12 +671,49 @@ pub struct Cell {
     pub snapshotter: Snapshotter,
     /// Variant.
     pub variant: Variant,
+    /// Which starling binary runs the daemon (`--starling-bins`: 0 = the first, A; 1 = B);
+    /// always 0 for the other snapshotters and in runs of one binary.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bin: u8,
+}
+
+fn is_zero(b: &u8) -> bool {
+    *b == 0
 }
 
 impl Cell {
-    /// `stargz peer / esgz-opt`.
+    /// `variant` on `snapshotter` (the first starling binary).
+    pub const fn new(snapshotter: Snapshotter, variant: Variant) -> Cell {
+        Cell {
+            snapshotter,
+            variant,
+            bin: 0,
+        }
+    }
+
+    /// The same cell run by starling binary `bin`.
+    pub const fn with_bin(self, bin: u8) -> Cell {
+        Cell { bin, ..self }
+    }
+
+    /// The binary's letter in labels: A for the first, B for the second...
+    pub fn bin_letter(&self) -> char {
+        (b'A' + self.bin) as char
+    }
+
+    /// `stargz peer / esgz-opt`; `starling B / esgz` for a second starling binary.
     pub fn label(&self) -> String {
-        format!("{} / {}", self.snapshotter.label(), self.variant.tag())
+        format!("{} / {}", self.column(), self.variant.tag())
+    }
+
+    /// The snapshotter's label, with the binary's letter from the second starling binary
+    /// on (`starling B`).
+    pub fn column(&self) -> String {
+        if self.bin == 0 {
+            self.snapshotter.label().to_string()
+        } else {
+            format!("{} {}", self.snapshotter.label(), self.bin_letter())
+        }
     }
 }
 
@@ -670,12 +742,15 @@ pub fn cells(opts: &BenchOptions, avail: &Availability) -> Vec<Cell> {
         if !avail.snapshotters.contains(&s) {
             continue;
         }
+        let bins = match s {
+            Snapshotter::Starling => opts.starling_bins.len().max(1),
+            _ => 1,
+        };
         for v in default_variants(s, avail) {
             if opts.variants.as_ref().is_none_or(|l| l.contains(&v)) {
-                out.push(Cell {
-                    snapshotter: s,
-                    variant: v,
-                });
+                for b in 0..bins {
+                    out.push(Cell::new(s, v).with_bin(b as u8));
+                }
             }
         }
     }
@@ -731,16 +806,48 @@ mod tests {
         );
         let a = avail(&Snapshotter::ALL, true);
         let c = cells(&o, &a);
-        assert!(c.contains(&Cell {
-            snapshotter: Snapshotter::Starling,
-            variant: Variant::StlEsgz
-        }));
+        assert!(c.contains(&Cell::new(Snapshotter::Starling, Variant::StlEsgz)));
         assert!(!c.iter().any(|c| c.variant == Variant::StlOpt));
         let mut o2 = o.clone();
         o2.variants = Some(vec![Variant::Esgz]);
         let c = cells(&o2, &a);
         assert_eq!(c.len(), 2);
         assert_eq!(needed_variants(&c), vec![Variant::Esgz]);
+    }
+
+    #[test]
+    fn each_starling_binary_gets_its_cells() {
+        let mut o = BenchOptions::broad("/x".into());
+        o.starling_bins = vec!["/bin/true".into(), "/bin/false".into()];
+        o.validate().unwrap();
+        let a = avail(&Snapshotter::ALL, true);
+        let l: Vec<String> = cells(&o, &a).iter().map(Cell::label).collect();
+        assert_eq!(
+            l,
+            [
+                "overlayfs / orig",
+                "starling / esgz",
+                "starling B / esgz",
+                "starling / stl-esgz",
+                "starling B / stl-esgz",
+                "stargz peer / esgz"
+            ]
+        );
+        let json = serde_json::to_string(&Cell::new(Snapshotter::Stargz, Variant::Esgz)).unwrap();
+        assert!(!json.contains("bin"), "{json}");
+        let b: Cell =
+            serde_json::from_str(r#"{"snapshotter":"starling","variant":"esgz","bin":1}"#).unwrap();
+        assert_eq!(
+            b,
+            Cell::new(Snapshotter::Starling, Variant::Esgz).with_bin(1)
+        );
+        o.starling_bins.push("/nonexistent/starling".into());
+        let e = o.validate().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/starling"), "{e}");
+        let mut o = BenchOptions::quick("/x".into());
+        o.starling_bins = vec!["/bin/true".into()];
+        o.snapshotters = vec![Snapshotter::Overlayfs];
+        assert!(o.validate().is_err());
     }
 
     #[test]
@@ -788,6 +895,12 @@ mod tests {
         assert_eq!(workload("node").unwrap().command()[1], "/.stl-bench/node");
         assert_eq!(LinkProfile::parse_list("both").unwrap()[1].rate_mbit, 1000);
         assert!(LinkProfile::parse_list("lan").is_err());
+        let order: Vec<String> = LinkProfile::parse_list("dc,wan,dc")
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(order, ["dc", "wan"]);
         assert_eq!(LinkProfile::custom(20, 100), LinkProfile::wan());
         assert_eq!(LinkProfile::custom(50, 20).burst, "128kb");
     }

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::access::AccessReport;
 use super::attribution::FetchBreakdown;
-use super::link::LinkCheck;
 pub use super::format::{fmt_summary, ratio, secs};
+use super::link::LinkCheck;
 use super::micro::MicroResults;
 use super::plan::{self, Cell, LinkProfile, Snapshotter, Variant};
 use super::runner::Sample;
@@ -123,6 +123,7 @@ impl SuiteResults {
         for r in &self.profiles {
             r.header(&mut m, 2);
             super::goals::markdown(r, &mut m);
+            super::goals::ab_markdown(r, &mut m);
             r.summary_table(&mut m);
         }
         super::goals::access_markdown(first, &mut m);
@@ -191,14 +192,8 @@ impl Results {
     /// The stargz and overlayfs cells a starling cell is compared with.
     pub fn bases(cell: Cell) -> (Cell, Cell) {
         (
-            Cell {
-                snapshotter: Snapshotter::Stargz,
-                variant: cell.variant.counterpart(),
-            },
-            Cell {
-                snapshotter: Snapshotter::Overlayfs,
-                variant: Variant::Orig,
-            },
+            Cell::new(Snapshotter::Stargz, cell.variant.counterpart()),
+            Cell::new(Snapshotter::Overlayfs, Variant::Orig),
         )
     }
 
@@ -295,6 +290,7 @@ impl Results {
         if self.is_broad() {
             super::goals::markdown(self, &mut m);
         }
+        super::goals::ab_markdown(self, &mut m);
         self.summary_table(&mut m);
         self.ratio_table(&mut m);
         self.detail_tables(&mut m);
@@ -365,7 +361,11 @@ impl Results {
                 let _ = writeln!(
                     m,
                     "| {image} | {w} | {} | {} | {} |",
-                    c.variant.tag(),
+                    if c.bin == 0 {
+                        c.variant.tag().to_string()
+                    } else {
+                        format!("{} ({})", c.variant.tag(), c.bin_letter())
+                    },
                     fmt_summary(self.ratio(&image, &w, *c, stargz), ratio),
                     fmt_summary(self.ratio(&image, &w, *c, overlay), ratio)
                 );
@@ -422,7 +422,7 @@ impl Results {
                         writeln!(
                         m,
                         "| {w} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {ok}/{n} |",
-                        c.snapshotter.label(),
+                        c.column(),
                         c.variant.tag(),
                         fmt_summary(q(&|s| Some(s.pull_s)), secs),
                         fmt_summary(q(&|s| Some(s.create_s)), secs),
@@ -510,18 +510,9 @@ mod tests {
         }
     }
 
-    const OV: Cell = Cell {
-        snapshotter: Snapshotter::Overlayfs,
-        variant: Variant::Orig,
-    };
-    const PEER: Cell = Cell {
-        snapshotter: Snapshotter::Stargz,
-        variant: Variant::Esgz,
-    };
-    const STL: Cell = Cell {
-        snapshotter: Snapshotter::Starling,
-        variant: Variant::StlEsgz,
-    };
+    const OV: Cell = Cell::new(Snapshotter::Overlayfs, Variant::Orig);
+    const PEER: Cell = Cell::new(Snapshotter::Stargz, Variant::Esgz);
+    const STL: Cell = Cell::new(Snapshotter::Starling, Variant::StlEsgz);
 
     fn results() -> Results {
         Results {

@@ -248,6 +248,18 @@ impl BenchEnv {
         Ok(())
     }
 
+    /// [`BenchEnv::reset_for`] `cell`'s snapshotter, the starling daemon restarted with the
+    /// cell's binary (`--starling-bins`).
+    pub fn reset_for_cell(&mut self, cell: Cell) -> Result<(), BenchError> {
+        if let (Some(bin), Some(st)) = (
+            self.starling_bins.get(cell.bin as usize),
+            self.stack.starling.as_mut(),
+        ) {
+            st.set_binary(bin);
+        }
+        self.reset_for(cell.snapshotter)
+    }
+
     /// Waits (at most 10 s) until less than 16 KiB cross the shaped link in 250 ms.
     fn wait_link_quiet(&self) {
         let total = |b: crate::shaped::LinkBytes| b.rx + b.tx;
@@ -264,6 +276,13 @@ impl BenchEnv {
 
     /// Pulls `reference` for `s` as the benchmark does; returns the method used.
     pub fn pull(&self, s: Snapshotter, reference: &str) -> Result<String, BenchError> {
+        self.pull_cell(Cell::new(s, plan::Variant::Orig), reference)
+    }
+
+    /// Pulls `reference` for `cell`'s snapshotter (`starling rpull` of the cell's starling
+    /// binary); returns the method used.
+    pub fn pull_cell(&self, cell: Cell, reference: &str) -> Result<String, BenchError> {
+        let s = cell.snapshotter;
         let ctr = self.ctr();
         let mut ctr_long = ctr.clone();
         ctr_long.timeout = STEP_TIMEOUT;
@@ -278,6 +297,10 @@ impl BenchEnv {
             }
             Snapshotter::Starling => match (self.starling_pull, &self.starling_cli) {
                 (StarlingPull::StarlingRpull, Some(cli)) => {
+                    let mut cli = cli.clone();
+                    if let Some(bin) = self.starling_bins.get(cell.bin as usize) {
+                        cli.bin = bin.clone();
+                    }
                     run_cmd(&mut cli.rpull_cmd(ctr, "starling", reference), STEP_TIMEOUT)?
                         .check()?;
                     Ok("starling rpull".into())
@@ -353,13 +376,13 @@ impl BenchEnv {
         let snap = cell.snapshotter;
         let reference = self.shaped_ref(image, cell.variant);
         if !warm {
-            self.reset_for(snap)?;
+            self.reset_for_cell(cell)?;
         }
         let before = self.shaped().link_bytes();
         self.shaped().reset_proxy_stats();
         let t0 = Instant::now();
         if !warm {
-            s.pull_method = self.pull(snap, &reference)?;
+            s.pull_method = self.pull_cell(cell, &reference)?;
         }
         let pull = t0.elapsed();
         s.lazy_mounts = self.lazy_mounts(snap);

@@ -75,6 +75,8 @@ pub struct BenchEnv {
     pub scripts_dir: PathBuf,
     /// Keep the request log of lazy cold samples ([`BenchOptions::keep_fetches`]).
     pub keep_fetches: bool,
+    /// The starling binaries compared (`--starling-bins`; empty: one binary).
+    pub starling_bins: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for BenchEnv {
@@ -203,6 +205,7 @@ impl BenchEnv {
             runc_state,
             scripts_dir,
             keep_fetches: opts.keep_fetches,
+            starling_bins: opts.starling_bins.clone(),
         };
         env.decide_starling_tools();
         Ok(env)

@@ -23,9 +23,10 @@ struct Args {
     /// profiles (flags given explicitly still apply on top).
     #[arg(long, value_name = "NAME")]
     suite: Option<String>,
-    /// Link profile(s): `wan` (20 ms RTT, 100 Mbit/s), `dc` (2 ms RTT, 1 Gbit/s) or `both`
-    /// [default: --rtt/--rate; both with --suite broad].
-    #[arg(long, value_name = "wan|dc|both", conflicts_with_all = ["rtt", "rate"])]
+    /// Link profile(s): `wan` (20 ms RTT, 100 Mbit/s), `dc` (2 ms RTT, 1 Gbit/s), `both`
+    /// (wan, then dc) or a list in the order to run, e.g. `dc,wan` [default: --rtt/--rate;
+    /// both with --suite broad].
+    #[arg(long, value_name = "wan|dc|both|LIST", conflicts_with_all = ["rtt", "rate"])]
     profile: Option<String>,
     /// Runs (rounds) per cell and workload [default: 5, 1 with --quick].
     #[arg(long)]
@@ -64,6 +65,12 @@ struct Args {
     /// `ctr-remote image optimize --period` in seconds.
     #[arg(long, default_value_t = 3)]
     optimize_period: u32,
+    /// Compare starling binaries in the same rounds (A/B): comma-separated paths. Every
+    /// starling cell runs once per binary (the daemon restarted with it; `starling rpull`
+    /// of the same binary); the first also replaces STARLING_BIN and makes the
+    /// `stl-esgz` images. The report adds a table of each later binary against the first.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    starling_bins: Option<Vec<PathBuf>>,
     /// Only re-render results.md and the charts of an earlier run's results.json in DIR.
     #[arg(long, value_name = "DIR")]
     render: Option<PathBuf>,
@@ -116,6 +123,12 @@ fn options(a: Args) -> anyhow::Result<BenchOptions> {
         o.rate_mbit = o.profiles[0].rate_mbit;
     }
     o.optimize_period = a.optimize_period;
+    if let Some(b) = a.starling_bins {
+        o.starling_bins = b
+            .into_iter()
+            .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+            .collect();
+    }
     if a.no_micro {
         o.micro = false;
     }
@@ -150,6 +163,10 @@ fn main() -> anyhow::Result<()> {
     let opts = options(args)?;
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("the benchmark needs root (containerd, mounts, network namespaces)");
+    }
+    if let Some(first) = opts.starling_bins.first() {
+        // the harness starts the daemon and the CLI from STARLING_BIN
+        std::env::set_var("STARLING_BIN", first);
     }
     let all = integration::bench::run_suite(&opts, &format!("scripts/bench {command}"))
         .context("benchmark failed")?;
