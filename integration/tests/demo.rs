@@ -72,7 +72,16 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 /// After teardown only `logs/` is left in the demo dir, and nothing runs or is mounted.
 fn assert_clean(dir: &Path, output: &str) {
-    let procs = processes_using(dir);
+    // The script's own log `tee` may still be flushing its last lines when the script has
+    // exited: give processes a few seconds to end, then every one left is a leak.
+    let mut procs = processes_using(dir);
+    for _ in 0..50 {
+        if procs.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        procs = processes_using(dir);
+    }
     assert!(
         procs.is_empty(),
         "processes left running: {procs:#?}\n{output}"

@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::filter::FilterError;
+use crate::merge::flatten::FlattenError;
 use crate::store::StoreError;
 
 /// What kind of failure an [`Error`] is, in containerd's `errdefs` terms.
@@ -59,9 +60,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A merge could not be completed: a layer changed while it was copied, or there
+    /// was nothing to merge.
+    #[error(transparent)]
+    Flatten(FlattenError),
     /// A blocking task failed to complete (panicked or was cancelled).
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("internal error: {op} did not complete: {source}")]
+    Task {
+        /// The snapshot operation the task ran.
+        op: &'static str,
+        /// Why it did not complete.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl Error {
@@ -73,7 +84,9 @@ impl Error {
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
             Error::InvalidArgument(_) | Error::Filter(_) => ErrorKind::InvalidArgument,
             Error::Unavailable(_) => ErrorKind::Unavailable,
-            Error::Store(_) | Error::Io { .. } | Error::Internal(_) => ErrorKind::Internal,
+            Error::Store(_) | Error::Io { .. } | Error::Flatten(_) | Error::Task { .. } => {
+                ErrorKind::Internal
+            }
         }
     }
 

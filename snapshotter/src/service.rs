@@ -104,7 +104,7 @@ impl Service {
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || f(&core))
             .await
-            .unwrap_or_else(|e| Err(Error::Internal(format!("{op} did not complete: {e}"))));
+            .unwrap_or_else(|source| Err(Error::Task { op, source }));
         if let Some(ops) = &self.ops {
             let outcome = result.as_ref().map_or_else(|e| code(e.kind()), |_| "ok");
             ops.observe(op, outcome, started.elapsed());
@@ -219,6 +219,7 @@ mod tests {
     use containerd_snapshots::Snapshotter as _;
 
     use super::*;
+    use crate::merge::FlattenError;
     use crate::Options;
 
     fn service() -> (tempfile::TempDir, Service) {
@@ -238,7 +239,7 @@ mod tests {
             ),
             (Error::InvalidArgument("x".into()), Code::InvalidArgument),
             (Error::Unavailable("x".into()), Code::Unavailable),
-            (Error::Internal("x".into()), Code::Internal),
+            (Error::Flatten(FlattenError::NoLayers), Code::Internal),
         ];
         for (e, code) in cases {
             assert_eq!(Status::from(e).code(), code);

@@ -60,7 +60,7 @@
 //!   built in `<root>/merging/` and renamed into `snapshots/<id>` inside that transaction.
 //!   Cleanup removes stale build directories and (defensively) nodes without users.
 
-mod flatten;
+pub(crate) mod flatten;
 mod plan;
 mod request;
 mod snapshot;
@@ -83,9 +83,7 @@ impl From<FlattenError> for Error {
         match e {
             FlattenError::Io { op, path, source } => Error::Io { op, path, source },
             FlattenError::Unsupported { .. } => Error::FailedPrecondition(e.to_string()),
-            FlattenError::ShortCopy { .. } | FlattenError::NoLayers => {
-                Error::Internal(e.to_string())
-            }
+            FlattenError::ShortCopy { .. } | FlattenError::NoLayers => Error::Flatten(e),
         }
     }
 }
