@@ -155,6 +155,13 @@ pub fn run_suite(opts: &BenchOptions, command: &str) -> Result<Vec<Results>, Ben
             BTreeMap::new()
         };
         for (k, p) in profiles.iter().enumerate() {
+            if k > 0 && opts.stop_requested() {
+                setup::note(
+                    &mut env.notes,
+                    format!("stopped on request before link profile {}", p.name),
+                );
+                break;
+            }
             let mut results = Results {
                 info: info(p),
                 ..Default::default()

@@ -538,6 +538,18 @@ impl BenchOptions {
         }
     }
 
+    /// A file whose existence ends the run early and cleanly: the image under way finishes
+    /// its cells, then no further image, round or link profile starts; what was measured
+    /// is reported as usual (`touch <out>/STOP`).
+    pub fn stop_file(&self) -> PathBuf {
+        self.out.join("STOP")
+    }
+
+    /// True once [`BenchOptions::stop_file`] exists.
+    pub fn stop_requested(&self) -> bool {
+        self.stop_file().exists()
+    }
+
     /// The profiles to run (`profiles`, or one made of `rtt` and `rate_mbit`).
     pub fn link_profiles(&self) -> Vec<LinkProfile> {
         if self.profiles.is_empty() {

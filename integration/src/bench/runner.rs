@@ -485,8 +485,16 @@ pub fn run_rounds(
     mut on_sample: impl FnMut(&Sample),
 ) -> Vec<Sample> {
     let mut all = Vec::new();
-    for round in 0..opts.runs {
+    'rounds: for round in 0..opts.runs {
         for image in &opts.images {
+            if opts.stop_requested() {
+                eprintln!(
+                    "bench: {} exists: stopping in round {} before image {image}",
+                    opts.stop_file().display(),
+                    round + 1
+                );
+                break 'rounds;
+            }
             let selected = opts.workloads_for(image);
             for (cold, cold_selected) in opts.cold_steps(image) {
                 let warm: Vec<&Workload> = selected
