@@ -9,8 +9,9 @@
 //! [`client`] runs starling's client subcommands and [`metrics`] reads the daemon's
 //! metrics; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and [`treecmp`]
 //! compute and compare expected trees, [`fscompat`] compares two trees call by call;
-//! [`stack`] wires a whole environment; [`prereq`] decides whether a test can run here.
-//! [`bench`] is the side-by-side benchmark suite built on all of it (`scripts/bench`).
+//! [`loopfs`] gives a filesystem whose page reads can be counted; [`stack`] wires a whole
+//! environment; [`prereq`] decides whether a test can run here. [`bench`] is the
+//! side-by-side benchmark suite built on all of it (`scripts/bench`).
 //!
 //! ```no_run
 //! use integration::{prereq, require, stack::{Stack, StackOptions}, starling::StarlingOptions};
@@ -39,6 +40,7 @@ pub mod faults;
 pub mod fscompat;
 pub mod http;
 pub mod images;
+pub mod loopfs;
 pub mod metrics;
 pub mod mounts;
 pub mod oci;

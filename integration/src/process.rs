@@ -336,6 +336,11 @@ impl Daemon {
         self.spawn()
     }
 
+    /// The program the next start runs (a running process is not touched).
+    pub fn set_program(&mut self, program: impl Into<OsString>) {
+        self.spec.program = program.into();
+    }
+
     /// Starts the process again after it was stopped or killed.
     pub fn start_again(&mut self) -> Result<()> {
         if self.is_running() {

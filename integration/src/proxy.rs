@@ -75,6 +75,8 @@ struct Shared {
     open: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
     next_id: AtomicU64,
     stop: AtomicBool,
+    /// One-way delay of connections accepted from now on (nanoseconds).
+    delay_ns: AtomicU64,
 }
 
 /// A running proxy; stopped on drop (open connections are shut down).
@@ -99,6 +101,9 @@ impl TcpProxy {
             TcpListener::bind(opts.listen).ctx(|| format!("bind proxy on {}", opts.listen))?;
         let addr = listener.local_addr().ctx(|| "proxy local addr".into())?;
         let shared = Arc::new(Shared::default());
+        shared
+            .delay_ns
+            .store(opts.one_way_delay.as_nanos() as u64, Ordering::Relaxed);
         let sh = shared.clone();
         let accept = std::thread::Builder::new()
             .name("stl-proxy-accept".into())
@@ -161,18 +166,36 @@ impl TcpProxy {
         }
     }
 
-    /// Stops accepting and shuts down open connections.
-    pub fn stop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
+    /// Changes the one-way delay: connections accepted from now on get `delay`, open ones
+    /// are shut down (clients reconnect; call it while the link is idle).
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared
+            .delay_ns
+            .store(delay.as_nanos() as u64, Ordering::SeqCst);
+        self.close_connections();
+    }
+
+    /// The one-way delay of new connections.
+    pub fn delay(&self) -> Duration {
+        Duration::from_nanos(self.shared.delay_ns.load(Ordering::SeqCst))
+    }
+
+    fn close_connections(&self) {
         if let Ok(mut open) = self.shared.open.lock() {
             for (_, (c, s)) in open.drain() {
                 let _ = c.shutdown(Shutdown::Both);
                 let _ = s.shutdown(Shutdown::Both);
             }
         }
+    }
+
+    /// Stops accepting and shuts down open connections.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        self.close_connections();
     }
 }
 
@@ -212,7 +235,8 @@ fn accept_loop(listener: TcpListener, opts: ProxyOptions, sh: Arc<Shared>) {
         }
         let spawn = |from: &TcpStream, to: &TcpStream, up: bool| -> io::Result<()> {
             let (from, to) = (from.try_clone()?, to.try_clone()?);
-            let (sh, delay, keep) = (sh.clone(), opts.one_way_delay, opts.keep_requests);
+            let delay = Duration::from_nanos(sh.delay_ns.load(Ordering::SeqCst));
+            let (sh, keep) = (sh.clone(), opts.keep_requests);
             std::thread::Builder::new()
                 .name("stl-proxy-pump".into())
                 .spawn(move || {
@@ -532,6 +556,23 @@ mod tests {
         assert_eq!(s.requests_log[0].path, "/x");
         p.reset();
         assert_eq!(p.stats().bytes_down, 0);
+    }
+
+    #[test]
+    fn set_delay_applies_to_new_connections_and_closes_open_ones() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = TcpProxy::start(ProxyOptions::to(l.local_addr().unwrap())).unwrap();
+        assert_eq!(p.delay(), Duration::ZERO);
+        let mut c = TcpStream::connect(p.addr()).unwrap();
+        let (_upstream_side, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        p.set_delay(Duration::from_millis(1));
+        assert_eq!(p.delay(), Duration::from_millis(1));
+        let mut b = [0u8; 1];
+        let r = c.read(&mut b);
+        assert!(matches!(r, Ok(0)) || r.is_err(), "{r:?}");
+        let _again = TcpStream::connect(p.addr()).unwrap();
+        let (_s2, _) = l.accept().unwrap();
     }
 
     #[test]

@@ -105,6 +105,29 @@ fn tc(netns: Option<&str>, args: &[&str]) -> Result<()> {
         .map(drop)
 }
 
+/// Puts `tbf` with `opts`' rate, burst and latency on both ends of the veth pair.
+fn shape_veths(netns: &str, veth_host: &str, veth_ns: &str, opts: &ShapedOptions) -> Result<()> {
+    let rate = format!("{}mbit", opts.rate_mbit);
+    let mut t = [
+        "qdisc",
+        "replace",
+        "dev",
+        "",
+        "root",
+        "tbf",
+        "rate",
+        &rate,
+        "burst",
+        &opts.burst,
+        "latency",
+        &opts.tbf_latency,
+    ];
+    t[3] = veth_host;
+    tc(None, &t)?;
+    t[3] = veth_ns;
+    tc(Some(netns), &t)
+}
+
 /// Names and addresses of slot `n`.
 pub fn slot_names(n: u32) -> (String, String, String, Ipv4Addr, Ipv4Addr) {
     let (x, y) = ((n / 64) as u8, ((n % 64) * 4) as u8);
@@ -215,26 +238,7 @@ impl ShapedLink {
         ])?;
         ip(&["netns", "exec", &netns, "ip", "link", "set", &veth_ns, "up"])?;
         ip(&["netns", "exec", &netns, "ip", "link", "set", "lo", "up"])?;
-        let rate = format!("{}mbit", opts.rate_mbit);
-        let tbf = [
-            "qdisc",
-            "replace",
-            "dev",
-            "",
-            "root",
-            "tbf",
-            "rate",
-            &rate,
-            "burst",
-            &opts.burst,
-            "latency",
-            &opts.tbf_latency,
-        ];
-        let mut t = tbf;
-        t[3] = &veth_host;
-        tc(None, &t)?;
-        t[3] = &veth_ns;
-        tc(Some(&netns), &t)?;
+        shape_veths(&netns, &veth_host, &veth_ns, &opts)?;
         std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
         let reg = Registry::start_placed(
             upstream.options().clone(),
@@ -356,6 +360,21 @@ impl ShapedLink {
             rx: read("rx_bytes"),
             tx: read("tx_bytes"),
         }
+    }
+
+    /// Changes the link's shape in place (same namespace, addresses and registry): tbf rate
+    /// and burst on both veth ends, and the delay proxy's RTT (in-process proxy only; its
+    /// open connections are closed, clients reconnect). Call it while the link is idle.
+    pub fn reshape(&self, opts: &ShapedOptions) -> Result<()> {
+        let Some(ProxyHandle::InProcess(p)) = &self.proxy else {
+            return Err(Error::invalid(
+                "shaped link",
+                "only a link with an in-process delay proxy can be reshaped",
+            ));
+        };
+        shape_veths(&self.netns, &self.veth_host, &self.veth_ns, opts)?;
+        p.set_delay(opts.rtt / 2);
+        Ok(())
     }
 
     /// Payload counters of the in-process delay proxy (connections, requests, bytes).

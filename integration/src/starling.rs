@@ -320,6 +320,12 @@ impl Starling {
         self.wait_ready()
     }
 
+    /// The binary the next start runs (benchmarks compare two builds on one stack);
+    /// takes effect at the next [`Starling::start_again`].
+    pub fn set_binary(&mut self, bin: &Path) {
+        self.daemon.set_program(bin);
+    }
+
     /// Stop + start.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;

@@ -51,15 +51,50 @@ pub fn draw(results: &Results, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
     Ok(files)
 }
 
+/// Draws `chart-<profile>.png` into `dir`: one panel per image × workload of the run, the
+/// warm overlayfs baseline as an extra bar (the broad set's chart per link profile).
+pub fn draw_profile(results: &Results, dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
+    register_font()?;
+    let name = results
+        .info
+        .profile
+        .as_ref()
+        .map(|p| p.name.clone())
+        .unwrap_or_else(|| "run".into());
+    let path = dir.join(format!("chart-{name}.png"));
+    let panels = results.rows();
+    draw_panels(
+        results,
+        &panels,
+        &format!("link {name}: time to ready, pull + create + run (median seconds)"),
+        &path,
+    )?;
+    Ok(vec![path])
+}
+
 fn draw_image(results: &Results, image: &str, path: &Path) -> Result<(), BenchError> {
-    let workloads: Vec<String> = results
+    let panels: Vec<(String, String)> = results
         .rows()
         .into_iter()
         .filter(|r| r.0 == image)
-        .map(|r| r.1)
         .collect();
-    let cols = workloads.len().clamp(1, 3);
-    let rows = workloads.len().div_ceil(cols).max(1);
+    draw_panels(
+        results,
+        &panels,
+        &format!("{image}: pull + create + run (median seconds)"),
+        path,
+    )
+}
+
+fn draw_panels(
+    results: &Results,
+    panels: &[(String, String)],
+    heading: &str,
+    path: &Path,
+) -> Result<(), BenchError> {
+    let single_image = panels.windows(2).all(|w| w[0].0 == w[1].0);
+    let cols = panels.len().clamp(1, 3);
+    let rows = panels.len().div_ceil(cols).max(1);
     let (pw, ph) = (if cols == 1 { 760u32 } else { 560 }, 420u32);
     let root =
         BitMapBackend::new(path, (pw * cols as u32, ph * rows as u32 + 80)).into_drawing_area();
@@ -68,7 +103,7 @@ fn draw_image(results: &Results, image: &str, path: &Path) -> Result<(), BenchEr
     let i = &results.info;
     title
         .draw_text(
-            &format!("{image}: pull + create + run (median seconds)"),
+            heading,
             &("sans-serif", 24).into_font().color(&BLACK),
             (16, 12),
         )
@@ -106,9 +141,14 @@ fn draw_image(results: &Results, image: &str, path: &Path) -> Result<(), BenchEr
             )
             .map_err(chart_err)?;
     }
-    let panels = body.split_evenly((rows, cols));
-    for (w, area) in workloads.iter().zip(panels.iter()) {
-        draw_panel(results, image, w, area)?;
+    let areas = body.split_evenly((rows, cols));
+    for ((image, w), area) in panels.iter().zip(areas.iter()) {
+        let caption = if single_image {
+            w.clone()
+        } else {
+            format!("{image} / {w}")
+        };
+        draw_panel(results, image, w, &caption, area)?;
     }
     root.present().map_err(chart_err)?;
     Ok(())
@@ -118,55 +158,77 @@ fn draw_panel(
     results: &Results,
     image: &str,
     workload: &str,
+    caption: &str,
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
 ) -> Result<(), BenchError> {
-    let cells = &results.cells;
     let med = |c, f: fn(&super::runner::Sample) -> f64| {
         results
             .summary(image, workload, c, |s| Some(f(s)))
             .map(|s| s.median)
             .unwrap_or(0.0)
     };
-    let bars: Vec<(f64, f64, f64)> = cells
+    // (label, pull, create, run, total)
+    let mut bars: Vec<(String, f64, f64, f64, f64)> = results
+        .cells
         .iter()
         .map(|c| {
             (
+                match (c.snapshotter, c.variant) {
+                    (super::plan::Snapshotter::Overlayfs, super::plan::Variant::Orig) => {
+                        "overlayfs".to_string()
+                    }
+                    (super::plan::Snapshotter::Stargz, v) => format!("peer {}", v.tag()),
+                    (s, v) => format!("{} {}", s.name(), v.tag()),
+                },
                 med(*c, |s| s.pull_s),
                 med(*c, |s| s.create_s),
                 med(*c, |s| s.run_s),
+                med(*c, |s| s.total_s),
             )
         })
         .collect();
+    let base: Vec<&super::runner::Sample> = results.baseline_samples(image, workload).collect();
+    if !base.is_empty() {
+        let m = |f: fn(&super::runner::Sample) -> f64| {
+            super::stats::Summary::of(base.iter().map(|s| f(s)))
+                .map(|s| s.median)
+                .unwrap_or(0.0)
+        };
+        bars.insert(
+            0,
+            (
+                "warm".into(),
+                0.0,
+                m(|s| s.create_s),
+                m(|s| s.run_s),
+                m(|s| s.total_s),
+            ),
+        );
+    }
     let ymax = bars
         .iter()
-        .map(|b| b.0 + b.1 + b.2)
+        .map(|b| b.1 + b.2 + b.3)
         .fold(0.0f64, f64::max)
         .max(0.01)
         * 1.18;
-    let n = cells.len().max(1) as u32;
+    let n = bars.len().max(1) as u32;
     let mut chart = ChartBuilder::on(area)
-        .caption(workload, ("sans-serif", 20))
+        .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(58)
         .y_label_area_size(52)
         .build_cartesian_2d((0u32..n - 1).into_segmented(), 0f64..ymax)
         .map_err(chart_err)?;
-    let labels: Vec<String> = cells
-        .iter()
-        .map(|c| format!("{}\n{}", c.snapshotter.label(), c.variant.tag()))
-        .collect();
+    let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
         .y_desc("seconds")
-        .x_labels(cells.len())
-        .x_label_style(("sans-serif", 13))
+        .x_labels(bars.len())
+        .x_label_style(("sans-serif", 12))
         .y_label_style(("sans-serif", 13))
         .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => labels
-                .get(*i as usize)
-                .map(|l| l.replace('\n', " "))
-                .unwrap_or_default(),
+            SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
             _ => String::new(),
         })
         .draw()
@@ -174,7 +236,7 @@ fn draw_panel(
     let parts: [(&str, RGBColor); 3] = [("pull", PULL), ("create", CREATE), ("run", RUN)];
     for (k, (name, color)) in parts.iter().enumerate() {
         let rects = bars.iter().enumerate().map(|(i, b)| {
-            let vals = [b.0, b.1, b.2];
+            let vals = [b.1, b.2, b.3];
             let y0: f64 = vals[..k].iter().sum();
             let y1 = y0 + vals[k];
             let mut r = Rectangle::new(
@@ -194,13 +256,13 @@ fn draw_panel(
     let totals = bars
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.0 + b.1 + b.2 > 0.0)
+        .filter(|(_, b)| b.1 + b.2 + b.3 > 0.0)
         .map(|(i, b)| {
             Text::new(
-                secs(med(cells[i], |s| s.total_s)),
+                secs(b.4),
                 (
                     SegmentValue::CenterOf(i as u32),
-                    b.0 + b.1 + b.2 + ymax * 0.01,
+                    b.1 + b.2 + b.3 + ymax * 0.01,
                 ),
                 ("sans-serif", 14)
                     .into_font()
@@ -237,6 +299,8 @@ mod tests {
             lazy_mounts: None,
             pull_method: String::new(),
             load1: None,
+            baseline: false,
+            fetches: Vec::new(),
         }
     }
 
@@ -246,14 +310,8 @@ mod tests {
             eprintln!("SKIP: {FONT} missing (fonts-dejavu-core)");
             return;
         }
-        let ov = Cell {
-            snapshotter: Snapshotter::Overlayfs,
-            variant: Variant::Orig,
-        };
-        let peer = Cell {
-            snapshotter: Snapshotter::Stargz,
-            variant: Variant::Esgz,
-        };
+        let ov = Cell::new(Snapshotter::Overlayfs, Variant::Orig);
+        let peer = Cell::new(Snapshotter::Stargz, Variant::Esgz);
         let r = Results {
             cells: vec![ov, peer],
             samples: vec![
@@ -270,5 +328,13 @@ mod tests {
         let png = std::fs::read(&files[0]).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         assert!(png.len() > 5000, "a chart with text, not an empty image");
+        let mut r = r;
+        r.info.profile = Some(crate::bench::plan::LinkProfile::dc());
+        let mut warm = sample("print", ov, 0.0);
+        warm.baseline = true;
+        r.samples.push(warm);
+        let files = draw_profile(&r, wd.path()).unwrap();
+        assert_eq!(files, vec![wd.join("chart-dc.png")]);
+        assert!(std::fs::read(&files[0]).unwrap().len() > 5000);
     }
 }

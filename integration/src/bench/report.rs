@@ -7,9 +7,12 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use super::access::AccessReport;
+use super::attribution::FetchBreakdown;
 pub use super::format::{fmt_summary, ratio, secs};
+use super::link::LinkCheck;
 use super::micro::MicroResults;
-use super::plan::{self, Cell, Snapshotter, Variant};
+use super::plan::{self, Cell, LinkProfile, Snapshotter, Variant};
 use super::runner::Sample;
 use super::stats::{paired_ratios, Summary};
 
@@ -38,6 +41,15 @@ pub struct RunInfo {
     pub command: String,
     /// Tool versions.
     pub versions: BTreeMap<String, String>,
+    /// `broad` for `--suite broad` (the goal tables are rendered), empty otherwise.
+    #[serde(default)]
+    pub suite: String,
+    /// The link profile of this run.
+    #[serde(default)]
+    pub profile: Option<LinkProfile>,
+    /// What the link delivered when checked at the start of the profile.
+    #[serde(default)]
+    pub link_check: Option<LinkCheck>,
 }
 
 /// An image variant as reported.
@@ -70,6 +82,53 @@ pub struct Results {
     pub samples: Vec<Sample>,
     /// Micro-benchmarks, when run.
     pub micro: Option<MicroResults>,
+    /// Regions read per image and workload (the costliest files only).
+    #[serde(default)]
+    pub access: BTreeMap<String, BTreeMap<String, AccessReport>>,
+    /// Where the fetched bytes of lazy runs went.
+    #[serde(default)]
+    pub fetch: Vec<FetchBreakdown>,
+}
+
+/// The results of several link profiles (`results.json` of a multi-profile run).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SuiteResults {
+    /// One run per profile, in order.
+    pub profiles: Vec<Results>,
+}
+
+impl SuiteResults {
+    /// The combined report: each profile's goal tables and summary, then the regions read.
+    pub fn markdown(&self) -> String {
+        let mut m = String::new();
+        let Some(first) = self.profiles.first() else {
+            return m;
+        };
+        let _ = writeln!(
+            m,
+            "# starling benchmark {} (all link profiles)\n",
+            first.info.started
+        );
+        let _ = writeln!(m, "Command: `{}`\n", first.info.command);
+        let _ = writeln!(
+            m,
+            "Each profile's full report (every cell, details, failures) is in its directory: {}.\n",
+            self.profiles
+                .iter()
+                .filter_map(|r| r.info.profile.as_ref())
+                .map(|p| format!("[{0}]({0}/results.md)", p.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for r in &self.profiles {
+            r.header(&mut m, 2);
+            super::goals::markdown(r, &mut m);
+            super::goals::ab_markdown(r, &mut m);
+            r.summary_table(&mut m);
+        }
+        super::goals::access_markdown(first, &mut m);
+        m
+    }
 }
 
 impl Results {
@@ -80,9 +139,25 @@ impl Results {
         workload: &'a str,
         cell: Cell,
     ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.ok && !s.baseline && s.image == image && s.workload == workload && s.cell == cell
+        })
+    }
+
+    /// Successful warm-overlayfs baseline samples of one image × workload.
+    pub fn baseline_samples<'a>(
+        &'a self,
+        image: &'a str,
+        workload: &'a str,
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
         self.samples
             .iter()
-            .filter(move |s| s.ok && s.image == image && s.workload == workload && s.cell == cell)
+            .filter(move |s| s.ok && s.baseline && s.image == image && s.workload == workload)
+    }
+
+    /// True for a `--suite broad` run.
+    pub fn is_broad(&self) -> bool {
+        self.info.suite == "broad"
     }
 
     /// Summary of one quantity.
@@ -97,7 +172,7 @@ impl Results {
     }
 
     /// Total seconds by round.
-    fn totals_by_round(&self, image: &str, workload: &str, cell: Cell) -> BTreeMap<usize, f64> {
+    pub fn totals_by_round(&self, image: &str, workload: &str, cell: Cell) -> BTreeMap<usize, f64> {
         self.ok_samples(image, workload, cell)
             .map(|s| (s.round, s.total_s))
             .collect()
@@ -117,14 +192,8 @@ impl Results {
     /// The stargz and overlayfs cells a starling cell is compared with.
     pub fn bases(cell: Cell) -> (Cell, Cell) {
         (
-            Cell {
-                snapshotter: Snapshotter::Stargz,
-                variant: cell.variant.counterpart(),
-            },
-            Cell {
-                snapshotter: Snapshotter::Overlayfs,
-                variant: Variant::Orig,
-            },
+            Cell::new(Snapshotter::Stargz, cell.variant.counterpart()),
+            Cell::new(Snapshotter::Overlayfs, Variant::Orig),
         )
     }
 
@@ -149,14 +218,13 @@ impl Results {
         let all: Vec<&Sample> = self
             .samples
             .iter()
-            .filter(|s| s.image == image && s.workload == workload && s.cell == cell)
+            .filter(|s| !s.baseline && s.image == image && s.workload == workload && s.cell == cell)
             .collect();
         (all.iter().filter(|s| s.ok).count(), all.len())
     }
 
-    /// The whole Markdown report.
-    pub fn markdown(&self) -> String {
-        let mut m = String::new();
+    /// The run's heading, link, load and notes; `level` is the heading level.
+    pub fn header(&self, m: &mut String, level: usize) {
         let i = &self.info;
         let load = |l: &[f64]| {
             l.iter()
@@ -164,7 +232,15 @@ impl Results {
                 .collect::<Vec<_>>()
                 .join(" / ")
         };
-        let _ = writeln!(m, "# starling benchmark {}\n", i.started);
+        let hashes = "#".repeat(level);
+        match &i.profile {
+            Some(p) if level > 1 => {
+                let _ = writeln!(m, "{hashes} Link profile `{}`: {}\n", p.name, p.describe());
+            }
+            _ => {
+                let _ = writeln!(m, "{hashes} starling benchmark {}\n", i.started);
+            }
+        }
         let _ = writeln!(
             m,
             "Shaped link {} ms RTT, {} Mbit/s; {} run(s) per cell, snapshotters interleaved per round; \
@@ -178,6 +254,16 @@ impl Results {
             load(&i.load_end),
             i.duration_s / 60.0
         );
+        if let Some(c) = &i.link_check {
+            let _ = writeln!(
+                m,
+                "Link check at the start: a request on a fresh connection took {:.1} ms \
+                 (RTT + registry), one stream fetched a {:.0} MB blob at {:.0} Mbit/s.\n",
+                c.request_ms,
+                c.blob_bytes as f64 / 1e6,
+                c.mbit
+            );
+        }
         if let Some(l) = Summary::of(self.samples.iter().filter_map(|s| s.load1)) {
             let _ = writeln!(
                 m,
@@ -185,7 +271,9 @@ impl Results {
                 l.median, l.min, l.max
             );
         }
-        let _ = writeln!(m, "Command: `{}`\n", i.command);
+        if level == 1 {
+            let _ = writeln!(m, "Command: `{}`\n", i.command);
+        }
         if !self.notes.is_empty() {
             let _ = writeln!(m, "Notes:");
             for n in &self.notes {
@@ -193,9 +281,22 @@ impl Results {
             }
             let _ = writeln!(m);
         }
+    }
+
+    /// The whole Markdown report.
+    pub fn markdown(&self) -> String {
+        let mut m = String::new();
+        self.header(&mut m, 1);
+        if self.is_broad() {
+            super::goals::markdown(self, &mut m);
+        }
+        super::goals::ab_markdown(self, &mut m);
         self.summary_table(&mut m);
         self.ratio_table(&mut m);
         self.detail_tables(&mut m);
+        if self.is_broad() {
+            super::goals::access_markdown(self, &mut m);
+        }
         self.variant_table(&mut m);
         if let Some(micro) = &self.micro {
             m.push_str(&micro.markdown());
@@ -203,7 +304,8 @@ impl Results {
         m
     }
 
-    fn summary_table(&self, m: &mut String) {
+    /// The total-time table.
+    pub fn summary_table(&self, m: &mut String) {
         let _ = writeln!(
             m,
             "## Total time (pull + create + run), seconds, median [min–max]\n"
@@ -259,7 +361,11 @@ impl Results {
                 let _ = writeln!(
                     m,
                     "| {image} | {w} | {} | {} | {} |",
-                    c.variant.tag(),
+                    if c.bin == 0 {
+                        c.variant.tag().to_string()
+                    } else {
+                        format!("{} ({})", c.variant.tag(), c.bin_letter())
+                    },
                     fmt_summary(self.ratio(&image, &w, *c, stargz), ratio),
                     fmt_summary(self.ratio(&image, &w, *c, overlay), ratio)
                 );
@@ -289,6 +395,21 @@ impl Results {
                  |---|---|---|---|---|---|---|---|---|---|---|---|---|"
             );
             for (img, w) in self.rows().into_iter().filter(|r| r.0 == image) {
+                let base: Vec<&Sample> = self.baseline_samples(&img, &w).collect();
+                if !base.is_empty() {
+                    let q = |f: &dyn Fn(&Sample) -> f64| {
+                        fmt_summary(Summary::of(base.iter().map(|s| f(s))), secs)
+                    };
+                    let _ = writeln!(
+                        m,
+                        "| {w} | overlayfs (warm baseline) | orig | 0 | {} | {} | – | {} | – | – | – | – | {}/{} |",
+                        q(&|s| s.create_s),
+                        q(&|s| s.run_s),
+                        q(&|s| s.total_s),
+                        base.len(),
+                        base.len()
+                    );
+                }
                 for c in &self.cells {
                     let (ok, n) = self.attempts(&img, &w, *c);
                     if n == 0 {
@@ -301,7 +422,7 @@ impl Results {
                         writeln!(
                         m,
                         "| {w} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {ok}/{n} |",
-                        c.snapshotter.label(),
+                        c.column(),
                         c.variant.tag(),
                         fmt_summary(q(&|s| Some(s.pull_s)), secs),
                         fmt_summary(q(&|s| Some(s.create_s)), secs),
@@ -384,21 +505,14 @@ mod tests {
             lazy_mounts: Some(2),
             pull_method: "x".into(),
             load1: Some(9.0),
+            baseline: false,
+            fetches: Vec::new(),
         }
     }
 
-    const OV: Cell = Cell {
-        snapshotter: Snapshotter::Overlayfs,
-        variant: Variant::Orig,
-    };
-    const PEER: Cell = Cell {
-        snapshotter: Snapshotter::Stargz,
-        variant: Variant::Esgz,
-    };
-    const STL: Cell = Cell {
-        snapshotter: Snapshotter::Starling,
-        variant: Variant::StlEsgz,
-    };
+    const OV: Cell = Cell::new(Snapshotter::Overlayfs, Variant::Orig);
+    const PEER: Cell = Cell::new(Snapshotter::Stargz, Variant::Esgz);
+    const STL: Cell = Cell::new(Snapshotter::Starling, Variant::StlEsgz);
 
     fn results() -> Results {
         Results {

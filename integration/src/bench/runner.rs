@@ -60,6 +60,14 @@ pub struct Sample {
     /// 1-minute load average when the run ended (the machine may be shared).
     #[serde(default)]
     pub load1: Option<f64>,
+    /// A warm-overlayfs baseline: the cold workload again right after its cold overlayfs
+    /// run (image pulled and unpacked, page cache warm, a fresh container).
+    #[serde(default)]
+    pub baseline: bool,
+    /// HTTP requests through the shaped link (method, path, Range) until the task exited;
+    /// kept for lazy cold runs when the run asks for it (`keep_fetches`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fetches: Vec<crate::proxy::ProxyRequest>,
 }
 
 /// Output of a streamed command.
@@ -240,6 +248,18 @@ impl BenchEnv {
         Ok(())
     }
 
+    /// [`BenchEnv::reset_for`] `cell`'s snapshotter, the starling daemon restarted with the
+    /// cell's binary (`--starling-bins`).
+    pub fn reset_for_cell(&mut self, cell: Cell) -> Result<(), BenchError> {
+        if let (Some(bin), Some(st)) = (
+            self.starling_bins.get(cell.bin as usize),
+            self.stack.starling.as_mut(),
+        ) {
+            st.set_binary(bin);
+        }
+        self.reset_for(cell.snapshotter)
+    }
+
     /// Waits (at most 10 s) until less than 16 KiB cross the shaped link in 250 ms.
     fn wait_link_quiet(&self) {
         let total = |b: crate::shaped::LinkBytes| b.rx + b.tx;
@@ -256,6 +276,13 @@ impl BenchEnv {
 
     /// Pulls `reference` for `s` as the benchmark does; returns the method used.
     pub fn pull(&self, s: Snapshotter, reference: &str) -> Result<String, BenchError> {
+        self.pull_cell(Cell::new(s, plan::Variant::Orig), reference)
+    }
+
+    /// Pulls `reference` for `cell`'s snapshotter (`starling rpull` of the cell's starling
+    /// binary); returns the method used.
+    pub fn pull_cell(&self, cell: Cell, reference: &str) -> Result<String, BenchError> {
+        let s = cell.snapshotter;
         let ctr = self.ctr();
         let mut ctr_long = ctr.clone();
         ctr_long.timeout = STEP_TIMEOUT;
@@ -270,6 +297,10 @@ impl BenchEnv {
             }
             Snapshotter::Starling => match (self.starling_pull, &self.starling_cli) {
                 (StarlingPull::StarlingRpull, Some(cli)) => {
+                    let mut cli = cli.clone();
+                    if let Some(bin) = self.starling_bins.get(cell.bin as usize) {
+                        cli.bin = bin.clone();
+                    }
                     run_cmd(&mut cli.rpull_cmd(ctr, "starling", reference), STEP_TIMEOUT)?
                         .check()?;
                     Ok("starling rpull".into())
@@ -290,64 +321,7 @@ impl BenchEnv {
         reference: &str,
         w: &Workload,
     ) -> Result<(Duration, Duration, Option<Duration>, String), BenchError> {
-        let ctr = self.ctr();
-        let id = format!("b{}", unique_token(10).to_lowercase());
-        let t0 = Instant::now();
-        let mount = format!(
-            "type=bind,src={},dst={},options=rbind:ro",
-            self.scripts_dir.display(),
-            plan::SCRIPT_DIR
-        );
-        let cmd = w.command();
-        let mut a = vec![
-            "containers",
-            "create",
-            "--snapshotter",
-            s.name(),
-            "--mount",
-            &mount,
-            reference,
-            id.as_str(),
-        ];
-        a.extend(cmd.iter().map(String::as_str));
-        let mut c = ctr.clone();
-        c.timeout = STEP_TIMEOUT;
-        c.ctr_ok(a)?;
-        let t1 = Instant::now();
-        std::fs::create_dir_all(&ctr.fifo_dir)
-            .map_err(|e| BenchError::Setup(format!("create fifo dir: {e}")))?;
-        let mut cmd = Command::new("ctr");
-        cmd.env("CONTAINERD_ADDRESS", &ctr.address)
-            .env("CONTAINERD_NAMESPACE", &ctr.namespace)
-            .arg("--address")
-            .arg(&ctr.address)
-            .arg("--namespace")
-            .arg(&ctr.namespace)
-            .args(["tasks", "start", "--fifo-dir"])
-            .arg(&ctr.fifo_dir)
-            .arg(&id);
-        let r = run_streamed(&mut cmd, STEP_TIMEOUT);
-        let _ = ctr.ctr(["tasks", "rm", "-f", &id]);
-        let _ = ctr.ctr(["containers", "rm", &id]);
-        let st = r?;
-        if !st.ok {
-            return Err(BenchError::Step(format!(
-                "`ctr tasks start` failed: {}{}",
-                st.stderr.trim(),
-                st.stdout.trim()
-            )));
-        }
-        let run = st.end - t1;
-        let first = st.first_byte.map(|f| f - t1);
-        if !st.stdout.contains(w.expect) {
-            return Err(BenchError::Step(format!(
-                "output lacks {:?}: stdout {:?}, stderr {:?}",
-                w.expect,
-                st.stdout.chars().take(300).collect::<String>(),
-                st.stderr.chars().take(300).collect::<String>()
-            )));
-        }
-        Ok((t1 - t0, run, first, st.stdout))
+        create_and_start(self.ctr(), s.name(), reference, w, &self.scripts_dir)
     }
 
     /// One run of `w` on `cell`: cold (reset, pull, run) or warm (run only).
@@ -381,6 +355,8 @@ impl BenchEnv {
                 String::new()
             },
             load1: None,
+            baseline: false,
+            fetches: Vec::new(),
         };
         if let Err(e) = self.sample_inner(&mut s, image, cell, w, warm) {
             s.error = Some(e.to_string());
@@ -400,20 +376,24 @@ impl BenchEnv {
         let snap = cell.snapshotter;
         let reference = self.shaped_ref(image, cell.variant);
         if !warm {
-            self.reset_for(snap)?;
+            self.reset_for_cell(cell)?;
         }
         let before = self.shaped().link_bytes();
         self.shaped().reset_proxy_stats();
         let t0 = Instant::now();
         if !warm {
-            s.pull_method = self.pull(snap, &reference)?;
+            s.pull_method = self.pull_cell(cell, &reference)?;
         }
         let pull = t0.elapsed();
         s.lazy_mounts = self.lazy_mounts(snap);
         let (create, run, first, _out) = self.create_and_start(snap, &reference, w)?;
         let after = self.shaped().link_bytes();
         s.link_bytes = (after.rx + after.tx).saturating_sub(before.rx + before.tx);
-        s.requests = self.shaped().proxy_stats().map(|p| p.requests).unwrap_or(0);
+        let proxy = self.shaped().proxy_stats().unwrap_or_default();
+        s.requests = proxy.requests;
+        if self.keep_fetches && snap.is_lazy() && !warm {
+            s.fetches = proxy.requests_log;
+        }
         s.pull_s = pull.as_secs_f64();
         s.create_s = create.as_secs_f64();
         s.run_s = run.as_secs_f64();
@@ -425,6 +405,77 @@ impl BenchEnv {
     }
 }
 
+/// Runs workload `w` in a new container of `reference` (already pulled for `snapshotter`)
+/// with the scripts of `scripts_dir` bind-mounted at [`plan::SCRIPT_DIR`]: `ctr containers
+/// create`, then `ctr tasks start` streamed; the container is removed afterwards. Returns
+/// (create, run, first output since run start, stdout); fails when the output lacks the
+/// workload's marker.
+pub fn create_and_start(
+    ctr: &crate::containerd::Ctr,
+    snapshotter: &str,
+    reference: &str,
+    w: &Workload,
+    scripts_dir: &std::path::Path,
+) -> Result<(Duration, Duration, Option<Duration>, String), BenchError> {
+    let id = format!("b{}", unique_token(10).to_lowercase());
+    let t0 = Instant::now();
+    let mount = format!(
+        "type=bind,src={},dst={},options=rbind:ro",
+        scripts_dir.display(),
+        plan::SCRIPT_DIR
+    );
+    let cmd = w.command();
+    let mut a = vec![
+        "containers",
+        "create",
+        "--snapshotter",
+        snapshotter,
+        "--mount",
+        &mount,
+        reference,
+        id.as_str(),
+    ];
+    a.extend(cmd.iter().map(String::as_str));
+    let mut c = ctr.clone();
+    c.timeout = STEP_TIMEOUT;
+    c.ctr_ok(a)?;
+    let t1 = Instant::now();
+    std::fs::create_dir_all(&ctr.fifo_dir)
+        .map_err(|e| BenchError::Setup(format!("create fifo dir: {e}")))?;
+    let mut cmd = Command::new("ctr");
+    cmd.env("CONTAINERD_ADDRESS", &ctr.address)
+        .env("CONTAINERD_NAMESPACE", &ctr.namespace)
+        .arg("--address")
+        .arg(&ctr.address)
+        .arg("--namespace")
+        .arg(&ctr.namespace)
+        .args(["tasks", "start", "--fifo-dir"])
+        .arg(&ctr.fifo_dir)
+        .arg(&id);
+    let r = run_streamed(&mut cmd, STEP_TIMEOUT);
+    let _ = ctr.ctr(["tasks", "rm", "-f", &id]);
+    let _ = ctr.ctr(["containers", "rm", &id]);
+    let st = r?;
+    if !st.ok {
+        return Err(BenchError::Step(format!(
+            "`ctr tasks start` failed: {}{}",
+            st.stderr.trim(),
+            st.stdout.trim()
+        )));
+    }
+    let run = st.end - t1;
+    let first = st.first_byte.map(|f| f - t1);
+    if !st.stdout.contains(w.expect) {
+        return Err(BenchError::Step(format!(
+            "output lacks {:?}: stdout {:?}, stderr {:?}",
+            w.expect,
+            st.stdout.chars().take(300).collect::<String>(),
+            st.stderr.chars().take(300).collect::<String>()
+        )));
+    }
+    Ok((t1 - t0, run, first, st.stdout))
+}
+
 /// Runs every round; `on_sample` sees each sample as it completes (progress, partial
 /// results).
 pub fn run_rounds(
@@ -434,8 +485,16 @@ pub fn run_rounds(
     mut on_sample: impl FnMut(&Sample),
 ) -> Vec<Sample> {
     let mut all = Vec::new();
-    for round in 0..opts.runs {
+    'rounds: for round in 0..opts.runs {
         for image in &opts.images {
+            if opts.stop_requested() {
+                eprintln!(
+                    "bench: {} exists: stopping in round {} before image {image}",
+                    opts.stop_file().display(),
+                    round + 1
+                );
+                break 'rounds;
+            }
             let selected = opts.workloads_for(image);
             for (cold, cold_selected) in opts.cold_steps(image) {
                 let warm: Vec<&Workload> = selected
@@ -449,6 +508,15 @@ pub fn run_rounds(
                     if cold_selected {
                         on_sample(&s);
                         all.push(s.clone());
+                        if cold_ok
+                            && opts.warm_baseline
+                            && cell.snapshotter == Snapshotter::Overlayfs
+                        {
+                            let mut b = env.sample(round, image, cell, cold, true);
+                            b.baseline = true;
+                            on_sample(&b);
+                            all.push(b);
+                        }
                     } else if !cold_ok {
                         eprintln!(
                             "bench: {} {} {}: cold parent failed: {}",

@@ -14,7 +14,7 @@ use crate::images::CachedImage;
 use crate::oci::OciImage;
 use crate::peer::PeerOptions;
 use crate::process::{run_cmd, run_ok};
-use crate::shaped::{ShapedLink, ShapedOptions};
+use crate::shaped::ShapedLink;
 use crate::stack::{Stack, StackOptions};
 use crate::starling::StarlingOptions;
 use crate::workdir::unique_token;
@@ -73,6 +73,10 @@ pub struct BenchEnv {
     pub runc_state: PathBuf,
     /// Host directory with the workload scripts, bind-mounted at [`plan::SCRIPT_DIR`].
     pub scripts_dir: PathBuf,
+    /// Keep the request log of lazy cold samples ([`BenchOptions::keep_fetches`]).
+    pub keep_fetches: bool,
+    /// The starling binaries compared (`--starling-bins`; empty: one binary).
+    pub starling_bins: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for BenchEnv {
@@ -160,11 +164,7 @@ impl BenchEnv {
             }
         }
         let namespace = format!("stlbench{}", unique_token(6).to_lowercase());
-        let shaped = ShapedOptions {
-            rtt: opts.rtt,
-            rate_mbit: opts.rate_mbit,
-            ..Default::default()
-        };
+        let shaped = super::link::shaped_options(&opts.link_profiles()[0]);
         let make = |with_starling: bool| StackOptions {
             shaped: Some(shaped.clone()),
             starling: with_starling.then(StarlingOptions::default),
@@ -190,7 +190,7 @@ impl BenchEnv {
         };
         let runc_state = PathBuf::from("/run/containerd/runc").join(&namespace);
         let scripts_dir = stack.wd.subdir("scripts")?;
-        for w in plan::WORKLOADS {
+        for w in plan::WORKLOADS.iter().filter(|w| !w.uses_image_command()) {
             let p = scripts_dir.join(w.name);
             std::fs::write(&p, w.script)
                 .map_err(|e| BenchError::Setup(format!("write {}: {e}", p.display())))?;
@@ -204,6 +204,8 @@ impl BenchEnv {
             notes,
             runc_state,
             scripts_dir,
+            keep_fetches: opts.keep_fetches,
+            starling_bins: opts.starling_bins.clone(),
         };
         env.decide_starling_tools();
         Ok(env)
@@ -246,11 +248,7 @@ impl BenchEnv {
         let variants = plan::needed_variants(&cells_wanted);
         let crv = ctr_remote_version();
         for image in &opts.images {
-            let cached = match image.as_str() {
-                "pydeb" => crate::images::pydeb()?,
-                "pylarge" => crate::images::pylarge()?,
-                other => return Err(BenchError::Option(format!("unknown image {other}"))),
-            };
+            let cached = crate::images::by_name(image)?;
             let mut set = BTreeMap::new();
             let orig_tag = format!("{image}:orig");
             self.stack
@@ -318,7 +316,9 @@ impl BenchEnv {
         let repo_tag = format!("{image}:{tag}");
         let src_ref = self.loopback_ref(image, Variant::Orig);
         let dst_ref = self.loopback_ref(image, v);
-        let ctr = self.ctr().clone();
+        // converting a large image (pysci: 0.9 GB of gzip) takes longer than a ctr step
+        let mut ctr = self.ctr().clone();
+        ctr.timeout = Duration::from_secs(3600);
         let registry_host = self.stack.registry.host();
         let t = Instant::now();
         let mut built = false;

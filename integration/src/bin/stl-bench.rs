@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use integration::bench::plan::{BenchOptions, Snapshotter, Variant};
+use integration::bench::plan::{BenchOptions, LinkProfile, Snapshotter, Variant};
 
 /// Side-by-side benchmark: overlayfs vs starling vs the stargz peer over a shaped link.
 #[derive(Parser, Debug)]
@@ -17,14 +17,27 @@ struct Args {
     /// explicitly still apply on top).
     #[arg(long)]
     quick: bool,
+    /// A predefined set: `broad` = pydeb, node, java, server, gcc, pysci, script, each with
+    /// a workload that ends at a "ready" marker (plus read-all on pysci), variants orig,
+    /// esgz and stl-esgz, a warm overlayfs baseline, regions-read traces and both link
+    /// profiles (flags given explicitly still apply on top).
+    #[arg(long, value_name = "NAME")]
+    suite: Option<String>,
+    /// Link profile(s): `wan` (20 ms RTT, 100 Mbit/s), `dc` (2 ms RTT, 1 Gbit/s), `both`
+    /// (wan, then dc) or a list in the order to run, e.g. `dc,wan` [default: --rtt/--rate;
+    /// both with --suite broad].
+    #[arg(long, value_name = "wan|dc|both|LIST", conflicts_with_all = ["rtt", "rate"])]
+    profile: Option<String>,
     /// Runs (rounds) per cell and workload [default: 5, 1 with --quick].
     #[arg(long)]
     runs: Option<usize>,
-    /// Images, comma-separated: pydeb, pylarge [default: both; pydeb with --quick].
+    /// Images, comma-separated: pydeb, pylarge, node, java, server, gcc, pysci, script
+    /// [default: pydeb,pylarge; pydeb with --quick; the broad set with --suite broad].
     #[arg(long, value_delimiter = ',')]
     images: Option<Vec<String>>,
-    /// Workloads, comma-separated: print, imports, gcc, read-all, warm-read-all, warm-walk
-    /// [default: all; print with --quick].
+    /// Workloads, comma-separated: print, imports, gcc, node, java, server, sci,
+    /// entrypoint, read-all, warm-read-all, warm-walk [default: all that run on the
+    /// images; print with --quick; each broad image's own with --suite broad].
     #[arg(long, value_delimiter = ',')]
     workloads: Option<Vec<String>>,
     /// Snapshotters, comma-separated: overlayfs, starling, stargz [default: all three].
@@ -34,12 +47,12 @@ struct Args {
     /// snapshotter's own].
     #[arg(long, value_delimiter = ',')]
     variants: Option<Vec<String>>,
-    /// Shaped link round-trip time in milliseconds.
-    #[arg(long, default_value_t = 20)]
-    rtt: u64,
-    /// Shaped link rate in Mbit/s.
-    #[arg(long, default_value_t = 100)]
-    rate: u32,
+    /// Shaped link round-trip time in milliseconds [default: 20].
+    #[arg(long)]
+    rtt: Option<u64>,
+    /// Shaped link rate in Mbit/s [default: 100].
+    #[arg(long)]
+    rate: Option<u32>,
     /// Results directory [default: results/<UTC timestamp>].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -52,6 +65,12 @@ struct Args {
     /// `ctr-remote image optimize --period` in seconds.
     #[arg(long, default_value_t = 3)]
     optimize_period: u32,
+    /// Compare starling binaries in the same rounds (A/B): comma-separated paths. Every
+    /// starling cell runs once per binary (the daemon restarted with it; `starling rpull`
+    /// of the same binary); the first also replaces STARLING_BIN and makes the
+    /// `stl-esgz` images. The report adds a table of each later binary against the first.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    starling_bins: Option<Vec<PathBuf>>,
     /// Only re-render results.md and the charts of an earlier run's results.json in DIR.
     #[arg(long, value_name = "DIR")]
     render: Option<PathBuf>,
@@ -61,10 +80,15 @@ fn options(a: Args) -> anyhow::Result<BenchOptions> {
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from("results").join(integration::bench::timestamp()));
-    let mut o = if a.quick {
-        BenchOptions::quick(out)
-    } else {
-        BenchOptions::full(out)
+    let mut o = match (a.suite.as_deref(), a.quick) {
+        (Some("broad"), false) => BenchOptions::broad(out),
+        (Some("broad"), true) => BenchOptions {
+            runs: 1,
+            ..BenchOptions::broad(out)
+        },
+        (Some(other), _) => anyhow::bail!("unknown suite {other:?} (expected broad)"),
+        (None, true) => BenchOptions::quick(out),
+        (None, false) => BenchOptions::full(out),
     };
     if let Some(r) = a.runs {
         o.runs = r;
@@ -88,9 +112,23 @@ fn options(a: Args) -> anyhow::Result<BenchOptions> {
                 .collect::<Result<_, _>>()?,
         );
     }
-    o.rtt = Duration::from_millis(a.rtt);
-    o.rate_mbit = a.rate;
+    if a.rtt.is_some() || a.rate.is_some() {
+        o.rtt = Duration::from_millis(a.rtt.unwrap_or(20));
+        o.rate_mbit = a.rate.unwrap_or(100);
+        o.profiles.clear();
+    }
+    if let Some(p) = a.profile {
+        o.profiles = LinkProfile::parse_list(&p)?;
+        o.rtt = Duration::from_millis(o.profiles[0].rtt_ms);
+        o.rate_mbit = o.profiles[0].rate_mbit;
+    }
     o.optimize_period = a.optimize_period;
+    if let Some(b) = a.starling_bins {
+        o.starling_bins = b
+            .into_iter()
+            .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+            .collect();
+    }
     if a.no_micro {
         o.micro = false;
     }
@@ -107,6 +145,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = &args.render {
         let path = dir.join("results.json");
         let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        if let Ok(suite) =
+            serde_json::from_slice::<integration::bench::report::SuiteResults>(&bytes)
+        {
+            for f in integration::bench::write_suite(&suite.profiles, dir)? {
+                println!("wrote {}", f.display());
+            }
+            return Ok(());
+        }
         let results: integration::bench::report::Results =
             serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))?;
         for f in integration::bench::write_results(&results, dir, true)? {
@@ -118,9 +164,18 @@ fn main() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("the benchmark needs root (containerd, mounts, network namespaces)");
     }
-    let results = integration::bench::run(&opts, &format!("scripts/bench {command}"))
+    if let Some(first) = opts.starling_bins.first() {
+        // the harness starts the daemon and the CLI from STARLING_BIN
+        std::env::set_var("STARLING_BIN", first);
+    }
+    let all = integration::bench::run_suite(&opts, &format!("scripts/bench {command}"))
         .context("benchmark failed")?;
-    println!("{}", results.markdown());
+    if all.len() > 1 {
+        let suite = integration::bench::report::SuiteResults { profiles: all };
+        println!("{}", suite.markdown());
+    } else if let Some(r) = all.first() {
+        println!("{}", r.markdown());
+    }
     println!("results in {}", opts.out.display());
     Ok(())
 }

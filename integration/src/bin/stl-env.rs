@@ -52,9 +52,9 @@ enum Cmd {
         state: PathBuf,
     },
     /// Build (or find in the cache) a realistic image and print its OCI layout path:
-    /// pydeb or pylarge.
+    /// pydeb, pylarge, debbase or a broad-set image (node, java, server, gcc, pysci, script).
     Image {
-        /// pydeb | pylarge
+        /// pydeb | pylarge | debbase | node | java | server | gcc | pysci | script
         name: String,
     },
     /// Internal: the delay proxy process of the shaped link.
@@ -477,11 +477,7 @@ fn main() -> Result<()> {
             delay_ms,
         } => proxy(listen, upstream, delay_ms),
         Cmd::Image { name } => {
-            let c = match name.as_str() {
-                "pydeb" => integration::images::pydeb()?,
-                "pylarge" => integration::images::pylarge()?,
-                other => bail!("unknown image {other:?} (pydeb, pylarge)"),
-            };
+            let c = integration::images::by_name(&name)?;
             eprintln!("{} (built in {:.0} s)", c.key, c.build_secs.unwrap_or(0.0));
             println!("{}", c.layout.display());
             Ok(())

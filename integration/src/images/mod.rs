@@ -1,13 +1,15 @@
 //! Test images: `busybox` (one layer, built in-process in milliseconds), the realistic
 //! Debian images `pydeb` (bookworm minbase + python3, 2 layers, ~170 MB) and `pylarge`
 //! (+ gcc/g++/JDK, >= 500 MB) built by `scripts/lib/build-image.sh` and cached across runs,
-//! and the hand-made [`edge`] image.
+//! the [`broad`] benchmark set (node, java, server, gcc, pysci, script on a shared minbase)
+//! built the same way, and the hand-made [`edge`] image.
 //!
 //! Cache: `$STARLING_TEST_IMAGE_CACHE` or `/var/cache/starling-test/images`; each image is a
 //! directory `<name>-<version>/` holding `layout/` (OCI layout), `build.json` and `logs/`,
 //! built into a temp dir and renamed into place under an exclusive `flock` on
 //! `<name>-<version>.lock`, so concurrent tests wait for one build and then share it.
 
+pub mod broad;
 pub mod edge;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use crate::oci::{Content, Entry, ImageBuilder, LayerBuilder, OciImage};
 use crate::process::run_cmd;
 use crate::registry::Registry;
 
+pub use broad::{broad_image, build_broad, debbase, BroadImage, BROAD_IMAGES};
 pub use edge::{edge_image, EdgeImage, EdgeOptions};
 
 /// Version key of the pydeb image (bump when the recipe changes).
@@ -57,6 +60,29 @@ impl CachedImage {
     /// Pushes tag `tag` as `name` (`repo:tag`); returns the manifest digest.
     pub fn push(&self, registry: &Registry, tag: &str, name: &str) -> Result<String> {
         registry.push_layout(&self.layout, tag, name)
+    }
+}
+
+/// The cached image `name` of any kind the harness builds: pydeb, pylarge, debbase or a
+/// broad-set image.
+pub fn by_name(name: &str) -> Result<CachedImage> {
+    match name {
+        "pydeb" => pydeb(),
+        "pylarge" => pylarge(),
+        "debbase" => debbase(),
+        other => build_broad(other).unwrap_or_else(|| {
+            Err(Error::invalid(
+                "image name",
+                format!(
+                    "unknown image {other:?} (pydeb, pylarge, debbase, {})",
+                    BROAD_IMAGES
+                        .iter()
+                        .map(|i| i.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }),
     }
 }
 
