@@ -13,57 +13,10 @@ use crate::proxy::ProxyRequest;
 
 use super::access::{open_index, AccessReport};
 use super::plan::{Cell, Variant};
-use super::report::Results;
+use super::results::Results;
+pub use super::results::{FetchBreakdown, FileFetch};
 use super::setup::{note, BenchEnv};
 use super::BenchError;
-
-/// One file's share of a run's fetched bytes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FileFetch {
-    /// Layer index, bottom first.
-    pub layer: usize,
-    /// Path in the layer.
-    pub path: String,
-    /// Compressed bytes of its chunks that were fetched (counted per request).
-    pub fetched: u64,
-    /// Bytes of it the workload reads (0: fetched but never read).
-    pub read: u64,
-    /// File size.
-    pub size: u64,
-}
-
-/// Where one run's fetched bytes went.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FetchBreakdown {
-    /// Image.
-    pub image: String,
-    /// Workload.
-    pub workload: String,
-    /// Cell.
-    pub cell: Option<Cell>,
-    /// Round of the sample analysed (the one with the median link bytes).
-    pub round: usize,
-    /// HTTP requests.
-    pub requests: usize,
-    /// Blob GETs with a Range header.
-    pub range_requests: usize,
-    /// Blob GETs without one (whole blobs).
-    pub whole_blob_requests: usize,
-    /// Bytes asked for in blob GETs (sum over requests; overlaps count twice).
-    pub blob_bytes: u64,
-    /// Of those, bytes of chunks the workload touches.
-    pub needed: u64,
-    /// Bytes of chunks it does not touch.
-    pub unneeded: u64,
-    /// Bytes outside any chunk (TOC, footer, tar headers, padding).
-    pub other: u64,
-    /// Bytes of blobs the variant does not have an index for (e.g. not eStargz).
-    pub unknown: u64,
-    /// Compressed bytes of all chunks the workload touches in this variant (the floor).
-    pub needed_total: u64,
-    /// The files that cost the most, most fetched first.
-    pub top_files: Vec<FileFetch>,
-}
 
 /// A variant's layers as the attribution needs them.
 pub struct VariantIndex {

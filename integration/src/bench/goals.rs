@@ -7,8 +7,9 @@
 use std::fmt::Write as _;
 
 use super::access::AccessReport;
+use super::format::{fmt_summary, ratio, secs};
 use super::plan::{Cell, Snapshotter, Variant};
-use super::report::{fmt_summary, ratio, secs, Results};
+use super::results::Results;
 use super::stats::Summary;
 
 /// Goal: added time ≤ this × the peer's (reference-converted variant).
@@ -480,7 +481,7 @@ mod tests {
     #[test]
     fn added_time_is_paired_against_the_warm_baseline() {
         let r = Results {
-            info: super::super::report::RunInfo {
+            info: super::super::results::RunInfo {
                 suite: "broad".into(),
                 ..Default::default()
             },

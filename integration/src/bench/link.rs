@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::shaped::ShapedOptions;
 
-use super::plan::LinkProfile;
+use super::plan::{shaped_options, LinkProfile};
 use super::setup::BenchEnv;
 use super::BenchError;
 
@@ -22,16 +22,6 @@ pub struct LinkCheck {
     pub mbit: f64,
     /// Size of the blob fetched for the throughput figure.
     pub blob_bytes: u64,
-}
-
-/// Harness options of the shaped link for `p`.
-pub fn shaped_options(p: &LinkProfile) -> ShapedOptions {
-    ShapedOptions {
-        rtt: Duration::from_millis(p.rtt_ms),
-        rate_mbit: p.rate_mbit,
-        burst: p.burst.clone(),
-        ..Default::default()
-    }
 }
 
 impl BenchEnv {

@@ -20,6 +20,7 @@ pub mod link;
 pub mod micro;
 pub mod plan;
 pub mod report;
+pub mod results;
 pub mod runner;
 pub mod setup;
 pub mod starling_cli;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::BenchError;
+use crate::shaped::ShapedOptions;
 
 /// A snapshotter column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -934,5 +935,15 @@ mod tests {
         assert_eq!(Snapshotter::parse("peer").unwrap(), Snapshotter::Stargz);
         assert_eq!(Variant::parse("esgz-opt").unwrap(), Variant::EsgzOpt);
         assert!(workload("nope").is_err());
+    }
+}
+
+/// Harness options of the shaped link for `p`.
+pub fn shaped_options(p: &LinkProfile) -> ShapedOptions {
+    ShapedOptions {
+        rtt: Duration::from_millis(p.rtt_ms),
+        rate_mbit: p.rate_mbit,
+        burst: p.burst.clone(),
+        ..Default::default()
     }
 }

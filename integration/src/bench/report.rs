@@ -8,94 +8,15 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::access::AccessReport;
-use super::attribution::FetchBreakdown;
 pub use super::format::{fmt_summary, ratio, secs};
 use super::link::LinkCheck;
 use super::micro::MicroResults;
 use super::plan::{self, Cell, LinkProfile, Snapshotter, Variant};
+pub use super::results::{
+    FetchBreakdown, FileFetch, Results, RunInfo, SuiteResults, VariantReport,
+};
 use super::runner::Sample;
 use super::stats::{paired_ratios, Summary};
-
-/// Where and how a run happened.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RunInfo {
-    /// Start time (UTC, `YYYYMMDD-HHMMSS`).
-    pub started: String,
-    /// Wall-clock seconds of the whole run.
-    pub duration_s: f64,
-    /// Load averages (1, 5, 15 min) when the run started.
-    pub load_start: Vec<f64>,
-    /// Load averages when it ended.
-    pub load_end: Vec<f64>,
-    /// `uname -r`.
-    pub kernel: String,
-    /// CPUs online.
-    pub cpus: usize,
-    /// Link RTT in ms.
-    pub rtt_ms: u64,
-    /// Link rate in Mbit/s.
-    pub rate_mbit: u32,
-    /// Rounds.
-    pub runs: usize,
-    /// The command line.
-    pub command: String,
-    /// Tool versions.
-    pub versions: BTreeMap<String, String>,
-    /// `broad` for `--suite broad` (the goal tables are rendered), empty otherwise.
-    #[serde(default)]
-    pub suite: String,
-    /// The link profile of this run.
-    #[serde(default)]
-    pub profile: Option<LinkProfile>,
-    /// What the link delivered when checked at the start of the profile.
-    #[serde(default)]
-    pub link_check: Option<LinkCheck>,
-}
-
-/// An image variant as reported.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VariantReport {
-    /// `repo:tag`.
-    pub repo_tag: String,
-    /// How it was made.
-    pub how: String,
-    /// Seconds to make it (0 = from cache).
-    pub build_secs: f64,
-    /// Compressed bytes of all layers.
-    pub compressed_bytes: u64,
-    /// Layer count.
-    pub layers: usize,
-}
-
-/// Everything a run produced (`results.json`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Results {
-    /// Run information.
-    pub info: RunInfo,
-    /// Fallbacks and skipped columns.
-    pub notes: Vec<String>,
-    /// image → variant tag → variant.
-    pub variants: BTreeMap<String, BTreeMap<String, VariantReport>>,
-    /// The cells (columns), in order.
-    pub cells: Vec<Cell>,
-    /// Every sample.
-    pub samples: Vec<Sample>,
-    /// Micro-benchmarks, when run.
-    pub micro: Option<MicroResults>,
-    /// Regions read per image and workload (the costliest files only).
-    #[serde(default)]
-    pub access: BTreeMap<String, BTreeMap<String, AccessReport>>,
-    /// Where the fetched bytes of lazy runs went.
-    #[serde(default)]
-    pub fetch: Vec<FetchBreakdown>,
-}
-
-/// The results of several link profiles (`results.json` of a multi-profile run).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SuiteResults {
-    /// One run per profile, in order.
-    pub profiles: Vec<Results>,
-}
 
 impl SuiteResults {
     /// The combined report: each profile's goal tables and summary, then the regions read.

@@ -164,7 +164,7 @@ impl BenchEnv {
             }
         }
         let namespace = format!("stlbench{}", unique_token(6).to_lowercase());
-        let shaped = super::link::shaped_options(&opts.link_profiles()[0]);
+        let shaped = plan::shaped_options(&opts.link_profiles()[0]);
         let make = |with_starling: bool| StackOptions {
             shaped: Some(shaped.clone()),
             starling: with_starling.then(StarlingOptions::default),
