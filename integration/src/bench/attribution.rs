@@ -7,12 +7,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::proxy::ProxyRequest;
 
 use super::access::{open_index, AccessReport};
-use super::plan::{Cell, Variant};
+use super::plan::Variant;
 use super::results::Results;
 pub use super::results::{FetchBreakdown, FileFetch};
 use super::setup::{note, BenchEnv};

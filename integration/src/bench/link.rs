@@ -3,11 +3,9 @@
 //! round trip and single-stream throughput through the delay proxy and `tbf`), reported
 //! next to the profile's nominal figures.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-
-use crate::shaped::ShapedOptions;
 
 use super::plan::{shaped_options, LinkProfile};
 use super::setup::BenchEnv;

@@ -5,13 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::{Deserialize, Serialize};
-
-use super::access::AccessReport;
 pub use super::format::{fmt_summary, ratio, secs};
-use super::link::LinkCheck;
-use super::micro::MicroResults;
-use super::plan::{self, Cell, LinkProfile, Snapshotter, Variant};
+use super::plan::{self, Cell, Snapshotter, Variant};
 pub use super::results::{
     FetchBreakdown, FileFetch, Results, RunInfo, SuiteResults, VariantReport,
 };
