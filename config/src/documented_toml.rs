@@ -92,6 +92,13 @@ fn registry(out: &mut String, config: &Config, root: &toml::Table) {
     if let Some(v) = table.get("docker_config") {
         let _ = writeln!(out, "docker_config = {v}");
     }
+    for name in ["hosts_dir", "mirror_skip"] {
+        out.push('\n');
+        comment(out, "", doc_of::<crate::RegistryConfig>(name));
+        if let Some(v) = table.get(name) {
+            let _ = writeln!(out, "{name} = {v}");
+        }
+    }
     out.push('\n');
     comment(out, "", doc_of::<crate::RegistryConfig>("hosts"));
     if config.registry.hosts.is_empty() {

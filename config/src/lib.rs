@@ -20,6 +20,7 @@ mod documented_toml;
 mod error;
 mod fetch;
 mod fuse;
+pub mod hosts_dir;
 mod kubernetes;
 mod merge;
 mod registry;

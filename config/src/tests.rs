@@ -398,3 +398,32 @@ fn contrib_config_is_the_documented_default() {
         "regenerate it: starling config default > contrib/starling/config.toml"
     );
 }
+
+#[test]
+fn registry_hosts_dir_and_mirror_skip() {
+    let d = Config::default();
+    assert!(
+        d.registry.hosts_dir.as_os_str().is_empty(),
+        "off by default"
+    );
+    assert_eq!(d.registry.mirror_skip, Duration::from_secs(30));
+    let text = "[registry]\nhosts_dir = \"/etc/containerd/certs.d\"\nmirror_skip = \"5s\"\n";
+    let c = Config::from_toml_str(text, "t.toml").unwrap();
+    assert_eq!(
+        c.registry.hosts_dir,
+        std::path::PathBuf::from("/etc/containerd/certs.d")
+    );
+    assert_eq!(c.registry.mirror_skip, Duration::from_secs(5));
+    // Rendered with their documentation, and read back the same.
+    let rendered = c.to_toml_documented();
+    assert!(
+        rendered.contains("hosts_dir = \"/etc/containerd/certs.d\""),
+        "{rendered}"
+    );
+    assert!(rendered.contains("containerd's registry host directory"));
+    assert_eq!(Config::from_toml_str(&rendered, "r.toml").unwrap(), c);
+    let (key, _, _) = invalid("[registry]\nhosts_dir = \"certs.d\"\n");
+    assert_eq!(key, "registry.hosts_dir");
+    let (key, _, _) = invalid("[registry]\nmirror_skip = \"0s\"\n");
+    assert_eq!(key, "registry.mirror_skip");
+}

@@ -35,6 +35,7 @@ pub mod docker;
 pub mod engines;
 pub mod error;
 pub mod extract;
+pub mod faults;
 pub mod fscompat;
 pub mod http;
 pub mod images;

@@ -246,7 +246,7 @@ fn pod_credentials(version: ContainerdVersion) {
         .starling
         .log()
         .lines()
-        .filter(|l| l.contains("WARN") && l.contains("layer not mounted lazily"))
+        .filter(|l| l.contains("WARN") && l.contains("falls back to a full pull"))
         .map(String::from)
         .collect::<Vec<_>>();
     assert!(
@@ -371,7 +371,7 @@ fn credential_provider(version: ContainerdVersion) {
         .starling
         .log()
         .lines()
-        .filter(|l| l.contains("WARN") && l.contains("layer not mounted lazily"))
+        .filter(|l| l.contains("WARN") && l.contains("falls back to a full pull"))
         .map(String::from)
         .collect::<Vec<_>>();
     assert!(

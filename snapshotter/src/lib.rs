@@ -15,10 +15,16 @@
 //! - [`metrics`]: the daemon's Prometheus metrics and their HTTP endpoint;
 //! - [`merge`]: merged snapshots (stacked, hardlinked or copied; cache-aware);
 //! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
-//!   socket server the daemon runs.
+//!   socket server the daemon runs ([`authority`]: its connections accept any HTTP/2
+//!   `:authority`); [`control`]: the daemon's control socket (live layer status and
+//!   fallbacks for `starling status` and `starling doctor`);
+//! - [`clip`]: client-supplied strings cut short for logs and errors.
 //!
 //! Mount syscalls and mountinfo are `linuxfs`'s; lazy layers themselves are `fusefs`'s.
 
+pub mod authority;
+pub mod clip;
+pub mod control;
 pub mod error;
 pub mod filter;
 pub mod kubernetes;

@@ -121,6 +121,11 @@ impl Authenticator {
         }
     }
 
+    /// True if `endpoint` asked for basic auth (asking again without credentials is useless).
+    pub(crate) fn is_basic(&self, endpoint: &str) -> bool {
+        matches!(self.challenges.lock().get(endpoint), Some(Challenge::Basic))
+    }
+
     /// Forgets the cached token `endpoint` would use for `scope` (after it was refused).
     pub(crate) fn invalidate(&self, endpoint: &str, scope: &Scope) {
         if let Some(key) = self.token_key(endpoint, scope) {
