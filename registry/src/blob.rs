@@ -142,6 +142,12 @@ impl Blob {
         &self.inner.repo
     }
 
+    /// True if a request to the blob's registry host succeeded after `t` (the registry is
+    /// back after a failure at `t`).
+    pub fn host_answered_since(&self, t: Instant) -> bool {
+        self.inner.host.health.answered_since(t)
+    }
+
     /// The fetch settings of the client it was made by.
     pub fn fetch_config(&self) -> &config::FetchConfig {
         &self.inner.client.fetch

@@ -15,6 +15,7 @@ use config::hosts_dir::{HostEndpoint, HostsFile};
 use parking_lot::Mutex;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::health::HostHealth;
 use super::limiter::Limiter;
 use super::reference::DOCKER_HUB;
 use super::RegistryError;
@@ -131,6 +132,8 @@ pub(crate) struct RegistryHost {
     pub(crate) endpoints: Vec<Arc<Endpoint>>,
     pub(crate) limiter: Arc<Limiter>,
     multi_range: AtomicU8,
+    /// Recent answers and failures to answer (see [`HostHealth`]).
+    pub(crate) health: HostHealth,
 }
 
 impl RegistryHost {
@@ -224,6 +227,7 @@ impl RegistryHost {
             name: name.to_string(),
             endpoints,
             limiter: Limiter::new(fetch.max_concurrent_requests),
+            health: HostHealth::default(),
             multi_range: AtomicU8::new(if fetch.multi_range {
                 MultiRange::Unknown as u8
             } else {

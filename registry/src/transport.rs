@@ -17,7 +17,8 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode, Url};
 
 use super::auth::{Authenticator, Scope};
-use super::error::{describe, redact_url, RegistryError, Target};
+use super::error::{describe, redact_url, tls_problem, RegistryError, Target};
+use super::error::{CREDENTIALS_REFUSED, NO_CREDENTIALS};
 use super::hosts::{Endpoint, RegistryHost};
 use super::limiter::{Permit, Priority};
 use crate::Metrics;
@@ -236,6 +237,26 @@ impl ClientInner {
         F: Fn(Answer) -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
     {
+        let result = self.execute_inner(host, req, deadline, handle).await;
+        match &result {
+            Ok(_) => host.health.answered(),
+            Err(e) if e.is_unreachable() => host.health.unreachable(e.to_string()),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn execute_inner<T, F, Fut>(
+        &self,
+        host: &RegistryHost,
+        req: &Request,
+        deadline: Instant,
+        handle: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: Fn(Answer) -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
         let start = Instant::now();
         let mut attempts = 0u32;
         loop {
@@ -390,15 +411,18 @@ impl ClientInner {
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED {
                 let had_auth = auth.is_some();
-                if refreshed || !self.auth.learn(&ep.host, resp.headers()) {
-                    let has_creds = self.auth.has_credentials(&ep.host);
+                let has_creds = self.auth.has_credentials(&ep.host, &req.scope.repo).await;
+                if refreshed
+                    || !self.auth.learn(&ep.host, resp.headers())
+                    || (!has_creds && self.auth.is_basic(&ep.host))
+                {
                     return Err(RegistryError::Unauthorized {
                         target: req.target.clone(),
                         endpoint: ep.host.clone(),
                         status: 401,
                         reason: match (had_auth, has_creds) {
-                            (_, false) => "no credentials configured for this host".into(),
-                            (true, true) => "credentials or token refused".into(),
+                            (_, false) => NO_CREDENTIALS.into(),
+                            (true, true) => CREDENTIALS_REFUSED.into(),
                             (false, true) => "unsupported authentication challenge".into(),
                         },
                     });
@@ -536,7 +560,15 @@ impl ClientInner {
                 "no response within {:.1}s",
                 timeout.as_secs_f64()
             ))),
-            Ok(Err(e)) => Err(network(describe(e))),
+            Ok(Err(e)) => match tls_problem(&e) {
+                Some(problem) => Err(RegistryError::Tls {
+                    target: req.target.clone(),
+                    endpoint: host_of(url),
+                    problem,
+                    cause: describe(e),
+                }),
+                None => Err(network(describe(e))),
+            },
             Ok(Ok(r)) => Ok(r),
         }
     }

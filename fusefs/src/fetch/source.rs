@@ -4,6 +4,7 @@
 //! delays, failures and wrong bytes on demand).
 
 use std::ops::Range;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -41,6 +42,14 @@ pub trait BlobSource: Send + Sync + 'static {
         let _ = range;
     }
 
+    /// True if the source is known to have answered a request after `t` by a way the
+    /// fetch layer does not see (the registry: any request to the blob's host). The fetch
+    /// layer tracks its own requests; the default knows of no others.
+    fn answered_since(&self, t: Instant) -> bool {
+        let _ = t;
+        false
+    }
+
     /// Reads one byte range.
     fn read_range(
         &self,
@@ -64,6 +73,10 @@ impl BlobSource for Blob {
 
     fn target(&self) -> Target {
         Blob::target(self)
+    }
+
+    fn answered_since(&self, t: Instant) -> bool {
+        Blob::host_answered_since(self, t)
     }
 
     fn read_ranges<'a>(
