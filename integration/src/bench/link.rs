@@ -80,6 +80,8 @@ impl BenchEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shaped::ShapedOptions;
+    use std::time::Duration;
 
     #[test]
     fn profiles_map_to_link_options() {
