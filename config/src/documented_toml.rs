@@ -6,6 +6,7 @@ use std::fmt::Write;
 use documented::DocumentedFields;
 use serde::Serialize;
 
+use crate::kubernetes::{CredentialProviderConfig, KubernetesConfig};
 use crate::registry::{HostConfig, MirrorConfig};
 use crate::Config;
 
@@ -36,6 +37,7 @@ pub(crate) fn render(config: &Config) -> String {
     section::<crate::SnapshotterConfig>(&mut out, "snapshotter", &table, Config::FIELD_DOCS);
     section::<crate::MergeConfig>(&mut out, "merge", &table, Config::FIELD_DOCS);
     section::<crate::DaemonConfig>(&mut out, "daemon", &table, Config::FIELD_DOCS);
+    kubernetes(&mut out, config, &table);
     out
 }
 
@@ -90,6 +92,13 @@ fn registry(out: &mut String, config: &Config, root: &toml::Table) {
     if let Some(v) = table.get("docker_config") {
         let _ = writeln!(out, "docker_config = {v}");
     }
+    for name in ["hosts_dir", "mirror_skip"] {
+        out.push('\n');
+        comment(out, "", doc_of::<crate::RegistryConfig>(name));
+        if let Some(v) = table.get(name) {
+            let _ = writeln!(out, "{name} = {v}");
+        }
+    }
     out.push('\n');
     comment(out, "", doc_of::<crate::RegistryConfig>("hosts"));
     if config.registry.hosts.is_empty() {
@@ -107,6 +116,48 @@ fn registry(out: &mut String, config: &Config, root: &toml::Table) {
         for (name, h) in &config.registry.hosts {
             host(out, "", name, h);
         }
+    }
+}
+
+/// `[kubernetes]`: its keys, then each credential provider (or a commented example).
+fn kubernetes(out: &mut String, config: &Config, root: &toml::Table) {
+    out.push('\n');
+    comment(out, "", doc_of::<Config>("kubernetes"));
+    out.push_str("[kubernetes]\n");
+    let empty = toml::Table::new();
+    let table = root
+        .get("kubernetes")
+        .and_then(|v| v.as_table())
+        .unwrap_or(&empty);
+    for (i, name) in KubernetesConfig::FIELD_NAMES.iter().enumerate() {
+        if *name == "credential_providers" {
+            continue;
+        }
+        comment(out, "", KubernetesConfig::FIELD_DOCS[i]);
+        if let Some(v) = table.get(*name) {
+            let _ = writeln!(out, "{} = {}", key(name), v);
+        }
+    }
+    out.push('\n');
+    comment(out, "", doc_of::<KubernetesConfig>("credential_providers"));
+    let providers = &config.kubernetes.credential_providers;
+    let (prefix, list) = if providers.is_empty() {
+        out.push_str("# Example (all keys of a plugin):\n");
+        let example = CredentialProviderConfig {
+            name: "ecr-credential-provider".into(),
+            match_images: vec!["*.dkr.ecr.*.amazonaws.com".into()],
+            default_cache_duration: std::time::Duration::from_secs(12 * 3600),
+            api_version: crate::CREDENTIAL_PROVIDER_API_VERSIONS[0].into(),
+            args: vec!["get-credentials".into()],
+            env: [("AWS_PROFILE".to_string(), "node".to_string())].into(),
+        };
+        ("# ", vec![example])
+    } else {
+        ("", providers.clone())
+    };
+    for p in &list {
+        let _ = writeln!(out, "{prefix}[[kubernetes.credential_providers]]");
+        fields::<CredentialProviderConfig>(out, prefix, &to_table(p));
     }
 }
 

@@ -59,9 +59,27 @@ pub struct FetchConfig {
     #[serde(with = "crate::units::duration")]
     pub request_timeout: Duration,
     /// Overall bound of one read, retries included; a read that cannot finish in time fails
-    /// with an error naming the registry host (no hangs).
+    /// with an error naming the registry host (no hangs). Counted from the first request
+    /// for the data: the kernel's retry of a failed page and reads that join a fetch in
+    /// flight end within it too.
     #[serde(with = "crate::units::duration")]
     pub read_timeout: Duration,
+    /// After a chunk's fetch failed, reads of that chunk fail at once (EIO) for this long
+    /// unless a request to its registry succeeds meanwhile (the registry is back): the
+    /// kernel asks again for a page whose read failed, and an application may retry in a
+    /// loop; neither waits `read_timeout` again. 0s = off.
+    #[serde(with = "crate::units::duration")]
+    pub failure_hold: Duration,
+    /// Bound of the lazy-mount decision of a Prepare: the layer's footer and TOC (and its
+    /// prefetch, with `wait_for_prefetch`) must arrive within this long, else the layer is
+    /// pulled normally (fallback).
+    #[serde(with = "crate::units::duration")]
+    pub mount_timeout: Duration,
+    /// After a registry host timed out or refused a connection, Prepares of layers on it
+    /// fall back at once for this long, unless a request to it succeeds meanwhile: the
+    /// later layers of a pull do not each wait `mount_timeout` again. 0s = off.
+    #[serde(with = "crate::units::duration")]
+    pub host_failure_hold: Duration,
     /// Retries of a failed request (connection errors, 5xx, 429, corrupted data) before the
     /// read fails.
     pub max_retries: u32,
@@ -106,6 +124,9 @@ impl Default for FetchConfig {
             background_batch_size: 1 << 20,
             request_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
+            failure_hold: Duration::from_secs(5),
+            mount_timeout: Duration::from_secs(20),
+            host_failure_hold: Duration::from_secs(60),
             max_retries: 5,
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
@@ -123,6 +144,7 @@ impl FetchConfig {
             ("request_timeout", self.request_timeout),
             ("read_timeout", self.read_timeout),
             ("prefetch_timeout", self.prefetch_timeout),
+            ("mount_timeout", self.mount_timeout),
         ];
         for (key, d) in nonzero {
             if d.is_zero() {

@@ -20,6 +20,8 @@ mod documented_toml;
 mod error;
 mod fetch;
 mod fuse;
+pub mod hosts_dir;
+mod kubernetes;
 mod merge;
 mod registry;
 mod snapshotter;
@@ -35,6 +37,9 @@ pub use daemon::{DaemonConfig, MIN_RESTART_GRACE};
 pub use error::{ConfigError, Invalid, KeyPath, KeySegment, Location};
 pub use fetch::FetchConfig;
 pub use fuse::FuseConfig;
+pub use kubernetes::{
+    CredentialProviderConfig, KubernetesConfig, CREDENTIAL_PROVIDER_API_VERSIONS,
+};
 pub use merge::{MergeConfig, MergeMode};
 pub use registry::{check_host, HostConfig, MirrorConfig, RegistryConfig, Secret};
 pub use snapshotter::SnapshotterConfig;
@@ -70,6 +75,9 @@ pub struct Config {
     pub merge: MergeConfig,
     /// Stopping and restarting the daemon: its lazy layers' mounts across a restart.
     pub daemon: DaemonConfig,
+    /// Kubernetes nodes: the CRI image service that keeps pods' pull credentials for lazy
+    /// layers, and kubelet credential provider plugins.
+    pub kubernetes: KubernetesConfig,
 }
 
 impl Default for Config {
@@ -86,6 +94,7 @@ impl Default for Config {
             snapshotter: SnapshotterConfig::default(),
             merge: MergeConfig::default(),
             daemon: DaemonConfig::default(),
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -179,6 +188,13 @@ impl Config {
         self.fuse.validate(&top.key("fuse"))?;
         self.registry.validate(&top.key("registry"))?;
         self.daemon.validate(&top.key("daemon"))?;
+        self.kubernetes.validate(&top.key("kubernetes"))?;
+        if self.kubernetes.image_service_address == self.address {
+            return Err(Invalid::new(
+                top.key("kubernetes").key("image_service_address"),
+                "must differ from `address` (the snapshots API socket)",
+            ));
+        }
         Ok(())
     }
 

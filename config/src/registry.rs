@@ -44,12 +44,23 @@ impl fmt::Debug for Secret {
 }
 
 /// `[registry]` section.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, DocumentedFields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, DocumentedFields)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Docker client config with registry credentials (`auths`), re-read when it changes.
     /// "" means "$DOCKER_CONFIG/config.json", else "~/.docker/config.json".
     pub docker_config: PathBuf,
+    /// containerd's registry host directory (its `config_path`, e.g.
+    /// "/etc/containerd/certs.d"): each host's hosts.toml adds mirrors (`[host."..."]`, in
+    /// file order, after the mirrors configured here), TLS settings, headers and the
+    /// `server`. "" (the default) reads none: set it to the directory your containerd uses,
+    /// so that both go to the same mirrors.
+    pub hosts_dir: PathBuf,
+    /// How long a mirror is skipped after it failed (no connection, no answer in time, HTTP
+    /// 5xx, a broken answer) or served bytes that failed verification; the next mirror or
+    /// the origin is used meanwhile.
+    #[serde(with = "crate::units::duration")]
+    pub mirror_skip: Duration,
     /// Per-host settings, keyed by "HOST[:PORT]" as written in image references
     /// (e.g. [registry.hosts."ghcr.io"] or [registry.hosts."10.0.0.5:5000"]).
     pub hosts: BTreeMap<String, HostConfig>,
@@ -98,6 +109,17 @@ pub struct MirrorConfig {
     pub request_timeout: Option<Duration>,
 }
 
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            docker_config: PathBuf::new(),
+            hosts_dir: PathBuf::new(),
+            mirror_skip: Duration::from_secs(30),
+            hosts: BTreeMap::new(),
+        }
+    }
+}
+
 impl RegistryConfig {
     /// The settings of `host` (as written in image references), if configured.
     pub fn host(&self, host: &str) -> Option<&HostConfig> {
@@ -105,6 +127,13 @@ impl RegistryConfig {
     }
 
     pub(crate) fn validate(&self, at: &KeyPath) -> Result<(), Invalid> {
+        if !self.hosts_dir.as_os_str().is_empty() && !self.hosts_dir.is_absolute() {
+            return Err(Invalid::new(
+                at.key("hosts_dir"),
+                "must be an absolute path (containerd's config_path, e.g. \"/etc/containerd/certs.d\") or \"\"",
+            ));
+        }
+        check_timeout(Some(self.mirror_skip), &at.key("mirror_skip"))?;
         for (name, host) in &self.hosts {
             let here = at.key("hosts").key(name);
             check_host(name).map_err(|m| Invalid::new(here.clone(), m))?;

@@ -302,3 +302,128 @@ fn daemon_stop_keys_parse_with_defaults_and_bounds() {
     c.daemon.restart_grace = Duration::ZERO;
     assert_eq!(parse(&c.to_toml_documented()).unwrap(), c);
 }
+
+#[test]
+fn kubernetes_keys_parse_validate_and_render() {
+    let c = parse(
+        r#"
+[kubernetes]
+image_service_address = "/run/starling/image.sock"
+credential_provider_bin_dir = "/opt/plugins"
+[[kubernetes.credential_providers]]
+name = "p"
+match_images = ["*.example.com", "reg.io:5000/team"]
+default_cache_duration = "10m"
+api_version = "credentialprovider.kubelet.k8s.io/v1"
+env = { A = "1" }
+"#,
+    )
+    .unwrap();
+    let k = &c.kubernetes;
+    assert!(k.image_service_enabled());
+    assert_eq!(
+        k.runtime_address,
+        std::path::Path::new("/run/containerd/containerd.sock")
+    );
+    assert_eq!(
+        k.credential_providers[0].default_cache_duration,
+        Duration::from_secs(600)
+    );
+    assert_eq!(parse(&c.to_toml_documented()).unwrap(), c);
+    assert!(!Config::default().kubernetes.image_service_enabled());
+    for (text, key, words) in [
+        ("[kubernetes]\nimage_service_address = \"rel.sock\"\n", "kubernetes.image_service_address", "absolute"),
+        (
+            "[kubernetes]\nimage_service_address = \"/run/c.sock\"\nruntime_address = \"/run/c.sock\"\n",
+            "kubernetes.image_service_address",
+            "differ",
+        ),
+        (
+            "[kubernetes]\nimage_service_address = \"/run/starling/starling.sock\"\n",
+            "kubernetes.image_service_address",
+            "address",
+        ),
+        (
+            "[[kubernetes.credential_providers]]\nname = \"a/b\"\nmatch_images = [\"x\"]\napi_version = \"credentialprovider.kubelet.k8s.io/v1\"\n",
+            "kubernetes.credential_providers[0].name",
+            "file name",
+        ),
+        (
+            "[[kubernetes.credential_providers]]\nname = \"p\"\nmatch_images = []\napi_version = \"credentialprovider.kubelet.k8s.io/v1\"\n",
+            "kubernetes.credential_providers[0].match_images",
+            "at least one",
+        ),
+        (
+            "[[kubernetes.credential_providers]]\nname = \"p\"\nmatch_images = [\"x\"]\napi_version = \"v2\"\n",
+            "kubernetes.credential_providers[0].api_version",
+            "credentialprovider.kubelet.k8s.io/v1",
+        ),
+        (
+            "[[kubernetes.credential_providers]]\nname = \"p\"\nmatch_images = [\"https://x\"]\napi_version = \"credentialprovider.kubelet.k8s.io/v1\"\n",
+            "kubernetes.credential_providers[0].match_images[0]",
+            "HOST[:PORT]",
+        ),
+        ("[kubernetes]\ncredential_provider_timeout = \"0s\"\n", "kubernetes.credential_provider_timeout", "greater"),
+    ] {
+        let (k, _, msg) = invalid(text);
+        assert_eq!(k, key, "{text}");
+        assert!(msg.contains(words), "{msg}");
+    }
+}
+
+/// The Kubernetes snippets shipped in contrib/ are valid configuration.
+#[test]
+fn contrib_kubernetes_snippets_are_valid() {
+    for (name, text) in [
+        (
+            "starling.toml",
+            include_str!("../../contrib/kubernetes/starling.toml"),
+        ),
+        (
+            "credential-provider.toml",
+            include_str!("../../contrib/kubernetes/credential-provider.toml"),
+        ),
+    ] {
+        let c = Config::from_toml_str(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_ne!(c, Config::default(), "{name}");
+    }
+}
+
+/// `contrib/starling/config.toml` is what `starling config default` prints.
+#[test]
+fn contrib_config_is_the_documented_default() {
+    assert_eq!(
+        include_str!("../../contrib/starling/config.toml"),
+        Config::default().to_toml_documented(),
+        "regenerate it: starling config default > contrib/starling/config.toml"
+    );
+}
+
+#[test]
+fn registry_hosts_dir_and_mirror_skip() {
+    let d = Config::default();
+    assert!(
+        d.registry.hosts_dir.as_os_str().is_empty(),
+        "off by default"
+    );
+    assert_eq!(d.registry.mirror_skip, Duration::from_secs(30));
+    let text = "[registry]\nhosts_dir = \"/etc/containerd/certs.d\"\nmirror_skip = \"5s\"\n";
+    let c = Config::from_toml_str(text, "t.toml").unwrap();
+    assert_eq!(
+        c.registry.hosts_dir,
+        std::path::PathBuf::from("/etc/containerd/certs.d")
+    );
+    assert_eq!(c.registry.mirror_skip, Duration::from_secs(5));
+    // Rendered with their documentation, and read back the same.
+    let rendered = c.to_toml_documented();
+    assert!(
+        rendered.contains("hosts_dir = \"/etc/containerd/certs.d\""),
+        "{rendered}"
+    );
+    assert!(rendered.contains("containerd's registry host directory"));
+    assert_eq!(Config::from_toml_str(&rendered, "r.toml").unwrap(), c);
+    let (key, _, _) = invalid("[registry]\nhosts_dir = \"certs.d\"\n");
+    assert_eq!(key, "registry.hosts_dir");
+    let (key, _, _) = invalid("[registry]\nmirror_skip = \"0s\"\n");
+    assert_eq!(key, "registry.mirror_skip");
+}

@@ -7,6 +7,7 @@ use crate::chunk::ChunkError;
 use crate::digest::Sha256Digest;
 use crate::footer::{parse_footer, Footer, MAX_FOOTER_SIZE};
 use crate::index::{lossy, Chunk, EntryId, EntryKind, IndexOptions, LayerIndex};
+use crate::lost_names::{HeaderPlan, NameFixes};
 use crate::toc::{decompress_toc, verify_toc_digest};
 use crate::{Error, ReadAt};
 
@@ -73,7 +74,9 @@ pub struct VerifyReport {
 }
 
 /// Opens a layer: reads and parses the footer and TOC, checks the TOC digest when
-/// expected, and builds the index.
+/// expected, and builds the index. Names the TOC lost (U+FFFD for bytes that are not
+/// UTF-8) are read back from their tar headers (see [`crate::lost_names`]); where that
+/// fails the TOC's names stay, with a warning.
 pub fn open(blob: &dyn ReadAt, opts: &OpenOptions) -> Result<Layer, Error> {
     let size = blob.size().map_err(|source| Error::Read {
         what: "blob size",
@@ -100,7 +103,19 @@ pub fn open(blob: &dyn ReadAt, opts: &OpenOptions) -> Result<Layer, Error> {
             what: "TOC",
             source,
         })?;
-    Layer::from_toc_bytes(footer, &toc, opts)
+    let (json, toc_digest) = Layer::toc_json(&footer, &toc, opts)?;
+    drop(toc);
+    let fixes = match HeaderPlan::from_json(&json, &footer)? {
+        Some(plan) => {
+            let (fixes, errors) = plan.recover_from(blob);
+            for e in &errors {
+                tracing::warn!(error = %e, "names the TOC lost are kept as the TOC has them");
+            }
+            fixes
+        }
+        None => NameFixes::new(),
+    };
+    Layer::from_toc_json(footer, &json, toc_digest, opts, &fixes)
 }
 
 impl Layer {
@@ -111,12 +126,41 @@ impl Layer {
         compressed_toc: &[u8],
         opts: &OpenOptions,
     ) -> Result<Self, Error> {
-        let json = decompress_toc(&footer, compressed_toc, &opts.index.limits)?;
+        let (json, toc_digest) = Self::toc_json(&footer, compressed_toc, opts)?;
+        let index = LayerIndex::from_toc_json(&json, &footer, &opts.index)?;
+        Ok(Self {
+            footer,
+            toc_digest,
+            index,
+        })
+    }
+
+    /// The TOC JSON of the compressed TOC bytes and its digest, checked against the
+    /// expected one when set (the first half of [`Layer::from_toc_bytes`], for callers
+    /// that recover lost names before building the index).
+    pub fn toc_json(
+        footer: &Footer,
+        compressed_toc: &[u8],
+        opts: &OpenOptions,
+    ) -> Result<(Vec<u8>, Sha256Digest), Error> {
+        let json = decompress_toc(footer, compressed_toc, &opts.index.limits)?;
         let toc_digest = match &opts.expected_toc_digest {
             Some(expected) => verify_toc_digest(&json, expected)?,
             None => Sha256Digest::of(&json),
         };
-        let index = LayerIndex::from_toc_json(&json, &footer, &opts.index)?;
+        Ok((json, toc_digest))
+    }
+
+    /// Builds a layer from verified TOC JSON (see [`Layer::toc_json`]), with the names of
+    /// `fixes` taken from their tar headers.
+    pub fn from_toc_json(
+        footer: Footer,
+        json: &[u8],
+        toc_digest: Sha256Digest,
+        opts: &OpenOptions,
+        fixes: &NameFixes,
+    ) -> Result<Self, Error> {
+        let index = LayerIndex::from_toc_json_with_names(json, &footer, &opts.index, fixes)?;
         Ok(Self {
             footer,
             toc_digest,

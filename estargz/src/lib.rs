@@ -8,14 +8,16 @@
 //! Layers, bottom up: [`footer`] and [`toc`] are pure functions over bytes (async callers
 //! do their own I/O: fetch the tail, parse the footer, fetch the TOC range, then
 //! [`Layer::from_toc_bytes`]); [`index`] turns a TOC into a [`LayerIndex`]; [`chunk`]
-//! decodes one chunk; [`layer`] ties them to a [`ReadAt`] blob ([`open`]); [`writer`]
-//! builds blobs.
+//! decodes one chunk; [`layer`] ties them to a [`ReadAt`] blob ([`open`]); [`lost_names`]
+//! reads back, from their tar headers, names a TOC writer replaced with U+FFFD;
+//! [`writer`] builds blobs.
 
 pub mod chunk;
 pub mod digest;
 pub mod footer;
 pub mod index;
 pub mod layer;
+pub mod lost_names;
 pub mod name;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;

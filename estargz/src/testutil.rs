@@ -609,3 +609,41 @@ fn edge_tar(portable: bool) -> Vec<u8> {
     t.file(b"zeros", &d(0o644), &vec![0u8; 150_000]);
     t.finish()
 }
+
+/// A layer tar whose names a TOC writer built on Go's JSON encoder loses (bytes that are
+/// not UTF-8 become U+FFFD), in every place a header can be: the first entry, names
+/// right after file data, after a multi-chunk file (64 KiB chunks), empty files and
+/// directories between files, a directory with such a name and a file in it, a symlink
+/// and a hardlink to such a name (link names lost too), two names that differ only in
+/// such bytes, a long (PAX/GNU) name, and the last entry.
+pub fn lost_names_tar() -> Vec<u8> {
+    let d = |mode| Meta {
+        mode,
+        ..Meta::default()
+    };
+    let mut t = TarBuilder::new();
+    t.file(b"bad-\xff\xfe", &d(0o644), b"first entry, data");
+    t.file(b"plain", &d(0o644), b"a plain name");
+    t.file(b"empty-\xe9", &d(0o600), b"");
+    t.dir(b"dir-\xc3(/", &d(0o755));
+    t.file(b"dir-\xc3(/inside", &d(0o644), b"in a dir with a lost name");
+    t.file(b"big", &d(0o644), &pattern(200_000, 7));
+    t.file(
+        b"after-big-\xff",
+        &d(0o644),
+        b"after the last chunk of a large file",
+    );
+    t.file(
+        b"after-big-\xfe",
+        &d(0o644),
+        b"same TOC name as the one before",
+    );
+    t.link(b"sym-\xfe", &d(0o777), b"bad-\xff\xfe", false);
+    t.link(b"hard-\xe2\x82", &d(0o644), b"bad-\xff\xfe", true);
+    t.special(b"fifo-\xff", &d(0o644), tar::EntryType::Fifo, (0, 0));
+    let long = [b"long/".to_vec(), vec![b'x'; 120], b"-\xff".to_vec()].concat();
+    t.dir(b"long/", &d(0o755));
+    t.file(&long, &d(0o644), b"long lost name");
+    t.file(b"last-\xfe", &d(0o644), b"");
+    t.finish()
+}

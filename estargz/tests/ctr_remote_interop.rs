@@ -163,3 +163,122 @@ fn starling_lays_out_the_toc_like_ctr_remote() {
         );
     }
 }
+
+fn lost_meta() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixtures().join("ctr-remote-lostnames.json")).unwrap())
+        .unwrap()
+}
+
+/// ctr-remote writes the non-UTF-8 names of `testutil::lost_names_tar` as U+FFFD into its
+/// TOC; opening the layer reads them back from the tar headers, so the tree is the
+/// original's, byte for byte — and the TOC alone is not.
+#[test]
+fn names_the_ctr_remote_toc_lost_come_from_the_tar_headers() {
+    let gz = std::fs::read(fixtures().join("lostnames.tar.gz")).unwrap();
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut tar)
+        .unwrap();
+    assert_eq!(
+        tar,
+        estargz::testutil::lost_names_tar(),
+        "fixture is current"
+    );
+    let expected = manifest_from_tar(&tar);
+    for key in ["estargz", "zstdchunked"] {
+        let m = &lost_meta()[key];
+        let blob = std::fs::read(fixtures().join(m["blob"].as_str().unwrap())).unwrap();
+        let toc_digest: Sha256Digest = m["tocDigest"].as_str().unwrap().parse().unwrap();
+        let opts = OpenOptions {
+            expected_toc_digest: Some(toc_digest),
+            ..Default::default()
+        };
+        // The TOC lost them: 11 entries carry U+FFFD, two collapse into one name.
+        let toc = toc_json(&blob);
+        let mangled = toc
+            .entries
+            .iter()
+            .filter(|e| e.kind != "chunk" && String::from_utf8_lossy(&e.name).contains('\u{FFFD}'))
+            .count();
+        assert_eq!(mangled, 11, "{key}");
+        let footer = estargz::parse_footer(
+            &blob[blob.len() - estargz::MAX_FOOTER_SIZE..],
+            blob.len() as u64,
+        )
+        .unwrap();
+        let range = footer.toc_range();
+        let toc_only = estargz::Layer::from_toc_bytes(
+            footer,
+            &blob[range.start as usize..range.end as usize],
+            &opts,
+        )
+        .unwrap();
+        assert_ne!(
+            manifest_from_layer(&toc_only, &blob).diff(&expected),
+            Vec::<String>::new(),
+            "{key}: the TOC alone differs from the tar"
+        );
+
+        let plan = estargz::lost_names::HeaderPlan::from_json(
+            &estargz::toc::decompress_toc(
+                &footer,
+                &blob[range.start as usize..range.end as usize],
+                &Default::default(),
+            )
+            .unwrap(),
+            &footer,
+        )
+        .unwrap()
+        .expect("lost names found");
+        assert_eq!(plan.lost(), 11, "{key}");
+        eprintln!(
+            "{key}: {} lost names in {} ranges, {} of {} bytes read",
+            plan.lost(),
+            plan.spans().len(),
+            plan.total_bytes(),
+            blob.len()
+        );
+
+        let layer = open(&blob, &opts).unwrap_or_else(|e| panic!("{key}: {e}"));
+        layer.verify_all(&blob).unwrap();
+        expected.assert_same(&manifest_from_layer(&layer, &blob));
+    }
+}
+
+/// A blob whose headers do not line up with its TOC keeps the TOC's names (with a
+/// warning), never a wrong name.
+#[test]
+fn headers_that_do_not_match_their_toc_entries_are_not_used() {
+    let m = &lost_meta()["estargz"];
+    let blob = std::fs::read(fixtures().join(m["blob"].as_str().unwrap())).unwrap();
+    let footer = estargz::parse_footer(
+        &blob[blob.len() - estargz::MAX_FOOTER_SIZE..],
+        blob.len() as u64,
+    )
+    .unwrap();
+    let mut toc = toc_json(&blob);
+    // Claim another size for the first lost file: its header no longer matches.
+    let e = toc
+        .entries
+        .iter_mut()
+        .find(|e| e.name.starts_with(b"bad-"))
+        .unwrap();
+    e.size += 1;
+    let plan = estargz::lost_names::HeaderPlan::from_toc(&toc.entries, &footer);
+    let (fixes, errors) = plan.recover_from(&blob);
+    assert!(!errors.is_empty());
+    assert!(
+        errors[0].to_string().contains("the tar header says"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        fixes
+            .keys()
+            .all(|&i| !toc.entries[i].name.starts_with(b"bad-")),
+        "no fix from the span that did not match"
+    );
+    // The other spans still recovered their names.
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(fixes.len() >= 8, "{} fixes", fixes.len());
+}

@@ -41,6 +41,9 @@ counters! {
     digest_mismatches,
     /// Chunk reads that joined a fetch already in flight for the same chunk.
     fetch_joins,
+    /// Chunk reads answered at once with the error of the chunk's fetch that failed less
+    /// than `fetch.failure_hold` ago (the registry has not answered since).
+    fetch_fail_fast,
     /// Chunk lookups answered from the in-memory LRU.
     memory_hits,
     /// Chunk lookups answered from the disk cache.

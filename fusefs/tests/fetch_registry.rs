@@ -265,3 +265,136 @@ async fn flipped_bytes_of_large_chunks_are_never_served_or_cached() {
     require_registry!();
     corrupted_fetch(false, 3, true).await;
 }
+
+/// A mirror (from `registry.hosts_dir`) whose answers are all corrupted, the origin clean:
+/// every chunk is served right (from the origin), the mirror is blamed by chunk verification
+/// and skipped for `registry.mirror_skip`, and nothing wrong is cached.
+async fn wrong_bytes_from_a_mirror(large: bool) {
+    let origin = RegistryProc::start(RegistryAuth::None);
+    let mirror = RegistryProc::start(RegistryAuth::None);
+    let mut regcfg = registry_config(origin.dir.path());
+    let (pusher, _) = client(&fetch_config(), &regcfg);
+    let repo_name = "faults/mirror";
+    let blob_data = data(
+        if large { 60 } else { 61 },
+        if large { 8 << 20 } else { 2 << 20 },
+    );
+    let digest = push(
+        &pusher,
+        &Repository::new(origin.host(), repo_name),
+        &blob_data,
+    )
+    .await;
+    push(
+        &pusher,
+        &Repository::new(mirror.host(), repo_name),
+        &blob_data,
+    )
+    .await;
+    let flipper = Proxy::start(
+        mirror.addr(),
+        ProxyMode::FlipBodies {
+            percent: 100,
+            seed: 7,
+        },
+    );
+    let hosts = tempfile::tempdir().unwrap();
+    let dir = hosts
+        .path()
+        .join(config::hosts_dir::port_dir_name(&origin.host()).unwrap());
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!("[host.\"http://{}\"]\n", flipper.host()),
+    )
+    .unwrap();
+    regcfg.hosts_dir = hosts.path().to_path_buf();
+
+    let len = if large {
+        STREAM_DECODE_MIN + 4096
+    } else {
+        32_768
+    };
+    let chunks: Vec<ChunkRequest> = (0..blob_data.len() as u64 / len)
+        .step_by(2)
+        .map(|i| {
+            let range = i * len..(i + 1) * len;
+            ChunkRequest {
+                key: ChunkKey::of(&blob_data[range.start as usize..range.end as usize]),
+                range,
+            }
+        })
+        .collect();
+    let decoder: Arc<dyn ChunkDecoder> = if large {
+        Arc::new(SizedRaw)
+    } else {
+        Arc::new(RawChunks)
+    };
+    let mut fetch = fetch_config();
+    fetch.coalesce_gap = 0;
+    fetch.max_retries = 2;
+    let (c, metrics) = fetch_client(&fetch, &regcfg);
+    let blob = blob_at(
+        &c,
+        &origin.host(),
+        repo_name,
+        &digest,
+        blob_data.len() as u64,
+    )
+    .await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_in(cache_dir.path(), 0, &metrics);
+    let fetcher = ChunkFetcher::new(Arc::new(blob), cache, decoder, &fetch);
+    let (first, rest) = chunks.split_at(2);
+    for (req, res) in first
+        .iter()
+        .zip(fetcher.get_many(first, Priority::OnDemand).await)
+    {
+        assert!(req.key.matches(&res.unwrap()), "served right");
+    }
+    let from_mirror = flipper.stats.responses.load(Ordering::SeqCst);
+    assert!(from_mirror >= 1 && flipper.stats.corrupted.load(Ordering::SeqCst) >= 1);
+    assert!(metrics.snapshot().digest_mismatches >= 1);
+    for (req, res) in rest
+        .iter()
+        .zip(fetcher.get_many(rest, Priority::OnDemand).await)
+    {
+        assert!(req.key.matches(&res.unwrap()), "served right");
+    }
+    fetcher.wait_idle().await;
+    assert_eq!(
+        flipper.stats.responses.load(Ordering::SeqCst),
+        from_mirror,
+        "the mirror is skipped after its bytes failed verification"
+    );
+    let cached: Vec<_> = walk(cache_dir.path())
+        .into_iter()
+        .filter(|e| e.parent().unwrap().parent().unwrap().ends_with("sha256"))
+        .collect();
+    assert_eq!(cached.len(), chunks.len(), "every chunk cached once");
+    for e in cached {
+        let name = e.file_name().unwrap().to_string_lossy().to_string();
+        assert_eq!(
+            sha256_hex(&std::fs::read(&e).unwrap()),
+            name,
+            "nothing wrong cached"
+        );
+    }
+    eprintln!(
+        "large={large}: {} chunks, {from_mirror} mirror answers (corrupted), {} digest mismatches",
+        chunks.len(),
+        metrics.snapshot().digest_mismatches
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_serving_wrong_bytes_is_skipped() {
+    require_registry!();
+    wrong_bytes_from_a_mirror(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_serving_wrong_large_chunks_is_skipped() {
+    require_registry!();
+    wrong_bytes_from_a_mirror(true).await;
+}

@@ -171,6 +171,57 @@ fn mounted_layer_matches_the_tar() {
     );
 }
 
+/// Layers converted by ctr-remote lost their non-UTF-8 names in the TOC (U+FFFD): the
+/// mount shows the tar headers' names, equal to the original tar (what a full pull
+/// unpacks), and so does a restore without the registry (the names are saved with the
+/// layer's state).
+#[test]
+fn names_the_toc_lost_are_the_tar_headers_names() {
+    require_fuse!();
+    let rt = lazy::runtime();
+    let mut reg = RegistryProc::start(RegistryAuth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../estargz/tests/fixtures");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures.join("ctr-remote-lostnames.json")).unwrap())
+            .unwrap();
+    let expected = manifest_from_tar(&estargz::testutil::lost_names_tar());
+    let (ctx, _) = lazy::context(
+        dir.path(),
+        rt.handle().clone(),
+        reg.dir.path(),
+        lazy::settings(lazy::on_demand_only(fetch_config()), false, None),
+    );
+    let manager = MountManager::new(ctx.clone());
+    for key in ["estargz", "zstdchunked"] {
+        let m = &meta[key];
+        let blob =
+            bytes::Bytes::from(std::fs::read(fixtures.join(m["blob"].as_str().unwrap())).unwrap());
+        let repo = Repository::new(reg.host(), "fuse/lost-names");
+        let digest = rt.block_on(push(ctx.client(), &repo, &blob));
+        let source = fusefs::layer::LayerSource {
+            repository: repo,
+            digest,
+            size: Some(blob.len() as u64),
+            toc_digest: Some(m["tocDigest"].as_str().unwrap().parse().unwrap()),
+        };
+        let mp = dir.path().join(format!("mnt-{key}"));
+        std::fs::create_dir(&mp).unwrap();
+        let state = dir.path().join(format!("state-{key}"));
+        let mounted = manager.mount(source, &state, &mp).unwrap();
+        expected.assert_same(&lazy::manifest_from_dir(&mp));
+        drop(mounted);
+        manager.unmount(&mp).unwrap();
+        // Every file was read (cached): the restore needs no registry at all.
+        reg.kill();
+        let restored = manager.restore(&state, &mp).unwrap();
+        expected.assert_same(&lazy::manifest_from_dir(&mp));
+        drop(restored);
+        manager.unmount(&mp).unwrap();
+        reg.restart();
+    }
+}
+
 fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
@@ -221,8 +272,10 @@ fn a_layer_without_xattrs_answers_like_an_extracted_layer() {
     }
     assert_eq!(xattr_calls(), 5 * (3 * 2 + 1));
     assert_eq!(std::fs::read(mp.join("f1")).unwrap(), pattern(100_000, 1));
-    // Inode flags (asked by overlayfs on every copy-up): none, ENOTTY.
-    assert_eq!(errno_of(inode_flags(&mp.join("f1"))), Some(libc::ENOTTY));
+    // Inode flags (lsattr; overlayfs asks them on copy-ups): none, as a local filesystem
+    // answers for a file without flags.
+    assert_eq!(inode_flags(&mp.join("f1")).unwrap(), 0);
+    assert_eq!(inode_flags(&mp).unwrap(), 0);
 }
 
 /// `FS_IOC_GETFLAGS` of `p`.
@@ -310,19 +363,31 @@ fn registry_faults_give_eio_in_bounded_time_and_recover() {
         .unwrap();
     assert_eq!(read_file(&mp, 0).0.unwrap(), pattern(100_000, 0));
 
-    // Registry stopped: EIO within the read timeout (+ margin), cached files and metadata
-    // still fine.
+    // Every read ends within the read timeout of the first request for its data, the
+    // kernel's retry of the failed page included (margin for scheduling on a loaded VM).
+    let bound = faulty_fetch().read_timeout + Duration::from_millis(1500);
+
+    // Registry stopped: EIO within the read timeout, cached files and metadata still fine.
     reg.kill();
     let (r, took) = read_file(&mp, 1);
     assert_eq!(errno_of(r), Some(libc::EIO));
-    assert!(took < Duration::from_secs(8), "EIO took {took:?}");
+    assert!(took < bound, "EIO took {took:?}");
     assert_eq!(read_file(&mp, 0).0.unwrap(), pattern(100_000, 0));
     assert_eq!(std::fs::read_dir(&mp).unwrap().count(), 8);
     assert_eq!(std::fs::metadata(mp.join("f5")).unwrap().len(), 100_000);
 
-    // Back: reads succeed.
+    // Back: reads succeed again (the first one may still get the held failure while a
+    // probe finds out that the registry answers).
     reg.restart();
-    assert_eq!(read_file(&mp, 1).0.unwrap(), pattern(100_000, 1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match read_file(&mp, 1).0 {
+            Ok(data) => break assert_eq!(data, pattern(100_000, 1)),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO)),
+        }
+        assert!(Instant::now() < deadline, "no recovery after the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Frozen registry (accepts, never answers): EIO in bounded time too, and other reads of
     // cached data are not held up meanwhile.
@@ -338,8 +403,15 @@ fn registry_faults_give_eio_in_bounded_time_and_recover() {
     );
     let (r, took) = frozen.join().unwrap();
     assert_eq!(errno_of(r), Some(libc::EIO));
-    assert!(took < Duration::from_secs(8), "EIO took {took:?}");
+    assert!(took < bound, "EIO took {took:?}");
+    // Reading it again while the registry is still frozen fails at once (the held
+    // failure), instead of waiting the read timeout again.
+    let (r, took) = read_file(&mp, 2);
+    assert_eq!(errno_of(r), Some(libc::EIO));
+    assert!(took < Duration::from_secs(1), "second EIO took {took:?}");
     reg.resume();
+    // Once the registry answers (a read of another file), the held failure is dropped.
+    assert_eq!(read_file(&mp, 3).0.unwrap(), pattern(100_000, 3));
     assert_eq!(read_file(&mp, 2).0.unwrap(), pattern(100_000, 2));
 }
 

@@ -521,6 +521,39 @@ mod tests {
         }
     }
 
+    /// Layers converted by ctr-remote lost their non-UTF-8 names in the TOC (U+FFFD);
+    /// `estargz::open` reads them back from the tar headers, so what `starling estargz
+    /// extract` writes equals the original tar (what a full pull unpacks).
+    #[test]
+    fn extracts_the_names_a_ctr_remote_toc_lost_from_the_tar_headers() {
+        if !have_root() {
+            return;
+        }
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../estargz/tests/fixtures");
+        let meta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(fixtures.join("ctr-remote-lostnames.json")).unwrap(),
+        )
+        .unwrap();
+        let expected = manifest_from_tar(&estargz::testutil::lost_names_tar());
+        for key in ["estargz", "zstdchunked"] {
+            let m = &meta[key];
+            let blob = std::fs::read(fixtures.join(m["blob"].as_str().unwrap())).unwrap();
+            let opts = OpenOptions {
+                expected_toc_digest: Some(m["tocDigest"].as_str().unwrap().parse().unwrap()),
+                ..Default::default()
+            };
+            let layer = estargz::open(&blob, &opts).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            extract_layer(&layer, &blob, dir.path(), &ExtractOptions::default()).unwrap();
+            expected.assert_same(&manifest_from_dir(dir.path()));
+            use std::os::unix::ffi::OsStrExt;
+            let raw = dir
+                .path()
+                .join(std::ffi::OsStr::from_bytes(b"bad-\xff\xfe"));
+            assert!(std::fs::symlink_metadata(raw).is_ok(), "{key}: raw name");
+        }
+    }
+
     #[test]
     fn never_writes_through_a_symlink_in_the_destination() {
         if !have_root() {

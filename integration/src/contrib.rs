@@ -291,10 +291,11 @@ mod tests {
             .map(|u| u["snapshotter"].as_str().unwrap())
             .collect();
         assert_eq!(unpack, ["overlayfs", "starling", "peer"]);
-        assert_eq!(
-            v["plugins"]["io.containerd.cri.v1.images"]["disable_snapshot_annotations"].as_bool(),
-            Some(false)
-        );
+        // 2.x: the CRI pulls through the transfer service; the old switch would turn that
+        // off (containerd falls back to its local pull).
+        let images = &v["plugins"]["io.containerd.cri.v1.images"];
+        assert_eq!(images["snapshotter"].as_str(), Some("starling"));
+        assert!(images.get("disable_snapshot_annotations").is_none());
     }
 
     #[test]

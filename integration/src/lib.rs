@@ -5,12 +5,13 @@
 //!
 //! Layers, bottom up: [`workdir`], [`process`], [`mounts`], [`poll`] and [`http`] are the
 //! plumbing; [`registry`], [`containerd`], [`starling`], [`peer`], [`proxy`] and [`shaped`]
-//! run the real parts; [`client`] runs starling's client subcommands and [`metrics`] reads
-//! the daemon's metrics; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and
-//! [`treecmp`] compute and compare expected trees; [`loopfs`] gives a filesystem whose
-//! page reads can be counted; [`stack`] wires a whole environment;
-//! [`prereq`] decides whether a test can run here. [`bench`] is the side-by-side benchmark
-//! suite built on all of it (`scripts/bench`).
+//! run the real parts; [`cri`] drives containerd's CRI plugin as the kubelet does;
+//! [`client`] runs starling's client subcommands and [`metrics`] reads the daemon's
+//! metrics; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and [`treecmp`]
+//! compute and compare expected trees, [`fscompat`] compares two trees call by call;
+//! [`loopfs`] gives a filesystem whose page reads can be counted; [`stack`] wires a whole
+//! environment; [`prereq`] decides whether a test can run here. [`bench`] is the
+//! side-by-side benchmark suite built on all of it (`scripts/bench`).
 //!
 //! ```no_run
 //! use integration::{prereq, require, stack::{Stack, StackOptions}, starling::StarlingOptions};
@@ -30,10 +31,13 @@ pub mod bench;
 pub mod client;
 pub mod containerd;
 pub mod contrib;
+pub mod cri;
 pub mod docker;
 pub mod engines;
 pub mod error;
 pub mod extract;
+pub mod faults;
+pub mod fscompat;
 pub mod http;
 pub mod images;
 pub mod loopfs;

@@ -1,5 +1,6 @@
 //! A read-only overlayfs stack of layer directories (lowerdirs only), unmounted on drop:
-//! "the overlayfs stack of extracted layers" that equivalence tests compare against.
+//! "the overlayfs stack of extracted layers" that equivalence tests compare against; and
+//! [`container`], the writable overlay a container runs on (copy-ups).
 
 use std::path::{Path, PathBuf};
 
@@ -82,6 +83,31 @@ impl OverlayStack {
         }
         Ok(())
     }
+}
+
+/// A writable overlay as a container has it: `lowers` (bottom first) under an upper and a
+/// work directory in `dir`, merged at `dir/merged` (`index=off`, as containerd mounts it).
+/// Returns the mount (unmounted on drop) and the upper directory.
+pub fn container(lowers: &[impl AsRef<Path>], dir: &Path) -> Result<(MountGuard, PathBuf)> {
+    let upper = dir.join("upper");
+    let work = dir.join("work");
+    let merged = dir.join("merged");
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d).ctx(|| format!("create {}", d.display()))?;
+    }
+    let lowerdir: Vec<String> = lowers
+        .iter()
+        .rev()
+        .map(|p| p.as_ref().display().to_string())
+        .collect();
+    let data = format!(
+        "index=off,lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        upper.display(),
+        work.display()
+    );
+    let g = mounts::mount("overlay", &merged, "overlay", MsFlags::empty(), &data)?;
+    Ok((g, upper))
 }
 
 impl Drop for OverlayStack {

@@ -113,6 +113,22 @@ fn assert_ran_both(output: &str) {
     ] {
         assert!(output.contains(want), "{want:?} missing:\n{output}");
     }
+    // `starling status` right after the run shows what python read (asked from the daemon,
+    // not from status files that lag).
+    let line = output
+        .lines()
+        .find(|l| l.contains("lazy layers:"))
+        .unwrap_or_else(|| panic!("no lazy layers line:\n{output}"));
+    let kb: u64 = line
+        .split("fetched ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fetched figure in {line:?}"));
+    assert!(
+        kb > 0,
+        "status right after the run shows nothing fetched: {line}"
+    );
 }
 
 /// False (after printing why) when a prerequisite is missing; panics instead in CI.

@@ -122,6 +122,67 @@ fn walk(dir: &Path) -> String {
     )
 }
 
+/// Four `tar | cat` of parts of /usr at once (readers the daemon serves side by side).
+fn read_parallel(dir: &Path) -> String {
+    let parts = [
+        "usr/lib/python3.11",
+        "usr/lib/x86_64-linux-gnu",
+        "usr/share",
+        "usr/bin",
+    ];
+    let jobs: Vec<String> = parts
+        .iter()
+        .map(|p| format!("tar -C '{}' -cf - {p} | cat > /dev/null &", dir.display()))
+        .collect();
+    format!("{} wait", jobs.join(" "))
+}
+
+/// FUSE opcodes counted per walk (the rest is summed as "other").
+const COUNTED_OPS: [(&str, u32); 5] = [
+    ("GETXATTR", 22),
+    ("LISTXATTR", 23),
+    ("IOCTL", 39),
+    ("LOOKUP", 1),
+    ("READDIRPLUS", 44),
+];
+
+/// Runs `cmd` under `perf stat` and returns the FUSE requests it caused, by opcode (the
+/// `fuse:fuse_request_send` tracepoint fires in the requesting task).
+fn fuse_requests(cmd: &str, out: &Path) -> Result<Vec<(&'static str, u64)>, String> {
+    let mut args: Vec<String> = vec!["stat".into(), "-x,".into(), "-o".into()];
+    args.push(out.display().to_string());
+    for (_, op) in COUNTED_OPS {
+        args.push("-e".into());
+        args.push("fuse:fuse_request_send".into());
+        args.push("--filter".into());
+        args.push(format!("opcode == {op}"));
+    }
+    args.extend(["-e".into(), "fuse:fuse_request_send".into()]);
+    args.extend(["--".into(), "sh".into(), "-c".into(), cmd.into()]);
+    let r = run_cmd(Command::new("perf").args(&args), Duration::from_secs(600))
+        .map_err(|e| format!("perf: {e}"))?;
+    if !r.status.success() {
+        return Err(format!("perf stat failed: {}", r.stderr.trim()));
+    }
+    let text = std::fs::read_to_string(out).map_err(|e| e.to_string())?;
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("fuse_request_send"))
+        .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+        .collect();
+    if counts.len() != COUNTED_OPS.len() + 1 {
+        return Err(format!("unexpected perf output: {text}"));
+    }
+    let mut v: Vec<(&'static str, u64)> = COUNTED_OPS
+        .iter()
+        .zip(&counts)
+        .map(|((name, _), n)| (*name, *n))
+        .collect();
+    let counted: u64 = counts[..COUNTED_OPS.len()].iter().sum();
+    v.push(("other", counts[COUNTED_OPS.len()] - counted));
+    Ok(v)
+}
+
 fn read_all(dir: &Path) -> String {
     format!("tar -C '{}' -cf - usr | cat > /dev/null", dir.display())
 }
@@ -316,6 +377,9 @@ fn fuse_bench_local() {
         let config = wd.join(format!("starling-{tag}.toml"));
         MountConfig {
             passthrough,
+            threads: std::env::var("STL_BENCH_FUSE_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             ..Default::default()
         }
         .write(&config)
@@ -374,6 +438,28 @@ fn fuse_bench_local() {
                 _ => sets[i - 1].1.join("cache"),
             };
             measure_round(&wd, round, &cols[i], &cache, &mut samples[i]);
+        }
+    }
+    // FUSE requests of one walk through a fresh overlay (what a new container's first walk
+    // costs in round trips), counted by the kernel's FUSE tracepoint when perf is here.
+    for col in &cols[1..] {
+        let ov = OverlayStack::mount(
+            &col.lowers,
+            &wd.join(format!("count-{}", col.name.replace(' ', "_"))),
+            &[],
+        )
+        .unwrap();
+        match fuse_requests(&walk(ov.path()), &wd.join("perf.txt")) {
+            Ok(counts) => rep.line(format!(
+                "- FUSE requests of one walk through a fresh overlay, {}: {}",
+                col.name,
+                counts
+                    .iter()
+                    .map(|(op, n)| format!("{op} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(why) => rep.line(format!("- FUSE request counts skipped: {why}")),
         }
     }
     let (rss_read, each_read) = rss_sum(&sets[0].2);
@@ -924,5 +1010,357 @@ fn fuse_bench_rss() {
         .map(|m| m.iter().filter(|m| m.fs_type.starts_with("fuse")).count())
         .unwrap_or(0);
     rep.line(format!("- starling FUSE mounts at the end: {lazy}"));
+    rep.finish();
+}
+
+/// Mean time of one `lgetxattr(2)` of an attribute `file` does not have, over `n` calls,
+/// and the errno of the last call.
+fn getxattr_cost(file: &Path, n: u32) -> (Duration, String) {
+    let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+    let name = c"trusted.overlay.metacopy";
+    let mut errno = 0;
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: both strings are NUL-terminated and outlive the call; a null buffer of
+        // size 0 asks for the value's size only.
+        let r = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if r < 0 {
+            errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        }
+    }
+    let answer = match errno {
+        0 => "ok".to_string(),
+        e => format!("{:?}", nix::errno::Errno::from_raw(e)),
+    };
+    (t.elapsed() / n, answer)
+}
+
+/// The regular files directly in `dir`.
+fn regular_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        })
+        .count()
+}
+
+/// One way of mounting pydeb's layers for [`fuse_bench_xattr`].
+struct XattrColumn {
+    name: String,
+    lowers: Vec<PathBuf>,
+    /// Overlay mount options.
+    options: Vec<&'static str>,
+    /// Where its file contents live (dropped from the page cache before each cold read),
+    /// or `None` when the column shares its mounts with another (no read measured).
+    cache: Option<PathBuf>,
+}
+
+/// What answering overlayfs' xattr questions costs: a walk through a *fresh* overlay (a
+/// new container's first look at its image; overlayfs asks `trusted.overlay.*` of every
+/// lower entry it looks up and FUSE caches no xattr) over pydeb's FUSE layers, against the
+/// same walk on native overlayfs in the same run, with the FUSE requests it caused
+/// (`perf`). Columns: this binary with `[fuse] threads` 4, 2 and 1, the overlay
+/// option `redirect_dir=nofollow` (overlayfs then skips the opaque/redirect questions of
+/// directories whose parent lives in one layer), and, when `STL_BENCH_BASELINE_BIN` names
+/// another starling binary (e.g. one answering GETXATTR with ENOSYS), that binary; the
+/// cost per GETXATTR is the walk's time difference to it over the request difference.
+/// Also: the mean time of one getxattr(2) straight on a lower file (the round trip alone),
+/// and the FUSE requests of copy-ups (touching every file of /usr/bin through a writable
+/// overlay).
+#[test]
+#[ignore = "benchmark: run with --ignored"]
+fn fuse_bench_xattr() {
+    require!(
+        prereq::root(),
+        prereq::fuse(),
+        prereq::registry(),
+        prereq::starling_binary(),
+        prereq::debian_images(),
+        prereq::binaries(&["skopeo", "find"]),
+        prereq::containerd_stack(),
+        prereq::ctr_remote(),
+    );
+    let rounds: usize = std::env::var("STL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut rep =
+        Report::new("fuse_bench_xattr: walk through a fresh overlay, pydeb (ctr-remote eStargz)");
+    let esgz = pydeb_ctr_remote(false).unwrap();
+    let original = integration::images::pydeb()
+        .unwrap()
+        .image("latest")
+        .unwrap();
+    let image = OciImage::open(&esgz.layout, "latest").unwrap();
+    let wd = Workdir::new("fxattr").unwrap();
+    let registry = Registry::start(&wd).unwrap();
+    let reference = push(&registry, &esgz.layout, "latest", "bench/py:latest").unwrap();
+    let native = extracted(&original, &wd.join("native"));
+    let this = integration::starling::starling_bin().unwrap();
+    let mut sets: Vec<(String, PathBuf, usize)> = vec![
+        ("starling".into(), this.clone(), 4),
+        ("starling threads=2".into(), this.clone(), 2),
+        ("starling threads=1".into(), this, 1),
+    ];
+    if let Some(b) = std::env::var_os("STL_BENCH_BASELINE_BIN") {
+        sets.push(("baseline binary".into(), PathBuf::from(b), 4));
+    }
+    let mut all_mounts = Vec::new();
+    let mut cols = vec![
+        XattrColumn {
+            name: "native".into(),
+            lowers: native.clone(),
+            options: vec![],
+            cache: Some(wd.join("native")),
+        },
+        XattrColumn {
+            name: "native redirect_dir=nofollow".into(),
+            lowers: native.clone(),
+            options: vec!["redirect_dir=nofollow"],
+            cache: None,
+        },
+    ];
+    for (i, (name, bin, threads)) in sets.iter().enumerate() {
+        let config = wd.join(format!("starling-{i}.toml"));
+        std::fs::write(
+            &config,
+            format!("[fuse]\npassthrough = false\nthreads = {threads}\n[fetch]\nbackground_fetch = true\n"),
+        )
+        .unwrap();
+        let root = wd.join(format!("root-{i}"));
+        let mounts: Vec<LazyMount> = image
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                LazyMount::start_with(
+                    bin,
+                    &root,
+                    &config,
+                    &reference,
+                    &layer.digest,
+                    &wd.join(format!("mnt-{i}/{l}")),
+                )
+                .unwrap()
+            })
+            .collect();
+        assert!(
+            wait_complete(&root, mounts.len(), Duration::from_secs(600)),
+            "{name}: background fetch did not complete"
+        );
+        let lowers: Vec<PathBuf> = mounts.iter().map(|m| m.mountpoint.clone()).collect();
+        cols.push(XattrColumn {
+            name: name.clone(),
+            lowers: lowers.clone(),
+            options: vec![],
+            cache: Some(root.join("cache")),
+        });
+        if i == 0 {
+            cols.push(XattrColumn {
+                name: format!("{name} redirect_dir=nofollow"),
+                lowers,
+                options: vec!["redirect_dir=nofollow"],
+                cache: None,
+            });
+        }
+        all_mounts.push(mounts);
+    }
+    let fresh = |c: &XattrColumn, tag: &str| {
+        OverlayStack::mount(
+            &c.lowers,
+            &wd.join(format!("ov-{}-{tag}", c.name.replace([' ', '='], "_"))),
+            &c.options,
+        )
+        .unwrap()
+    };
+    // Warm the FUSE caches (entries, attributes) as a layer in use has them.
+    for c in &cols {
+        timed(&walk(fresh(c, "warm").path()));
+    }
+    // Reads through one overlay per column (a container reading its files while the
+    // daemon serves them from the chunk cache: where the worker count matters).
+    let kept: Vec<Option<OverlayStack>> = cols
+        .iter()
+        .map(|c| c.cache.as_ref().map(|_| fresh(c, "read")))
+        .collect();
+    let mut samples: Vec<Vec<Duration>> = cols.iter().map(|_| Vec::new()).collect();
+    let mut reads: Vec<Vec<Duration>> = cols.iter().map(|_| Vec::new()).collect();
+    let mut parallel: Vec<Vec<Duration>> = cols.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for k in 0..cols.len() {
+            let i = (k + round) % cols.len();
+            let ov = fresh(&cols[i], &format!("r{round}"));
+            samples[i].push(timed(&walk(ov.path())));
+            drop(ov);
+            if let (Some(cache), Some(ov)) = (&cols[i].cache, &kept[i]) {
+                evict(cache);
+                for l in &cols[i].lowers {
+                    evict(l);
+                }
+                reads[i].push(timed(&read_all(ov.path())));
+                evict(cache);
+                for l in &cols[i].lowers {
+                    evict(l);
+                }
+                parallel[i].push(timed(&read_parallel(ov.path())));
+            }
+        }
+    }
+    drop(kept);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    rep.line(format!(
+        "- {rounds} rounds; load average at the end: {}",
+        load.trim()
+    ));
+    rep.line("");
+    rep.line("| column | median walk s | native/column [min-max] | read /usr, page cache dropped: median s, native/column [min-max] | 4 readers at once, page cache dropped: median s, native/column [min-max] | FUSE requests of one walk |");
+    rep.line("|---|---|---|---|---|---|");
+    let mut getxattrs = Vec::new();
+    for (i, c) in cols.iter().enumerate() {
+        let counts = if i < 2 {
+            String::from("-")
+        } else {
+            let ov = fresh(c, "count");
+            match fuse_requests(&walk(ov.path()), &wd.join("perf.txt")) {
+                Ok(v) => {
+                    getxattrs.push((
+                        i,
+                        v.iter().find(|(n, _)| *n == "GETXATTR").map_or(0, |x| x.1),
+                    ));
+                    v.iter()
+                        .map(|(op, n)| format!("{op} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+                Err(why) => why,
+            }
+        };
+        let base = if c.options.is_empty() { 0 } else { 1 };
+        let (m, lo, hi) = paired(&samples[base], &samples[i]);
+        let ratio = |v: &[Vec<Duration>]| {
+            if v[i].is_empty() {
+                String::from("-")
+            } else {
+                let (rm, rlo, rhi) = paired(&v[0], &v[i]);
+                format!(
+                    "{:.3}, {rm:.2} [{rlo:.2}-{rhi:.2}]",
+                    median(v[i].clone()).as_secs_f64()
+                )
+            }
+        };
+        let (read, par) = (ratio(&reads), ratio(&parallel));
+        rep.line(format!(
+            "| {} | {:.3} | {m:.2} [{lo:.2}-{hi:.2}] | {read} | {par} | {counts} |",
+            c.name,
+            median(samples[i].clone()).as_secs_f64()
+        ));
+    }
+    // What a container start asks: python3 -c 'print(1)' in a chroot on a fresh overlay.
+    if let Some(c) = cols.iter().find(|c| c.name == "starling") {
+        let ov = fresh(c, "print1");
+        let cmd = format!(
+            "chroot '{}' /usr/bin/python3 -c 'print(1)' > /dev/null",
+            ov.path().display()
+        );
+        match fuse_requests(&cmd, &wd.join("perf.txt")) {
+            Ok(v) => rep.line(format!(
+                "- FUSE requests of python3 -c 'print(1)' in a chroot on a fresh overlay: {}",
+                v.iter()
+                    .map(|(op, n)| format!("{op} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Err(why) => rep.line(format!("- print(1) request counts skipped: {why}")),
+        }
+    }
+    // One getxattr straight on a file of the bottom layer (no overlay): the round trip
+    // alone, per column with its own mounts.
+    let probe_cols: Vec<usize> = (0..cols.len())
+        .filter(|&i| cols[i].cache.is_some())
+        .collect();
+    let mut per_call: Vec<Vec<Duration>> = cols.iter().map(|_| Vec::new()).collect();
+    let mut answers: Vec<String> = cols.iter().map(|_| String::new()).collect();
+    for round in 0..rounds {
+        for k in 0..probe_cols.len() {
+            let i = probe_cols[(k + round) % probe_cols.len()];
+            let file = cols[i].lowers[0].join("etc/debian_version");
+            let (d, answer) = getxattr_cost(&file, 20_000);
+            per_call[i].push(d);
+            answers[i] = answer;
+        }
+    }
+    rep.line("");
+    rep.line("| column | lgetxattr(trusted.overlay.metacopy) of a bottom-layer file, mean of 20000 calls, median over rounds us [min-max] | answer |");
+    rep.line("|---|---|---|");
+    for &i in &probe_cols {
+        let v = &per_call[i];
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        rep.line(format!(
+            "| {} | {:.2} [{:.2}-{:.2}] | {} |",
+            cols[i].name,
+            us(median(v.clone())),
+            us(*v.iter().min().unwrap()),
+            us(*v.iter().max().unwrap()),
+            answers[i]
+        ));
+    }
+    // Copy-ups (a container changing files of its image): the FUSE requests of touching
+    // every file of /usr/bin through a writable overlay whose lookups are already done.
+    rep.line("");
+    for c in cols.iter().filter(|c| {
+        c.cache.is_some() && c.name != "starling threads=2" && c.name != "starling threads=1"
+    }) {
+        let dir = wd.join(format!("cu-{}", c.name.replace([' ', '='], "_")));
+        let (merged, _upper) = integration::overlay::container(&c.lowers, &dir).unwrap();
+        let bin = merged.path().join("usr/bin");
+        timed(&format!("find '{}' > /dev/null", bin.display()));
+        let n = regular_files(&bin);
+        let touch = format!(
+            "find '{}' -maxdepth 1 -type f -exec touch -c -m {{}} +",
+            bin.display()
+        );
+        let line = if c.name == "native" {
+            format!("{:.3} s", timed(&touch).as_secs_f64())
+        } else {
+            let t = Instant::now();
+            match fuse_requests(&touch, &wd.join("perf.txt")) {
+                Ok(v) => format!(
+                    "{:.3} s (under perf); FUSE requests per copy-up: {}",
+                    t.elapsed().as_secs_f64(),
+                    v.iter()
+                        .map(|(op, k)| format!("{op} {:.2}", *k as f64 / n as f64))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Err(why) => why,
+            }
+        };
+        rep.line(format!(
+            "- copy-up of {n} files of /usr/bin, {}: {line}",
+            c.name
+        ));
+        drop(merged);
+    }
+    // Cost of one GETXATTR round trip: this binary vs the baseline binary.
+    if let (Some(&(a, na)), Some(&(b, nb))) = (
+        getxattrs.iter().find(|(i, _)| cols[*i].name == "starling"),
+        getxattrs
+            .iter()
+            .find(|(i, _)| cols[*i].name == "baseline binary"),
+    ) {
+        if na > nb {
+            let dt =
+                median(samples[a].clone()).as_secs_f64() - median(samples[b].clone()).as_secs_f64();
+            rep.line(format!(
+                "- per GETXATTR: {:.1} us ({:.3} s more for {} more requests)",
+                dt / (na - nb) as f64 * 1e6,
+                dt,
+                na - nb
+            ));
+        }
+    }
+    drop(all_mounts);
     rep.finish();
 }

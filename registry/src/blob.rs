@@ -4,6 +4,7 @@
 //! ([`RegistryClient::blob_tail`]), a resumable sequential stream, and a blocking
 //! [`estargz::ReadAt`] adapter.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +17,7 @@ use reqwest::{Method, Url};
 use sha2::{Digest as _, Sha256};
 
 use super::auth::Scope;
-use super::hosts::{MultiRange, RegistryHost};
+use super::hosts::{Endpoint, MultiRange, RegistryHost};
 use super::limiter::{Permit, Priority};
 use super::ranges::{self, Span};
 use super::transport::ClientInner;
@@ -30,6 +31,9 @@ const MAX_SPAN: u64 = 16 << 20;
 const MAX_RANGES_PER_REQUEST: usize = 64;
 /// Most bytes asked for in one multi-range request.
 const MAX_BYTES_PER_REQUEST: u64 = 16 << 20;
+/// How many recent mirror answers a blob remembers, to blame the mirror whose bytes fail
+/// verification later ([`Blob::report_corrupt`]).
+const SERVED_MEMORY: usize = 256;
 
 /// A blob of a repository. Cheap to clone.
 #[derive(Clone)]
@@ -44,12 +48,32 @@ struct BlobInner {
     digest: Digest,
     size: u64,
     redirect: Arc<Mutex<Option<Url>>>,
+    /// Recent byte ranges served by mirrors, newest last.
+    served: Mutex<VecDeque<(Range<u64>, Arc<Endpoint>)>>,
 }
 
 enum MultiOutcome {
     Parts(Vec<(Range<u64>, Bytes)>),
     Single(Range<u64>, Bytes),
     Ignored,
+    /// A mirror without the blob yet sent all of it; this is its start, up to the last range.
+    Prefix(Range<u64>, Bytes),
+}
+
+/// Remembers that `via` served `range` of the blob (mirrors only).
+fn note_served(
+    served: &Mutex<VecDeque<(Range<u64>, Arc<Endpoint>)>>,
+    range: Range<u64>,
+    via: &Arc<Endpoint>,
+) {
+    if !via.is_mirror {
+        return;
+    }
+    let mut s = served.lock();
+    if s.len() >= SERVED_MEMORY {
+        s.pop_front();
+    }
+    s.push_back((range, via.clone()));
 }
 
 impl Blob {
@@ -68,7 +92,38 @@ impl Blob {
                 digest,
                 size,
                 redirect: Arc::new(Mutex::new(None)),
+                served: Mutex::new(VecDeque::new()),
             }),
+        }
+    }
+
+    /// Bytes of `range` read from this blob failed verification: if a mirror served them,
+    /// it is skipped for `registry.mirror_skip` (the next read goes to the next mirror or
+    /// the origin). True if a mirror was blamed.
+    pub fn report_corrupt(&self, range: Range<u64>) -> bool {
+        let blamed = {
+            let mut served = self.inner.served.lock();
+            let found = served
+                .iter()
+                .rev()
+                .find(|(r, _)| r.start <= range.start && range.end <= r.end)
+                .map(|(_, ep)| ep.clone());
+            if let Some(ep) = &found {
+                served.retain(|(_, e)| !Arc::ptr_eq(e, ep));
+            }
+            found
+        };
+        match blamed {
+            Some(ep) => {
+                ep.mirror_failed(&format_args!(
+                    "{}: bytes {}..{} it served failed verification",
+                    self.target(),
+                    range.start,
+                    range.end
+                ));
+                true
+            }
+            None => false,
         }
     }
 
@@ -85,6 +140,12 @@ impl Blob {
     /// The repository it is read from.
     pub fn repository(&self) -> &Repository {
         &self.inner.repo
+    }
+
+    /// True if a request to the blob's registry host succeeded after `t` (the registry is
+    /// back after a failure at `t`).
+    pub fn host_answered_since(&self, t: Instant) -> bool {
+        self.inner.host.health.answered_since(t)
     }
 
     /// The fetch settings of the client it was made by.
@@ -185,6 +246,7 @@ impl Blob {
                 host.set_multi_range(MultiRange::Supported);
                 p
             }
+            MultiOutcome::Prefix(r, b) => vec![(r, b)],
             MultiOutcome::Single(r, b) => {
                 tracing::info!(host = %host.name, "registry answered a multi-range request with one range; using single ranges");
                 host.set_multi_range(MultiRange::Unsupported);
@@ -255,6 +317,7 @@ impl Blob {
         let size = self.size();
         let whole = range.start == 0 && range.end == size;
         let i = &self.inner;
+        let served = &i.served;
         i.client
             .execute(&i.host, &req, deadline, |mut a: Answer| {
                 let range = range.clone();
@@ -272,6 +335,7 @@ impl Blob {
                             if body.len() as u64 != got.end - got.start {
                                 return Err(a.protocol("truncated range response".into()));
                             }
+                            note_served(served, range.clone(), &a.via);
                             Ok(body.slice(
                                 (range.start - got.start) as usize
                                     ..(range.end - got.start) as usize,
@@ -282,7 +346,15 @@ impl Blob {
                             if body.len() as u64 != size {
                                 return Err(a.protocol("truncated response".into()));
                             }
+                            note_served(served, range.clone(), &a.via);
                             Ok(body)
+                        }
+                        // A pull-through cache answers the whole blob while it does not have
+                        // it yet (docker-registry does): read up to the range's end only.
+                        200 if a.via.is_mirror => {
+                            let body = a.body_prefix(range.end).await?;
+                            note_served(served, range.clone(), &a.via);
+                            Ok(body.slice(range.start as usize..range.end as usize))
                         }
                         200 => Err(RegistryError::Range {
                             target: a.target.clone(),
@@ -304,7 +376,9 @@ impl Blob {
         let req = self.request(ranges::range_header(wanted), wanted.len(), priority);
         let total: u64 = wanted.iter().map(|r| r.end - r.start).sum();
         let limit = total + 512 * wanted.len() as u64 + 4096;
+        let last_end = wanted.iter().map(|r| r.end).max().unwrap_or(0);
         let i = &self.inner;
+        let served = &i.served;
         i.client
             .execute(&i.host, &req, deadline, |mut a: Answer| async move {
                 match a.status().as_u16() {
@@ -320,6 +394,9 @@ impl Blob {
                             let body = a.body(limit).await?;
                             let parts = ranges::parse_multipart(&body, &boundary)
                                 .map_err(|e| a.protocol(format!("multipart/byteranges: {e}")))?;
+                            for (r, _) in &parts {
+                                note_served(served, r.clone(), &a.via);
+                            }
                             Ok(MultiOutcome::Parts(parts))
                         } else {
                             let got = content_range(&a)?;
@@ -327,8 +404,17 @@ impl Blob {
                             if body.len() as u64 != got.end - got.start {
                                 return Err(a.protocol("truncated range response".into()));
                             }
+                            note_served(served, got.clone(), &a.via);
                             Ok(MultiOutcome::Single(got, body))
                         }
+                    }
+                    // A pull-through cache that does not have the blob yet answers all of
+                    // it: the prefix up to the last range covers them all (and says nothing
+                    // about the origin's multi-range support).
+                    200 if a.via.is_mirror => {
+                        let body = a.body_prefix(last_end).await?;
+                        note_served(served, 0..last_end, &a.via);
+                        Ok(MultiOutcome::Prefix(0..last_end, body))
                     }
                     // A server without multi-range support may send the whole blob: don't read it.
                     200 => Ok(MultiOutcome::Ignored),
@@ -355,6 +441,7 @@ impl Blob {
             offset,
             end,
             current: None,
+            skip: 0,
             failures: 0,
             hasher: (offset == 0 && end == self.size()).then(Sha256::new),
             priority,
@@ -378,8 +465,16 @@ impl Blob {
             return Ok(Bytes::new());
         }
         let data = self.read_range(0..self.size(), Priority::OnDemand).await?;
-        check_digest(&self.target(), self.digest(), &data)?;
-        Ok(data)
+        match check_digest(&self.target(), self.digest(), &data) {
+            // A mirror served it: it is skipped now; ask the next endpoint once.
+            Err(_) if self.report_corrupt(0..self.size()) => {
+                let data = self.read_range(0..self.size(), Priority::OnDemand).await?;
+                check_digest(&self.target(), self.digest(), &data)?;
+                Ok(data)
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(data),
+        }
     }
 
     /// A blocking `read_at` for threads outside the async runtime (FUSE workers).
@@ -429,6 +524,9 @@ pub struct BlobStream {
     /// Where the stream ends (exclusive).
     end: u64,
     current: Option<(reqwest::Response, Permit)>,
+    /// Bytes of the current response to drop before `offset` (a mirror answered with the
+    /// whole blob to a range request).
+    skip: u64,
     failures: u32,
     hasher: Option<Sha256>,
     priority: Priority,
@@ -486,14 +584,23 @@ impl BlobStream {
             }
             if self.current.is_none() {
                 match self.open().await {
-                    Ok(c) => self.current = Some(c),
+                    Ok((resp, permit, skip)) => {
+                        self.current = Some((resp, permit));
+                        self.skip = skip;
+                    }
                     Err(e) => return Some(Err(e)),
                 }
             }
             let (resp, _) = self.current.as_mut().expect("opened above");
             let timeout = client.fetch.request_timeout;
             let cause = match tokio::time::timeout(timeout, resp.chunk()).await {
-                Ok(Ok(Some(chunk))) => {
+                Ok(Ok(Some(mut chunk))) => {
+                    if self.skip > 0 {
+                        let drop = chunk.len().min(self.skip as usize);
+                        Metrics::add(&client.metrics.bytes_fetched, drop as u64);
+                        self.skip -= drop as u64;
+                        chunk = chunk.slice(drop..);
+                    }
                     let take = chunk.len().min((size - self.offset) as usize);
                     let chunk = chunk.slice(..take);
                     Metrics::add(&client.metrics.bytes_fetched, chunk.len() as u64);
@@ -528,7 +635,7 @@ impl BlobStream {
         }
     }
 
-    async fn open(&self) -> Result<(reqwest::Response, Permit), RegistryError> {
+    async fn open(&self) -> Result<(reqwest::Response, Permit, u64), RegistryError> {
         let from = self.offset;
         let whole_tail = self.end == self.blob.size();
         let header = if whole_tail {
@@ -540,6 +647,7 @@ impl BlobStream {
         req.streaming = true;
         let i = &self.blob.inner;
         let deadline = Instant::now() + i.client.fetch.read_timeout;
+        let (end, served) = (self.end, &i.served);
         i.client
             .execute(&i.host, &req, deadline, |a: Answer| async move {
                 match a.status().as_u16() {
@@ -551,10 +659,16 @@ impl BlobStream {
                                 got.start
                             )));
                         }
-                        Ok((a.response, a.permit))
+                        note_served(served, from..end, &a.via);
+                        Ok((a.response, a.permit, 0))
                     }
-                    // A whole-blob answer is usable from offset 0 (the stream stops at its end).
-                    200 if from == 0 => Ok((a.response, a.permit)),
+                    // A whole-blob answer is usable from offset 0 (the stream stops at its
+                    // end); from a mirror (a pull-through cache that does not have the blob
+                    // yet) also from further on, dropping what comes before.
+                    200 if from == 0 || a.via.is_mirror => {
+                        note_served(served, from..end, &a.via);
+                        Ok((a.response, a.permit, from))
+                    }
                     200 => Err(RegistryError::Range {
                         target: a.target.clone(),
                         reason: format!("{} ignored the Range header (HTTP 200)", a.endpoint),
@@ -638,6 +752,7 @@ impl Blob {
                 digest: i.digest.clone(),
                 size,
                 redirect: i.redirect.clone(),
+                served: Mutex::new(i.served.lock().clone()),
             }),
         }
     }

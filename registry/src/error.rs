@@ -1,6 +1,11 @@
 //! Errors of the registry client. Every error names the registry host, repository and object
 //! (digest or tag) it is about, and the HTTP status when there is one. Credentials, tokens and
 //! signed URLs never appear in them: URLs are reported without their query.
+//!
+//! [`RegistryError::permanent`] tells errors that cannot heal by retrying (a plain-HTTP
+//! server addressed with https, an untrusted certificate, 401/403 without usable
+//! credentials, 404, 400) from transient ones; [`RegistryError::fix`] names the setting
+//! that fixes a permanent one.
 
 use std::fmt;
 use std::time::Duration;
@@ -110,6 +115,19 @@ pub enum RegistryError {
         /// The cause (without URLs).
         cause: String,
     },
+    /// TLS to the endpoint cannot work: it answered in plain HTTP, its certificate is not
+    /// trusted, or it does not speak TLS. Never retried.
+    #[error("{target}: https to {endpoint} failed: {problem} ({cause})")]
+    Tls {
+        /// What was requested.
+        target: Target,
+        /// The endpoint.
+        endpoint: String,
+        /// What is wrong.
+        problem: TlsProblem,
+        /// The TLS library's description (without URLs).
+        cause: String,
+    },
     /// The read could not finish within its deadline (retries included).
     #[error("{target}: gave up after {:.1}s and {attempts} attempt(s); last error: {}", after.as_secs_f64(), without_target(last, target))]
     Timeout {
@@ -198,7 +216,67 @@ pub enum RegistryError {
     /// The client could not be built from the configuration.
     #[error("registry client setup: {0}")]
     Setup(String),
+    /// The registry host directory (`registry.hosts_dir`) has a file that cannot be used.
+    #[error("registry host directory: {0}")]
+    HostsDir(#[source] std::sync::Arc<config::hosts_dir::HostsDirError>),
 }
+
+/// Why a TLS connection cannot work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsProblem {
+    /// The server answered the TLS handshake in plain HTTP.
+    PlainHttp,
+    /// The server's certificate is not trusted (unknown issuer, expired, wrong name, ...).
+    Certificate,
+    /// The server's answer is not TLS (another protocol or a broken handshake).
+    Protocol,
+}
+
+impl fmt::Display for TlsProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsProblem::PlainHttp => "the server speaks plain HTTP",
+            TlsProblem::Certificate => "its TLS certificate is not trusted",
+            TlsProblem::Protocol => "the server does not speak TLS",
+        })
+    }
+}
+
+/// An error that retrying cannot heal, by cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permanent {
+    /// https to a server that speaks plain HTTP (or no TLS at all).
+    PlainHttp,
+    /// The server's TLS certificate is not trusted.
+    Certificate,
+    /// HTTP 401/403 and no credentials for the host.
+    NoCredentials,
+    /// HTTP 401/403 with credentials that were refused.
+    CredentialsRefused,
+    /// HTTP 404: the object is not there.
+    NotFound,
+    /// HTTP 400 or another 4xx the registry will answer again.
+    BadRequest,
+}
+
+impl Permanent {
+    /// A short stable name (logs, records): `plain_http`, `certificate`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Permanent::PlainHttp => "plain_http",
+            Permanent::Certificate => "certificate",
+            Permanent::NoCredentials => "no_credentials",
+            Permanent::CredentialsRefused => "credentials_refused",
+            Permanent::NotFound => "not_found",
+            Permanent::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// `Unauthorized::reason` when the host has no credentials.
+pub(crate) const NO_CREDENTIALS: &str = "no credentials configured for this host";
+/// `Unauthorized::reason` when credentials or a token were refused.
+pub(crate) const CREDENTIALS_REFUSED: &str = "credentials or token refused";
 
 /// An error's message without its leading `target: ` (when nested under the same target).
 fn without_target(e: &RegistryError, target: &Target) -> String {
@@ -220,7 +298,7 @@ fn code_suffix(code: &str) -> String {
 
 impl RegistryError {
     /// True if trying again (after a backoff) may succeed: network errors, 5xx, 429, 408,
-    /// malformed or corrupted responses.
+    /// malformed or corrupted responses. Never for a [`RegistryError::permanent`] error.
     pub fn is_retryable(&self) -> bool {
         match self {
             RegistryError::Network { .. }
@@ -232,6 +310,88 @@ impl RegistryError {
             RegistryError::Token { reason, .. } => {
                 reason.starts_with("network") || reason.contains("HTTP 5")
             }
+            _ => false,
+        }
+    }
+
+    /// Why retrying cannot help, if it cannot: TLS that cannot work, 401/403 without
+    /// usable credentials, 404, 400 (and other 4xx but 408 and 429).
+    pub fn permanent(&self) -> Option<Permanent> {
+        match self {
+            RegistryError::Tls { problem, .. } => Some(match problem {
+                TlsProblem::PlainHttp | TlsProblem::Protocol => Permanent::PlainHttp,
+                TlsProblem::Certificate => Permanent::Certificate,
+            }),
+            RegistryError::Unauthorized { reason, .. } => Some(if reason == NO_CREDENTIALS {
+                Permanent::NoCredentials
+            } else {
+                Permanent::CredentialsRefused
+            }),
+            RegistryError::NotFound { .. } => Some(Permanent::NotFound),
+            RegistryError::Status { status, .. }
+                if (400..500).contains(status) && *status != 408 && *status != 429 =>
+            {
+                Some(Permanent::BadRequest)
+            }
+            RegistryError::Timeout { last, .. } => last.permanent(),
+            _ => None,
+        }
+    }
+
+    /// What to change so that a [`RegistryError::permanent`] error goes away, naming the
+    /// configuration key (e.g. `set insecure = true in [registry.hosts."10.0.0.5:5000"]`).
+    pub fn fix(&self) -> Option<String> {
+        let target = self.target()?;
+        let host = target.host();
+        let endpoint = match self {
+            RegistryError::Tls { endpoint, .. } => endpoint.as_str(),
+            _ => host,
+        };
+        // Docker Hub's endpoint is registry-1.docker.io; any other endpoint is a mirror.
+        let key = if endpoint == host || endpoint.ends_with(".docker.io") {
+            format!("[registry.hosts.\"{host}\"]")
+        } else {
+            format!("the mirror entry {{ host = \"{endpoint}\" }} of [registry.hosts.\"{host}\"]")
+        };
+        Some(match self.permanent()? {
+            Permanent::PlainHttp => format!(
+                "declare it insecure (plain HTTP): set insecure = true in {key} of the starling \
+                 configuration"
+            ),
+            Permanent::Certificate => format!(
+                "make this host trust the certificate of {endpoint} (add its CA to the system \
+                 trust store, e.g. /usr/local/share/ca-certificates + update-ca-certificates, then \
+                 restart the daemon), or, if it serves plain HTTP, set insecure = true in {key}"
+            ),
+            Permanent::NoCredentials => format!(
+                "give credentials for {host}: username and password in [registry.hosts.\"{host}\"], \
+                 or an entry for {host} in the docker config.json ([registry] docker_config)"
+            ),
+            Permanent::CredentialsRefused => format!(
+                "the credentials for {host} were refused: check username/password in \
+                 [registry.hosts.\"{host}\"] or the docker config.json ([registry] docker_config), \
+                 and that they may pull {}",
+                target.repo()
+            ),
+            Permanent::NotFound => format!(
+                "{host}/{} has no {}: check the image reference (was the image or tag \
+                 deleted or pushed elsewhere?)",
+                target.repo(),
+                target.object().trim_start_matches(['@', ':'])
+            ),
+            Permanent::BadRequest => format!(
+                "{host} refused the request as malformed; check that it is an OCI distribution \
+                 registry (and, for a proxy in front of it, that it passes Range headers)"
+            ),
+        })
+    }
+
+    /// True if the host gave no answer (connection refused or reset, request timed out),
+    /// as opposed to answering with an error status.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            RegistryError::Network { .. } => true,
+            RegistryError::Timeout { last, .. } => last.is_unreachable(),
             _ => false,
         }
     }
@@ -255,6 +415,7 @@ impl RegistryError {
             | RegistryError::NotFound { target, .. }
             | RegistryError::Unauthorized { target, .. }
             | RegistryError::Network { target, .. }
+            | RegistryError::Tls { target, .. }
             | RegistryError::Timeout { target, .. }
             | RegistryError::Protocol { target, .. }
             | RegistryError::DigestMismatch { target, .. }
@@ -293,6 +454,35 @@ pub(crate) fn describe(err: reqwest::Error) -> String {
         source = s.source();
     }
     format!("{kind}{cause}")
+}
+
+/// What makes TLS to a server impossible, from a failed request's error chain (rustls'
+/// errors, also when wrapped in `io::Error`s): an answer that is not a TLS record (a
+/// plain-HTTP server answers the ClientHello with `HTTP/1.1 400`) or a certificate that
+/// does not verify. `None` for anything else (timeouts, resets, ...: transient).
+pub(crate) fn tls_problem(err: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return match t {
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+                    Some(TlsProblem::PlainHttp)
+                }
+                rustls::Error::InvalidMessage(_) => Some(TlsProblem::Protocol),
+                rustls::Error::InvalidCertificate(_) => Some(TlsProblem::Certificate),
+                _ => None,
+            };
+        }
+        // An `io::Error`'s `source()` skips the error it wraps (which may be another one).
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 /// A URL without query or fragment, for messages.

@@ -16,6 +16,7 @@
 mod auth;
 mod blob;
 mod error;
+mod health;
 mod hosts;
 mod limiter;
 mod manifest;
@@ -30,15 +31,17 @@ mod transport;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use oci_spec::image::Digest;
 use parking_lot::Mutex;
 use reqwest::header::CONTENT_LENGTH;
 use reqwest::Method;
 
+pub use auth::{CredentialSource, Credentials, CredentialsFuture};
 pub use blob::{Blob, BlobStream, BlockingBlob};
-pub use error::{RegistryError, Target};
+pub use error::{Permanent, RegistryError, Target, TlsProblem};
+pub use health::Unreachable;
 pub use limiter::Priority;
 pub use manifest::{
     host_platform, is_index, platforms, select_manifest, FetchedManifest, InvalidPlatform,
@@ -72,12 +75,7 @@ impl RegistryClient {
         registry: &config::RegistryConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(fetch.request_timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .user_agent(concat!("starling/", env!("CARGO_PKG_VERSION")))
+        let http = hosts::http_builder(fetch)
             .build()
             .map_err(|e| RegistryError::Setup(error::describe(e)))?;
         Ok(RegistryClient {
@@ -92,6 +90,12 @@ impl RegistryClient {
         })
     }
 
+    /// Asks `source` for credentials (per host and repository) before the configured ones,
+    /// from now on, for every clone of this client.
+    pub fn set_credential_source(&self, source: Arc<dyn CredentialSource>) {
+        self.inner.auth.set_source(source);
+    }
+
     /// The counters this client adds to.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
@@ -100,6 +104,20 @@ impl RegistryClient {
     /// The fetch settings in use.
     pub fn fetch_config(&self) -> &config::FetchConfig {
         &self.inner.fetch
+    }
+
+    /// The last time a request to registry `host` got no answer (timed out, refused), if
+    /// less than `hold` ago and no request to it succeeded since.
+    pub fn unreachable_within(&self, host: &str, hold: Duration) -> Option<Unreachable> {
+        self.inner.host(host).ok()?.health.unreachable_within(hold)
+    }
+
+    /// Records that registry `host` did not answer (e.g. a caller's own bound ran out
+    /// while a request was still waiting).
+    pub fn mark_unreachable(&self, host: &str, cause: &str) {
+        if let Ok(h) = self.inner.host(host) {
+            h.health.unreachable(cause);
+        }
     }
 
     /// A handle on a blob. With `size: None` its size is asked for (HEAD).

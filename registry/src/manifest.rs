@@ -114,7 +114,11 @@ impl RegistryClient {
             ),
         );
         req.follow_redirects = true;
-        let (header_type, header_digest, body) = inner
+        req.resolve = pinned.is_none();
+        // The digest is checked inside the answer's handler: a mirror serving a manifest that
+        // does not match is skipped like a failing one and the next endpoint asked.
+        let pinned = &pinned;
+        let (header_type, actual, body) = inner
             .execute(&host, &req, inner.deadline(), |mut a: Answer| async move {
                 if a.status().as_u16() != 200 {
                     return Err(a.status_error().await);
@@ -130,23 +134,24 @@ impl RegistryClient {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
                 let body = a.body(MAX_MANIFEST).await?;
-                Ok((ctype, dig, body))
+                let actual =
+                    Digest::from_str(&format!("sha256:{}", hex::encode(Sha256::digest(&body))))
+                        .map_err(|e| RegistryError::Manifest {
+                            target: a.target.clone(),
+                            reason: e.to_string(),
+                        })?;
+                for expected in pinned.iter().map(|d| d.to_string()).chain(dig) {
+                    if expected.starts_with("sha256:") && expected != actual.as_ref() {
+                        return Err(RegistryError::DigestMismatch {
+                            target: a.target.clone(),
+                            expected,
+                            actual: actual.to_string(),
+                        });
+                    }
+                }
+                Ok((ctype, actual, body))
             })
             .await?;
-        let actual = Digest::from_str(&format!("sha256:{}", hex::encode(Sha256::digest(&body))))
-            .map_err(|e| RegistryError::Manifest {
-                target: target.clone(),
-                reason: e.to_string(),
-            })?;
-        for expected in pinned.iter().map(|d| d.to_string()).chain(header_digest) {
-            if expected.starts_with("sha256:") && expected != actual.as_ref() {
-                return Err(RegistryError::DigestMismatch {
-                    target,
-                    expected,
-                    actual: actual.to_string(),
-                });
-            }
-        }
         let body_type = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| {

@@ -17,7 +17,8 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
 use reqwest::{Method, StatusCode, Url};
 
 use super::auth::{Authenticator, Scope};
-use super::error::{describe, redact_url, RegistryError, Target};
+use super::error::{describe, redact_url, tls_problem, RegistryError, Target};
+use super::error::{CREDENTIALS_REFUSED, NO_CREDENTIALS};
 use super::hosts::{Endpoint, RegistryHost};
 use super::limiter::{Permit, Priority};
 use crate::Metrics;
@@ -46,6 +47,8 @@ pub(crate) struct Request {
     pub(crate) priority: Priority,
     /// Pushes go to the origin only.
     pub(crate) origin_only: bool,
+    /// Resolves a tag: only endpoints with the `resolve` capability (else `pull`).
+    pub(crate) resolve: bool,
     pub(crate) follow_redirects: bool,
     /// Cache of the blob's redirect target (blob GETs only).
     pub(crate) redirect_cache: Option<Arc<Mutex<Option<Url>>>>,
@@ -69,6 +72,7 @@ impl Request {
             target,
             priority: Priority::OnDemand,
             origin_only: false,
+            resolve: false,
             follow_redirects: false,
             redirect_cache: None,
             streaming: false,
@@ -87,6 +91,8 @@ pub(crate) struct Answer {
     pub(crate) permit: Permit,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) target: Target,
+    /// The endpoint the request went to (a mirror or the origin).
+    pub(crate) via: Arc<Endpoint>,
 }
 
 impl Answer {
@@ -122,6 +128,33 @@ impl Answer {
                 );
             }
             buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Reads the first `len` bytes of the body and leaves the rest unread (the connection is
+    /// dropped with the answer); fails if the body is shorter.
+    pub(crate) async fn body_prefix(&mut self, len: u64) -> Result<Bytes, RegistryError> {
+        let mut buf = BytesMut::with_capacity(len.min(64 << 20) as usize);
+        while (buf.len() as u64) < len {
+            let chunk = self
+                .response
+                .chunk()
+                .await
+                .map_err(|e| RegistryError::Network {
+                    target: self.target.clone(),
+                    endpoint: self.endpoint.clone(),
+                    cause: describe(e),
+                })?;
+            let Some(chunk) = chunk else {
+                return Err(self.protocol(format!(
+                    "the body ended after {} of the {len} bytes needed",
+                    buf.len()
+                )));
+            };
+            Metrics::add(&self.metrics.bytes_fetched, chunk.len() as u64);
+            let take = chunk.len().min((len - buf.len() as u64) as usize);
+            buf.extend_from_slice(&chunk[..take]);
         }
         Ok(buf.freeze())
     }
@@ -204,6 +237,26 @@ impl ClientInner {
         F: Fn(Answer) -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
     {
+        let result = self.execute_inner(host, req, deadline, handle).await;
+        match &result {
+            Ok(_) => host.health.answered(),
+            Err(e) if e.is_unreachable() => host.health.unreachable(e.to_string()),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn execute_inner<T, F, Fut>(
+        &self,
+        host: &RegistryHost,
+        req: &Request,
+        deadline: Instant,
+        handle: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: Fn(Answer) -> Fut,
+        Fut: Future<Output = Result<T, RegistryError>>,
+    {
         let start = Instant::now();
         let mut attempts = 0u32;
         loop {
@@ -271,7 +324,7 @@ impl ClientInner {
         Fut: Future<Output = Result<T, RegistryError>>,
     {
         let mut last = None;
-        for ep in host.candidates(req.origin_only) {
+        for ep in host.candidates(req.origin_only, req.resolve) {
             match self.try_endpoint(host, &ep, req, deadline, handle).await {
                 Ok(v) => {
                     if ep.is_mirror {
@@ -280,8 +333,9 @@ impl ClientInner {
                     return Ok(v);
                 }
                 Err(e) if ep.is_mirror => {
-                    if matches!(e, RegistryError::Network { .. }) {
-                        ep.mark_down();
+                    // A mirror without the content is fine; anything else skips it a while.
+                    if !matches!(e, RegistryError::NotFound { .. }) {
+                        ep.mirror_failed(&e);
                     }
                     tracing::debug!(mirror = %ep.host, error = %e, "mirror failed; trying the next endpoint");
                     last = Some(e);
@@ -295,7 +349,7 @@ impl ClientInner {
     async fn try_endpoint<T, F, Fut>(
         &self,
         host: &RegistryHost,
-        ep: &Endpoint,
+        ep: &Arc<Endpoint>,
         req: &Request,
         deadline: Instant,
         handle: &F,
@@ -330,7 +384,7 @@ impl ClientInner {
                     *c.lock() = None;
                 }
             } else {
-                return handle(self.answer(resp, &url, permit, req)).await;
+                return handle(self.answer(resp, &url, permit, req, ep)).await;
             }
         }
 
@@ -343,7 +397,7 @@ impl ClientInner {
             let auth = self
                 .auth
                 .header(
-                    &self.http,
+                    self.http_for(ep),
                     &ep.host,
                     ep.insecure(),
                     &req.scope,
@@ -357,15 +411,18 @@ impl ClientInner {
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED {
                 let had_auth = auth.is_some();
-                if refreshed || !self.auth.learn(&ep.host, resp.headers()) {
-                    let has_creds = self.auth.has_credentials(&ep.host);
+                let has_creds = self.auth.has_credentials(&ep.host, &req.scope.repo).await;
+                if refreshed
+                    || !self.auth.learn(&ep.host, resp.headers())
+                    || (!has_creds && self.auth.is_basic(&ep.host))
+                {
                     return Err(RegistryError::Unauthorized {
                         target: req.target.clone(),
                         endpoint: ep.host.clone(),
                         status: 401,
                         reason: match (had_auth, has_creds) {
-                            (_, false) => "no credentials configured for this host".into(),
-                            (true, true) => "credentials or token refused".into(),
+                            (_, false) => NO_CREDENTIALS.into(),
+                            (true, true) => CREDENTIALS_REFUSED.into(),
                             (false, true) => "unsupported authentication challenge".into(),
                         },
                     });
@@ -379,7 +436,7 @@ impl ClientInner {
                     .follow(req, ep, url, resp, auth, timeout, permit, handle)
                     .await;
             }
-            return handle(self.answer(resp, &url, permit, req)).await;
+            return handle(self.answer(resp, &url, permit, req, ep)).await;
         }
     }
 
@@ -387,7 +444,7 @@ impl ClientInner {
     async fn follow<T, F, Fut>(
         &self,
         req: &Request,
-        ep: &Endpoint,
+        ep: &Arc<Endpoint>,
         mut url: Url,
         mut resp: reqwest::Response,
         auth: Option<reqwest::header::HeaderValue>,
@@ -437,7 +494,7 @@ impl ClientInner {
                 *cache.lock() = Some(url.clone());
             }
         }
-        handle(self.answer(resp, &url, permit, req)).await
+        handle(self.answer(resp, &url, permit, req, ep)).await
     }
 
     fn answer(
@@ -446,6 +503,7 @@ impl ClientInner {
         url: &Url,
         permit: Permit,
         req: &Request,
+        ep: &Arc<Endpoint>,
     ) -> Answer {
         Answer {
             response,
@@ -453,7 +511,13 @@ impl ClientInner {
             permit,
             metrics: self.metrics.clone(),
             target: req.target.clone(),
+            via: ep.clone(),
         }
+    }
+
+    /// The HTTP client for `ep`: its own (TLS settings) or the shared one.
+    fn http_for<'a>(&'a self, ep: &'a Endpoint) -> &'a reqwest::Client {
+        ep.http.as_ref().unwrap_or(&self.http)
     }
 
     /// One HTTP exchange, no retries. Endpoint headers go to the endpoint's host only.
@@ -465,7 +529,7 @@ impl ClientInner {
         ep: &Endpoint,
         timeout: Duration,
     ) -> Result<reqwest::Response, RegistryError> {
-        let mut rb = self.http.request(req.method.clone(), url.clone());
+        let mut rb = self.http_for(ep).request(req.method.clone(), url.clone());
         if is_endpoint(url, ep) {
             rb = rb.headers(ep.headers.clone());
         }
@@ -496,7 +560,15 @@ impl ClientInner {
                 "no response within {:.1}s",
                 timeout.as_secs_f64()
             ))),
-            Ok(Err(e)) => Err(network(describe(e))),
+            Ok(Err(e)) => match tls_problem(&e) {
+                Some(problem) => Err(RegistryError::Tls {
+                    target: req.target.clone(),
+                    endpoint: host_of(url),
+                    problem,
+                    cause: describe(e),
+                }),
+                None => Err(network(describe(e))),
+            },
             Ok(Ok(r)) => Ok(r),
         }
     }

@@ -234,3 +234,139 @@ async fn bearer_tokens_refresh_before_expiry_and_after_refusal() {
     secrets.extend([PASSWORD, basic.as_str()]);
     assert_no_secret(&text, &secrets);
 }
+
+/// A [`CredentialSource`] with credentials for one repository, counting its lookups.
+struct OneRepo {
+    repo: String,
+    creds: registry::Credentials,
+    asked: std::sync::atomic::AtomicU32,
+}
+
+impl registry::CredentialSource for OneRepo {
+    fn credentials<'a>(
+        &'a self,
+        _host: &'a str,
+        repository: &'a str,
+    ) -> registry::CredentialsFuture<'a> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let c = (repository == self.repo).then(|| self.creds.clone());
+        Box::pin(async move { c })
+    }
+}
+
+fn one_repo(repo: &str, creds: registry::Credentials) -> std::sync::Arc<OneRepo> {
+    std::sync::Arc::new(OneRepo {
+        repo: repo.into(),
+        creds,
+        asked: Default::default(),
+    })
+}
+
+fn basic(user: &str, pw: &str) -> registry::Credentials {
+    registry::Credentials::Basic {
+        username: user.into(),
+        password: config::Secret::new(pw),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_source_is_asked_per_repository_before_the_configured_ones() {
+    require_registry!();
+    let reg = RegistryProc::start(RegistryAuth::Htpasswd {
+        user: USER.into(),
+        password: PASSWORD.into(),
+    });
+    let (private, other) = (
+        Repository::new(reg.host(), "pods/private"),
+        Repository::new(reg.host(), "pods/other"),
+    );
+    let blob = data(13, 70_000);
+    let digest = digest_of(&blob);
+    let (pusher, _) = client(
+        &fetch_config(),
+        &with_credentials(reg.dir.path(), &reg.host(), USER, PASSWORD),
+    );
+    push(&pusher, &private, &blob).await;
+    push(&pusher, &other, &blob).await;
+
+    // The configured credentials are wrong; the source's win for its repository.
+    let (c, _) = client(
+        &fetch_config(),
+        &with_credentials(reg.dir.path(), &reg.host(), USER, "configured-but-wrong"),
+    );
+    let source = one_repo("pods/private", basic(USER, PASSWORD));
+    c.set_credential_source(source.clone());
+    let b = c.blob(&private, &digest, None).await.unwrap();
+    assert_eq!(
+        b.read_range(5..5000, Priority::OnDemand).await.unwrap(),
+        blob.slice(5..5000)
+    );
+    assert!(source.asked.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    // Another repository falls back to the configured (wrong) credentials.
+    let err = c.blob_exists(&other, &digest).await.unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    // A wrong password from the source is refused with a clear error.
+    let (c2, _) = client(&fetch_config(), &registry_config(reg.dir.path()));
+    c2.set_credential_source(one_repo("pods/private", basic(USER, "pod-secret-wrong")));
+    let err = c2.blob_exists(&private, &digest).await.unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Unauthorized { status: 401, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert_no_secret(&format!("{err} {err:?}"), &["pod-secret-wrong"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_source_feeds_the_token_endpoint_or_gives_the_token_itself() {
+    require_registry!();
+    let state = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start(
+        state.path(),
+        TokenPolicy {
+            expires_in: 300,
+            expired_next: 0,
+            user: Some((USER.into(), PASSWORD.into())),
+        },
+    );
+    let reg = RegistryProc::start(RegistryAuth::Token {
+        realm: tokens.realm(),
+        bundle: tokens.bundle.clone(),
+    });
+    let repo = Repository::new(reg.host(), "pods/bearer");
+    let blob = data(14, 90_000);
+    let digest = digest_of(&blob);
+    let (pusher, _) = client(
+        &fetch_config(),
+        &with_credentials(state.path(), &reg.host(), USER, PASSWORD),
+    );
+    push(&pusher, &repo, &blob).await;
+
+    let (c, _) = client(&fetch_config(), &registry_config(state.path()));
+    c.set_credential_source(one_repo("pods/bearer", basic(USER, PASSWORD)));
+    let issued = tokens.issued();
+    let b = c.blob(&repo, &digest, None).await.unwrap();
+    assert_eq!(
+        b.read_range(0..3000, Priority::OnDemand).await.unwrap(),
+        blob.slice(0..3000)
+    );
+    assert!(
+        tokens.issued() > issued,
+        "a token was fetched with the source's credentials"
+    );
+
+    // A registry token (CRI AuthConfig.registry_token) goes to the registry as it is.
+    let token = tokens.tokens.lock().unwrap().last().unwrap().clone();
+    let (c3, _) = client(&fetch_config(), &registry_config(state.path()));
+    c3.set_credential_source(one_repo(
+        "pods/bearer",
+        registry::Credentials::RegistryToken(config::Secret::new(token)),
+    ));
+    let issued = tokens.issued();
+    let b = c3.blob(&repo, &digest, None).await.unwrap();
+    assert_eq!(
+        b.read_range(100..900, Priority::OnDemand).await.unwrap(),
+        blob.slice(100..900)
+    );
+    assert_eq!(tokens.issued(), issued, "no token fetched");
+}

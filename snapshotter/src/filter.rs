@@ -16,6 +16,8 @@ use std::fmt;
 
 use regex::Regex;
 
+use crate::clip::{clip, clip_around};
+
 /// A filter string that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterError {
@@ -32,7 +34,9 @@ impl fmt::Display for FilterError {
         write!(
             f,
             "invalid filter {:?} at byte {}: {}",
-            self.input, self.pos, self.msg
+            clip_around(&self.input, self.pos),
+            self.pos,
+            clip(&self.msg)
         )
     }
 }

@@ -10,15 +10,24 @@
 //! - [`snapshots`]: [`Snapshots`], the operations, tying store, overlay and hooks together;
 //! - [`remote`] and [`labels`]: the remote-layer extension point and its label protocol;
 //!   [`lazy`]: its implementation over the lazy eStargz file system (`fusefs`);
+//! - [`kubernetes`]: the daemon's Kubernetes side: pods' pull credentials and credential
+//!   provider plugins as a credential source of the lazy layers, the CRI image service;
 //! - [`metrics`]: the daemon's Prometheus metrics and their HTTP endpoint;
 //! - [`merge`]: merged snapshots (stacked, hardlinked or copied; cache-aware);
 //! - [`service`] and [`server`]: the gRPC adapter (errors → gRPC codes) and the unix
-//!   socket server the daemon runs.
+//!   socket server the daemon runs ([`authority`]: its connections accept any HTTP/2
+//!   `:authority`); [`control`]: the daemon's control socket (live layer status and
+//!   fallbacks for `starling status` and `starling doctor`);
+//! - [`clip`]: client-supplied strings cut short for logs and errors.
 //!
 //! Mount syscalls and mountinfo are `linuxfs`'s; lazy layers themselves are `fusefs`'s.
 
+pub mod authority;
+pub mod clip;
+pub mod control;
 pub mod error;
 pub mod filter;
+pub mod kubernetes;
 pub mod labels;
 pub mod lazy;
 pub mod merge;

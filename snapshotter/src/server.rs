@@ -1,7 +1,8 @@
 //! Serving the snapshots API on a unix socket: the socket is root-only (directory 0700
 //! when we create it, socket 0600), a stale socket of a dead daemon is replaced, a live
 //! one is an error; serving stops when the shutdown future resolves (in-flight calls get
-//! [`DRAIN_GRACE`] to finish) and the socket file is removed.
+//! [`DRAIN_GRACE`] to finish) and the socket file is removed. Connections accept any
+//! HTTP/2 `:authority` (see [`crate::authority`]).
 
 use std::future::Future;
 use std::io;
@@ -14,6 +15,9 @@ use containerd_snapshots::tonic::transport::Server;
 use nix::sys::stat::{umask, Mode};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
+
+use crate::authority::AnyAuthority;
 
 use crate::service::Service;
 use crate::Snapshots;
@@ -106,6 +110,12 @@ impl Socket {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The listener, for a server other than the snapshots API (once); the socket file
+    /// is still removed when `self` is dropped.
+    pub fn take_listener(&mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
 }
 
 impl Drop for Socket {
@@ -143,7 +153,10 @@ pub async fn serve_service(
     };
     let server = Server::builder()
         .add_service(containerd_snapshots::server(Arc::new(service)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| conn.map(AnyAuthority::new)),
+            signal,
+        );
     let deadline = async move {
         match asked_rx.await {
             Ok(()) => tokio::time::sleep(DRAIN_GRACE).await,

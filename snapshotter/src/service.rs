@@ -10,6 +10,7 @@ use containerd_snapshots::tonic::{self, Status};
 use containerd_snapshots::{Info as GrpcInfo, Kind as GrpcKind, Usage as GrpcUsage};
 use futures::stream;
 
+use crate::clip::clip;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::OpMetrics;
 use crate::overlay::Mount;
@@ -110,11 +111,13 @@ impl Service {
             ops.observe(op, outcome, started.elapsed());
         }
         match &result {
-            Ok(_) => tracing::debug!(op, key, "ok"),
+            Ok(_) => tracing::debug!(op, key = %clip(&key), "ok"),
             Err(e) if e.kind() == ErrorKind::Internal => {
-                tracing::warn!(op, key, error = %e, "snapshot operation failed")
+                tracing::warn!(op, key = %clip(&key), error = %e, "snapshot operation failed")
             }
-            Err(e) => tracing::debug!(op, key, error = %e, "snapshot operation refused"),
+            Err(e) => {
+                tracing::debug!(op, key = %clip(&key), error = %e, "snapshot operation refused")
+            }
         }
         result
     }

@@ -32,6 +32,9 @@ enum Command {
     Mount(cli::mount::Args),
     /// Show per-layer fetch status of a running daemon or mount.
     Status(cli::status::Args),
+    /// Check what stops lazy pulls: containerd's and starling's configuration, the daemon,
+    /// recent fallbacks, FUSE, overlayfs.
+    Doctor(cli::doctor::Args),
     /// Profile an image's workload and convert it with the files it reads prioritized.
     Optimize(cli::optimize::Args),
     /// Work on single eStargz layer blobs: build, verify, extract.
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Merge(a) => cli::merge::run(a),
         Command::Mount(a) => cli::mount::run(a),
         Command::Status(a) => cli::status::run(a),
+        Command::Doctor(a) => cli::doctor::run(a),
         Command::Optimize(a) => cli::optimize::run(a),
         Command::Estargz(c) => cli::estargz::run(c),
         Command::Config(c) => cli::config::run(c),

@@ -31,6 +31,7 @@ use std::ops::Range;
 use crate::chunk::{self, ChunkError};
 use crate::digest::Sha256Digest;
 use crate::footer::{Compression, Footer};
+use crate::lost_names::NameFixes;
 use crate::name::{self, NameError};
 use crate::toc::{TocEntry, TocError, TocLimits};
 
@@ -500,7 +501,30 @@ impl LayerIndex {
         footer: &Footer,
         opts: &IndexOptions,
     ) -> Result<Self, IndexError> {
-        stream::build_from_json(json, footer.format.compression(), footer.data_end(), opts)
+        stream::build_from_json(
+            json,
+            footer.format.compression(),
+            footer.data_end(),
+            opts,
+            None,
+        )
+    }
+
+    /// [`LayerIndex::from_toc_json`] with the names of some entries taken from their tar
+    /// headers instead of the TOC (see [`crate::lost_names`]).
+    pub fn from_toc_json_with_names(
+        json: &[u8],
+        footer: &Footer,
+        opts: &IndexOptions,
+        fixes: &NameFixes,
+    ) -> Result<Self, IndexError> {
+        stream::build_from_json(
+            json,
+            footer.format.compression(),
+            footer.data_end(),
+            opts,
+            (!fixes.is_empty()).then_some(fixes),
+        )
     }
 
     /// Builds the index from parsed entries. `data_end` is where chunk data must end (the

@@ -7,6 +7,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use super::{IndexBuilder, IndexError, IndexOptions, LayerIndex};
 use crate::footer::Compression;
+use crate::lost_names::NameFixes;
 use crate::toc::{TocEntry, TocError};
 
 pub(super) fn build_from_json(
@@ -14,6 +15,7 @@ pub(super) fn build_from_json(
     compression: Compression,
     data_end: u64,
     opts: &IndexOptions,
+    fixes: Option<&NameFixes>,
 ) -> Result<LayerIndex, IndexError> {
     if json.len() as u64 > opts.limits.max_uncompressed_size {
         return Err(TocError::UncompressedTooLarge {
@@ -28,6 +30,7 @@ pub(super) fn build_from_json(
     let seed = TocSeed {
         builder: &mut builder,
         failure: &mut failure,
+        fixes,
     };
     let parsed = seed
         .deserialize(&mut de)
@@ -46,6 +49,7 @@ pub(super) fn build_from_json(
 struct TocSeed<'a> {
     builder: &'a mut IndexBuilder,
     failure: &'a mut Option<IndexError>,
+    fixes: Option<&'a NameFixes>,
 }
 
 impl<'de> DeserializeSeed<'de> for TocSeed<'_> {
@@ -79,6 +83,7 @@ impl<'de> Visitor<'de> for TocSeed<'_> {
                     map.next_value_seed(EntriesSeed {
                         builder: &mut *self.builder,
                         failure: &mut *self.failure,
+                        fixes: self.fixes,
                     })?;
                 }
                 _ => {
@@ -93,6 +98,8 @@ impl<'de> Visitor<'de> for TocSeed<'_> {
 struct EntriesSeed<'a> {
     builder: &'a mut IndexBuilder,
     failure: &'a mut Option<IndexError>,
+    /// Names from tar headers, by entry position (see [`crate::lost_names`]).
+    fixes: Option<&'a NameFixes>,
 }
 
 impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
@@ -117,7 +124,15 @@ impl<'de> Visitor<'de> for EntriesSeed<'_> {
         d.deserialize_seq(self)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(entry) = seq.next_element::<TocEntry>()? {
+        let mut position = 0usize;
+        while let Some(mut entry) = seq.next_element::<TocEntry>()? {
+            if let Some(fix) = self.fixes.and_then(|f| f.get(&position)) {
+                entry.name.clone_from(&fix.name);
+                if let Some(link) = &fix.link_name {
+                    entry.link_name.clone_from(link);
+                }
+            }
+            position += 1;
             if let Err(e) = self.builder.push(entry) {
                 *self.failure = Some(e);
                 return Err(de::Error::custom("TOC entry rejected"));

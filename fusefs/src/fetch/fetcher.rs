@@ -15,6 +15,11 @@
 //!   [`STREAM_DECODE_MIN`] bytes or more are decoded into their cache entry and served
 //!   from a mapping of it. A chunk that fails verification is fetched again (bounded by
 //!   `fetch.max_retries`) and is never answered or cached.
+//!
+//! A chunk whose fetch failed is answered with the same error at once for
+//! `fetch.failure_hold`, unless the source answered since ([`super::hold`]; such a read
+//! starts one probe request in the background to find out): the kernel's retry of a
+//! failed page, and readers retrying in a loop, do not wait `fetch.read_timeout` again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Read};
@@ -32,6 +37,7 @@ use tokio::sync::oneshot;
 
 use super::decode::{ChunkDecoder, ChunkRequest, LARGE_CHUNK, STREAM_DECODE_MIN};
 use super::error::{CorruptChunk, Corruption, FetchError};
+use super::hold::FailureHold;
 use super::source::{BlobSource, SourceStream};
 use crate::cache::{CacheError, ChunkCache, ChunkKey};
 use crate::metrics::Metrics;
@@ -65,6 +71,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     max_retries: u32,
     backoff: Duration,
+    /// Recently failed chunks, answered at once for `fetch.failure_hold`.
+    hold: FailureHold,
 }
 
 /// A claimed chunk: its fetch is in flight under this claim. Answering sends the result to
@@ -86,9 +94,11 @@ impl Job {
         }
     }
 
-    /// Releases the claim, then answers with `err`: a caller arriving afterwards fetches
-    /// anew instead of joining a failed fetch.
+    /// Releases the claim, then answers with `err`: a caller arriving afterwards gets the
+    /// held failure at once (see [`super::hold`]) or fetches anew, instead of joining a
+    /// failed fetch.
     fn fail(mut self, err: FetchError) {
+        self.inner.hold.note(self.request.key, &err);
         self.release();
         self.answer(Err(err));
     }
@@ -134,7 +144,8 @@ pub struct StreamProgress {
 
 impl ChunkFetcher {
     /// A fetcher for the chunks of `source`, caching into `cache`, decoding with `decoder`,
-    /// retrying corrupted chunks as `fetch` says (`max_retries`, `min_backoff`).
+    /// retrying corrupted chunks as `fetch` says (`max_retries`, `min_backoff`) and holding
+    /// failures for `fetch.failure_hold`.
     pub fn new(
         source: Arc<dyn BlobSource>,
         cache: ChunkCache,
@@ -146,6 +157,7 @@ impl ChunkFetcher {
                 metrics: cache.metrics().clone(),
                 max_retries: fetch.max_retries,
                 backoff: fetch.min_backoff,
+                hold: FailureHold::new(fetch.failure_hold),
                 source,
                 cache,
                 decoder,
@@ -164,6 +176,13 @@ impl ChunkFetcher {
     /// The cache.
     pub fn cache(&self) -> &ChunkCache {
         &self.inner.cache
+    }
+
+    /// The error of `key`'s fetch if it failed less than `fetch.failure_hold` ago and the
+    /// source has not answered since: [`ChunkFetcher::get_many`] answers it at once.
+    pub fn held_failure(&self, key: &ChunkKey) -> Option<FetchError> {
+        let source = &self.inner.source;
+        self.inner.hold.recent(key, |t| source.answered_since(t))
     }
 
     /// True while a fetch of `key` is in flight (asked for, or answered and not yet
@@ -207,7 +226,8 @@ impl ChunkFetcher {
     /// Reads chunks; answers come in the order of `requests`. Chunks missing from the cache
     /// and not in flight are fetched together (merged and multi-range where the source can;
     /// large chunks streamed into the cache); the fetch runs in its own task, so it
-    /// completes (and caches) even if the caller stops waiting.
+    /// completes (and caches) even if the caller stops waiting. A chunk whose fetch failed
+    /// recently gets the held failure at once (see [`ChunkFetcher::held_failure`]).
     pub async fn get_many(&self, requests: &[ChunkRequest], priority: Priority) -> Vec<Answer> {
         let inner = &self.inner;
         let mut out: Vec<Option<Answer>> = vec![None; requests.len()];
@@ -243,6 +263,15 @@ impl ChunkFetcher {
             if let Some(data) = hit {
                 out[i] = Some(Ok(data));
                 continue;
+            }
+            if !self.is_in_flight(&req.key) {
+                if let Some(err) = self.held_failure(&req.key) {
+                    Metrics::inc(&inner.metrics.fetch_fail_fast);
+                    // Find out soon whether the source is back.
+                    Inner::probe(inner);
+                    out[i] = Some(Err(err));
+                    continue;
+                }
             }
             match Inner::claim(inner, req) {
                 Claimed::New(job, pending) => {
@@ -335,6 +364,7 @@ impl ChunkFetcher {
             while buf_start + (buf.len() as u64) < want_end {
                 let failure = match pieces.next().await {
                     Some(Ok(b)) => {
+                        inner.hold.answered();
                         buf.extend_from_slice(&b);
                         // Keep nothing before this chunk (gaps, chunks passed over).
                         let skip = req
@@ -395,6 +425,27 @@ enum Claimed {
 }
 
 impl Inner {
+    /// Asks the source for one byte in the background (one probe at a time), so that a
+    /// held failure is dropped soon after the source is back.
+    fn probe(this: &Arc<Inner>) {
+        if !this.hold.begin_probe() {
+            return;
+        }
+        let inner = this.clone();
+        tokio::spawn(async move {
+            let end = inner.source.size().min(1);
+            if inner
+                .source
+                .read_range(0..end, Priority::Background)
+                .await
+                .is_ok()
+            {
+                inner.hold.answered();
+            }
+            inner.hold.probe_done();
+        });
+    }
+
     /// Claims `req`'s chunk for a fetch, or joins the fetch in flight.
     fn claim(this: &Arc<Inner>, req: &ChunkRequest) -> Claimed {
         let mut inflight = this.inflight.lock();
@@ -546,7 +597,10 @@ async fn fetch_ranges(inner: Arc<Inner>, mut jobs: Vec<Job>, priority: Priority)
         attempts += 1;
         let ranges: Vec<Range<u64>> = jobs.iter().map(|j| j.request.range.clone()).collect();
         let raws = match inner.source.read_ranges(&ranges, priority).await {
-            Ok(r) => r,
+            Ok(r) => {
+                inner.hold.answered();
+                r
+            }
             Err(e) => {
                 for j in jobs {
                     j.fail(FetchError::from(e.clone()));
@@ -576,6 +630,11 @@ async fn fetch_ranges(inner: Arc<Inner>, mut jobs: Vec<Job>, priority: Priority)
 async fn retry_or_give_up(inner: &Inner, bad: Vec<(Job, Corruption)>, attempts: u32) -> Vec<Job> {
     if bad.is_empty() {
         return Vec::new();
+    }
+    // Whoever served them (a mirror) is skipped for a while: the copies fetched next come
+    // from the next mirror or the origin.
+    for (job, _) in &bad {
+        inner.source.report_corrupt(job.request.range.clone());
     }
     if attempts > inner.max_retries {
         for (job, reason) in bad {
@@ -739,6 +798,9 @@ async fn fetch_large(inner: Arc<Inner>, job: Job, priority: Priority) {
         let Ok((result, source_error)) = outcome else {
             return;
         };
+        if source_error.is_none() {
+            inner.hold.answered();
+        }
         match (result, source_error) {
             (_, Some(e)) => current.fail(e.into()),
             (Some(Ok(data)), None) => current.answer(Ok(data)),

@@ -7,12 +7,14 @@
 //! - [`fetcher`]: [`ChunkFetcher`] — reads, large chunks and region streams, one in-flight
 //!   table;
 //! - [`error`]: [`FetchError`] and what corruption was seen;
+//! - `hold`: chunks whose fetch failed recently, answered at once for `fetch.failure_hold`;
 //! - `memory` (tests, feature `testutil`): [`MemoryBlob`], counting requests and injecting
 //!   delays, holds, failures and wrong bytes.
 
 pub mod decode;
 pub mod error;
 pub mod fetcher;
+mod hold;
 #[cfg(any(test, feature = "testutil"))]
 pub mod memory;
 pub mod source;

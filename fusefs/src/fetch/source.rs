@@ -4,6 +4,7 @@
 //! delays, failures and wrong bytes on demand).
 
 use std::ops::Range;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -34,6 +35,21 @@ pub trait BlobSource: Send + Sync + 'static {
     /// can (a resumable HTTP range request for the registry).
     fn stream_range(&self, range: Range<u64>, priority: Priority) -> SourceStream;
 
+    /// The bytes of `range` this source returned failed verification. A source with several
+    /// places to read from (registry mirrors) stops using the one that served them for a
+    /// while, so that the next read of them goes elsewhere.
+    fn report_corrupt(&self, range: Range<u64>) {
+        let _ = range;
+    }
+
+    /// True if the source is known to have answered a request after `t` by a way the
+    /// fetch layer does not see (the registry: any request to the blob's host). The fetch
+    /// layer tracks its own requests; the default knows of no others.
+    fn answered_since(&self, t: Instant) -> bool {
+        let _ = t;
+        false
+    }
+
     /// Reads one byte range.
     fn read_range(
         &self,
@@ -59,6 +75,10 @@ impl BlobSource for Blob {
         Blob::target(self)
     }
 
+    fn answered_since(&self, t: Instant) -> bool {
+        Blob::host_answered_since(self, t)
+    }
+
     fn read_ranges<'a>(
         &'a self,
         ranges: &'a [Range<u64>],
@@ -69,5 +89,9 @@ impl BlobSource for Blob {
 
     fn stream_range(&self, range: Range<u64>, priority: Priority) -> SourceStream {
         futures::StreamExt::boxed(Blob::stream_range(self, range, priority).into_stream())
+    }
+
+    fn report_corrupt(&self, range: Range<u64>) {
+        Blob::report_corrupt(self, range);
     }
 }

@@ -1,7 +1,8 @@
 //! The fetch layer's policy against an in-memory blob: one fetch per chunk however it is
 //! asked for (concurrent reads, a read during a region stream, large chunks), wrong bytes
 //! never served or cached, failures reaching every joiner, streams handing over what they
-//! claimed when they fail.
+//! claimed when they fail, failed chunks answered at once while the source does not answer
+//! (`fetch.failure_hold`; off in the other tests).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +26,14 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// A blob of `n` chunks of [`CHUNK`] bytes (distinct contents), decoded by `decoder`.
+    /// A blob of `n` chunks of [`CHUNK`] bytes (distinct contents), decoded by `decoder`;
+    /// failures are not held.
     fn new(n: usize, decoder: Arc<dyn ChunkDecoder>) -> Self {
+        Self::holding(n, decoder, Duration::ZERO)
+    }
+
+    /// [`Fixture::new`] with failed chunks held for `failure_hold`.
+    fn holding(n: usize, decoder: Arc<dyn ChunkDecoder>, failure_hold: Duration) -> Self {
         let data: Vec<u8> = (0..n * CHUNK)
             .map(|i| ((i * 7 + i / CHUNK * 13) % 251) as u8)
             .collect();
@@ -55,6 +62,7 @@ impl Fixture {
         let fetch = config::FetchConfig {
             max_retries: 2,
             min_backoff: Duration::from_millis(1),
+            failure_hold,
             ..Default::default()
         };
         let fetcher = ChunkFetcher::new(blob.clone(), cache.clone(), decoder, &fetch);
@@ -339,4 +347,121 @@ async fn a_dropped_stream_leaves_nothing_claimed_for_ever() {
     f.blob.release();
     f.fetcher.wait_idle().await;
     assert!(f.chunks.iter().all(|r| f.cache.contains(&r.key)));
+}
+
+/// A hold long enough never to run out during a test.
+const HOLD: Duration = Duration::from_secs(600);
+
+/// Reads chunk `i` until it is served (a held failure lasts until the probe a held read
+/// started has been answered); bounded by a number of tries, not by time.
+async fn read_until_served(f: &Fixture, i: usize) -> Bytes {
+    for _ in 0..10_000 {
+        if let Ok(data) = f.get(i).await {
+            return data;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("chunk {i} never served again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_chunk_fails_at_once_until_the_source_answers() {
+    let f = Fixture::holding(3, Arc::new(RawChunks), HOLD);
+    f.blob.fail_next(1);
+    assert!(matches!(f.get(0).await, Err(FetchError::Registry(_))));
+    assert_eq!(f.blob.counts().range_requests, 1);
+    // The source stops answering. A read of the failed chunk (the kernel's retry) gets the
+    // held failure without waiting for the source, and starts one probe of it.
+    f.blob.hold();
+    for _ in 0..3 {
+        let read = f.get(0);
+        tokio::pin!(read);
+        match futures::poll!(read.as_mut()) {
+            std::task::Poll::Ready(Err(FetchError::Registry(_))) => {}
+            other => panic!("expected the held failure at once, got {other:?}"),
+        }
+    }
+    assert_eq!(f.metrics.snapshot().fetch_fail_fast, 3);
+    // The probe runs in its own task: wait until it has asked (bounded by tries).
+    for _ in 0..10_000 {
+        if f.blob.counts().range_requests > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let c = f.blob.counts();
+    assert_eq!(c.range_requests, 2, "the first read and one probe: {c:?}");
+    assert!(f.fetcher.held_failure(&f.chunks[0].key).is_some());
+    // The source answers again: the probe's answer drops the held failure.
+    f.blob.release();
+    assert_eq!(read_until_served(&f, 0).await, f.data(0));
+    assert!(f.fetcher.held_failure(&f.chunks[0].key).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_to_another_read_ends_a_held_failure() {
+    let f = Fixture::holding(3, Arc::new(RawChunks), HOLD);
+    f.blob.fail_next(1);
+    assert!(f.get(0).await.is_err());
+    assert!(f.fetcher.held_failure(&f.chunks[0].key).is_some());
+    // Other chunks are not held; the source answering them shows it is back.
+    assert_eq!(f.get(1).await.unwrap(), f.data(1));
+    assert!(f.fetcher.held_failure(&f.chunks[0].key).is_none());
+    assert_eq!(f.get(0).await.unwrap(), f.data(0));
+    assert_eq!(f.metrics.snapshot().fetch_fail_fast, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_of_large_chunks_and_streams_are_held_too() {
+    // A large chunk (streamed into the cache) whose stream failed.
+    let f = Fixture::holding(3, Arc::new(LargeRaw), HOLD);
+    f.blob.fail_next(1);
+    assert!(matches!(f.get(1).await, Err(FetchError::Registry(_))));
+    assert_eq!(f.blob.counts().streams, 1);
+    f.blob.hold();
+    let read = f.get(1);
+    tokio::pin!(read);
+    assert!(matches!(
+        futures::poll!(read.as_mut()),
+        std::task::Poll::Ready(Err(FetchError::Registry(_)))
+    ));
+    assert_eq!(f.blob.counts().streams, 1, "no new stream while held");
+    f.blob.release();
+    assert_eq!(read_until_served(&f, 1).await, f.data(1));
+
+    // A region stream that failed, and the range fetch of what it had claimed too.
+    let f = Fixture::holding(4, Arc::new(RawChunks), HOLD);
+    f.blob.fail_next(2);
+    let span = f.chunks[0].range.start..f.chunks[3].range.end;
+    let streamed = f
+        .fetcher
+        .stream_chunks(span, &f.chunks, Priority::Prefetch, &mut |_| {})
+        .await;
+    assert!(matches!(streamed, Err(FetchError::Registry(_))));
+    f.fetcher.wait_idle().await;
+    f.blob.hold();
+    for i in 0..4 {
+        assert!(
+            f.fetcher.held_failure(&f.chunks[i].key).is_some(),
+            "chunk {i}"
+        );
+    }
+    let read = f.get(2);
+    tokio::pin!(read);
+    assert!(matches!(
+        futures::poll!(read.as_mut()),
+        std::task::Poll::Ready(Err(FetchError::Registry(_)))
+    ));
+    f.blob.release();
+    assert_eq!(read_until_served(&f, 2).await, f.data(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_hold_off_a_failed_chunk_is_fetched_again() {
+    let f = Fixture::raw(2);
+    f.blob.fail_next(1);
+    assert!(f.get(0).await.is_err());
+    assert!(f.fetcher.held_failure(&f.chunks[0].key).is_none());
+    assert_eq!(f.get(0).await.unwrap(), f.data(0));
+    assert_eq!(f.blob.counts().range_requests, 2);
 }

@@ -1,5 +1,5 @@
 //! Entry metadata as the kernel sees it: inode numbers (`id + 1`), kinds, modes, sizes and
-//! block counts as an extracted copy on a 4 KiB-block filesystem shows them, times, device
+//! block counts as an extracted copy on ext4 (4 KiB blocks) shows them, times, device
 //! numbers. Whiteouts are 0/0 character devices with mode 0, as overlayfs and containerd
 //! create them.
 
@@ -12,6 +12,9 @@ use fuser::{FileAttr, FileType, INodeNo};
 pub(crate) const BLOCK_SIZE: u32 = 4096;
 /// Size of a directory, as on ext4.
 const DIR_SIZE: u64 = 4096;
+/// A symlink target this long or longer takes a block (ext4 keeps shorter ones in the
+/// inode: `du` and `st_blocks` count 4 KiB for the others).
+const FAST_SYMLINK_MAX: u64 = 60;
 
 /// The inode number of an entry.
 pub(crate) fn ino(id: EntryId) -> INodeNo {
@@ -52,7 +55,10 @@ pub(crate) fn attr_of(e: &Entry<'_>) -> FileAttr {
     let kind = file_type(e);
     let (size, blocks) = match e.kind() {
         EntryKind::Reg => (e.size(), e.size().div_ceil(u64::from(BLOCK_SIZE)) * 8),
-        EntryKind::Symlink => (e.symlink_target().map_or(0, |t| t.len() as u64), 0),
+        EntryKind::Symlink => {
+            let len = e.symlink_target().map_or(0, |t| t.len() as u64);
+            (len, if len >= FAST_SYMLINK_MAX { 8 } else { 0 })
+        }
         EntryKind::Dir => (DIR_SIZE, 8),
         _ => (0, 0),
     };

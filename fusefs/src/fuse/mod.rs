@@ -16,15 +16,31 @@
 //! (`[fuse] passthrough`), opens are answered: a file that is one verified cache entry is
 //! opened with FUSE passthrough to it ([`open`]), others with `FOPEN_KEEP_CACHE`.
 //!
-//! Extended attributes answer exactly as on an extracted layer: a missing attribute is
-//! ENODATA and an entry without any lists none, on every layer. (Answering ENOSYS instead
-//! would make the kernel stop asking, but it then answers EOPNOTSUPP for every later call
-//! on the mount, and containerd's and BuildKit's diff code accept only ENODATA for a
-//! missing `security.capability`.) The answers come from the in-memory index, without any
-//! I/O.
+//! Contract: a client cannot tell a lazy layer from the same layer extracted and mounted
+//! read-only, call by call (the integration test `fuse_compat` compares both, also
+//! through read-only and writable overlays, and lists the few fields that cannot be
+//! equal: ctime, birth time, the statx attribute mask, ext4's own `EXTENTS_FL`, the mtime
+//! of directories the layer does not list, `st_dev` of files through an overlay).
+//! - Extended attributes ([`xattr`]): a missing attribute is ENODATA, an entry without any
+//!   lists none, on every layer; size probes and ERANGE as usual; `trusted.*` names are
+//!   listed to root only. Never ENOSYS: the kernel would stop asking, but it then answers
+//!   EOPNOTSUPP for every later call on the mount, and containerd's and BuildKit's diff
+//!   code accept only ENODATA for a missing `security.capability`. The answers come from
+//!   the in-memory index, without I/O or allocation; the cost is the round trip itself
+//!   (overlayfs asks one or two per file on a new overlay mount: docs/fusefs.md).
+//! - Names longer than 255 bytes are ENAMETOOLONG (the kernel lets FUSE names reach 1024).
+//! - Inode-flag ioctls (`lsattr`, overlayfs' copy-up) answer no flags, others ENOTTY
+//!   ([`ioctl`]).
+//! - ENOSYS is answered only where the kernel then does locally what a local filesystem
+//!   answers: OPEN/OPENDIR/FLUSH (above), LSEEK (SEEK_DATA/SEEK_HOLE from the size, as on
+//!   a file extracted without holes), STATX (basic stats through GETATTR). Locks are the
+//!   kernel's local locks; FSYNC succeeds; every change is EROFS (the mount is `ro`, so
+//!   the kernel answers most of them before asking).
 
 mod attr;
+mod ioctl;
 mod open;
+mod xattr;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -49,6 +65,8 @@ use open::{Backing, OpenMode, Opens};
 const MAX_READAHEAD: u32 = 1 << 20;
 /// A worker's read buffer larger than this is not kept between reads.
 const MAX_KEPT_READ_BUF: usize = 4 << 20;
+/// Longest name (bytes), as `statfs` reports it and as on ext4 and xfs.
+const NAME_MAX: usize = 255;
 
 thread_local! {
     /// Each FUSE worker's buffer for reads answered from the cache (reused: see
@@ -169,13 +187,6 @@ impl LayerFs {
         FileHandle((self.next_fh.fetch_add(1, Ordering::Relaxed) << 1) | mode as u64)
     }
 
-    fn xattr_value(&self, e: &estargz::Entry<'_>, name: &[u8]) -> Option<Vec<u8>> {
-        if e.is_opaque() && name == self.options.opaque_xattr.name().as_bytes() {
-            return Some(b"y".to_vec());
-        }
-        e.xattr(name).map(<[u8]>::to_vec)
-    }
-
     /// Registers the cache entry of `id`'s contents as the backing file of an open.
     fn register_backing(&self, reply: &ReplyOpen, id: EntryId) -> Option<Backing> {
         let key = self.layer.whole_file_key(id)?;
@@ -247,6 +258,11 @@ impl fuser::Filesystem for LayerFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        if name.len() > NAME_MAX {
+            // As a local filesystem: the kernel lets FUSE names reach 1024 bytes, and a
+            // create of a longer name would otherwise fail with EROFS.
+            return reply.error(Errno::ENAMETOOLONG);
+        }
         let index = self.layer.index();
         let Some(pid) = id_of(parent) else {
             return reply.error(Errno::ENOENT);
@@ -593,7 +609,7 @@ impl fuser::Filesystem for LayerFs {
             index.len() as u64,
             0,
             attr::BLOCK_SIZE,
-            255,
+            NAME_MAX as u32,
             attr::BLOCK_SIZE,
         );
     }
@@ -604,32 +620,21 @@ impl fuser::Filesystem for LayerFs {
             Ok(e) => e,
             Err(err) => return reply.error(err),
         };
-        match self.xattr_value(&e, name_bytes(name)) {
+        match xattr::value(&e, name_bytes(name), self.options.opaque_xattr) {
             None => reply.error(Errno::NO_XATTR),
             Some(v) if size == 0 => reply.size(v.len() as u32),
             Some(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-            Some(v) => reply.data(&v),
+            Some(v) => reply.data(v),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.stats.xattrs.fetch_add(1, Ordering::Relaxed);
         let e = match self.entry(ino) {
             Ok(e) => e,
             Err(err) => return reply.error(err),
         };
-        let opaque = self.options.opaque_xattr.name().as_bytes();
-        let mut list = Vec::new();
-        for (n, _) in e.xattrs() {
-            if n != opaque {
-                list.extend_from_slice(n);
-                list.push(0);
-            }
-        }
-        if e.is_opaque() || e.xattr(opaque).is_some() {
-            list.extend_from_slice(opaque);
-            list.push(0);
-        }
+        let list = xattr::list(&e, self.options.opaque_xattr, req.uid());
         if size == 0 {
             reply.size(list.len() as u32)
         } else if list.len() > size as usize {
@@ -639,23 +644,22 @@ impl fuser::Filesystem for LayerFs {
         }
     }
 
-    /// No ioctl is supported: ENOTTY, as on a file system without inode flags. overlayfs
-    /// asks `FS_IOC_GETFLAGS` of the lower file on every copy-up (a container writing to a
-    /// file of a lazy layer) and takes ENOTTY as "no flags"; fuser's default answer would
-    /// log a warning for each.
-    #[allow(clippy::too_many_arguments)]
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
+        cmd: u32,
         _in_data: &[u8],
-        _out_size: u32,
+        out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(Errno::ENOTTY);
+        match (self.entry(ino), ioctl::answer(cmd, out_size)) {
+            (Err(e), _) => reply.error(e),
+            (Ok(_), Some(data)) => reply.ioctl(0, data),
+            (Ok(_), None) => reply.error(Errno::ENOTTY),
+        }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

@@ -24,6 +24,7 @@ mod core;
 mod elf;
 mod error;
 mod gate;
+mod names;
 mod progress;
 mod quiet;
 mod read;

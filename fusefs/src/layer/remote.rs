@@ -28,6 +28,7 @@ use super::context::LayerContext;
 use super::core::LayerCore;
 use super::error::{LayerError, ReadError};
 use super::gate::StreamGate;
+use super::names;
 use super::progress::{FetchState, Progress};
 use super::read::ReadPath;
 use super::schedule::{FetchSchedule, Prefetch};
@@ -156,7 +157,7 @@ impl RemoteLayer {
                 expected_toc_digest: src.toc_digest,
             };
             let parsed = tokio::task::spawn_blocking(move || {
-                estargz::Layer::from_toc_bytes(footer, &toc, &opts).map(|l| (l, toc))
+                estargz::Layer::toc_json(&footer, &toc, &opts).map(|(json, d)| (json, d, toc))
             })
             .await
             .map_err(|e| LayerError::State {
@@ -171,11 +172,29 @@ impl RemoteLayer {
                 Err(e) => return Err(format(e)),
             }
         };
-        let (layer, toc) = layer;
+        let (json, toc_digest, toc) = layer;
+        // Names the TOC lost come from their tar headers (only layers that have such).
+        let fixes = names::recover(blob.as_ref(), &footer, &json, &digest).await?;
+        let opts = OpenOptions {
+            index: index_options(),
+            expected_toc_digest: src.toc_digest,
+        };
+        let built = {
+            let fixes = fixes.clone();
+            tokio::task::spawn_blocking(move || {
+                estargz::Layer::from_toc_json(footer, &json, toc_digest, &opts, &fixes)
+            })
+        };
+        let layer = built
+            .await
+            .map_err(|e| LayerError::State {
+                dir: state_dir.to_path_buf(),
+                reason: format!("indexing task failed: {e}"),
+            })?
+            .map_err(format)?;
         let (dir, saved_src) = (state_dir.to_path_buf(), src.clone());
-        let toc_digest = layer.toc_digest;
         tokio::task::spawn_blocking(move || {
-            state::save(&dir, &saved_src, size, &tail, &toc, &toc_digest)
+            state::save(&dir, &saved_src, size, &tail, &toc, &toc_digest, &fixes)
         })
         .await
         .map_err(|e| LayerError::State {
@@ -192,25 +211,28 @@ impl RemoteLayer {
         state_dir: &Path,
     ) -> Result<Arc<Self>, LayerError> {
         let dir = state_dir.to_path_buf();
-        let (saved, layer) =
-            tokio::task::spawn_blocking(move || {
-                let saved = state::load(&dir)?;
-                let opts = OpenOptions {
-                    index: index_options(),
-                    expected_toc_digest: saved.source.toc_digest,
-                };
-                let layer = estargz::Layer::from_toc_bytes(saved.footer, &saved.toc, &opts)
-                    .map_err(|e| LayerError::State {
-                        dir: dir.clone(),
-                        reason: format!("saved TOC: {e}"),
-                    })?;
-                Ok::<_, LayerError>((saved, layer))
-            })
-            .await
-            .map_err(|e| LayerError::State {
-                dir: state_dir.to_path_buf(),
-                reason: format!("indexing task failed: {e}"),
-            })??;
+        let (saved, layer) = tokio::task::spawn_blocking(move || {
+            let saved = state::load(&dir)?;
+            let opts = OpenOptions {
+                index: index_options(),
+                expected_toc_digest: saved.source.toc_digest,
+            };
+            let bad = |e: estargz::Error| LayerError::State {
+                dir: dir.clone(),
+                reason: format!("saved TOC: {e}"),
+            };
+            let (json, toc_digest) =
+                estargz::Layer::toc_json(&saved.footer, &saved.toc, &opts).map_err(bad)?;
+            let layer =
+                estargz::Layer::from_toc_json(saved.footer, &json, toc_digest, &opts, &saved.names)
+                    .map_err(bad)?;
+            Ok::<_, LayerError>((saved, layer))
+        })
+        .await
+        .map_err(|e| LayerError::State {
+            dir: state_dir.to_path_buf(),
+            reason: format!("indexing task failed: {e}"),
+        })??;
         let blob = ctx
             .client
             .blob(

@@ -3,8 +3,9 @@
 //! directory. Files:
 //!
 //! - `toc`: the compressed TOC bytes exactly as in the blob (written first);
-//! - `layer.json`: identity, size, footer bytes and the verified TOC digest (written last;
-//!   its presence means the state is complete).
+//! - `layer.json`: identity, size, footer bytes, the verified TOC digest and the names
+//!   read from tar headers for entries whose TOC name was lost (see [`super::names`])
+//!   (written last; its presence means the state is complete).
 //!
 //! Both are written to temporary files, fsynced and renamed into place. Loading checks the
 //! TOC against the saved digest again, so a damaged state file is an error, never a wrong
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use base64::Engine as _;
+use estargz::lost_names::{NameFix, NameFixes};
 use estargz::{Footer, Sha256Digest};
 use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,19 @@ struct Saved {
     toc_digest: String,
     /// The blob's last bytes holding the footer (base64).
     footer: String,
+    /// Names from tar headers of entries whose TOC name was lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    names: Vec<SavedName>,
+}
+
+/// One [`NameFix`], names in base64 (they are not UTF-8).
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedName {
+    /// Position of the entry in the TOC.
+    entry: usize,
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link: Option<String>,
 }
 
 /// What a state directory holds.
@@ -45,6 +60,7 @@ pub(crate) struct SavedLayer {
     pub(crate) size: u64,
     pub(crate) footer: Footer,
     pub(crate) toc: Vec<u8>,
+    pub(crate) names: NameFixes,
 }
 
 /// True if `dir` holds a complete saved layer.
@@ -59,6 +75,7 @@ pub(crate) fn save(
     tail: &[u8],
     toc: &[u8],
     toc_digest: &Sha256Digest,
+    names: &NameFixes,
 ) -> Result<(), LayerError> {
     let io = |what: &str, p: &Path, e: std::io::Error| LayerError::State {
         dir: dir.to_path_buf(),
@@ -74,6 +91,19 @@ pub(crate) fn save(
         size,
         toc_digest: toc_digest.to_string(),
         footer: base64::engine::general_purpose::STANDARD.encode(tail),
+        names: {
+            let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+            let mut v: Vec<SavedName> = names
+                .iter()
+                .map(|(&entry, fix)| SavedName {
+                    entry,
+                    name: b64(&fix.name),
+                    link: fix.link_name.as_deref().map(b64),
+                })
+                .collect();
+            v.sort_by_key(|n| n.entry);
+            v
+        },
     };
     let json = serde_json::to_vec_pretty(&saved).expect("plain struct serializes");
     write_atomic(dir, LAYER_FILE, &json).map_err(|(p, e)| io("write", &p, e))?;
@@ -115,7 +145,24 @@ pub(crate) fn load(dir: &Path) -> Result<SavedLayer, LayerError> {
             footer.toc_compressed_size
         )));
     }
+    let mut names = NameFixes::new();
+    for n in &saved.names {
+        let b64 = |s: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| bad(format!("names: {e}")))
+        };
+        let link_name = n.link.as_deref().map(b64).transpose()?;
+        names.insert(
+            n.entry,
+            NameFix {
+                name: b64(&n.name)?,
+                link_name,
+            },
+        );
+    }
     Ok(SavedLayer {
+        names,
         source: LayerSource {
             repository: Repository::new(saved.host, saved.repository),
             digest,

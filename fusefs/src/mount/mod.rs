@@ -127,7 +127,6 @@ fn session_config(layer: &RemoteLayer, kept: bool) -> fuser::Config {
         MountOption::DefaultPermissions,
         MountOption::Dev,
         MountOption::Suid,
-        MountOption::NoAtime,
     ];
     cfg.acl = if settings.fuse.allow_other {
         SessionACL::All

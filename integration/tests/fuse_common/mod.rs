@@ -39,6 +39,8 @@ pub struct MountConfig {
     pub background_fetch: bool,
     pub stream_threshold: f64,
     pub memory_size: Option<u64>,
+    /// `[fuse] threads` (the configuration's default when `None`).
+    pub threads: Option<usize>,
     pub extra: String,
 }
 
@@ -50,6 +52,7 @@ impl Default for MountConfig {
             background_fetch: true,
             stream_threshold: 0.5,
             memory_size: None,
+            threads: None,
             extra: String::new(),
         }
     }
@@ -57,8 +60,12 @@ impl Default for MountConfig {
 
 impl MountConfig {
     pub fn write(&self, path: &Path) -> Result<()> {
+        let threads = self
+            .threads
+            .map(|t| format!("threads = {t}\n"))
+            .unwrap_or_default();
         let mut s = format!(
-            "[fuse]\npassthrough = {}\n[fetch]\nprefetch = {}\nbackground_fetch = {}\nstream_threshold = {:.3}\n",
+            "[fuse]\npassthrough = {}\n{threads}[fetch]\nprefetch = {}\nbackground_fetch = {}\nstream_threshold = {:.3}\n",
             self.passthrough, self.prefetch, self.background_fetch, self.stream_threshold
         );
         if let Some(m) = self.memory_size {
@@ -78,10 +85,29 @@ impl LazyMount {
         digest: &str,
         mountpoint: &Path,
     ) -> Result<LazyMount> {
+        Self::start_with(
+            &starling_bin()?,
+            root,
+            config,
+            reference,
+            digest,
+            mountpoint,
+        )
+    }
+
+    /// [`LazyMount::start`] with the starling binary `bin`.
+    pub fn start_with(
+        bin: &Path,
+        root: &Path,
+        config: &Path,
+        reference: &str,
+        digest: &str,
+        mountpoint: &Path,
+    ) -> Result<LazyMount> {
         std::fs::create_dir_all(mountpoint)?;
         let log = root.join(format!("mount-{}.log", &digest[7..19]));
         let out = run_cmd(
-            Command::new(starling_bin()?)
+            Command::new(bin)
                 .args(["mount", "--background", "--plain-http", "--root"])
                 .arg(root)
                 .arg("--config")

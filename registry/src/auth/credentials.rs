@@ -1,7 +1,8 @@
 //! Where registry credentials come from: the `[registry.hosts."H"]` config keys first, then the
 //! docker client config file (`auths.H.auth` base64 `user:pass`, `username`/`password`,
 //! `identitytoken`), re-read whenever its mtime or size changes. Credential helpers
-//! (`credsStore`, `credHelpers`) are not run.
+//! (`credsStore`, `credHelpers`) are not run. A [`super::CredentialSource`] the daemon plugs
+//! in is asked before both.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,9 +14,9 @@ use parking_lot::Mutex;
 
 use crate::RegistryError;
 
-/// Credentials for one registry host.
+/// Credentials for a registry host (or one repository on it).
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) enum Credentials {
+pub enum Credentials {
     /// User name and password (basic auth, or basic auth to the token endpoint).
     Basic {
         /// User name.
@@ -25,6 +26,8 @@ pub(crate) enum Credentials {
     },
     /// An OAuth2 refresh token for the token endpoint.
     IdentityToken(Secret),
+    /// A bearer token sent to the registry as it is (no token endpoint involved).
+    RegistryToken(Secret),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -32,6 +35,7 @@ impl std::fmt::Debug for Credentials {
         match self {
             Credentials::Basic { username, .. } => write!(f, "Basic({username}, <redacted>)"),
             Credentials::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
+            Credentials::RegistryToken(_) => f.write_str("RegistryToken(<redacted>)"),
         }
     }
 }

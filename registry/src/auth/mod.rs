@@ -2,9 +2,13 @@
 //! basic credentials or bearer tokens. Tokens are cached per (realm, service, scope,
 //! credentials host), fetched once at a time per key, and refreshed before `expires_in` runs
 //! out. Header values are marked sensitive and never logged.
+//!
+//! Credentials of a request: the plugged-in [`CredentialSource`] (per host and repository)
+//! first, then the configured ones ([`CredentialStore`], per host).
 
 mod challenge;
 mod credentials;
+mod source;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +20,9 @@ use parking_lot::Mutex;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 
 pub(crate) use challenge::Challenge;
-pub(crate) use credentials::{CredentialStore, Credentials};
+pub(crate) use credentials::CredentialStore;
+pub use credentials::Credentials;
+pub use source::{CredentialSource, CredentialsFuture};
 
 use super::error::{describe, redact_url};
 use super::{RegistryError, Target};
@@ -83,6 +89,7 @@ type TokenSlot = Arc<tokio::sync::Mutex<Option<Token>>>;
 /// Authentication state shared by all requests of a client.
 pub(crate) struct Authenticator {
     creds: CredentialStore,
+    source: parking_lot::RwLock<Option<Arc<dyn CredentialSource>>>,
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: Mutex<HashMap<TokenKey, TokenSlot>>,
     metrics: Arc<Metrics>,
@@ -92,6 +99,7 @@ impl Authenticator {
     pub(crate) fn new(registry: &config::RegistryConfig, metrics: Arc<Metrics>) -> Self {
         Authenticator {
             creds: CredentialStore::new(registry),
+            source: parking_lot::RwLock::new(None),
             challenges: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             metrics,
@@ -113,6 +121,11 @@ impl Authenticator {
         }
     }
 
+    /// True if `endpoint` asked for basic auth (asking again without credentials is useless).
+    pub(crate) fn is_basic(&self, endpoint: &str) -> bool {
+        matches!(self.challenges.lock().get(endpoint), Some(Challenge::Basic))
+    }
+
     /// Forgets the cached token `endpoint` would use for `scope` (after it was refused).
     pub(crate) fn invalidate(&self, endpoint: &str, scope: &Scope) {
         if let Some(key) = self.token_key(endpoint, scope) {
@@ -132,9 +145,30 @@ impl Authenticator {
         }
     }
 
-    /// True if credentials are configured for `host`.
-    pub(crate) fn has_credentials(&self, host: &str) -> bool {
-        matches!(self.creds.lookup(host), Ok(Some(_)))
+    /// Asks `source` for credentials before the configured ones from now on.
+    pub(crate) fn set_source(&self, source: Arc<dyn CredentialSource>) {
+        *self.source.write() = Some(source);
+    }
+
+    /// The credentials for `repo` on `host`: the plugged-in source's, else the configured.
+    async fn credentials(
+        &self,
+        host: &str,
+        repo: &str,
+    ) -> Result<Option<Credentials>, RegistryError> {
+        let source = self.source.read().clone();
+        if let Some(s) = source {
+            let host = credentials::normalize_host(host);
+            if let Some(c) = s.credentials(&host, repo).await {
+                return Ok(Some(c));
+            }
+        }
+        self.creds.lookup(host)
+    }
+
+    /// True if there are credentials for `repo` on `host`.
+    pub(crate) async fn has_credentials(&self, host: &str, repo: &str) -> bool {
+        matches!(self.credentials(host, repo).await, Ok(Some(_)))
     }
 
     /// The `Authorization` header for a request to `endpoint` needing `scope`, or `None`
@@ -151,7 +185,7 @@ impl Authenticator {
         let challenge = self.challenges.lock().get(endpoint).cloned();
         match challenge {
             None => Ok(None),
-            Some(Challenge::Basic) => match self.creds.lookup(endpoint)? {
+            Some(Challenge::Basic) => match self.credentials(endpoint, &scope.repo).await? {
                 Some(Credentials::Basic { username, password }) => {
                     Ok(Some(basic_header(&username, &password)))
                 }
@@ -170,8 +204,13 @@ impl Authenticator {
                 if let Some(t) = guard.as_ref().filter(|t| now < t.refresh_at) {
                     return Ok(Some(bearer_header(&t.value)));
                 }
+                let creds = self.credentials(endpoint, &scope.repo).await?;
+                if let Some(Credentials::RegistryToken(token)) = &creds {
+                    // Sent as it is; not cached (the source keeps it).
+                    return Ok(Some(bearer_header(token)));
+                }
                 let token = self
-                    .fetch_token(http, &key, insecure, target, timeout)
+                    .fetch_token(http, &key, creds, insecure, target, timeout)
                     .await?;
                 let header = bearer_header(&token.value);
                 *guard = Some(token);
@@ -184,6 +223,7 @@ impl Authenticator {
         &self,
         http: &reqwest::Client,
         key: &TokenKey,
+        creds: Option<Credentials>,
         insecure: bool,
         target: &Target,
         timeout: Duration,
@@ -202,7 +242,6 @@ impl Authenticator {
         if realm.scheme() != "https" && realm.scheme() != "http" {
             return Err(fail("token realm must be http(s)".into()));
         }
-        let creds = self.creds.lookup(&key.creds_host)?;
         if realm.scheme() == "http" && !insecure && creds.is_some() {
             return Err(fail(
                 "refusing to send credentials to a plain-HTTP token realm of an HTTPS registry"

@@ -51,11 +51,22 @@ pub const TOKEN_SERVICE: &str = "starling-test-registry";
 /// The `issuer` a token-authenticated test registry expects in its tokens.
 pub const TOKEN_ISSUER: &str = "starling-test-issuer";
 
-/// How the registry authenticates.
+/// How the registry authenticates, or that it is a pull-through cache.
 pub enum RegistryAuth {
     None,
-    Htpasswd { user: String, password: String },
-    Token { realm: String, bundle: PathBuf },
+    Htpasswd {
+        user: String,
+        password: String,
+    },
+    Token {
+        realm: String,
+        bundle: PathBuf,
+    },
+    /// No authentication; a pull-through cache of the registry at this URL
+    /// (`proxy.remoteurl`; it must be up when this one starts).
+    PullThrough {
+        remote_url: String,
+    },
 }
 
 /// A docker-registry process.
@@ -99,6 +110,9 @@ impl RegistryProc {
                 TOKEN_ISSUER,
                 bundle.display()
             ),
+            RegistryAuth::PullThrough { remote_url } => {
+                format!("proxy:\n  remoteurl: {remote_url}\n")
+            }
         };
         let config = dir.path().join("config.yml");
         std::fs::write(

@@ -3,9 +3,11 @@
 //!
 //! - **prepare**: the layer's identity comes from the Prepare labels ([`identity`]); a
 //!   layer without a TOC digest label, one that is not eStargz, whose TOC does not match,
-//!   or whose registry does not answer within `fetch.read_timeout +
-//!   fetch.prefetch_timeout` is declined (the core falls back to a normal snapshot that
-//!   containerd fills). Otherwise the footer and TOC are fetched and verified, saved in the
+//!   or whose registry does not deliver its footer and TOC within `fetch.mount_timeout`
+//!   is declined (the core falls back to a normal snapshot that containerd fills). After
+//!   a registry host timed out or refused, layers on it are declined at once for
+//!   `fetch.host_failure_hold` unless a request to it succeeds meanwhile, so the later
+//!   layers of a pull do not each wait again. Otherwise the footer and TOC are fetched and verified, saved in the
 //!   layer's state directory `<root>/snapshots/<id>/layer` (next to the `fs` mountpoint, so
 //!   deleting the snapshot directory frees it), the layer is mounted on `fs` and the
 //!   prefetch starts; the Prepare returns without waiting for it (reads of prefetched
@@ -25,10 +27,16 @@
 //! - [`LazyLayers::hand_over`]: leaves every layer mounted, its FUSE connection with the
 //!   fd store holder, for the next daemon (default daemon stop).
 //!
+//! A layer that carries a TOC digest but is declined (registry, format or local failure)
+//! falls back with a WARN naming the cause and, for registry errors that cannot heal, the
+//! setting that fixes it; the last ones are kept in `<root>/fallbacks.json`
+//! ([`fallbacks`]). Layers without a TOC digest (plain images) are an INFO line only.
+//!
 //! The chunk cache is shared by all layers and outlives them: a layer removed and pulled
 //! again reads what was cached before without fetching it.
 
 pub mod ahead;
+pub mod fallbacks;
 pub mod identity;
 mod program;
 #[cfg(test)]
@@ -45,10 +53,12 @@ use fusefs::metrics::Metrics;
 use fusefs::mount::fdstore::FdStore;
 use fusefs::mount::{MountError, MountManager};
 
+use crate::clip::clip;
 use crate::overlay::OverlayFeatures;
 use crate::remote::{HookError, LayerOutcome, LayerRequest, RemoteLayers, RemoteSnapshot};
 use crate::store::Labels;
 use ahead::Ahead;
+use fallbacks::{Fallback, FallbackLog};
 use identity::{IdentityError, LayerIdentity};
 
 /// Name of a layer's state directory inside its snapshot directory.
@@ -123,11 +133,15 @@ pub struct MountedStatus {
 pub struct LazyLayers {
     manager: MountManager,
     counters: HookCounters,
-    /// Bound of one Prepare's open + mount + prefetch.
+    /// Bound of one Prepare's open + mount (+ prefetch with `fetch.wait_for_prefetch`).
     prepare_timeout: Duration,
+    /// How long a host that did not answer makes Prepares decline at once.
+    host_failure_hold: Duration,
     /// Footers and TOCs of next layers, fetched while the current one is prepared.
     ahead: Ahead,
     programs: program::Programs,
+    /// Layers that fell back, for the WARN and `<root>/fallbacks.json`.
+    fallbacks: FallbackLog,
 }
 
 impl std::fmt::Debug for LazyLayers {
@@ -174,9 +188,16 @@ impl LazyLayers {
         Ok(LazyLayers {
             manager: MountManager::with_fd_store(ctx, store),
             counters: HookCounters::default(),
-            prepare_timeout: cfg.fetch.read_timeout + cfg.fetch.prefetch_timeout,
+            prepare_timeout: cfg.fetch.mount_timeout
+                + if cfg.fetch.wait_for_prefetch {
+                    cfg.fetch.prefetch_timeout
+                } else {
+                    Duration::ZERO
+                },
+            host_failure_hold: cfg.fetch.host_failure_hold,
             ahead: Ahead::default(),
             programs: program::Programs::default(),
+            fallbacks: FallbackLog::open(&cfg.root),
         })
     }
 
@@ -185,9 +206,19 @@ impl LazyLayers {
         &self.counters
     }
 
+    /// The registry client every layer fetches with.
+    pub fn registry_client(&self) -> &registry::RegistryClient {
+        self.manager.context().client()
+    }
+
     /// The registry/cache counters shared by every layer.
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.manager.context().metrics()
+    }
+
+    /// The last layers that fell back to a normal pull, oldest first.
+    pub fn fallbacks(&self) -> Vec<Fallback> {
+        self.fallbacks.recent()
     }
 
     /// Every mounted layer with its progress.
@@ -273,25 +304,72 @@ impl LazyLayers {
         }
     }
 
+    /// Counts and logs a decline; the reason is bounded (see [`MAX_REASON`]) for the log
+    /// and for the caller.
     fn decline(&self, kind: Decline, digest: &str, reason: String) -> LayerOutcome {
+        let reason = clip_reason(&reason);
         let i = Decline::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         self.counters.declined[i].fetch_add(1, Ordering::Relaxed);
-        tracing::info!(layer = digest, kind = kind.name(), %reason, "layer not mounted lazily");
+        tracing::info!(
+            layer = %clip(digest),
+            kind = kind.name(),
+            %reason,
+            "layer not mounted lazily"
+        );
         LayerOutcome::Declined { reason }
     }
 
+    /// Counts a layer with a TOC digest that was not mounted, WARNs with the cause and the
+    /// fix (once per host and cause a minute) and records it.
+    fn fall_back(&self, id: &LayerIdentity, failure: Failure) -> LayerOutcome {
+        let Failure {
+            kind,
+            reason,
+            cause,
+            fix,
+        } = failure;
+        let host = id
+            .reference
+            .split_once('/')
+            .map_or(id.reference.as_str(), |(h, _)| h)
+            .to_string();
+        self.fallbacks.record(Fallback {
+            time: fallbacks::now(),
+            reference: id.reference.clone(),
+            layer: id.digest.clone(),
+            host,
+            kind: kind.name().to_string(),
+            cause: cause.to_string(),
+            reason: reason.clone(),
+            fix,
+        });
+        self.decline(kind, &id.digest, reason)
+    }
+
     /// Mounts the layer; on failure leaves nothing mounted and no state behind.
-    fn mount(
-        &self,
-        id: &LayerIdentity,
-        labels: &Labels,
-        mountpoint: &Path,
-    ) -> Result<(), (Decline, String)> {
+    fn mount(&self, id: &LayerIdentity, labels: &Labels, mountpoint: &Path) -> Result<(), Failure> {
         let source = LayerSource::new(&id.reference, &id.digest, None, Some(&id.toc_digest))
-            .map_err(|e| (Decline::Labels, e.to_string()))?;
+            .map_err(|e| Failure::new(Decline::Labels, e.to_string()))?;
         let state = state_dir(mountpoint);
         let started = Instant::now();
         let ctx = self.manager.context().clone();
+        let host = source.repository.host.clone();
+        if let Some(u) = ctx
+            .client()
+            .unreachable_within(&host, self.host_failure_hold)
+        {
+            return Err(Failure::new(
+                Decline::Registry,
+                format!(
+                    "layer {}: registry {host} did not answer {:.1}s ago ({}); not waiting \
+                     for it again within fetch.host_failure_hold ({:?}) unless it answers",
+                    id.digest,
+                    u.ago.as_secs_f64(),
+                    u.cause,
+                    self.host_failure_hold
+                ),
+            ));
+        }
         let early = self.ahead.take(&source);
         if let Some(next) = ahead::next_layer(labels, &id.digest) {
             self.ahead.start(&ctx, &id.reference, next);
@@ -322,14 +400,15 @@ impl LazyLayers {
                 return Ok(());
             }
             Ok(Err(e)) => classify(&e),
-            Err(_) => (
-                Decline::Registry,
-                format!(
+            Err(_) => {
+                let why = format!(
                     "layer {}: the registry did not deliver the footer, TOC and prefetch \
-                     within {:?}",
+                     within {:?} (fetch.mount_timeout)",
                     id.digest, self.prepare_timeout
-                ),
-            ),
+                );
+                ctx.client().mark_unreachable(&host, &why);
+                Failure::new(Decline::Registry, why)
+            }
         };
         // A cancelled mount may have been registered already: take it down.
         let _ = self.manager.unmount(mountpoint);
@@ -342,6 +421,21 @@ impl LazyLayers {
     }
 }
 
+/// Longest decline reason logged: reasons are error chains whose client-supplied parts
+/// are clipped already; this bounds the line as a whole.
+const MAX_REASON: usize = 2048;
+
+fn clip_reason(reason: &str) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason.to_string();
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &reason[..end], reason.len())
+}
+
 /// Tells the layers which image layer `digest` belongs to (for read-ahead across layers).
 fn note_image(ctx: &LayerContext, labels: &Labels, digest: &str) {
     if let Some(list) = ahead::image_layers(labels, digest) {
@@ -349,8 +443,36 @@ fn note_image(ctx: &LayerContext, labels: &Labels, digest: &str) {
     }
 }
 
-/// The decline kind and reason (with every cause) of a failed mount.
-fn classify(e: &MountError) -> (Decline, String) {
+/// Why a layer with a TOC digest was not mounted.
+#[derive(Debug)]
+struct Failure {
+    kind: Decline,
+    /// The error with every cause.
+    reason: String,
+    /// A registry error that cannot heal: its [`registry::Permanent::name`]; else
+    /// `transient` for the registry, or the kind's name.
+    cause: &'static str,
+    /// What fixes it, when known.
+    fix: Option<String>,
+}
+
+impl Failure {
+    fn new(kind: Decline, reason: String) -> Self {
+        Failure {
+            kind,
+            reason,
+            cause: match kind {
+                Decline::Registry => "transient",
+                k => k.name(),
+            },
+            fix: None,
+        }
+    }
+}
+
+/// The decline kind, reason (with every cause), and for registry errors that cannot heal
+/// their cause and fix, of a failed mount.
+fn classify(e: &MountError) -> Failure {
     let mut reason = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
@@ -367,7 +489,14 @@ fn classify(e: &MountError) -> (Decline, String) {
         MountError::Layer(LayerError::Source(_)) => Decline::Labels,
         _ => Decline::Local,
     };
-    (kind, reason)
+    let mut failure = Failure::new(kind, reason);
+    if let MountError::Layer(LayerError::Registry { source, .. }) = e {
+        if let Some(p) = source.permanent() {
+            failure.cause = p.name();
+            failure.fix = source.fix();
+        }
+    }
+    failure
 }
 
 impl RemoteLayers for LazyLayers {
@@ -389,7 +518,10 @@ impl RemoteLayers for LazyLayers {
                     labels: Labels::new(),
                 }
             }
-            Err((kind, reason)) => self.decline(kind, &id.digest, reason),
+            Err(failure) if failure.kind == Decline::Labels => {
+                self.decline(failure.kind, &id.digest, failure.reason)
+            }
+            Err(failure) => self.fall_back(&id, failure),
         }
     }
 
@@ -453,6 +585,7 @@ mod tests {
         };
         cfg.fetch.request_timeout = Duration::from_secs(2);
         cfg.fetch.read_timeout = Duration::from_secs(3);
+        cfg.fetch.mount_timeout = Duration::from_secs(2);
         cfg.fetch.max_retries = 0;
         LazyLayers::new(
             &cfg,
@@ -535,6 +668,14 @@ mod tests {
         }
         eprintln!("declined after {:?}", started.elapsed());
         assert_eq!(declined(Decline::Registry, &h), 1);
+        // Recorded (a refused connection may heal: transient, no fix), and on disk.
+        let recorded = h.fallbacks();
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].layer, digest);
+        assert_eq!(recorded[0].host, "127.0.0.1:1");
+        assert_eq!(recorded[0].cause, "transient");
+        assert_eq!(recorded[0].kind, "registry");
+        assert_eq!(fallbacks::read(tmp.path()).unwrap(), recorded);
         assert!(
             !state_dir(&mp).exists(),
             "state of a declined layer removed"
@@ -557,6 +698,103 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(declined(Decline::Labels, &h), 2);
+    }
+
+    /// A registry that accepts connections and never answers (frozen): the first layer
+    /// waits `fetch.mount_timeout`, the next layers of the same host decide at once.
+    #[test]
+    fn after_a_host_timed_out_later_layers_decline_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = hook(tmp.path(), &rt);
+        let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = frozen.local_addr().unwrap().to_string();
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        std::thread::spawn(move || {
+            for c in frozen.incoming().flatten() {
+                keep.lock().unwrap().push(c);
+            }
+        });
+        let toc = format!("sha256:{}", "b".repeat(64));
+        let mut took = Vec::new();
+        for (i, n) in ["1", "2", "3"].iter().enumerate() {
+            let mp = tmp.path().join(format!("snapshots/1{n}/fs"));
+            std::fs::create_dir_all(&mp).unwrap();
+            let digest = format!("sha256:{}", n.repeat(64));
+            let reference = format!("{host}/x/y:t");
+            let started = Instant::now();
+            let out = offer(
+                &h,
+                &mp,
+                &[
+                    (labels::STARGZ_REFERENCE, reference.as_str()),
+                    (labels::STARGZ_DIGEST, digest.as_str()),
+                    (labels::TOC_DIGEST, toc.as_str()),
+                ],
+            );
+            took.push(started.elapsed());
+            let LayerOutcome::Declined { reason } = out else {
+                panic!("{out:?}");
+            };
+            if i == 0 {
+                assert!(
+                    reason.contains("fetch.mount_timeout") || reason.contains("timed out"),
+                    "{reason}"
+                );
+            } else {
+                assert!(reason.contains("fetch.host_failure_hold"), "{reason}");
+                assert!(reason.contains(&host), "{reason}");
+            }
+            assert!(!state_dir(&mp).exists());
+        }
+        assert_eq!(declined(Decline::Registry, &h), 3);
+        eprintln!("declined after {took:?}");
+        assert!(took[0] >= Duration::from_secs(2), "{took:?}");
+        assert!(
+            took[1] < Duration::from_secs(1) && took[2] < Duration::from_secs(1),
+            "{took:?}"
+        );
+        drop(held);
+    }
+
+    #[test]
+    fn huge_label_values_give_a_bounded_decline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = hook(tmp.path(), &rt);
+        let mp = tmp.path().join("snapshots/3/fs");
+        std::fs::create_dir_all(&mp).unwrap();
+        let huge = format!("127.0.0.1:1/{}:t", "r".repeat(8192));
+        let toc = format!("sha256:{}", "b".repeat(64));
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for labels in [
+            vec![
+                (labels::STARGZ_REFERENCE, huge.as_str()),
+                (labels::STARGZ_DIGEST, digest.as_str()),
+                (labels::TOC_DIGEST, toc.as_str()),
+            ],
+            vec![
+                (labels::STARGZ_REFERENCE, "127.0.0.1:1/x/y:t"),
+                (labels::STARGZ_DIGEST, huge.as_str()),
+                (labels::TOC_DIGEST, toc.as_str()),
+            ],
+            vec![
+                (labels::CRI_IMAGE_REF, "127.0.0.1:1/x/y:t"),
+                (labels::CRI_LAYER_DIGEST, digest.as_str()),
+                (labels::TOC_DIGEST, huge.as_str()),
+            ],
+        ] {
+            match offer(&h, &mp, &labels) {
+                LayerOutcome::Declined { reason } => {
+                    assert!(reason.len() < 600, "{} bytes: {reason}", reason.len());
+                    assert!(reason.contains("bytes long"), "{reason}");
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+        assert_eq!(declined(Decline::Labels, &h), 3);
+        assert!(clip_reason(&"x".repeat(10_000)).len() < MAX_REASON + 40);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::clip::clip;
 use crate::error::{Error, Result};
 use crate::store::{Kind, Labels, Lookup, SnapshotRecord};
 
@@ -65,7 +66,8 @@ impl FromStr for MergeMode {
             "hardlink" => Ok(MergeMode::Hardlink),
             "copy" => Ok(MergeMode::Copy),
             other => Err(Error::InvalidArgument(format!(
-                "label {MODE_LABEL}: unknown merge mode {other:?} (expected auto, stack, hardlink or copy)"
+                "label {MODE_LABEL}: unknown merge mode {other:?} (expected auto, stack, hardlink or copy)",
+                other = clip(other)
             ))),
         }
     }
@@ -117,7 +119,7 @@ pub fn is_node_key(key: &str) -> bool {
 pub fn check_client_key(key: &str) -> Result<()> {
     if is_node_key(key) {
         return Err(Error::InvalidArgument(format!(
-            "snapshot key {key:?}: keys starting with {NODE_PREFIX:?} are reserved for starling's merge results"
+            "snapshot key {key:?}: keys starting with {NODE_PREFIX:?} are reserved for starling's merge results", key = clip(key)
         )));
     }
     Ok(())
@@ -138,14 +140,17 @@ pub fn intercept(
     let Some(sources) = sources else {
         if mode.is_some() {
             return Err(Error::InvalidArgument(format!(
-                "snapshot {key:?}: label {MODE_LABEL} without {SOURCES_LABEL}"
+                "snapshot {key:?}: label {MODE_LABEL} without {SOURCES_LABEL}",
+                key = clip(key)
             )));
         }
         return Ok(None);
     };
     if !parent.is_empty() {
         return Err(Error::InvalidArgument(format!(
-            "snapshot {key:?}: a merge ({SOURCES_LABEL}) takes no parent, got {parent:?}"
+            "snapshot {key:?}: a merge ({SOURCES_LABEL}) takes no parent, got {parent:?}",
+            key = clip(key),
+            parent = clip(parent)
         )));
     }
     let sources = parse_sources(sources)?;
@@ -164,7 +169,8 @@ pub fn parse_sources(value: &str) -> Result<Vec<String>> {
     let names: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
     if names.iter().any(String::is_empty) {
         return Err(Error::InvalidArgument(format!(
-            "label {SOURCES_LABEL}: empty snapshot name in {value:?}"
+            "label {SOURCES_LABEL}: empty snapshot name in {value:?}",
+            value = clip(value)
         )));
     }
     if names.len() > MAX_SOURCES {
@@ -203,7 +209,7 @@ pub fn resolve(tx: &impl Lookup, req: &MergeRequest) -> Result<Resolved> {
     if req.sources.is_empty() {
         return Err(Error::InvalidArgument(format!(
             "merge {:?}: no inputs",
-            req.key
+            clip(&req.key)
         )));
     }
     let mut keys: Vec<String> = Vec::with_capacity(req.sources.len());
@@ -212,7 +218,9 @@ pub fn resolve(tx: &impl Lookup, req: &MergeRequest) -> Result<Resolved> {
         if rec.kind != Kind::Committed {
             return Err(Error::InvalidArgument(format!(
                 "merge {:?}: input {name:?} ({key:?}) is not a committed snapshot",
-                req.key
+                clip(&req.key),
+                key = clip(&key),
+                name = clip(name),
             )));
         }
         keys.push(key);
@@ -247,12 +255,15 @@ pub fn namespace_of(key: &str) -> Option<&str> {
 fn resolve_source(tx: &impl Lookup, key: &str, name: &str) -> Result<(String, SnapshotRecord)> {
     if is_node_key(name) {
         return Err(Error::InvalidArgument(format!(
-            "merge {key:?}: input {name:?} is an internal merge result, not a snapshot name"
+            "merge {key:?}: input {name:?} is an internal merge result, not a snapshot name",
+            key = clip(key),
+            name = clip(name)
         )));
     }
     if name == key {
         return Err(Error::InvalidArgument(format!(
-            "merge {key:?}: a merge cannot take itself as input"
+            "merge {key:?}: a merge cannot take itself as input",
+            key = clip(key)
         )));
     }
     if let Some(rec) = tx.record(name)? {
@@ -277,7 +288,8 @@ fn resolve_source(tx: &impl Lookup, key: &str, name: &str) -> Result<(String, Sn
         if let Some((_, _, k, rec)) = best {
             if k == key {
                 return Err(Error::InvalidArgument(format!(
-                    "merge {key:?}: a merge cannot take itself as input"
+                    "merge {key:?}: a merge cannot take itself as input",
+                    key = clip(key)
                 )));
             }
             return Ok((k, rec));
@@ -285,8 +297,16 @@ fn resolve_source(tx: &impl Lookup, key: &str, name: &str) -> Result<(String, Sn
     }
     Err(Error::NotFound(match ns {
         Some(ns) => {
-            format!("merge {key:?}: input snapshot {name:?} does not exist in namespace {ns:?}")
+            format!(
+                "merge {key:?}: input snapshot {name:?} does not exist in namespace {ns:?}",
+                key = clip(key),
+                name = clip(name)
+            )
         }
-        None => format!("merge {key:?}: input snapshot {name:?} does not exist"),
+        None => format!(
+            "merge {key:?}: input snapshot {name:?} does not exist",
+            key = clip(key),
+            name = clip(name)
+        ),
     }))
 }

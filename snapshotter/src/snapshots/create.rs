@@ -5,6 +5,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::Snapshots;
+use crate::clip::clip;
 use crate::error::{Error, Result};
 use crate::labels;
 use crate::merge;
@@ -62,12 +63,13 @@ impl Snapshots {
                 // AlreadyExists; answer it only when that lookup will succeed.
                 if rec.kind == Kind::Committed && rec.parent == parent {
                     return Err(Error::AlreadyExists(format!(
-                        "target snapshot {target:?} already exists"
+                        "target snapshot {:?} already exists",
+                        clip(target)
                     )));
                 }
                 tracing::info!(
-                    key,
-                    target = %target,
+                    key = %clip(key),
+                    target = %clip(target),
                     "layer is not lazy: a snapshot named like the target exists on another parent"
                 );
                 remote = None;
@@ -83,14 +85,15 @@ impl Snapshots {
         if let Some((hook, target)) = remote {
             if !labels::names_layer(&created.rec.labels) {
                 tracing::info!(
-                    key,
-                    target = %target,
+                    key = %clip(key),
+                    target = %clip(&target),
                     "layer is not lazy: the Prepare labels do not name a layer (plain `ctr images pull` \
                      sends none; use `starling rpull`); containerd downloads it"
                 );
             } else if self.try_remote(hook.as_ref(), &created, &target)? {
                 return Err(Error::AlreadyExists(format!(
-                    "target snapshot {target:?} (remote layer)"
+                    "target snapshot {:?} (remote layer)",
+                    clip(&target)
                 )));
             }
         }
@@ -196,18 +199,19 @@ impl Snapshots {
                 linuxfs::mount::detach_all(&mountpoint)
                     .map_err(|e| Error::io("detach mounts at", &mountpoint, e))?;
                 if !self.allow_fallback {
-                    tracing::warn!(key = %c.key, target, %reason, "layer is not lazy and fallback is off");
+                    tracing::warn!(key = %clip(&c.key), target = %clip(target), %reason, "layer is not lazy and fallback is off");
                     if let Err(e) = self.remove(&c.key) {
-                        tracing::warn!(key = %c.key, error = %e, "could not remove the refused snapshot");
+                        tracing::warn!(key = %clip(&c.key), error = %e, "could not remove the refused snapshot");
                     }
                     return Err(Error::Unavailable(format!(
-                        "layer {target:?} cannot be mounted lazily ({reason}) and \
-                         snapshotter.allow_fallback is off"
+                        "layer {:?} cannot be mounted lazily ({reason}) and \
+                         snapshotter.allow_fallback is off",
+                        clip(target),
                     )));
                 }
                 tracing::info!(
-                    key = %c.key,
-                    target,
+                    key = %clip(&c.key),
+                    target = %clip(target),
                     %reason,
                     "layer is not lazy: falling back to a normal snapshot; containerd downloads it"
                 );
@@ -224,7 +228,7 @@ impl Snapshots {
         })();
         match committed {
             Ok(()) => {
-                tracing::info!(key = %c.key, target, "layer mounted lazily");
+                tracing::info!(key = %clip(&c.key), target = %clip(target), "layer mounted lazily");
                 Ok(true)
             }
             Err(e) => {
@@ -235,10 +239,10 @@ impl Snapshots {
                     mountpoint: &mountpoint,
                 };
                 if let Err(he) = hook.remove(&snap) {
-                    tracing::warn!(target, error = %he, "could not unmount an uncommitted remote layer");
+                    tracing::warn!(target = %clip(target), error = %he, "could not unmount an uncommitted remote layer");
                 }
                 if let Err(re) = self.remove(&c.key) {
-                    tracing::warn!(key = %c.key, error = %re, "could not remove an uncommitted remote snapshot");
+                    tracing::warn!(key = %clip(&c.key), error = %re, "could not remove an uncommitted remote snapshot");
                 }
                 if e.kind() == crate::ErrorKind::AlreadyExists {
                     // Another Prepare committed the same layer first: containerd finds it.

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 pub use create::NewSnapshot;
 
+use crate::clip::clip;
 use crate::error::{Error, Result};
 use crate::filter::{Fields, Filter};
 use crate::labels;
@@ -162,7 +163,8 @@ impl Snapshots {
         let rec = tx.expect(key, "")?;
         if rec.kind == Kind::Committed {
             return Err(Error::FailedPrecondition(format!(
-                "snapshot {key:?} is committed: only active snapshots and views have mounts"
+                "snapshot {:?} is committed: only active snapshots and views have mounts",
+                clip(key)
             )));
         }
         let lowers = tx.lowers(&rec.parent, &rec.merged)?;
@@ -216,13 +218,13 @@ impl Snapshots {
                     mountpoint: &mountpoint,
                 };
                 if let Err(e) = hook.remove(&snap) {
-                    tracing::warn!(key, error = %e, "remote layer did not unmount cleanly; detaching it");
+                    tracing::warn!(key = %clip(key), error = %e, "remote layer did not unmount cleanly; detaching it");
                 }
             }
         }
         let dir = self.layout.snapshot_dir(rec.id);
         if let Err(e) = remove_tree(&dir) {
-            tracing::warn!(key, error = %e, "snapshot directory left for cleanup");
+            tracing::warn!(key = %clip(key), error = %e, "snapshot directory left for cleanup");
         }
         Ok(())
     }
@@ -326,7 +328,7 @@ impl Snapshots {
             match hook.restore(&snap) {
                 Ok(()) => report.restored += 1,
                 Err(e) => {
-                    tracing::error!(snapshot = %name, error = %e, "could not restore remote snapshot");
+                    tracing::error!(snapshot = %clip(&name), error = %e, "could not restore remote snapshot");
                     report.failed.push((name.clone(), e.to_string()));
                 }
             }
@@ -366,8 +368,9 @@ impl Snapshots {
             // hook (lazy layers switched off) it must not be served as an empty layer.
             let Some(hook) = &self.remote else {
                 return Err(Error::Unavailable(format!(
-                    "remote layer {name:?} needs lazy layers, which are switched off \
-                     ([snapshotter] lazy = false): remove the image and pull it again"
+                    "remote layer {:?} needs lazy layers, which are switched off \
+                     ([snapshotter] lazy = false): remove the image and pull it again",
+                    clip(name)
                 )));
             };
             let mountpoint = self.layout.fs_dir(rec.id);
@@ -378,7 +381,7 @@ impl Snapshots {
                 mountpoint: &mountpoint,
             };
             hook.check(&snap).map_err(|e| {
-                Error::Unavailable(format!("remote layer {name:?} is unavailable: {e}"))
+                Error::Unavailable(format!("remote layer {:?} is unavailable: {e}", clip(name)))
             })?;
         }
         Ok(())

@@ -1,6 +1,8 @@
 //! Failures of the metadata database itself (never the snapshot rules; those are the
 //! crate's [`crate::Error`] kinds).
 
+use crate::clip::clip;
+
 /// The schema version this build reads and writes.
 pub(crate) const SCHEMA_VERSION: u64 = 1;
 
@@ -11,7 +13,7 @@ pub enum StoreError {
     #[error("metadata store: {0}")]
     Db(#[from] redb::Error),
     /// A stored record does not decode.
-    #[error("metadata store: record of snapshot {key:?} is corrupt: {source}")]
+    #[error("metadata store: record of snapshot {:?} is corrupt: {source}", clip(.key))]
     Corrupt {
         /// The snapshot key.
         key: String,
@@ -20,7 +22,7 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     /// A record cannot be encoded (the system clock is before 1970).
-    #[error("metadata store: cannot encode the record of snapshot {key:?}: {source}")]
+    #[error("metadata store: cannot encode the record of snapshot {:?}: {source}", clip(.key))]
     Encode {
         /// The snapshot key.
         key: String,
@@ -35,7 +37,7 @@ pub enum StoreError {
         found: u64,
     },
     /// The `children` index names a snapshot that does not exist.
-    #[error("metadata store: snapshot {key:?} refers to missing snapshot {missing:?}")]
+    #[error("metadata store: snapshot {:?} refers to missing snapshot {:?}", clip(.key), clip(.missing))]
     Dangling {
         /// The snapshot whose chain is broken.
         key: String,

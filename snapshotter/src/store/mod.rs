@@ -30,6 +30,7 @@ use redb::{
 pub use error::StoreError;
 pub use record::{without_empty, Info, Kind, Labels, SnapshotRecord, Usage};
 
+use crate::clip::clip;
 use crate::error::{Error, Result};
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
@@ -117,8 +118,9 @@ pub trait Lookup {
 
     /// The record under `key`, or NotFound naming `what` (e.g. "parent").
     fn expect(&self, key: &str, what: &str) -> Result<SnapshotRecord> {
-        self.record(key)?
-            .ok_or_else(|| Error::NotFound(format!("{what} snapshot {key:?} does not exist")))
+        self.record(key)?.ok_or_else(|| {
+            Error::NotFound(format!("{what} snapshot {:?} does not exist", clip(key)))
+        })
     }
 
     /// The committed snapshots a new snapshot on `parent` (plus merge sources `merged`)
@@ -281,7 +283,7 @@ impl WriteTx {
         if new.kind == Kind::Committed {
             return Err(Error::InvalidArgument(format!(
                 "snapshot {:?}: only active or view snapshots can be created",
-                new.key
+                clip(new.key)
             )));
         }
         if new.key.is_empty() {
@@ -292,7 +294,7 @@ impl WriteTx {
         if self.record(new.key)?.is_some() {
             return Err(Error::AlreadyExists(format!(
                 "snapshot {:?} already exists",
-                new.key
+                clip(new.key)
             )));
         }
         let bases = std::iter::once(new.parent)
@@ -303,7 +305,8 @@ impl WriteTx {
             let rec = self.expect(base, "parent")?;
             if rec.kind != Kind::Committed {
                 return Err(Error::InvalidArgument(format!(
-                    "parent {base:?} is not a committed snapshot"
+                    "parent {:?} is not a committed snapshot",
+                    clip(base)
                 )));
             }
             linked.insert(base);
@@ -351,13 +354,15 @@ impl WriteTx {
         }
         if self.record(name)?.is_some() {
             return Err(Error::AlreadyExists(format!(
-                "committed snapshot {name:?} already exists"
+                "committed snapshot {:?} already exists",
+                clip(name)
             )));
         }
         let mut rec = self.expect(key, "active")?;
         if rec.kind != Kind::Active {
             return Err(Error::FailedPrecondition(format!(
-                "snapshot {key:?} is not active"
+                "snapshot {:?} is not active",
+                clip(key)
             )));
         }
         let now = SystemTime::now();
@@ -400,7 +405,9 @@ impl WriteTx {
             .map(|c| c.value().to_string());
         if let Some(child) = first_child {
             return Err(Error::FailedPrecondition(format!(
-                "cannot remove snapshot {key:?} with child {child:?}"
+                "cannot remove snapshot {:?} with child {:?}",
+                clip(key),
+                clip(&child)
             )));
         }
         let bases: HashSet<&str> = rec.bases().collect();
@@ -441,7 +448,9 @@ impl WriteTx {
                 updated = labels.clone();
             } else {
                 return Err(Error::InvalidArgument(format!(
-                    "cannot update {path:?} field on snapshot {key:?}"
+                    "cannot update {:?} field on snapshot {:?}",
+                    clip(path),
+                    clip(key)
                 )));
             }
         }
@@ -464,7 +473,8 @@ impl WriteTx {
             let h = self.expect(held, "held")?;
             if h.kind != Kind::Committed {
                 return Err(Error::InvalidArgument(format!(
-                    "held snapshot {held:?} is not a committed snapshot"
+                    "held snapshot {:?} is not a committed snapshot",
+                    clip(held)
                 )));
             }
             children.insert(held.as_str(), key).map_err(dberr)?;

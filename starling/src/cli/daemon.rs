@@ -9,6 +9,8 @@
 //! `[daemon] unmount_on_stop` (`--unmount-on-stop`), or without a holder, every lazy layer
 //! is unmounted (busy ones detached) and the holder exits. At start the layers are mounted
 //! again from their saved state (or their held connections served again).
+//! The control socket `<root>/control.sock` ([`snapshotter::control`]) answers `starling
+//! status` and `starling doctor` with the daemon's state at that moment.
 //!
 //! Settings come from the configuration file (`--config`, default
 //! `/etc/starling/config.toml`; the default file may be missing, a named one must exist),
@@ -26,6 +28,8 @@ use tokio::sync::watch;
 
 use fusefs::mount::fdstore::{self, FdStore, HolderCommand};
 
+use snapshotter::control::ControlServer;
+use snapshotter::kubernetes::Kubernetes;
 use snapshotter::lazy::LazyLayers;
 use snapshotter::metrics::http::MetricsServer;
 use snapshotter::metrics::DaemonMetrics;
@@ -276,6 +280,17 @@ async fn serve_with(
     stop: watch::Receiver<bool>,
     signalled: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Before anything fetches: restored layers read with the pods' credentials too.
+    let kubernetes = Kubernetes::set_up(cfg).context("[kubernetes]")?;
+    if let Some(lazy) = &lazy {
+        kubernetes.plug_into(lazy.registry_client());
+    }
+    let image_service = {
+        let mut stop = stop.clone();
+        tokio::spawn(kubernetes.serve(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    };
     let options = Options {
         features,
         remote: lazy.clone().map(|l| l as Arc<dyn RemoteLayers>),
@@ -306,6 +321,11 @@ async fn serve_with(
         let l = lazy.clone();
         let _ = tokio::task::spawn_blocking(move || l.restore_finished()).await;
     }
+    let control = ControlServer::bind(&cfg.root, &cfg.address, lazy.clone())?;
+    let mut control_stop = stop.clone();
+    tokio::spawn(control.serve(async move {
+        let _ = control_stop.wait_for(|s| *s).await;
+    }));
     let metrics = Arc::new(DaemonMetrics::new(lazy));
     start_metrics(cfg, metrics.clone(), stop).await?;
     let socket = Socket::bind(&cfg.address)?;
@@ -316,6 +336,11 @@ async fn serve_with(
     );
     let service = Service::with_metrics(core, metrics.ops().clone());
     server::serve_service(service, socket, signalled).await?;
+    match image_service.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "the CRI image service stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the CRI image service task failed"),
+        Ok(Ok(())) => {}
+    }
     tracing::info!("stopped; metadata store closed");
     Ok(())
 }

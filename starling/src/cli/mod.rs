@@ -4,6 +4,7 @@
 pub mod config;
 pub mod convert;
 pub mod daemon;
+pub mod doctor;
 pub mod estargz;
 pub mod fdstore;
 pub mod merge;
