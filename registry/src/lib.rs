@@ -31,7 +31,7 @@ mod transport;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use oci_spec::image::Digest;
 use parking_lot::Mutex;
