@@ -791,6 +791,16 @@ pub fn round_order(cells: &[Cell], round: usize) -> Vec<Cell> {
         .collect()
 }
 
+/// Harness options of the shaped link for `p`.
+pub fn shaped_options(p: &LinkProfile) -> ShapedOptions {
+    ShapedOptions {
+        rtt: Duration::from_millis(p.rtt_ms),
+        rate_mbit: p.rate_mbit,
+        burst: p.burst.clone(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -935,15 +945,5 @@ mod tests {
         assert_eq!(Snapshotter::parse("peer").unwrap(), Snapshotter::Stargz);
         assert_eq!(Variant::parse("esgz-opt").unwrap(), Variant::EsgzOpt);
         assert!(workload("nope").is_err());
-    }
-}
-
-/// Harness options of the shaped link for `p`.
-pub fn shaped_options(p: &LinkProfile) -> ShapedOptions {
-    ShapedOptions {
-        rtt: Duration::from_millis(p.rtt_ms),
-        rate_mbit: p.rate_mbit,
-        burst: p.burst.clone(),
-        ..Default::default()
     }
 }
