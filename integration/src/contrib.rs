@@ -100,6 +100,12 @@ pub fn containerd_config(
     debug.insert("level".into(), Toml::String(paths.log_level.into()));
     table(table(&mut t, "plugins"), "io.containerd.internal.v1.opt")
         .insert("path".into(), path(&dir.join("opt")));
+    if version.config_version() >= 3 {
+        // containerd 2.x runs NRI by default on the machine-wide /var/run/nri/nri.sock: two
+        // test instances at once would collide (the second exits). Each gets its own.
+        table(table(&mut t, "plugins"), "io.containerd.nri.v1.nri")
+            .insert("socket_path".into(), path(&dir.join("nri.sock")));
+    }
 
     let documented = t.remove("proxy_plugins").and_then(|v| match v {
         Toml::Table(t) => Some(t),

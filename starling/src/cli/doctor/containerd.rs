@@ -211,7 +211,7 @@ pub fn checks(cfg: &ContainerdConfig, socket: &Path, generation: Generation) -> 
     if generation == Generation::V2 {
         transfer_checks(cfg, &names, &mut out);
     }
-    cri_checks(cfg, &names, &mut out);
+    cri_checks(cfg, &names, generation, &mut out);
     out
 }
 
@@ -399,7 +399,12 @@ fn transfer_checks(cfg: &ContainerdConfig, names: &[String], out: &mut Vec<Check
 }
 
 /// The CRI plugin (Kubernetes): snapshotter and snapshot annotations.
-fn cri_checks(cfg: &ContainerdConfig, names: &[String], out: &mut Vec<Check>) {
+fn cri_checks(
+    cfg: &ContainerdConfig,
+    names: &[String],
+    generation: Generation,
+    out: &mut Vec<Check>,
+) {
     let (path, disabled) = cfg.cri();
     if disabled {
         out.push(Check::ok(
@@ -424,11 +429,9 @@ fn cri_checks(cfg: &ContainerdConfig, names: &[String], out: &mut Vec<Check>) {
         .and_then(|t| t.get("snapshotter"))
         .and_then(Value::as_str)
         .unwrap_or("overlayfs");
-    // containerd's default is true: the CRI passes no layer annotations.
-    let annotations_off = section
+    let annotations = section
         .and_then(|t| t.get("disable_snapshot_annotations"))
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
+        .and_then(Value::as_bool);
     // With no entry at the daemon's socket (failed above), a starling name still counts.
     let ours = names.iter().any(|n| n == snapshotter)
         || (names.is_empty() && (snapshotter == "starling" || snapshotter == STARGZ));
@@ -450,7 +453,16 @@ fn cri_checks(cfg: &ContainerdConfig, names: &[String], out: &mut Vec<Check>) {
         "CRI snapshotter",
         format!("{snapshotter} ({key})"),
     ));
-    if annotations_off {
+    if generation == Generation::V2 && annotations.is_none() {
+        // 2.x's CRI pulls through the transfer service, which passes the layer annotations
+        // to a proxy snapshotter that exports enable_remote_snapshot_annotations.
+        out.push(Check::ok(
+            "CRI snapshot annotations",
+            "not set: the CRI pulls through the transfer service, which passes the layer \
+             annotations (see the proxy plugin's exports)",
+        ));
+    } else if annotations.unwrap_or(true) {
+        // containerd 1.x's default is true: the CRI passes no layer annotations.
         out.push(Check::fail(
             "CRI snapshot annotations",
             "disable_snapshot_annotations is not false: the CRI passes no layer annotations, \
@@ -577,7 +589,17 @@ mod tests {
             "CRI snapshot annotations",
             Level::Fail,
         );
-        let text = contrib_v3().replace("disable_snapshot_annotations = false\n", "");
+        // 2.x: absent is fine (the transfer service passes them); true is a failure.
+        find(
+            &run(&contrib_v3(), Generation::V2),
+            "CRI snapshot annotations",
+            Level::Ok,
+        );
+        let text = contrib_v3().replace(
+            "[plugins.\"io.containerd.cri.v1.images\"]\n",
+            "[plugins.\"io.containerd.cri.v1.images\"]\n  disable_snapshot_annotations = true\n",
+        );
+        assert_ne!(text, contrib_v3());
         let c = run(&text, Generation::V2);
         let f = find(&c, "CRI snapshot annotations", Level::Fail);
         assert!(f.fix.as_deref().unwrap().contains(CRI_V3_IMAGES), "{f:?}");
