@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use nix::sys::stat::Mode;
 
 use super::{CacheError, ChunkKey};
 
@@ -60,8 +61,15 @@ impl TempArea {
         let tmp = cache_dir.join(TMP_DIR);
         let name = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         let lock_path = tmp.join(format!("{name}{LOCK_SUFFIX}"));
-        let file =
-            File::create_new(&lock_path).map_err(|e| CacheError::io("create", &lock_path, e))?;
+        // Created read-only: an fd open for writing would keep the cache's file system from
+        // being remounted read-only (a fault the daemon must survive), and flock needs none.
+        let fd = nix::fcntl::open(
+            &lock_path,
+            OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| CacheError::io("create", &lock_path, io::Error::from(e)))?;
+        let file = File::from(fd);
         let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
             .map_err(|(_, e)| CacheError::io("lock", &lock_path, io::Error::from(e)))?;
         let dir = tmp.join(name);
