@@ -130,9 +130,11 @@ fn read_exact(
     Ok(b)
 }
 
-/// Reads what the file behind `read` needs. `read(offset, len)` returns up to `len` bytes
-/// (fewer only at the end of the file), or `None` when they are not available yet.
-pub fn needs(read: &mut dyn FnMut(u64, usize) -> Option<Vec<u8>>) -> Result<ElfNeeds, ElfError> {
+/// The ELF header (first 64 bytes) and its class and byte order; `NotElf` unless it is an
+/// executable or shared object (ET_EXEC or ET_DYN: what the kernel and the loader map).
+fn header(
+    read: &mut dyn FnMut(u64, usize) -> Option<Vec<u8>>,
+) -> Result<(Vec<u8>, Form), ElfError> {
     let ident = read(0, 64).ok_or(ElfError::Incomplete(0, 64))?;
     if ident.len() < 52 || &ident[..4] != b"\x7fELF" {
         return Err(ElfError::NotElf);
@@ -163,6 +165,13 @@ pub fn needs(read: &mut dyn FnMut(u64, usize) -> Option<Vec<u8>>) -> Result<ElfN
     if !matches!(form.u16(&ident, 16), 2 | 3) {
         return Err(ElfError::NotElf);
     }
+    Ok((ident, form))
+}
+
+/// Reads what the file behind `read` needs. `read(offset, len)` returns up to `len` bytes
+/// (fewer only at the end of the file), or `None` when they are not available yet.
+pub fn needs(read: &mut dyn FnMut(u64, usize) -> Option<Vec<u8>>) -> Result<ElfNeeds, ElfError> {
+    let (ident, form) = header(read)?;
     let machine = form.u16(&ident, 18);
     let (phoff, phentsize, phnum) = if form.is_64 {
         (
@@ -326,35 +335,7 @@ const MAX_TABLES: u64 = 256 << 20;
 pub fn loader_regions(
     read: &mut dyn FnMut(u64, usize) -> Option<Vec<u8>>,
 ) -> Result<LoaderRegions, ElfError> {
-    let ident = read(0, 64).ok_or(ElfError::Incomplete(0, 64))?;
-    if ident.len() < 52 || &ident[..4] != b"\x7fELF" {
-        return Err(ElfError::NotElf);
-    }
-    let form = match (ident[4], ident[5]) {
-        (1, 1) => Form {
-            is_64: false,
-            big: false,
-        },
-        (1, 2) => Form {
-            is_64: false,
-            big: true,
-        },
-        (2, 1) => Form {
-            is_64: true,
-            big: false,
-        },
-        (2, 2) => Form {
-            is_64: true,
-            big: true,
-        },
-        _ => return Err(ElfError::NotElf),
-    };
-    if form.is_64 && ident.len() < 64 {
-        return Err(ElfError::NotElf);
-    }
-    if !matches!(form.u16(&ident, 16), 2 | 3) {
-        return Err(ElfError::NotElf);
-    }
+    let (ident, form) = header(read)?;
     let (phoff, phentsize, phnum) = if form.is_64 {
         (
             form.u64(&ident, 32),
