@@ -272,6 +272,12 @@ impl ChunkCache {
         self.inner.index.lock().entries.contains(key) || self.inner.adopt(key).is_some()
     }
 
+    /// True if `key` is in this cache's index, without looking on disk for an entry another
+    /// process wrote: cheap enough to ask while holding a lock.
+    pub fn is_indexed(&self, key: &ChunkKey) -> bool {
+        self.inner.index.lock().entries.contains(key)
+    }
+
     /// Stores `data` for `key` after checking it matches the key.
     pub fn insert(&self, key: &ChunkKey, data: Bytes) -> Result<(), CacheError> {
         if !key.matches(&data) {

@@ -259,6 +259,8 @@ impl ChunkFetcher {
         }
         let mut waits: Vec<(usize, Pending)> = Vec::new();
         let mut jobs: Vec<Job> = Vec::new();
+        // Chunks stored between the look into the cache above and their claim below.
+        let mut stored: Vec<usize> = Vec::new();
         for (i, (req, hit)) in requests.iter().zip(cached).enumerate() {
             if let Some(data) = hit {
                 out[i] = Some(Ok(data));
@@ -273,7 +275,7 @@ impl ChunkFetcher {
                     continue;
                 }
             }
-            match Inner::claim(inner, req) {
+            match Inner::claim(inner, req, true) {
                 Claimed::New(job, pending) => {
                     waits.push((i, pending));
                     jobs.push(job);
@@ -283,6 +285,33 @@ impl ChunkFetcher {
                         Metrics::inc(&inner.metrics.fetch_joins);
                     }
                     waits.push((i, pending));
+                }
+                Claimed::Stored => stored.push(i),
+            }
+        }
+        if !stored.is_empty() {
+            let cache = inner.cache.clone();
+            let keys: Vec<(usize, ChunkKey)> =
+                stored.iter().map(|&i| (i, requests[i].key)).collect();
+            let found = tokio::task::spawn_blocking(move || {
+                keys.into_iter()
+                    .map(|(i, k)| (i, cache.get(&k).ok().flatten()))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (i, hit) in found {
+                match hit {
+                    Some(data) => out[i] = Some(Ok(data)),
+                    // Evicted (or unreadable) in the meantime: fetched after all.
+                    None => match Inner::claim(inner, &requests[i], false) {
+                        Claimed::New(job, pending) => {
+                            waits.push((i, pending));
+                            jobs.push(job);
+                        }
+                        Claimed::Joined(pending) => waits.push((i, pending)),
+                        Claimed::Stored => {}
+                    },
                 }
             }
         }
@@ -422,6 +451,8 @@ enum Claimed {
     New(Job, Pending),
     /// Someone else fetches it: wait for this.
     Joined(Pending),
+    /// It was stored since the caller looked: read it from the cache.
+    Stored,
 }
 
 impl Inner {
@@ -446,11 +477,19 @@ impl Inner {
         });
     }
 
-    /// Claims `req`'s chunk for a fetch, or joins the fetch in flight.
-    fn claim(this: &Arc<Inner>, req: &ChunkRequest) -> Claimed {
+    /// Claims `req`'s chunk for a fetch, or joins the fetch in flight; with `or_stored`,
+    /// says so instead when the chunk was stored since the caller looked into the cache. (A
+    /// fetch stores its chunk before it releases the claim, so under the claim lock a
+    /// chunk is either in flight, or stored, or neither: without this look a caller that
+    /// missed the cache just before a store and claimed just after the release fetched the
+    /// chunk a second time.)
+    fn claim(this: &Arc<Inner>, req: &ChunkRequest, or_stored: bool) -> Claimed {
         let mut inflight = this.inflight.lock();
         if let Some((_, p)) = inflight.get(&req.key) {
             return Claimed::Joined(p.clone());
+        }
+        if or_stored && this.cache.is_indexed(&req.key) {
+            return Claimed::Stored;
         }
         let (tx, rx) = oneshot::channel();
         let pending: Pending = rx
@@ -511,11 +550,15 @@ impl StreamClaims {
                 local.push(i);
                 skipped += 1;
             } else {
-                match Inner::claim(&self.inner, req) {
+                match Inner::claim(&self.inner, req, true) {
                     Claimed::New(job, _) => {
                         self.jobs.insert(i, job);
                     }
                     Claimed::Joined(_) => skipped += 1,
+                    Claimed::Stored => {
+                        local.push(i);
+                        skipped += 1;
+                    }
                 }
             }
         }

@@ -357,7 +357,7 @@ impl ReadAhead {
             });
             match hit {
                 Some(b) if b.len() == len => Some(b),
-                _ => core.peek_local(id, off, len),
+                _ => core.peek_local_blocking(id, off, len),
             }
         };
         if core.ctx.settings.fetch.elf_read_ahead_extent == ElfExtent::Loader {
@@ -370,20 +370,7 @@ impl ReadAhead {
                 }
             }
         }
-        // A fetched chunk is answered just before it is written to the cache: a chunk
-        // marked local but not readable yet is waited for (briefly).
-        let mut waits = 0;
-        let result = loop {
-            match elf::needs(&mut read) {
-                Err(ElfError::Incomplete(off, _))
-                    if waits < 100 && core.chunk_is_local(id, off) =>
-                {
-                    waits += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                r => break r,
-            }
-        };
+        let result = elf::needs(&mut read);
         let needs = match result {
             Ok(n) => n,
             Err(ElfError::Incomplete(..)) => return, // again when more chunks are local

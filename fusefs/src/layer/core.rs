@@ -9,9 +9,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use estargz::{Chunk, EntryId, EntryKind, LayerIndex};
+use registry::Priority;
 use tokio::sync::watch;
 
-use super::chunks::key_of;
+use super::chunks::{key_of, request_of};
 use super::context::LayerContext;
 use super::error::ReadError;
 use super::gate::StreamGate;
@@ -137,21 +138,42 @@ impl LayerCore {
     }
 
     /// Up to `len` bytes at `offset` of file `id` if they are local, without counting it
-    /// as a read (for looking into files, e.g. ELF headers).
-    pub(crate) fn peek_local(&self, id: EntryId, offset: u64, len: usize) -> Option<Vec<u8>> {
-        let mut buf = Vec::new();
+    /// as a read (for looking into files, e.g. ELF headers). A chunk is marked local when
+    /// its fetch answers, just before it is written to the cache: such a chunk is taken
+    /// from its fetch (joined, not fetched again; fetched again only if it was evicted
+    /// meanwhile) instead of being missed. Blocks: only for threads outside the runtime.
+    pub(crate) fn peek_local_blocking(
+        &self,
+        id: EntryId,
+        offset: u64,
+        len: usize,
+    ) -> Option<Vec<u8>> {
         let size = len.min(u32::MAX as usize) as u32;
-        self.copy_local(&mut buf, id, offset, size)
-            .ok()?
-            .then_some(buf)
-    }
-
-    /// True when the chunk of file `id` holding `offset` is marked local.
-    pub(crate) fn chunk_is_local(&self, id: EntryId, offset: u64) -> bool {
-        self.layer
-            .index
-            .chunk_at(id, offset)
-            .is_some_and(|c| self.progress.is_done(c.id))
+        let (n, pieces) = self.plan(id, offset, size).ok()?;
+        let mut buf = vec![0u8; n];
+        let missing = self.fill_local(pieces, &mut buf).ok()?;
+        if missing.is_empty() {
+            return Some(buf);
+        }
+        if !missing.iter().all(|p| self.progress.is_done(p.chunk.id)) {
+            return None;
+        }
+        let requests: Vec<_> = missing
+            .iter()
+            .filter_map(|p| request_of(&p.chunk))
+            .collect();
+        if requests.len() != missing.len() {
+            return None;
+        }
+        let answers =
+            self.fetcher
+                .get_many_blocking(&self.ctx.runtime, &requests, Priority::OnDemand);
+        for (p, answer) in missing.iter().zip(answers) {
+            let data = answer.ok()?;
+            let from = p.from as usize;
+            buf[p.at..p.at + p.len].copy_from_slice(data.get(from..from + p.len)?);
+        }
+        Some(buf)
     }
 
     /// Marks the chunks found in the cache as local (an earlier mount, another layer with

@@ -154,8 +154,10 @@ impl ReadPath {
         // flight (in a stream window, claimed by a region stream, or in another read) is
         // joined below instead.
         let mut waited = false;
+        let mut joins_only = true;
         for p in &missing {
             let in_flight = key_of(&p.chunk).is_some_and(|k| core.fetcher.is_in_flight(&k));
+            joins_only &= in_flight;
             if !in_flight && core.gate.should_wait(p.chunk.compressed_offset) {
                 core.gate
                     .wait_past(p.chunk.compressed_offset, timeout)
@@ -175,9 +177,16 @@ impl ReadPath {
             .collect();
         let wanted = requests.len();
         // Small files of the directory: all of them once it is read file after file, else
-        // those right after this one, in the same request.
-        let directory = self.ahead.directory(id, &missing);
-        let neighbours = if directory.is_empty() {
+        // those right after this one, in the same request. Not for a read that only joins
+        // fetches in flight (the prefetch, a stream, another read): whoever started those
+        // read ahead already, and a read's extra requests must not depend on whether it
+        // came just before or just after the prefetch claimed its chunks.
+        let directory = if joins_only {
+            Vec::new()
+        } else {
+            self.ahead.directory(id, &missing)
+        };
+        let neighbours = if directory.is_empty() && !joins_only {
             self.ahead.neighbours(id, &missing)
         } else {
             Vec::new()
@@ -187,7 +196,7 @@ impl ReadPath {
             file = %String::from_utf8_lossy(&core.index().path_of(id)),
             chunks = requests.len(), directory = directory.len(), "fetching on demand");
         self.ahead.fetch_directory(directory);
-        if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
+        if let (Some(first), Some(last), false) = (missing.first(), missing.last(), joins_only) {
             self.ahead.next_chunks(id, first.chunk.id, last.chunk.id);
         }
         let mut answers = core.fetcher.get_many(&requests, Priority::OnDemand).await;

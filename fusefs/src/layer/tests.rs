@@ -121,9 +121,11 @@ impl Fixture {
     }
 
     /// Waits (bounded) until `n` chunks are local, then lets anything else in flight
-    /// land, so that counts taken next include every fetch started so far.
+    /// land, so that counts taken next include every fetch started so far. A chunk is
+    /// counted when it is answered, just before it is written to the cache: the fetcher
+    /// going idle is what says it is readable from the cache.
     async fn settle(&self, n: u64) {
-        for _ in 0..2000 {
+        for _ in 0..6000 {
             if self.layer.status().fetched_chunks >= n {
                 break;
             }
@@ -132,6 +134,8 @@ impl Fixture {
         let mut last = self.blob.counts();
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(30), self.layer.fetcher().wait_idle())
+                .await;
             let now = self.blob.counts();
             if now == last {
                 break;
