@@ -89,6 +89,9 @@ pub struct MountedLayer {
     mountpoint: PathBuf,
     dev: Option<u64>,
     session: Mutex<Option<JoinHandle<std::io::Result<()>>>>,
+    /// fuser's handle on a mount this process made: unmounting through it also tells the
+    /// session (else the session, when it ends, unmounts again and warns of EINVAL).
+    unmounter: Mutex<Option<fuser::SessionUnmounter>>,
     stats: Arc<FsStats>,
     status: Mutex<Option<StatusFile>>,
     unmounted: AtomicBool,
@@ -170,7 +173,8 @@ impl MountedLayer {
         let fs = new_fs(&layer);
         let stats = fs.stats();
         let cfg = session_config(&layer, store.is_some());
-        let session = Session::new(fs, &mountpoint, &cfg).map_err(err)?;
+        let mut session = Session::new(fs, &mountpoint, &cfg).map_err(err)?;
+        let unmounter = session.unmount_callable();
         // From mountinfo: asks the (not yet running) session nothing.
         let dev = mountinfo::mount_at(&mountpoint)
             .ok()
@@ -194,7 +198,9 @@ impl MountedLayer {
         // mountinfo did not say (unexpected): ask the served mount itself.
         let dev = dev.or_else(|| sys::device_of(&mountpoint).ok().flatten());
         tracing::info!(layer = %layer.source().digest, mountpoint = %mountpoint.display(), "layer mounted");
-        Ok(Self::started(layer, mountpoint, dev, thread, stats, store))
+        let mounted = Self::started(layer, mountpoint, dev, thread, stats, store);
+        *mounted.unmounter.lock() = Some(unmounter);
+        Ok(mounted)
     }
 
     /// Serves again the FUSE connection `held` of a mount left by a previous daemon (no
@@ -266,6 +272,7 @@ impl MountedLayer {
             mountpoint,
             dev,
             session: Mutex::new(Some(thread)),
+            unmounter: Mutex::new(None),
             stats,
             status: Mutex::new(status),
             unmounted: AtomicBool::new(false),
@@ -372,8 +379,8 @@ impl MountedLayer {
         };
         let outcome = match sys::device_of(mp) {
             // Ours, or a connection that is gone (nothing else can be on our path then).
-            Ok(Some(d)) if Some(d) == self.dev => lmount::unmount(mp).map_err(uerr)?,
-            Ok(None) => lmount::unmount(mp).map_err(uerr)?,
+            Ok(Some(d)) if Some(d) == self.dev => self.unmount_ours().map_err(uerr)?,
+            Ok(None) => self.unmount_ours().map_err(uerr)?,
             Ok(Some(_)) => {
                 if self.is_served() {
                     tracing::warn!(mountpoint = %mp.display(), "another mount covers the layer mount; leaving both");
@@ -387,6 +394,18 @@ impl MountedLayer {
             tracing::info!(mountpoint = %mp.display(), "layer mount busy: detached, it goes away with its last user");
         }
         Ok(Some(outcome))
+    }
+
+    /// Unmounts the layer's mount (known to be ours): through fuser when this process made
+    /// it, so the session does not try again when it ends; a busy mount (or one fuser cannot
+    /// unmount) is left to [`lmount::unmount`], which detaches it.
+    fn unmount_ours(&self) -> std::io::Result<lmount::Unmounted> {
+        if let Some(mut u) = self.unmounter.lock().take() {
+            if u.unmount().is_ok() {
+                return Ok(lmount::Unmounted::Done);
+            }
+        }
+        lmount::unmount(&self.mountpoint)
     }
 
     /// Waits until `end` for the session of a mount unmounted by
