@@ -17,7 +17,7 @@ pub enum MirrorError {
         reason: String,
     },
     /// The listen address cannot be bound.
-    #[error("listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: String,
