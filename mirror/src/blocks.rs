@@ -9,7 +9,7 @@ pub const MIN_BLOCK_SIZE: u64 = 64 << 10;
 /// Largest block size accepted.
 pub const MAX_BLOCK_SIZE: u64 = 16 << 20;
 /// Default block size.
-pub const DEFAULT_BLOCK_SIZE: u64 = 512 << 10;
+pub const DEFAULT_BLOCK_SIZE: u64 = 128 << 10;
 
 /// The blocks of one blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

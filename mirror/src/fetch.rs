@@ -299,10 +299,19 @@ impl StreamState {
         let piece = data.slice(self.blocks.slice_in(index, &self.range));
         if let Some(h) = &mut self.hasher {
             h.update(&piece);
+            // The last piece is held back until the digest is checked: once the body's
+            // Content-Length bytes are out, the client has a complete (wrong) blob.
+            if self.queue.is_empty() && self.next_plan >= self.end {
+                self.done = true;
+                if let Some(Err(e)) = self.finish() {
+                    return Some(Err(e));
+                }
+            }
         }
         Some(Ok(piece))
     }
 
+    /// Checks the digest of a verified read (once): `Some(Err)` on a mismatch.
     fn finish(&mut self) -> Option<Result<Bytes, BlockError>> {
         let h = self.hasher.take()?;
         let actual = hex::encode(h.finalize());

@@ -204,7 +204,20 @@ impl Mirror {
                 name,
                 reference,
                 ns,
-            } => self.manifest(name, &reference, ns.as_deref()).await,
+            } => {
+                let accept = req
+                    .headers()
+                    .get_all(hyper::header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                // Passed on only when it names manifest types: a generic `*/*` would get
+                // an OCI manifest refused by registries that do not convert it.
+                let accept = accept.contains("application/vnd.").then_some(accept);
+                self.manifest(name, &reference, ns.as_deref(), accept.as_deref())
+                    .await
+            }
             Route::Blob { name, digest, ns } => {
                 let range = req
                     .headers()
@@ -221,14 +234,20 @@ impl Mirror {
         resp
     }
 
-    async fn manifest(&self, name: String, reference: &str, ns: Option<&str>) -> Response<Body> {
+    async fn manifest(
+        &self,
+        name: String,
+        reference: &str,
+        ns: Option<&str>,
+        accept: Option<&str>,
+    ) -> Response<Body> {
         let upstream = self.reader.upstream();
         let host = match upstream.host_for(ns) {
             Ok(h) => h,
             Err(e) => return reply::error(StatusCode::FORBIDDEN, "DENIED", &e.to_string()),
         };
         let repo = Repository::new(host, name);
-        match upstream.manifest(&repo, reference).await {
+        match upstream.manifest(&repo, reference, accept).await {
             Ok(m) => {
                 add(&self.metrics.served_bytes, m.body.len() as u64);
                 let mut r = reply::with_body(StatusCode::OK, &m.media_type, m.body);

@@ -110,11 +110,14 @@ impl Upstream {
         Ok(data)
     }
 
-    /// The manifest `reference` (tag or digest) names; by digest it is asked for once.
+    /// The manifest `reference` (tag or digest) names, asking for the media types of
+    /// `accept` (the client's `Accept` header; all four OCI and Docker types without it);
+    /// by digest it is asked for once (a digest names one body whatever was accepted).
     pub async fn manifest(
         &self,
         repo: &Repository,
         reference: &str,
+        accept: Option<&str>,
     ) -> Result<FetchedManifest, RegistryError> {
         let pinned = Digest::from_str(reference).is_ok();
         let key = (repo.clone(), reference.to_string());
@@ -124,7 +127,10 @@ impl Upstream {
             }
         }
         add(&self.metrics.upstream_requests, 1);
-        let m = self.client.fetch_manifest(repo, reference).await?;
+        let m = self
+            .client
+            .fetch_manifest_accepting(repo, reference, accept)
+            .await?;
         self.manifests
             .lock()
             .put((repo.clone(), m.digest.to_string()), m.clone());

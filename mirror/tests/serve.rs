@@ -19,6 +19,11 @@ struct Running {
 
 impl Running {
     async fn start(origin: &RegistryProc, max_size: u64) -> Running {
+        Self::start_for(origin.host(), origin, max_size).await
+    }
+
+    /// A mirror whose default upstream is `host` (e.g. a proxy in front of `origin`).
+    async fn start_for(host: String, origin: &RegistryProc, max_size: u64) -> Running {
         let cache = tempfile::tempdir().unwrap();
         let (client, _) = client(&fetch_config(), &registry_config(origin.dir.path()));
         let m = Mirror::open(
@@ -28,7 +33,7 @@ impl Running {
                 max_size,
                 block_size: BLOCK,
                 hosts: UpstreamHosts {
-                    default: Some(origin.host()),
+                    default: Some(host),
                     ..Default::default()
                 },
             },
@@ -245,5 +250,85 @@ async fn starling_reads_through_it_as_a_mirror_and_the_cache_stays_bounded() {
     assert_eq!(all, data);
     assert!(m.metric("cache_bytes").await <= 16 * BLOCK);
     assert!(m.metric("evicted_blocks_total").await > 0);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_are_proxied_with_their_digest_and_type() {
+    require_registry!();
+    let (origin, repo, data, digest) = origin_with_blob(1000).await;
+    let (pusher, _) = client(&fetch_config(), &registry_config(origin.dir.path()));
+    let config = Bytes::from_static(b"{}");
+    let config_digest = push(&pusher, &repo, &config).await;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": data.len()}],
+    })
+    .to_string();
+    let mdigest = pusher
+        .push_manifest(
+            &repo,
+            "v1",
+            "application/vnd.oci.image.manifest.v1+json",
+            Bytes::from(manifest.clone()),
+        )
+        .await
+        .unwrap();
+    let m = Running::start(&origin, 64 << 20).await;
+    let ns = origin.host().replace(':', "%3A");
+    for reference in ["v1".to_string(), mdigest.to_string()] {
+        let url = m.url(&format!("/v2/fleet/app/manifests/{reference}?ns={ns}"));
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.headers()["docker-content-digest"], mdigest.as_ref());
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert_eq!(resp.text().await.unwrap(), manifest);
+        let head = reqwest::Client::new().head(&url).send().await.unwrap();
+        assert_eq!(head.status().as_u16(), 200);
+        assert_eq!(head.headers()["content-length"], manifest.len().to_string());
+    }
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_blob_that_does_not_match_its_digest_is_cut_off_and_uncached() {
+    require_registry!();
+    let size = 300_000;
+    let (origin, _repo, data, digest) = origin_with_blob(size).await;
+    // the upstream flips bytes in every range answer
+    let proxy = registry::testutil::proxy::Proxy::start(
+        origin.addr(),
+        registry::testutil::proxy::ProxyMode::FlipBodies {
+            percent: 100,
+            seed: 1,
+        },
+    );
+    let m = Running::start_for(proxy.addr.to_string(), &origin, 64 << 20).await;
+    let blob = m.url(&format!("/v2/fleet/app/blobs/{digest}"));
+    let resp = reqwest::get(&blob).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    match resp.bytes().await {
+        Err(_) => {}
+        Ok(b) => assert!(
+            b.len() < size && b != data,
+            "a complete wrong body was sent"
+        ),
+    }
+    assert_eq!(m.metric("digest_mismatches_total").await, 1);
+    assert_eq!(
+        m.metric("cache_bytes").await,
+        0,
+        "the blob's blocks were dropped"
+    );
     m.stop().await;
 }

@@ -114,15 +114,15 @@ pub enum MirrorKind {
 
 /// A running cluster mirror.
 pub enum ClusterMirror {
-    PullThrough(Registry),
-    Starling(StarlingMirror),
+    PullThrough(Box<Registry>),
+    Starling(Box<StarlingMirror>),
 }
 
 impl ClusterMirror {
     fn start(kind: MirrorKind, wd: &Workdir, name: &str, origin: &str) -> Option<ClusterMirror> {
         match kind {
             MirrorKind::Direct => None,
-            MirrorKind::PullThrough => Some(ClusterMirror::PullThrough(
+            MirrorKind::PullThrough => Some(ClusterMirror::PullThrough(Box::new(
                 Registry::start_in(
                     &wd.join(name),
                     RegistryOptions {
@@ -132,10 +132,19 @@ impl ClusterMirror {
                     false,
                 )
                 .unwrap(),
-            )),
-            MirrorKind::Starling => Some(ClusterMirror::Starling(
-                StarlingMirror::start(&wd.join(name), origin, &[]).unwrap(),
-            )),
+            ))),
+            MirrorKind::Starling => {
+                // STARLING_FLEET_MIRROR_BLOCK_SIZE: the mirror's --block-size (figures with
+                // other block sizes; default: the mirror's own)
+                let block = std::env::var("STARLING_FLEET_MIRROR_BLOCK_SIZE").ok();
+                let extra: Vec<&str> = match &block {
+                    Some(b) => vec!["--block-size", b],
+                    None => vec![],
+                };
+                Some(ClusterMirror::Starling(Box::new(
+                    StarlingMirror::start(&wd.join(name), origin, &extra).unwrap(),
+                )))
+            }
         }
     }
 

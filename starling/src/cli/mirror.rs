@@ -48,7 +48,7 @@ pub struct Args {
     pub max_size: u64,
     /// Bytes per cached block: a power of two from 64KiB to 16MiB. Missing blocks are fetched
     /// from the upstream by range, neighbours in one request.
-    #[arg(long, value_name = "SIZE", default_value = "512KiB", value_parser = config::units::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "128KiB", value_parser = config::units::parse_size)]
     pub block_size: u64,
 }
 
