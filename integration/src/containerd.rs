@@ -655,9 +655,18 @@ impl Containerd {
         &mut self.daemon
     }
 
-    /// Restarts containerd (same config) and waits until it answers.
+    /// Restarts containerd (SIGTERM, then the same config, root and state) and waits until
+    /// it answers. Shims and their containers keep running.
     pub fn restart(&mut self) -> Result<()> {
         self.daemon.restart()?;
+        self.wait_ready()
+    }
+
+    /// Starts containerd again after [`daemon`](Self::daemon)`().stop()` or `.kill()` (shims
+    /// and their containers keep running meanwhile) with the same config, root and state,
+    /// and waits until it answers.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.daemon.start_again()?;
         self.wait_ready()
     }
 

@@ -100,6 +100,23 @@ impl Answer {
         self.response.status()
     }
 
+    /// The next piece of the body (`None` at its end), counted as fetched.
+    async fn next_piece(&mut self) -> Result<Option<Bytes>, RegistryError> {
+        let piece = self
+            .response
+            .chunk()
+            .await
+            .map_err(|e| RegistryError::Network {
+                target: self.target.clone(),
+                endpoint: self.endpoint.clone(),
+                cause: describe(e),
+            })?;
+        if let Some(p) = &piece {
+            Metrics::add(&self.metrics.bytes_fetched, p.len() as u64);
+        }
+        Ok(piece)
+    }
+
     /// Reads the body, failing if it exceeds `limit` bytes; counts the bytes fetched.
     pub(crate) async fn body(&mut self, limit: u64) -> Result<Bytes, RegistryError> {
         if let Some(len) = self.response.content_length() {
@@ -110,18 +127,7 @@ impl Answer {
             }
         }
         let mut buf = BytesMut::with_capacity(self.response.content_length().unwrap_or(0) as usize);
-        loop {
-            let chunk = self
-                .response
-                .chunk()
-                .await
-                .map_err(|e| RegistryError::Network {
-                    target: self.target.clone(),
-                    endpoint: self.endpoint.clone(),
-                    cause: describe(e),
-                })?;
-            let Some(chunk) = chunk else { break };
-            Metrics::add(&self.metrics.bytes_fetched, chunk.len() as u64);
+        while let Some(chunk) = self.next_piece().await? {
             if buf.len() as u64 + chunk.len() as u64 > limit {
                 return Err(
                     self.protocol(format!("response larger than the {limit} bytes expected"))
@@ -137,22 +143,12 @@ impl Answer {
     pub(crate) async fn body_prefix(&mut self, len: u64) -> Result<Bytes, RegistryError> {
         let mut buf = BytesMut::with_capacity(len.min(64 << 20) as usize);
         while (buf.len() as u64) < len {
-            let chunk = self
-                .response
-                .chunk()
-                .await
-                .map_err(|e| RegistryError::Network {
-                    target: self.target.clone(),
-                    endpoint: self.endpoint.clone(),
-                    cause: describe(e),
-                })?;
-            let Some(chunk) = chunk else {
+            let Some(chunk) = self.next_piece().await? else {
                 return Err(self.protocol(format!(
                     "the body ended after {} of the {len} bytes needed",
                     buf.len()
                 )));
             };
-            Metrics::add(&self.metrics.bytes_fetched, chunk.len() as u64);
             let take = chunk.len().min((len - buf.len() as u64) as usize);
             buf.extend_from_slice(&chunk[..take]);
         }

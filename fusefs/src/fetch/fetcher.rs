@@ -37,7 +37,7 @@ use tokio::sync::oneshot;
 
 use super::decode::{ChunkDecoder, ChunkRequest, LARGE_CHUNK, STREAM_DECODE_MIN};
 use super::error::{CorruptChunk, Corruption, FetchError};
-use super::hold::FailureHold;
+use super::hold::{FailureHold, PROBE_WAIT};
 use super::source::{BlobSource, SourceStream};
 use crate::cache::{CacheError, ChunkCache, ChunkKey};
 use crate::metrics::Metrics;
@@ -185,6 +185,12 @@ impl ChunkFetcher {
         self.inner.hold.recent(key, |t| source.answered_since(t))
     }
 
+    /// See [`FailureHold::set_retry_window`].
+    #[cfg(test)]
+    pub(crate) fn set_retry_window(&self, window: Duration) {
+        self.inner.hold.set_retry_window(window);
+    }
+
     /// True while a fetch of `key` is in flight (asked for, or answered and not yet
     /// cached): a caller of [`ChunkFetcher::get_many`] would join it rather than fetch it
     /// again.
@@ -256,6 +262,17 @@ impl ChunkFetcher {
             for (i, hit) in found {
                 cached[i] = hit;
             }
+        }
+        // A held failure that is not the kernel's immediate retry: ask the source whether
+        // it is back (briefly) before answering with it.
+        let stale_hold = requests.iter().zip(&cached).any(|(r, hit)| {
+            hit.is_none()
+                && !self.is_in_flight(&r.key)
+                && self.held_failure(&r.key).is_some()
+                && inner.hold.failed_before_retry_window(&r.key)
+        });
+        if stale_hold {
+            Inner::probe_and_wait(inner, PROBE_WAIT).await;
         }
         let mut waits: Vec<(usize, Pending)> = Vec::new();
         let mut jobs: Vec<Job> = Vec::new();
@@ -475,6 +492,15 @@ impl Inner {
             }
             inner.hold.probe_done();
         });
+    }
+
+    /// Starts a probe (or joins the one running) and waits up to `wait` for it to end.
+    async fn probe_and_wait(this: &Arc<Inner>, wait: Duration) {
+        let end = this.hold.probe_end();
+        tokio::pin!(end);
+        end.as_mut().enable();
+        Inner::probe(this);
+        let _ = tokio::time::timeout(wait, end).await;
     }
 
     /// Claims `req`'s chunk for a fetch, or joins the fetch in flight; with `or_stored`,

@@ -3,10 +3,13 @@
 //! `fetch.read_timeout` again (the kernel asks once more for a page whose read failed, and
 //! applications retry in loops). A held failure is dropped as soon as the source answers a
 //! request made after it (a read of another chunk, or the background probe a held read
-//! starts), so a registry that is back serves again at once.
+//! starts), so a registry that is back serves again at once. A read of a chunk that
+//! failed a while ago (longer than [`RETRY_WINDOW`]: not the kernel's immediate retry)
+//! first waits briefly ([`PROBE_WAIT`]) for that probe's answer, so the first read after
+//! the registry came back is served, not failed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -16,6 +19,11 @@ use crate::cache::ChunkKey;
 
 /// Most failed chunks remembered at once; past that the older half is forgotten.
 const MAX_FAILED: usize = 4096;
+/// A held read this soon after the failure is the kernel's (or an application's)
+/// immediate retry: it fails at once.
+pub(crate) const RETRY_WINDOW: Duration = Duration::from_millis(250);
+/// How long a later held read waits for the probe's answer before failing.
+pub(crate) const PROBE_WAIT: Duration = Duration::from_millis(500);
 
 /// See the module doc.
 pub(crate) struct FailureHold {
@@ -25,6 +33,10 @@ pub(crate) struct FailureHold {
     answered: Mutex<Option<Instant>>,
     /// A probe of the source is running.
     probing: AtomicBool,
+    /// Woken when a probe ends.
+    probed: tokio::sync::Notify,
+    /// [`RETRY_WINDOW`] (milliseconds; tests change it).
+    retry_window_ms: AtomicU64,
 }
 
 impl FailureHold {
@@ -35,6 +47,8 @@ impl FailureHold {
             failed: Mutex::new(HashMap::new()),
             answered: Mutex::new(None),
             probing: AtomicBool::new(false),
+            probed: tokio::sync::Notify::new(),
+            retry_window_ms: AtomicU64::new(RETRY_WINDOW.as_millis() as u64),
         }
     }
 
@@ -78,6 +92,29 @@ impl FailureHold {
         None
     }
 
+    /// True if `key`'s held failure happened longer than [`RETRY_WINDOW`] ago.
+    pub(crate) fn failed_before_retry_window(&self, key: &ChunkKey) -> bool {
+        let window = Duration::from_millis(self.retry_window_ms.load(Ordering::Relaxed));
+        self.failed
+            .lock()
+            .get(key)
+            .is_some_and(|(at, _)| at.elapsed() >= window)
+    }
+
+    /// Replaces [`RETRY_WINDOW`] (tests: a long one makes every held read an immediate
+    /// retry whatever the machine's load, zero makes none).
+    #[cfg(test)]
+    pub(crate) fn set_retry_window(&self, window: Duration) {
+        self.retry_window_ms
+            .store(window.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// A future that completes when the next probe ends (created before the probe is
+    /// started, it does not miss the end).
+    pub(crate) fn probe_end(&self) -> tokio::sync::futures::Notified<'_> {
+        self.probed.notified()
+    }
+
     /// True if the caller should start a probe of the source (none is running); it calls
     /// [`FailureHold::probe_done`] when the probe ends.
     pub(crate) fn begin_probe(&self) -> bool {
@@ -87,6 +124,7 @@ impl FailureHold {
     /// The probe started after [`FailureHold::begin_probe`] ended.
     pub(crate) fn probe_done(&self) {
         self.probing.store(false, Ordering::Release);
+        self.probed.notify_waiters();
     }
 }
 

@@ -66,6 +66,8 @@ impl Fixture {
             ..Default::default()
         };
         let fetcher = ChunkFetcher::new(blob.clone(), cache.clone(), decoder, &fetch);
+        // Every held read is an immediate retry (fails at once) unless a test says otherwise.
+        fetcher.set_retry_window(Duration::from_secs(600));
         Fixture {
             blob,
             fetcher,
@@ -396,6 +398,36 @@ async fn a_failed_chunk_fails_at_once_until_the_source_answers() {
     f.blob.release();
     assert_eq!(read_until_served(&f, 0).await, f.data(0));
     assert!(f.fetcher.held_failure(&f.chunks[0].key).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_read_asks_the_source_first_and_is_served_when_it_is_back() {
+    let f = Fixture::holding(3, Arc::new(RawChunks), HOLD);
+    f.fetcher.set_retry_window(Duration::ZERO);
+    f.blob.fail_next(1);
+    assert!(matches!(f.get(0).await, Err(FetchError::Registry(_))));
+    assert!(f.fetcher.held_failure(&f.chunks[0].key).is_some());
+    // The registry is back: the next read (not an immediate retry) waits for the probe's
+    // answer and is served on its first try.
+    assert_eq!(f.get(0).await.unwrap(), f.data(0));
+    assert_eq!(f.metrics.snapshot().fetch_fail_fast, 0);
+    let c = f.blob.counts();
+    assert_eq!(
+        c.range_requests, 3,
+        "the failed read, the probe, the read: {c:?}"
+    );
+
+    // A source that does not answer: the wait for the probe is bounded, then the held
+    // failure.
+    f.blob.fail_next(1);
+    assert!(f.get(1).await.is_err());
+    f.blob.hold();
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(30), f.get(1)).await,
+        Ok(Err(FetchError::Registry(_)))
+    ));
+    assert_eq!(f.metrics.snapshot().fetch_fail_fast, 1);
+    f.blob.release();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,17 +173,7 @@ pub(crate) fn output_format(zstdchunked: bool) -> OutputFormat {
 }
 
 pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    let cfg = match path {
-        Some(p) => {
-            Config::load(p).with_context(|| format!("configuration file {}", p.display()))?
-        }
-        None if Path::new(config::DEFAULT_PATH).exists() => {
-            Config::load(Path::new(config::DEFAULT_PATH)).context("default configuration file")?
-        }
-        None => Config::default(),
-    };
-    cfg.validate().context("invalid settings")?;
-    Ok(cfg)
+    super::settings::read_valid(path)
 }
 
 /// Progress output: none when quiet, bars on a terminal, else plain lines (stderr).

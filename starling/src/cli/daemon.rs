@@ -62,19 +62,8 @@ pub struct Args {
 
 /// The configuration after the file and the flags.
 fn load_config(args: &Args, log_level: Option<&str>) -> anyhow::Result<Config> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            Config::load(path).with_context(|| format!("configuration file {}", path.display()))?
-        }
-        None if Path::new(config::DEFAULT_PATH).exists() => {
-            Config::load(Path::new(config::DEFAULT_PATH)).context("default configuration file")?
-        }
-        None => Config::default(),
-    };
-    if let Some(root) = &args.root {
-        cfg.root =
-            std::path::absolute(root).with_context(|| format!("--root {}", root.display()))?;
-    }
+    let (mut cfg, _) = super::settings::read(args.config.as_deref())?;
+    super::settings::set_root(&mut cfg, args.root.as_deref())?;
     if let Some(address) = &args.address {
         cfg.address = std::path::absolute(address)
             .with_context(|| format!("--address {}", address.display()))?;

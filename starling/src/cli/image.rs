@@ -7,7 +7,7 @@
 //! safe to share (per-process temp files, entries written by one process found by the
 //! others, each keeping the cap; see `fusefs::cache`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -33,32 +33,12 @@ pub struct NodeArgs {
 /// The configuration with `args` applied; `references` are the images whose hosts
 /// `--plain-http` applies to.
 pub fn load_config(args: &NodeArgs, references: &[String]) -> anyhow::Result<Config> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            Config::load(path).with_context(|| format!("configuration file {}", path.display()))?
-        }
-        None if Path::new(config::DEFAULT_PATH).exists() => {
-            Config::load(Path::new(config::DEFAULT_PATH)).context("default configuration file")?
-        }
-        None => Config::default(),
-    };
-    if let Some(root) = &args.root {
-        cfg.root =
-            std::path::absolute(root).with_context(|| format!("--root {}", root.display()))?;
-    }
-    if args.plain_http {
-        for r in references {
-            let reference: registry::Reference =
-                r.parse().with_context(|| format!("reference {r}"))?;
-            cfg.registry
-                .hosts
-                .entry(reference.repository.host)
-                .or_default()
-                .insecure = true;
-        }
-    }
-    cfg.validate().context("invalid settings")?;
-    Ok(cfg)
+    super::settings::for_node(
+        args.config.as_deref(),
+        args.root.as_deref(),
+        args.plain_http,
+        references,
+    )
 }
 
 /// A runtime for one command.
@@ -157,17 +137,4 @@ pub async fn open_image(
 }
 
 /// `n` bytes for people.
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use rpull::progress::human_bytes as human;

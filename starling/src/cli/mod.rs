@@ -15,6 +15,7 @@ pub mod mount;
 pub mod optimize;
 pub mod prefetch;
 pub mod rpull;
+pub mod settings;
 pub mod status;
 
 /// Installs the tracing subscriber (stderr). Only the binary calls this.

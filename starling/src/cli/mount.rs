@@ -57,32 +57,12 @@ pub struct Args {
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            Config::load(path).with_context(|| format!("configuration file {}", path.display()))?
-        }
-        None if Path::new(config::DEFAULT_PATH).exists() => {
-            Config::load(Path::new(config::DEFAULT_PATH)).context("default configuration file")?
-        }
-        None => Config::default(),
-    };
-    if let Some(root) = &args.root {
-        cfg.root =
-            std::path::absolute(root).with_context(|| format!("--root {}", root.display()))?;
-    }
-    if args.plain_http {
-        let reference: registry::Reference = args
-            .reference
-            .parse()
-            .with_context(|| format!("reference {}", args.reference))?;
-        cfg.registry
-            .hosts
-            .entry(reference.repository.host)
-            .or_default()
-            .insecure = true;
-    }
-    cfg.validate().context("invalid settings")?;
-    Ok(cfg)
+    super::settings::for_node(
+        args.config.as_deref(),
+        args.root.as_deref(),
+        args.plain_http,
+        std::slice::from_ref(&args.reference),
+    )
 }
 
 /// The state directory of a layer mounted at `mountpoint`.

@@ -103,17 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Registry settings: the named file, else the default file if it exists, else defaults.
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    let cfg = match path {
-        Some(p) => {
-            Config::load(p).with_context(|| format!("configuration file {}", p.display()))?
-        }
-        None if Path::new(config::DEFAULT_PATH).exists() => {
-            Config::load(Path::new(config::DEFAULT_PATH)).context("default configuration file")?
-        }
-        None => Config::default(),
-    };
-    cfg.validate().context("invalid settings")?;
-    Ok(cfg)
+    super::settings::read_valid(path)
 }
 
 /// Progress on stderr: bars when it is a terminal, one line per step otherwise.

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use config::Config;
 use fusefs::status::{read_status_dir, StatusRecord};
+use rpull::progress::human_bytes as human;
 use snapshotter::control;
 use snapshotter::lazy::fallbacks::{self, Fallback};
 
@@ -41,31 +41,8 @@ fn root(args: &Args) -> anyhow::Result<PathBuf> {
     if let Some(r) = &args.root {
         return Ok(r.clone());
     }
-    let cfg = match &args.config {
-        Some(p) => {
-            Config::load(p).with_context(|| format!("configuration file {}", p.display()))?
-        }
-        None if Path::new(config::DEFAULT_PATH).exists() => {
-            Config::load(Path::new(config::DEFAULT_PATH)).context("default configuration file")?
-        }
-        None => Config::default(),
-    };
+    let (cfg, _) = super::settings::read(args.config.as_deref())?;
     Ok(cfg.root)
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// The table `starling status` prints.

@@ -10,7 +10,6 @@ mod host;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use config::Config;
 
 use check::{Check, Level};
@@ -42,20 +41,8 @@ pub struct Args {
 
 /// starling's configuration and where it came from.
 fn load_config(args: &Args) -> anyhow::Result<(Config, String)> {
-    let (mut cfg, source) = match &args.config {
-        Some(p) => (
-            Config::load(p).with_context(|| format!("configuration file {}", p.display()))?,
-            p.display().to_string(),
-        ),
-        None if Path::new(config::DEFAULT_PATH).exists() => (
-            Config::load(Path::new(config::DEFAULT_PATH)).context("default configuration file")?,
-            config::DEFAULT_PATH.to_string(),
-        ),
-        None => (Config::default(), "built-in defaults".to_string()),
-    };
-    if let Some(r) = &args.root {
-        cfg.root = std::path::absolute(r)?;
-    }
+    let (mut cfg, source) = crate::cli::settings::read(args.config.as_deref())?;
+    crate::cli::settings::set_root(&mut cfg, args.root.as_deref())?;
     if let Some(a) = &args.address {
         cfg.address = std::path::absolute(a)?;
     }
