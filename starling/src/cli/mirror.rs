@@ -2,13 +2,15 @@
 //! the `[registry]`/`[fetch]` settings of a starling configuration file for the upstreams,
 //! SIGTERM/SIGINT for a graceful stop, the counters logged at exit.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use config::Config;
 use mirror::{Mirror, Settings, UpstreamHosts};
 use tokio::signal::unix::{signal, SignalKind};
+
+use super::settings;
 
 /// Arguments of `starling mirror`.
 #[derive(clap::Args, Debug)]
@@ -53,15 +55,7 @@ pub struct Args {
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            Config::load(path).with_context(|| format!("configuration file {}", path.display()))?
-        }
-        None if Path::new(config::DEFAULT_PATH).exists() => {
-            Config::load(Path::new(config::DEFAULT_PATH)).context("default configuration file")?
-        }
-        None => Config::default(),
-    };
+    let (mut cfg, _) = settings::read(args.config.as_deref())?;
     if args.plain_http {
         for h in args.upstream.iter().chain(&args.allow_upstream) {
             cfg.registry.hosts.entry(h.clone()).or_default().insecure = true;
