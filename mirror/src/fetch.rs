@@ -185,6 +185,7 @@ impl BlockReader {
     ) {
         let blocks = Blocks::new(self.block_size, blob.size);
         let bytes = blocks.bytes_of(run.start).start..blocks.bytes_of(run.end - 1).end;
+        let epoch = self.store.epoch();
         let result = self
             .upstream
             .read(&blob.repo, &blob.digest, blob.size, bytes.clone())
@@ -208,17 +209,22 @@ impl BlockReader {
                 return;
             }
         };
-        for claim in claims {
-            let index = claim.key().index;
-            let b = blocks.bytes_of(index);
+        // Waiters get the blocks at once; the claims are released once the blocks are
+        // stored (requests arriving meanwhile join the published answer).
+        let mut stored = Vec::with_capacity(claims.len());
+        let mut claims = claims;
+        for claim in &mut claims {
+            let b = blocks.bytes_of(claim.key().index);
             let block =
                 data.slice((b.start - bytes.start) as usize..(b.end - bytes.start) as usize);
-            if let Err(e) = self.store.put(claim.key().clone(), block.clone()).await {
-                tracing::warn!(error = %e, "cannot cache a block; serving it uncached");
-            }
-            add(&self.metrics.block_fetches, 1);
-            claim.complete(Ok(block));
+            claim.publish(Ok(block.clone()));
+            stored.push((claim.key().clone(), block));
         }
+        add(&self.metrics.block_fetches, stored.len() as u64);
+        if let Err(e) = self.store.put_all(stored, epoch).await {
+            tracing::warn!(error = %e, "cannot cache fetched blocks; they were served uncached");
+        }
+        drop(claims);
     }
 
     /// The bytes `range` of `blob` as a stream of pieces (one per block). With `verify`

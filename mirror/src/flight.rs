@@ -40,22 +40,26 @@ impl<K: Eq + Hash + Clone, E> Claim<K, E> {
         &self.key
     }
 
-    /// Hands the result to every waiter and releases the claim (the next miss claims again:
-    /// a failed fetch is not remembered). Call after storing the block.
-    pub fn complete(mut self, result: Result<Bytes, E>) {
-        self.table.map.lock().remove(&self.key);
+    /// Hands the result to every waiter, those waiting now and those that join until the
+    /// claim is released (dropped: after the block is stored, so a request never finds it
+    /// neither in flight nor cached).
+    pub fn publish(&mut self, result: Result<Bytes, E>) {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(result);
         }
+    }
+
+    /// [`Self::publish`] and release (the next miss claims again: a failed fetch is not
+    /// remembered).
+    pub fn complete(mut self, result: Result<Bytes, E>) {
+        self.publish(result);
     }
 }
 
 impl<K: Eq + Hash + Clone, E> Drop for Claim<K, E> {
     fn drop(&mut self) {
-        if self.tx.is_some() {
-            // Never completed: the sender drops with us and the waiters see "abandoned".
-            self.table.map.lock().remove(&self.key);
-        }
+        // Unpublished, the sender drops with us and the waiters see "abandoned".
+        self.table.map.lock().remove(&self.key);
     }
 }
 
@@ -157,6 +161,21 @@ mod tests {
         assert_eq!(p2.await.unwrap_err(), "upstream 500");
         // a failure is not remembered: the next request claims again
         assert!(matches!(t.plan(vec![2], |_| false)[0], Plan::Fetch(..)));
+    }
+
+    #[tokio::test]
+    async fn a_published_block_is_joined_until_the_claim_is_released() {
+        let t = table();
+        let (mut c, p) = claim(t.plan(vec![4], |_| false).remove(0));
+        c.publish(Ok(Bytes::from_static(b"four")));
+        assert_eq!(&p.await.unwrap()[..], b"four");
+        // being stored: a late request still joins (and gets the bytes at once)
+        match t.plan(vec![4], |_| false).remove(0) {
+            Plan::Join(j) => assert_eq!(&j.await.unwrap()[..], b"four"),
+            _ => panic!("expected a join"),
+        }
+        drop(c);
+        assert_eq!(t.in_flight(), 0);
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //! Blocks cannot be verified alone (a blob digest covers the whole blob); what goes in is
 //! exactly what the upstream answered for the block's range, never a short or failed read.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -53,6 +54,9 @@ fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -
 struct Index {
     lru: LruCache<BlockKey, u64>,
     total: u64,
+    /// Blobs whose blocks were dropped, with the epoch of the drop: blocks of them fetched
+    /// before that (and stored after) are not stored.
+    dropped: HashMap<Arc<str>, u64>,
 }
 
 /// The block cache. Shared by all requests.
@@ -62,6 +66,7 @@ pub struct BlockStore {
     max_bytes: u64,
     index: Mutex<Index>,
     evicted: std::sync::atomic::AtomicU64,
+    clock: std::sync::atomic::AtomicU64,
 }
 
 impl BlockStore {
@@ -90,6 +95,7 @@ impl BlockStore {
         let mut index = Index {
             lru: LruCache::unbounded(),
             total: 0,
+            dropped: HashMap::new(),
         };
         for (key, len, _) in found {
             index.total += len;
@@ -101,6 +107,7 @@ impl BlockStore {
             max_bytes,
             index: Mutex::new(index),
             evicted: Default::default(),
+            clock: Default::default(),
         };
         store.evict(&mut store.index.lock());
         Ok(store)
@@ -155,15 +162,37 @@ impl BlockStore {
         }
     }
 
-    /// Stores a block (whole: the caller checked its length), then evicts down to the cap.
-    pub async fn put(self: &Arc<Self>, key: BlockKey, data: Bytes) -> Result<(), StoreError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.put_blocking(key, &data))
-            .await
-            .map_err(StoreError::Task)?
+    /// A new epoch: take one before fetching blocks and store them with it.
+    pub fn epoch(&self) -> u64 {
+        self.clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn put_blocking(&self, key: BlockKey, data: &[u8]) -> Result<(), StoreError> {
+    /// Stores a block (whole: the caller checked its length), then evicts down to the cap.
+    #[cfg(test)]
+    pub async fn put(self: &Arc<Self>, key: BlockKey, data: Bytes) -> Result<(), StoreError> {
+        let epoch = self.epoch();
+        self.put_all(vec![(key, data)], epoch).await
+    }
+
+    /// Stores blocks fetched in `epoch` in one background task (stops at the first
+    /// failure); blocks of a blob dropped since `epoch` are left out.
+    pub async fn put_all(
+        self: &Arc<Self>,
+        blocks: Vec<(BlockKey, Bytes)>,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            blocks
+                .into_iter()
+                .try_for_each(|(key, data)| me.put_blocking(key, &data, epoch))
+        })
+        .await
+        .map_err(StoreError::Task)?
+    }
+
+    fn put_blocking(&self, key: BlockKey, data: &[u8], epoch: u64) -> Result<(), StoreError> {
         use std::io::Write;
         let path = self.path(&key);
         let parent = path.parent().expect("a block path has a parent");
@@ -173,6 +202,9 @@ impl BlockStore {
         // Renames and removals happen under the index lock, so an eviction never removes a
         // file that a later put of the same block renamed into place.
         let mut index = self.index.lock();
+        if index.dropped.get(&key.digest).is_some_and(|d| *d >= epoch) {
+            return Ok(());
+        }
         f.persist(&path)
             .map_err(|e| io(&path, "rename into place")(e.error))?;
         if let Some(old) = index.lru.put(key, data.len() as u64) {
@@ -202,7 +234,9 @@ impl BlockStore {
 
     /// Removes every cached block of `digest` (its bytes did not match the digest).
     pub fn drop_blob(&self, digest: &str) {
+        let epoch = self.epoch();
         let mut index = self.index.lock();
+        index.dropped.insert(digest.into(), epoch);
         let keys: Vec<BlockKey> = index
             .lru
             .iter()
@@ -327,6 +361,26 @@ mod tests {
         assert!(!store.contains(&key("aa", 3)));
         assert_eq!(store.bytes(), 0);
         assert!(!dir.path().join("b65536/sha256/aa/3").exists());
+    }
+
+    #[tokio::test]
+    async fn blocks_fetched_before_their_blob_was_dropped_are_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlockStore::open(dir.path(), 65536, 1000).unwrap());
+        let before = store.epoch();
+        store.drop_blob("sha256:aa");
+        store
+            .put_all(vec![(key("aa", 0), Bytes::from_static(b"old"))], before)
+            .await
+            .unwrap();
+        assert!(!store.contains(&key("aa", 0)));
+        assert!(!dir.path().join("b65536/sha256/aa/0").exists());
+        let after = store.epoch();
+        store
+            .put_all(vec![(key("aa", 0), Bytes::from_static(b"new"))], after)
+            .await
+            .unwrap();
+        assert!(store.contains(&key("aa", 0)));
     }
 
     #[tokio::test]
