@@ -4,8 +4,8 @@
 //! `README.md` for a usage example.
 //!
 //! Layers, bottom up: [`workdir`], [`process`], [`mounts`], [`poll`] and [`http`] are the
-//! plumbing; [`registry`], [`containerd`], [`starling`], [`peer`], [`proxy`] and [`shaped`]
-//! run the real parts; [`cri`] drives containerd's CRI plugin as the kubelet does;
+//! plumbing; [`registry`], [`containerd`], [`starling`], [`mirror`] (`starling mirror`),
+//! [`peer`], [`proxy`] and [`shaped`] run the real parts; [`cri`] drives containerd's CRI plugin as the kubelet does;
 //! [`client`] runs starling's client subcommands and [`metrics`] reads the daemon's
 //! metrics; [`oci`] and [`images`] make images; [`extract`], [`overlay`] and [`treecmp`]
 //! compute and compare expected trees, [`fscompat`] compares two trees call by call;
@@ -42,6 +42,7 @@ pub mod http;
 pub mod images;
 pub mod loopfs;
 pub mod metrics;
+pub mod mirror;
 pub mod mounts;
 pub mod oci;
 pub mod overlay;

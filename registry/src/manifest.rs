@@ -94,6 +94,17 @@ impl RegistryClient {
         repo: &Repository,
         reference: &str,
     ) -> Result<FetchedManifest, RegistryError> {
+        self.fetch_manifest_accepting(repo, reference, None).await
+    }
+
+    /// [`Self::fetch_manifest`] asking for the media types of `accept` (an `Accept` header
+    /// value, e.g. a mirror's client's) instead of the four this client reads.
+    pub async fn fetch_manifest_accepting(
+        &self,
+        repo: &Repository,
+        reference: &str,
+        accept: Option<&str>,
+    ) -> Result<FetchedManifest, RegistryError> {
         let inner = &self.inner;
         let host = inner.host(&repo.host)?;
         let pinned = Digest::from_str(reference).ok();
@@ -107,12 +118,12 @@ impl RegistryClient {
             Scope::pull(&repo.name),
             target.clone(),
         );
-        req.headers.insert(
-            ACCEPT,
-            HeaderValue::from_static(
+        let accept = accept
+            .and_then(|a| HeaderValue::from_str(a).ok())
+            .unwrap_or(HeaderValue::from_static(
                 "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json",
-            ),
-        );
+            ));
+        req.headers.insert(ACCEPT, accept);
         req.follow_redirects = true;
         req.resolve = pinned.is_none();
         // The digest is checked inside the answer's handler: a mirror serving a manifest that

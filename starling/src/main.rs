@@ -1,5 +1,5 @@
 //! The `starling` binary: a thin clap front over starling's library crates (`snapshotter`
-//! for the daemon, `imagetools`, `rpull`, `fusefs` (also prefetch and cache transfer),
+//! for the daemon, `imagetools`, `rpull`, `mirror`, `fusefs` (also prefetch and cache transfer),
 //! `estargz`, `config`); [`cli`] holds one
 //! module per subcommand. The only crate that uses `anyhow` and installs a log subscriber.
 
@@ -31,6 +31,9 @@ enum Command {
     Merge(cli::merge::Args),
     /// Mount one eStargz layer lazily over FUSE, without containerd.
     Mount(cli::mount::Args),
+    /// Serve a cluster blob mirror: ranges of blobs from cached blocks, missing blocks
+    /// fetched from the upstream by range, once for all nodes.
+    Mirror(cli::mirror::Args),
     /// Warm the chunk cache for an image without a container.
     Prefetch(cli::prefetch::Args),
     /// Move verified chunks between nodes' caches: export, import.
@@ -69,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Mount(a) => cli::mount::run(a),
         Command::Status(a) => cli::status::run(a),
         Command::Doctor(a) => cli::doctor::run(a),
+        Command::Mirror(a) => cli::mirror::run(a),
         Command::Prefetch(a) => cli::prefetch::run(a),
         Command::Cache(c) => cli::cache::run(c),
         Command::Optimize(a) => cli::optimize::run(a),

@@ -10,6 +10,7 @@ pub mod estargz;
 pub mod fdstore;
 pub mod image;
 pub mod merge;
+pub mod mirror;
 pub mod mount;
 pub mod optimize;
 pub mod prefetch;
