@@ -92,7 +92,8 @@ pub struct FetchConfig {
     /// After a chunk's fetch failed, reads of that chunk fail at once (EIO) for this long
     /// unless a request to its registry succeeds meanwhile (the registry is back): the
     /// kernel asks again for a page whose read failed, and an application may retry in a
-    /// loop; neither waits `read_timeout` again. 0s = off.
+    /// loop; neither waits `read_timeout` again. A read more than 250 ms after the failure
+    /// first waits up to 500 ms for a probe of the registry (served if it is back). 0s = off.
     #[serde(with = "crate::units::duration")]
     pub failure_hold: Duration,
     /// Bound of the lazy-mount decision of a Prepare: the layer's footer and TOC (and its
