@@ -253,6 +253,7 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         transfer::import(&cache, counted, |_| {})
     }
     .with_context(|| format!("import {}", args.archive.display()))?;
+    image::flush_cache(&cfg.cache_dir())?;
     progress.finish_and_clear();
     let usage = cache.usage();
     let out = json!({

@@ -221,6 +221,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "files_not_in_layer": plan.missing_files.len(),
         }));
     }
+    image::flush_cache(&cfg.cache_dir())?;
     bar.finish_and_clear();
     let fetched: u64 = rows
         .iter()
