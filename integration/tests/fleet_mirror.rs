@@ -10,7 +10,7 @@ mod fleet_common;
 mod fuse_common;
 
 use fleet_common::{
-    ci_check, ci_fleet, pydeb_check, pydeb_fleet, report, MirrorKind, CI_CMD, PYDEB_CMD,
+    ci_check, ci_fleet, pydeb_check, pydeb_fleet, MirrorKind, Scenarios, CI_CMD, PYDEB_CMD,
 };
 use integration::{prereq, require};
 
@@ -25,32 +25,12 @@ fn fleet_three_nodes_share_a_pull_through_mirror() {
     );
     let fleet = ci_fleet("fleet");
     let check = |out: &str| ci_check(out);
-    let direct = fleet.run("direct", 1, MirrorKind::Direct, false, &CI_CMD, &check);
-    let one = fleet.run(
-        "mirror1",
-        1,
-        MirrorKind::PullThrough,
-        false,
-        &CI_CMD,
-        &check,
-    );
-    let three = fleet.run(
-        "mirror3",
-        3,
-        MirrorKind::PullThrough,
-        false,
-        &CI_CMD,
-        &check,
-    );
-    let staggered = fleet.run(
-        "staggered3",
-        3,
-        MirrorKind::PullThrough,
-        true,
-        &CI_CMD,
-        &check,
-    );
-    report(&direct, &one, &three, &staggered);
+    let Scenarios {
+        direct,
+        one,
+        three,
+        staggered,
+    } = fleet.scenarios(MirrorKind::PullThrough, &CI_CMD, &check);
     assert!(direct.origin_bytes > 0);
     assert!(
         one.mirror_requests_with_ns > 0 && three.mirror_requests_with_ns > 0,
@@ -81,30 +61,5 @@ fn fleet_figures_pydeb() {
     );
     let fleet = pydeb_fleet("fleetpy");
     let check = |out: &str| pydeb_check(out);
-    let direct = fleet.run("direct", 1, MirrorKind::Direct, false, &PYDEB_CMD, &check);
-    let one = fleet.run(
-        "mirror1",
-        1,
-        MirrorKind::PullThrough,
-        false,
-        &PYDEB_CMD,
-        &check,
-    );
-    let three = fleet.run(
-        "mirror3",
-        3,
-        MirrorKind::PullThrough,
-        false,
-        &PYDEB_CMD,
-        &check,
-    );
-    let staggered = fleet.run(
-        "staggered3",
-        3,
-        MirrorKind::PullThrough,
-        true,
-        &PYDEB_CMD,
-        &check,
-    );
-    report(&direct, &one, &three, &staggered);
+    fleet.scenarios(MirrorKind::PullThrough, &PYDEB_CMD, &check);
 }

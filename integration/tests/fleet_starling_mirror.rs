@@ -15,7 +15,8 @@ mod fleet_common;
 mod fuse_common;
 
 use fleet_common::{
-    ci_check, ci_fleet, pydeb_check, pydeb_fleet, report, MirrorKind, Scenario, CI_CMD, PYDEB_CMD,
+    ci_check, ci_fleet, pydeb_check, pydeb_fleet, MirrorKind, Scenario, Scenarios, CI_CMD,
+    PYDEB_CMD,
 };
 use integration::{prereq, require};
 
@@ -49,11 +50,12 @@ fn fleet_three_nodes_share_a_starling_mirror() {
     );
     let fleet = ci_fleet("sfleet");
     let check = |out: &str| ci_check(out);
-    let direct = fleet.run("direct", 1, MirrorKind::Direct, false, &CI_CMD, &check);
-    let one = fleet.run("mirror1", 1, MirrorKind::Starling, false, &CI_CMD, &check);
-    let three = fleet.run("mirror3", 3, MirrorKind::Starling, false, &CI_CMD, &check);
-    let staggered = fleet.run("staggered3", 3, MirrorKind::Starling, true, &CI_CMD, &check);
-    report(&direct, &one, &three, &staggered);
+    let Scenarios {
+        direct,
+        one,
+        three,
+        staggered,
+    } = fleet.scenarios(MirrorKind::Starling, &CI_CMD, &check);
     assert_shared(&direct, &one, &three, &staggered);
 }
 
@@ -73,31 +75,11 @@ fn fleet_starling_mirror_figures_pydeb() {
     );
     let fleet = pydeb_fleet("sfleetpy");
     let check = |out: &str| pydeb_check(out);
-    let direct = fleet.run("direct", 1, MirrorKind::Direct, false, &PYDEB_CMD, &check);
-    let one = fleet.run(
-        "mirror1",
-        1,
-        MirrorKind::Starling,
-        false,
-        &PYDEB_CMD,
-        &check,
-    );
-    let three = fleet.run(
-        "mirror3",
-        3,
-        MirrorKind::Starling,
-        false,
-        &PYDEB_CMD,
-        &check,
-    );
-    let staggered = fleet.run(
-        "staggered3",
-        3,
-        MirrorKind::Starling,
-        true,
-        &PYDEB_CMD,
-        &check,
-    );
-    report(&direct, &one, &three, &staggered);
+    let Scenarios {
+        direct,
+        one,
+        three,
+        staggered,
+    } = fleet.scenarios(MirrorKind::Starling, &PYDEB_CMD, &check);
     assert_shared(&direct, &one, &three, &staggered);
 }

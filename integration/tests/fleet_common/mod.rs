@@ -318,7 +318,33 @@ impl Fleet {
     }
 }
 
-pub fn report(direct: &Scenario, one: &Scenario, three: &Scenario, staggered: &Scenario) {
+/// The four scenarios of a fleet test, each on fresh nodes and a fresh mirror.
+pub struct Scenarios {
+    /// One node, no mirror.
+    pub direct: Scenario,
+    /// One node through the mirror.
+    pub one: Scenario,
+    /// Three nodes at once through the mirror.
+    pub three: Scenario,
+    /// One node through the mirror, then two at once.
+    pub staggered: Scenario,
+}
+
+impl Fleet {
+    /// Runs [`Scenarios`] with `kind` as the cluster mirror and prints the figures.
+    pub fn scenarios(&self, kind: MirrorKind, cmd: &[&str], check: &dyn Fn(&str)) -> Scenarios {
+        let s = Scenarios {
+            direct: self.run("direct", 1, MirrorKind::Direct, false, cmd, check),
+            one: self.run("mirror1", 1, kind, false, cmd, check),
+            three: self.run("mirror3", 3, kind, false, cmd, check),
+            staggered: self.run("staggered3", 3, kind, true, cmd, check),
+        };
+        report(&s.direct, &s.one, &s.three, &s.staggered);
+        s
+    }
+}
+
+fn report(direct: &Scenario, one: &Scenario, three: &Scenario, staggered: &Scenario) {
     let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     let mean = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len() as f64;
     eprintln!(
