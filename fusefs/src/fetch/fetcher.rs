@@ -250,16 +250,7 @@ impl ChunkFetcher {
             .map(|(i, _)| (i, requests[i].key))
             .collect();
         if !on_disk.is_empty() {
-            let cache = inner.cache.clone();
-            let found = tokio::task::spawn_blocking(move || {
-                on_disk
-                    .into_iter()
-                    .map(|(i, k)| (i, cache.get(&k).ok().flatten()))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
-            for (i, hit) in found {
+            for (i, hit) in read_entries(&inner.cache, on_disk).await {
                 cached[i] = hit;
             }
         }
@@ -307,17 +298,9 @@ impl ChunkFetcher {
             }
         }
         if !stored.is_empty() {
-            let cache = inner.cache.clone();
             let keys: Vec<(usize, ChunkKey)> =
                 stored.iter().map(|&i| (i, requests[i].key)).collect();
-            let found = tokio::task::spawn_blocking(move || {
-                keys.into_iter()
-                    .map(|(i, k)| (i, cache.get(&k).ok().flatten()))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
-            for (i, hit) in found {
+            for (i, hit) in read_entries(&inner.cache, keys).await {
                 match hit {
                     Some(data) => out[i] = Some(Ok(data)),
                     // Evicted (or unreadable) in the meantime: fetched after all.
@@ -452,6 +435,23 @@ impl ChunkFetcher {
         });
         Ok(stats)
     }
+}
+
+/// Reads the cache entries of `keys` (tagged with the caller's indexes) on a blocking
+/// thread (disk reads and first-use verification stay off the async threads); `None` for
+/// an entry that is gone or unreadable.
+async fn read_entries(
+    cache: &ChunkCache,
+    keys: Vec<(usize, ChunkKey)>,
+) -> Vec<(usize, Option<Bytes>)> {
+    let cache = cache.clone();
+    tokio::task::spawn_blocking(move || {
+        keys.into_iter()
+            .map(|(i, k)| (i, cache.get(&k).ok().flatten()))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// How far ahead of the stream chunks are claimed, `done` bytes into it after `elapsed`.
