@@ -33,6 +33,13 @@ pub struct FetchConfig {
     /// data come on demand as the program runs. `"whole"`: whole files (only the first and
     /// last chunks of files over 32 MiB).
     pub elf_read_ahead_extent: ElfExtent,
+    /// When a script is read from a lazy layer, also fetch the interpreter its `#!` line
+    /// names (for `/usr/bin/env NAME`, NAME in the default `PATH`) and, for a shell
+    /// script, the programs its commands name (up to 32, looked up in the default `PATH`;
+    /// builtins and words with expansions left out), each with what the loader needs for
+    /// it (see `elf_read_ahead`, which must be on too). Costs the bytes of commands in
+    /// branches that do not run.
+    pub script_read_ahead: bool,
     /// When an image's top layer is mounted lazily, fetch the program the image runs by
     /// default (`argv[0]` of its config's Entrypoint, else Cmd, looked up in its `PATH`)
     /// and what the loader needs for it (see `elf_read_ahead`), while the pull and the
@@ -159,6 +166,7 @@ impl Default for FetchConfig {
             wait_for_prefetch: false,
             prefetch_timeout: Duration::from_secs(10),
             elf_read_ahead: true,
+            script_read_ahead: true,
             elf_read_ahead_extent: ElfExtent::Loader,
             program_read_ahead: true,
             neighbour_read_ahead: 32 << 10,

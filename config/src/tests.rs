@@ -143,7 +143,7 @@ fn cross_field_and_range_checks_name_the_key() {
 #[test]
 fn background_and_prefetch_keys_parse_with_defaults() {
     let d = crate::FetchConfig::default();
-    assert!(d.elf_read_ahead && d.program_read_ahead);
+    assert!(d.elf_read_ahead && d.program_read_ahead && d.script_read_ahead);
     assert_eq!(
         d.start_files,
         ["/etc/passwd", "/etc/group", "/etc/localtime"]

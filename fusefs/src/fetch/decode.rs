@@ -19,15 +19,17 @@ pub struct ChunkRequest {
     pub range: Range<u64>,
 }
 
-/// Decoded size from which a chunk is decoded into its cache entry and served from there
-/// (a mapping of the file) rather than through a heap buffer: a cold container start
-/// fetches a few such chunks at once (a 4 MiB chunk of a program next to its libraries),
-/// and holding them decoded in memory was most of the daemon's peak.
+/// Decoded size from which a chunk is fetched in a request of its own and streamed from
+/// the source through the decoder into its cache entry, decoded while its bytes arrive,
+/// and served from there (a mapping of the file) rather than through a heap buffer: a
+/// cold container start fetches a few such chunks at once (a 4 MiB chunk of a program
+/// next to its libraries), and holding them decoded in memory was most of the daemon's
+/// peak.
 pub const STREAM_DECODE_MIN: u64 = 1 << 20;
 
-/// Decoded size above which a chunk is not fetched into memory at all: its stored bytes are
-/// streamed from the source through the decoder into its cache entry. Writers cut chunks at
-/// 4 MiB; only legacy layers hold whole big files in one chunk.
+/// Decoded size above which a chunk is never held in memory, not even when the cache
+/// refuses its entry (it then fails). Writers cut chunks at 4 MiB; only legacy layers
+/// hold whole big files in one chunk.
 pub const LARGE_CHUNK: u64 = 32 << 20;
 
 /// Why a fetched chunk could not be decoded.
@@ -58,9 +60,8 @@ pub trait ChunkDecoder: Send + Sync + 'static {
     fn decode(&self, request: &ChunkRequest, raw: Bytes) -> Result<Bytes, DecodeError>;
 
     /// The chunk's decoded size, if known before decoding. Chunks of
-    /// [`STREAM_DECODE_MIN`] bytes or more are decoded with [`ChunkDecoder::decode_to`]
-    /// straight into their cache entry; chunks of more than [`LARGE_CHUNK`] are streamed
-    /// from the source into it.
+    /// [`STREAM_DECODE_MIN`] bytes or more are streamed from the source through
+    /// [`ChunkDecoder::decode_to`] straight into their cache entry.
     fn decoded_len(&self, _request: &ChunkRequest) -> Option<u64> {
         None
     }

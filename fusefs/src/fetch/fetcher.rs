@@ -5,8 +5,9 @@
 //!
 //! Three ways in, one way out:
 //! - [`ChunkFetcher::get_many`]: chunks missing from the cache are fetched together from the
-//!   source in few requests ([`BlobSource::read_ranges`]); chunks of more than
-//!   [`LARGE_CHUNK`] bytes are streamed from the source straight into their cache entry.
+//!   source in few requests ([`BlobSource::read_ranges`]); chunks of
+//!   [`STREAM_DECODE_MIN`] decoded bytes or more are streamed from the source, one request
+//!   each, and decoded straight into their cache entry while their bytes arrive.
 //! - [`ChunkFetcher::stream_chunks`]: a region of the blob read in one sequential request,
 //!   its chunks decoded as they pass; the chunks a little ahead of the stream are claimed,
 //!   so reads of them join the stream instead of fetching them again.
@@ -643,21 +644,25 @@ async fn settle_stream_batch(
     stored
 }
 
-/// Fetches the claimed chunks of `jobs` from the source: large chunks one stream each, the
-/// others together by range, retrying corrupted copies.
+/// Fetches the claimed chunks of `jobs` from the source: chunks of [`STREAM_DECODE_MIN`]
+/// decoded bytes or more one stream each, decoded while their bytes arrive (a 4 MiB chunk
+/// takes about as long to inflate and verify as to cross a fast link: done one after the
+/// other, the two add up on every read that waits for such a chunk; streamed, the chunk
+/// is ready soon after its last byte, and several decode on as many threads); the others
+/// together by range. Corrupted copies are fetched again.
 async fn fetch_and_store(inner: Arc<Inner>, jobs: Vec<Job>, priority: Priority) {
-    let (large, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
+    let (streamed, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
         inner
             .decoder
             .decoded_len(&j.request)
-            .is_some_and(|n| n > LARGE_CHUNK)
+            .is_some_and(|n| n >= STREAM_DECODE_MIN)
     });
-    let large = futures::future::join_all(
-        large
+    let streamed = futures::future::join_all(
+        streamed
             .into_iter()
-            .map(|job| fetch_large(inner.clone(), job, priority)),
+            .map(|job| fetch_streamed(inner.clone(), job, priority)),
     );
-    futures::future::join(large, fetch_ranges(inner.clone(), jobs, priority)).await;
+    futures::future::join(streamed, fetch_ranges(inner.clone(), jobs, priority)).await;
 }
 
 async fn fetch_ranges(inner: Arc<Inner>, mut jobs: Vec<Job>, priority: Priority) {
@@ -837,10 +842,13 @@ fn decode_verify(inner: &Inner, req: &ChunkRequest, raw: Bytes) -> Result<Bytes,
     Ok(data)
 }
 
-/// Fetches one chunk too large for memory: its stored bytes streamed from the source
-/// through the decoder into its cache entry (verified when committed), answered with a
-/// mapping of the entry. Retries corrupted copies like [`fetch_ranges`].
-async fn fetch_large(inner: Arc<Inner>, job: Job, priority: Priority) {
+/// Fetches one chunk of [`STREAM_DECODE_MIN`] decoded bytes or more: its stored bytes
+/// streamed from the source through the decoder into its cache entry (verified when
+/// committed), answered with a mapping of the entry. Retries corrupted copies like
+/// [`fetch_ranges`]. When the cache refuses the entry, a chunk that fits in memory is
+/// fetched again by [`fetch_ranges`] (decoded in memory and served uncached); one of more
+/// than [`LARGE_CHUNK`] fails.
+async fn fetch_streamed(inner: Arc<Inner>, job: Job, priority: Priority) {
     let mut job = Some(job);
     let mut attempts = 0u32;
     while let Some(mut current) = job.take() {
@@ -873,6 +881,14 @@ async fn fetch_large(inner: Arc<Inner>, job: Job, priority: Priority) {
         match (result, source_error) {
             (_, Some(e)) => current.fail(e.into()),
             (Some(Ok(data)), None) => current.answer(Ok(data)),
+            (None, None)
+                if !inner
+                    .decoder
+                    .decoded_len(&current.request)
+                    .is_some_and(|n| n > LARGE_CHUNK) =>
+            {
+                fetch_ranges(inner.clone(), vec![current], priority).await;
+            }
             (None, None) => {
                 let err = CacheError::io(
                     "store a large chunk in",

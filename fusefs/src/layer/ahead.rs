@@ -20,11 +20,15 @@
 //!   (`fetch.elf_read_ahead_extent = "loader"`, see [`elf::loader_regions`]): its first
 //!   chunk, then the chunks holding its loader tables, writable segments and init code;
 //!   the code runs on demand. A large library costs a few chunks, not the whole file.
+//! - What a script runs (`fetch.script_read_ahead`, [`ReadAhead::after_fetch`], `script`):
+//!   a fetched file starting with `#!` has its interpreter fetched, and a shell script
+//!   the programs its commands name; each is then examined as above (an ELF program's
+//!   libraries, a script's own commands).
 //!
 //! Read-ahead leaves chunks a stream or the prefetch will deliver to them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -37,6 +41,7 @@ use config::{ElfExtent, NextChunk};
 use super::chunks::{fetch_range, key_of, request_of};
 use super::core::{LayerCore, Piece};
 use super::elf::{self, ElfError};
+use super::script;
 use super::set::{join, resolve, Program, StackLayer};
 use crate::fetch::LARGE_CHUNK;
 
@@ -45,6 +50,8 @@ use crate::fetch::LARGE_CHUNK;
 const MAX_WHOLE_FILE: u64 = 32 << 20;
 /// Largest compressed chunk of a file that counts as small for directory read-ahead.
 const SMALL_FILE: u64 = 256 << 10;
+/// Bytes of a script's text looked at for the commands it runs.
+const MAX_SCRIPT: usize = 256 << 10;
 /// Entries kept in the per-file and per-directory maps before they are cleared.
 const MAX_TRACKED: usize = 65536;
 
@@ -61,6 +68,17 @@ pub(crate) struct ReadAhead {
     /// Per file: first and last chunk of its last on-demand fetch and the read-ahead after
     /// it, and how many on-demand fetches in a row were in order.
     last_span: Mutex<HashMap<EntryId, (u32, u32, u32)>>,
+    /// Read-ahead tasks (fetches and examinations) under way.
+    tasks: Arc<AtomicUsize>,
+}
+
+/// One read-ahead task under way, counted in [`ReadAhead::tasks`] until dropped.
+struct Task(Arc<AtomicUsize>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Counts one more event for `key` in `map` (cleared when it grows past [`MAX_TRACKED`]);
@@ -108,15 +126,32 @@ impl ReadAhead {
             directories: Mutex::default(),
             loader_chunks: Mutex::default(),
             last_span: Mutex::default(),
+            tasks: Arc::default(),
         })
+    }
+
+    /// Counts a task until the returned guard is dropped.
+    fn task(&self) -> Task {
+        self.tasks.fetch_add(1, Ordering::SeqCst);
+        Task(self.tasks.clone())
+    }
+
+    /// True while read-ahead tasks (fetches, examinations of fetched files) are under way:
+    /// one may start fetches the fetch layer does not know of yet.
+    #[cfg(test)]
+    pub(crate) fn is_busy(&self) -> bool {
+        self.tasks.load(Ordering::SeqCst) > 0
     }
 
     /// Fetches file `id` ahead of reads, once: all of it when `whole` (first and last
     /// chunks of a huge file), else its first chunk; then examines it.
     fn fetch_once(self: Arc<Self>, id: EntryId, whole: bool) {
         if self.requested.lock().insert(id) {
-            let runtime = self.core.ctx.runtime.clone();
-            runtime.spawn(async move { self.fetch_file(id, whole).await });
+            let (runtime, task) = (self.core.ctx.runtime.clone(), self.task());
+            runtime.spawn(async move {
+                let _task = task;
+                self.fetch_file(id, whole).await
+            });
         }
     }
 
@@ -224,8 +259,9 @@ impl ReadAhead {
         if chunks.is_empty() {
             return;
         }
-        let core = self.core.clone();
+        let (core, task) = (self.core.clone(), self.task());
         self.core.ctx.runtime.spawn(async move {
+            let _task = task;
             let requests: Vec<_> = chunks.iter().filter_map(request_of).collect();
             let answers = core.fetcher.get_many(&requests, Priority::Prefetch).await;
             for (c, a) in chunks.iter().zip(answers) {
@@ -307,8 +343,9 @@ impl ReadAhead {
         if chunks.is_empty() {
             return;
         }
-        let this = self.clone();
+        let (this, task) = (self.clone(), self.task());
         tokio::spawn(async move {
+            let _task = task;
             let requests: Vec<_> = chunks.iter().filter_map(request_of).collect();
             let answers = this
                 .core
@@ -338,14 +375,21 @@ impl ReadAhead {
         // Most fetched files are not ELF: when their start is at hand, say so here instead
         // of handing every fetch to a blocking thread.
         let start = fresh.iter().find(|(at, _)| *at == 0).map(|(_, d)| d);
+        if let Some(text) = start.filter(|d| d.starts_with(b"#!")) {
+            if self.examined.lock().insert(id) && core.ctx.settings.fetch.script_read_ahead {
+                self.read_ahead_script(text);
+            }
+            return;
+        }
         if start.is_some_and(|d| !d.starts_with(b"\x7fELF")) {
             self.examined.lock().insert(id);
             return;
         }
-        let this = self.clone();
-        core.ctx
-            .runtime
-            .spawn_blocking(move || this.examine(id, &fresh));
+        let (this, task) = (self.clone(), self.task());
+        core.ctx.runtime.spawn_blocking(move || {
+            let _task = task;
+            this.examine(id, &fresh)
+        });
     }
 
     fn examine(self: &Arc<Self>, id: EntryId, fresh: &[(u64, Bytes)]) {
@@ -419,6 +463,37 @@ impl ReadAhead {
         }
     }
 
+    /// Fetches what the script starting with `text` runs (see `script`): its interpreter
+    /// and, for a shell script, the programs its commands name, as the merged view of this
+    /// layer's image shows them; each is examined in turn when fetched.
+    fn read_ahead_script(self: &Arc<Self>, text: &[u8]) {
+        let Some(interp) = script::interpreter(text) else {
+            return;
+        };
+        let mut names = script::program(&interp);
+        if script::is_shell(&interp) {
+            names.extend(script::commands(&text[..text.len().min(MAX_SCRIPT)]));
+        }
+        let stack = self.core.ctx.layers.stack(self.clone());
+        let found: Vec<_> = names
+            .iter()
+            .filter_map(|name| {
+                if name.contains(&b'/') {
+                    resolve(&stack, name)
+                } else {
+                    script::SEARCH_PATH
+                        .split(':')
+                        .find_map(|d| resolve(&stack, &join(d.as_bytes(), name)))
+                }
+            })
+            .collect();
+        tracing::debug!(layer = %self.core.source.digest, names = names.len(), found = found.len(),
+            "reading ahead what a script runs");
+        for (layer, file) in found {
+            layer.fetch_ahead(file);
+        }
+    }
+
     /// Fetches `program` as the merged view of this layer's image shows it, and then what
     /// it loads (see [`ReadAhead::after_fetch`]).
     pub(crate) fn read_ahead_program(self: &Arc<Self>, program: &Program) {
@@ -480,8 +555,9 @@ impl ReadAhead {
         if chunks.is_empty() {
             return;
         }
-        let this = self.clone();
+        let (this, task) = (self.clone(), self.task());
         core.ctx.runtime.spawn(async move {
+            let _task = task;
             let core = &this.core;
             let _busy = core.ctx.activity.begin();
             let requests: Vec<_> = chunks.iter().filter_map(request_of).collect();

@@ -31,6 +31,7 @@ mod quiet;
 mod read;
 mod remote;
 mod schedule;
+mod script;
 mod set;
 mod source;
 mod state;

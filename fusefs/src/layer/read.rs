@@ -51,6 +51,12 @@ impl ReadPath {
         }
     }
 
+    /// The layer's read-ahead.
+    #[cfg(test)]
+    pub(crate) fn ahead(&self) -> &Arc<ReadAhead> {
+        &self.ahead
+    }
+
     /// The files read so far, in first-read order, when the access log is on.
     pub(crate) fn accessed_files(&self) -> Option<Vec<Vec<u8>>> {
         self.access.as_ref().map(|a| a.files())

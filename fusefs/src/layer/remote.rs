@@ -348,6 +348,12 @@ impl RemoteLayer {
         &self.core.fetcher
     }
 
+    /// True while read-ahead tasks are under way (tests wait for them to settle).
+    #[cfg(test)]
+    pub(crate) fn read_ahead_busy(&self) -> bool {
+        self.reads.ahead().is_busy()
+    }
+
     /// Current fetch progress.
     pub fn status(&self) -> LayerStatus {
         let core = &self.core;

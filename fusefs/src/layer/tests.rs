@@ -131,13 +131,15 @@ impl Fixture {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // Settled: no fetch in flight, no read-ahead task (a fetched file being examined may
+        // start more fetches), and no request since the last look.
         let mut last = self.blob.counts();
-        loop {
+        for _ in 0..600 {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = tokio::time::timeout(Duration::from_secs(30), self.layer.fetcher().wait_idle())
                 .await;
             let now = self.blob.counts();
-            if now == last {
+            if now == last && !self.layer.read_ahead_busy() {
                 break;
             }
             last = now;
@@ -512,4 +514,68 @@ async fn whole_extent_reads_the_library_ahead_whole() {
         f.asked().1,
         f.chunk_bytes("bin/app", &[0]) + f.chunk_bytes("lib/libbig.so", &all)
     );
+}
+
+/// A shell entrypoint, its interpreter (through a symlink), programs its commands name and
+/// one they do not.
+fn script_image() -> (Vec<u8>, Vec<u8>) {
+    let script = b"#!/bin/sh\nset -e\n# runs tool with what sed prints\nname=\"$(sed -n p /etc/x)\"\nexec tool \"$name\"\n".to_vec();
+    let m = Meta::default();
+    let mut t = TarBuilder::new();
+    t.file(b"entry.sh", &m, &script);
+    t.file(b"usr/bin/dash", &m, &pattern(3 * CHUNK as usize, 1));
+    t.link(b"bin/sh", &m, b"/usr/bin/dash", false);
+    t.file(b"usr/bin/sed", &m, &pattern(2 * CHUNK as usize, 2));
+    t.file(b"usr/local/bin/tool", &m, &pattern(CHUNK as usize / 2, 3));
+    t.file(b"usr/bin/unused", &m, &pattern(CHUNK as usize, 4));
+    (t.finish(), script)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_script_brings_its_interpreter_and_the_programs_it_runs() {
+    let (tar, script) = script_image();
+    let f = Fixture::new(
+        &tar,
+        config::FetchConfig {
+            elf_read_ahead: true,
+            ..quiet()
+        },
+    )
+    .await;
+    f.read("entry.sh", 0, script.len() as u32, &script).await;
+    f.settle(4).await;
+    for (path, wanted) in [
+        ("usr/bin/dash", true),
+        ("usr/bin/sed", true),
+        ("usr/local/bin/tool", true),
+        ("usr/bin/unused", false),
+    ] {
+        assert_eq!(f.local(path, 0), wanted, "first chunk of {path}");
+    }
+    // First chunks only: the rest of a program comes when it runs.
+    assert!(!f.local("usr/bin/dash", CHUNK));
+    assert_eq!(
+        f.asked().1,
+        f.chunk_bytes("entry.sh", &[0])
+            + f.chunk_bytes("usr/bin/dash", &[0])
+            + f.chunk_bytes("usr/bin/sed", &[0])
+            + f.chunk_bytes("usr/local/bin/tool", &[0])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_read_ahead_off_fetches_only_the_script() {
+    let (tar, script) = script_image();
+    let f = Fixture::new(
+        &tar,
+        config::FetchConfig {
+            elf_read_ahead: true,
+            script_read_ahead: false,
+            ..quiet()
+        },
+    )
+    .await;
+    f.read("entry.sh", 0, script.len() as u32, &script).await;
+    f.settle(1).await;
+    assert_eq!(f.asked().1, f.chunk_bytes("entry.sh", &[0]));
 }
