@@ -211,6 +211,34 @@ async fn a_stream_passes_over_local_and_in_flight_chunks() {
     assert!(f.chunks.iter().all(|r| f.cache.contains(&r.key)));
 }
 
+/// Raw chunks of which the odd ones say they decode to [`STREAM_DECODE_MIN`] bytes.
+struct OddBig;
+
+impl ChunkDecoder for OddBig {
+    fn decode(&self, _request: &ChunkRequest, raw: Bytes) -> Result<Bytes, DecodeError> {
+        Ok(raw)
+    }
+
+    fn decoded_len(&self, request: &ChunkRequest) -> Option<u64> {
+        let odd = (request.range.start / CHUNK as u64) % 2 == 1;
+        Some(if odd { STREAM_DECODE_MIN } else { CHUNK as u64 })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_of_a_mebibyte_or_more_are_streamed_one_request_each() {
+    let f = Fixture::new(4, Arc::new(OddBig));
+    let answers = f.fetcher.get_many(&f.chunks, Priority::OnDemand).await;
+    for (i, a) in answers.into_iter().enumerate() {
+        assert_eq!(a.unwrap(), f.data(i), "chunk {i}");
+    }
+    let c = f.blob.counts();
+    // Chunks 1 and 3 streamed (decoded as they arrive), 0 and 2 in one range request.
+    assert_eq!((c.streams, c.range_requests, c.ranges), (2, 1, 2), "{c:?}");
+    f.fetcher.wait_idle().await;
+    assert!(f.chunks.iter().all(|r| f.cache.contains(&r.key)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_chunks_are_streamed_into_the_cache_once() {
     let f = Fixture::new(3, Arc::new(LargeRaw));
