@@ -69,16 +69,6 @@ pub struct FetchConfig {
     /// after the other cost one round trip each otherwise). 0 = off.
     #[serde(with = "crate::units::size")]
     pub directory_read_ahead: u64,
-    /// When a second small file of the same stretch of the layer blob (aligned blocks of
-    /// this many compressed bytes) is fetched on demand, also fetch the other small files
-    /// (single chunks of at most 256 KiB compressed) of that stretch that are not local
-    /// yet, in the background of the read. A tar keeps a directory tree's files together,
-    /// so files read one after the other from neighbouring directories (headers a
-    /// compiler includes, a database's catalog files, a package's modules) cost one round
-    /// trip per stretch instead of one per file. At most this many bytes per stretch, once
-    /// per stretch. 0 = off.
-    #[serde(with = "crate::units::size")]
-    pub region_read_ahead: u64,
     /// Files fetched as soon as a layer that has them is mounted (absolute paths in the
     /// image, symlinks followed within the layer): what container starts read before the
     /// application runs (containerd and runc read `/etc/passwd` and `/etc/group` of the
@@ -183,7 +173,6 @@ impl Default for FetchConfig {
             next_chunk_read_ahead: NextChunk::Sequential,
             next_chunk_window: 4 << 20,
             directory_read_ahead: 0,
-            region_read_ahead: 256 << 10,
             start_files: vec![
                 "/etc/passwd".into(),
                 "/etc/group".into(),
@@ -269,12 +258,6 @@ impl FetchConfig {
             return Err(Invalid::new(
                 at.key("directory_read_ahead"),
                 "must be at most 1 GiB",
-            ));
-        }
-        if self.region_read_ahead > 64 << 20 {
-            return Err(Invalid::new(
-                at.key("region_read_ahead"),
-                "must be at most 64 MiB",
             ));
         }
         if self.max_retries > 100 {

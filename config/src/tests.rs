@@ -153,7 +153,6 @@ fn background_and_prefetch_keys_parse_with_defaults() {
     assert_eq!(d.next_chunk_read_ahead, crate::NextChunk::Sequential);
     assert_eq!(d.next_chunk_window, 4 << 20);
     assert_eq!(d.directory_read_ahead, 0);
-    assert_eq!(d.region_read_ahead, 256 << 10);
     let c = parse(
         "[fetch]\nelf_read_ahead_extent = \"whole\"\nnext_chunk_read_ahead = \"always\"\ndirectory_read_ahead = \"1MiB\"\n",
     )
@@ -161,8 +160,6 @@ fn background_and_prefetch_keys_parse_with_defaults() {
     assert_eq!(c.fetch.elf_read_ahead_extent, crate::ElfExtent::Whole);
     assert_eq!(c.fetch.next_chunk_read_ahead, crate::NextChunk::Always);
     assert_eq!(c.fetch.directory_read_ahead, 1 << 20);
-    let e = parse("[fetch]\nregion_read_ahead = \"1GiB\"\n").unwrap_err();
-    assert!(e.to_string().contains("region_read_ahead"), "{e}");
     let e = parse("[fetch]\nnext_chunk_read_ahead = \"sometimes\"\n").unwrap_err();
     assert!(e.to_string().contains("next_chunk_read_ahead"), "{e}");
     let c = parse("[fetch]\nelf_read_ahead = false\nstart_files = []\n").unwrap();

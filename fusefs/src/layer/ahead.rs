@@ -3,9 +3,7 @@
 //!
 //! - Neighbours: small files of the same directory right after a small file read on demand
 //!   ([`ReadAhead::neighbours`]); once a directory has had two small files fetched on
-//!   demand, its other small files (`fetch.directory_read_ahead`, [`ReadAhead::directory`]);
-//!   once a stretch of the blob has, the other small files of that stretch
-//!   (`fetch.region_read_ahead`, [`ReadAhead::region`]).
+//!   demand, its other small files (`fetch.directory_read_ahead`, [`ReadAhead::directory`]).
 //! - The chunks after an on-demand fetch, when the file is read in order
 //!   (`fetch.next_chunk_read_ahead`, [`ReadAhead::next_chunks`]); a mapped file faulted
 //!   here and there does not pay a chunk ahead of every fault.
@@ -66,8 +64,6 @@ pub(crate) struct ReadAhead {
     requested: Mutex<HashSet<EntryId>>,
     misses: Mutex<HashMap<EntryId, u32>>,
     directories: Mutex<HashMap<EntryId, u32>>,
-    /// On-demand small-file misses per stretch of the blob (`fetch.region_read_ahead`).
-    regions: Mutex<HashMap<u32, u32>>,
     loader_chunks: Mutex<HashSet<u32>>,
     /// Per file: first and last chunk of its last on-demand fetch and the read-ahead after
     /// it, and how many on-demand fetches in a row were in order.
@@ -128,7 +124,6 @@ impl ReadAhead {
             requested: Mutex::default(),
             misses: Mutex::default(),
             directories: Mutex::default(),
-            regions: Mutex::default(),
             loader_chunks: Mutex::default(),
             last_span: Mutex::default(),
             tasks: Arc::default(),
@@ -258,73 +253,8 @@ impl ReadAhead {
         out
     }
 
-    /// The other small files of the stretch of the blob (`fetch.region_read_ahead` bytes,
-    /// aligned) that holds small file `id`, not local yet, when this is the second on-demand
-    /// miss of a small file there (once per stretch). A tar keeps a directory tree
-    /// together: files read one after the other from neighbouring directories are near
-    /// each other in the blob.
-    pub(crate) fn region(&self, id: EntryId, pieces: &[Piece]) -> Vec<Chunk> {
-        let core = &self.core;
-        let size = core.ctx.settings.fetch.region_read_ahead;
-        let index = core.index();
-        let (Some(first), Some(entry)) = (pieces.first(), index.entry(id)) else {
-            return Vec::new();
-        };
-        if size == 0
-            || pieces.len() != 1
-            || entry.chunk_ids().len() != 1
-            || first.chunk.compressed_len > SMALL_FILE
-        {
-            return Vec::new();
-        }
-        let start = first.chunk.compressed_offset / size * size;
-        let Ok(region) = u32::try_from(start / size) else {
-            return Vec::new();
-        };
-        if count(&self.regions, region) != 1 {
-            return Vec::new(); // the first miss there, or read ahead already
-        }
-        let end = start + size;
-        // Chunk ids run in blob order: the first chunk of the stretch by bisection.
-        let (mut lo, mut hi) = (0u32, index.num_chunks() as u32);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match index.chunk(mid) {
-                Some(c) if c.compressed_offset < start => lo = mid + 1,
-                _ => hi = mid,
-            }
-        }
-        let mut out = Vec::new();
-        let mut used = 0u64;
-        for cid in lo..index.num_chunks() as u32 {
-            let Some(c) = index.chunk(cid) else { break };
-            if c.compressed_offset >= end {
-                break;
-            }
-            let single = index
-                .entry(c.entry)
-                .is_some_and(|e| e.chunk_ids().len() == 1);
-            if c.id == first.chunk.id
-                || !single
-                || c.compressed_len > SMALL_FILE
-                || core.progress.is_done(c.id)
-                || core.gate.will_cover(c.compressed_offset)
-                || key_of(&c).is_none_or(|k| core.fetcher.is_in_flight(&k))
-            {
-                continue;
-            }
-            let len = fetch_range(&c).end - c.compressed_offset;
-            if used + len > size {
-                break;
-            }
-            used += len;
-            out.push(c);
-        }
-        out
-    }
-
-    /// Fetches `chunks` (small files of one directory or stretch of the blob) in the
-    /// background of the read that found them, and marks them local.
+    /// Fetches `chunks` (small files of one directory) in the background of the read that
+    /// found them, and marks them local.
     pub(crate) fn fetch_directory(&self, chunks: Vec<Chunk>) {
         if chunks.is_empty() {
             return;

@@ -5,10 +5,10 @@
 //! when it is about to deliver them ([`ReadPath::read`], bounded by `fetch.read_timeout`).
 //!
 //! A fetch of a file's chunk also starts read-ahead (the chunks after it when the file is
-//! read in order, neighbouring small files or the rest of a directory or of a stretch of
-//! the blob read file after file, what an ELF file loads; see `ahead`), and every
-//! on-demand fetch feeds the detector that switches the layer to streaming (see `stream`).
-//! Reads are recorded in the access log when it is on; failures are logged once per file.
+//! read in order, neighbouring small files or the rest of a directory read file after
+//! file, what an ELF file loads; see `ahead`), and every on-demand fetch feeds the
+//! detector that switches the layer to streaming (see `stream`). Reads are recorded in the
+//! access log when it is on; failures are logged once per file.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -187,15 +187,10 @@ impl ReadPath {
         // fetches in flight (the prefetch, a stream, another read): whoever started those
         // read ahead already, and a read's extra requests must not depend on whether it
         // came just before or just after the prefetch claimed its chunks.
-        let mut directory = if joins_only {
+        let directory = if joins_only {
             Vec::new()
         } else {
             self.ahead.directory(id, &missing)
-        };
-        let region = if joins_only {
-            Vec::new()
-        } else {
-            self.ahead.region(id, &missing)
         };
         let neighbours = if directory.is_empty() && !joins_only {
             self.ahead.neighbours(id, &missing)
@@ -206,9 +201,6 @@ impl ReadPath {
         tracing::debug!(layer = %core.source.digest,
             file = %String::from_utf8_lossy(&core.index().path_of(id)),
             chunks = requests.len(), directory = directory.len(), "fetching on demand");
-        // The stretch's small files beside the directory's (each chunk once).
-        let claimed: HashSet<u32> = directory.iter().map(|c| c.id).collect();
-        directory.extend(region.into_iter().filter(|c| !claimed.contains(&c.id)));
         self.ahead.fetch_directory(directory);
         if let (Some(first), Some(last), false) = (missing.first(), missing.last(), joins_only) {
             self.ahead.next_chunks(id, first.chunk.id, last.chunk.id);

@@ -34,7 +34,6 @@ fn quiet() -> config::FetchConfig {
         neighbour_read_ahead: 0,
         next_chunk_read_ahead: config::NextChunk::Off,
         directory_read_ahead: 0,
-        region_read_ahead: 0,
         start_files: Vec::new(),
         background_fetch: false,
         // Test layers are small: reads would soon look like a scan and stream the rest.
@@ -579,66 +578,4 @@ async fn script_read_ahead_off_fetches_only_the_script() {
     f.read("entry.sh", 0, script.len() as u32, &script).await;
     f.settle(1).await;
     assert_eq!(f.asked().1, f.chunk_bytes("entry.sh", &[0]));
-}
-
-/// Small files in two neighbouring directories, then a big file.
-fn two_directories() -> Vec<u8> {
-    let m = Meta::default();
-    let mut t = TarBuilder::new();
-    for dir in ["a", "b"] {
-        for i in 0..6 {
-            let seed = if dir == "a" { i } else { 10 + i };
-            t.file(format!("{dir}/{i}").as_bytes(), &m, &pattern(4096, seed));
-        }
-    }
-    t.file(b"c/big", &m, &pattern(4 * CHUNK as usize, 99));
-    t.finish()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_miss_in_a_stretch_of_the_blob_brings_its_small_files() {
-    let tar = two_directories();
-    let f = Fixture::new(
-        &tar,
-        config::FetchConfig {
-            region_read_ahead: 64 << 10,
-            ..quiet()
-        },
-    )
-    .await;
-    let a0 = pattern(4096, 0);
-    let b3 = pattern(4096, 13);
-    f.read("a/0", 0, 4096, &a0).await;
-    f.settle(1).await;
-    // One miss: nothing else.
-    assert!(!f.local("a/1", 0) && !f.local("b/0", 0));
-    f.read("b/3", 0, 4096, &b3).await;
-    f.settle(12).await;
-    // The second miss in the stretch: every small file of it, in both directories; not
-    // the big file's chunks.
-    for dir in ["a", "b"] {
-        for i in 0..6 {
-            assert!(f.local(&format!("{dir}/{i}"), 0), "{dir}/{i}");
-        }
-    }
-    assert!(!f.local("c/big", 0));
-    let small: u64 = ["a", "b"]
-        .iter()
-        .flat_map(|d| (0..6).map(move |i| format!("{d}/{i}")))
-        .map(|p| f.chunk_bytes(&p, &[0]))
-        .sum();
-    assert_eq!(f.asked().1, small);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn region_read_ahead_off_fetches_only_what_is_read() {
-    let tar = two_directories();
-    let f = Fixture::new(&tar, quiet()).await;
-    f.read("a/0", 0, 4096, &pattern(4096, 0)).await;
-    f.read("b/3", 0, 4096, &pattern(4096, 13)).await;
-    f.settle(2).await;
-    assert_eq!(
-        f.asked().1,
-        f.chunk_bytes("a/0", &[0]) + f.chunk_bytes("b/3", &[0])
-    );
 }
