@@ -882,10 +882,10 @@ async fn fetch_streamed(inner: Arc<Inner>, job: Job, priority: Priority) {
             (_, Some(e)) => current.fail(e.into()),
             (Some(Ok(data)), None) => current.answer(Ok(data)),
             (None, None)
-                if !inner
+                if inner
                     .decoder
                     .decoded_len(&current.request)
-                    .is_some_and(|n| n > LARGE_CHUNK) =>
+                    .is_none_or(|n| n <= LARGE_CHUNK) =>
             {
                 fetch_ranges(inner.clone(), vec![current], priority).await;
             }
