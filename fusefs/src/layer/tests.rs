@@ -42,6 +42,14 @@ fn quiet() -> config::FetchConfig {
     }
 }
 
+/// [`quiet`] with ELF read-ahead on (and so script read-ahead, which needs it).
+fn elf_on() -> config::FetchConfig {
+    config::FetchConfig {
+        elf_read_ahead: true,
+        ..quiet()
+    }
+}
+
 impl Fixture {
     async fn new(tar: &[u8], fetch: config::FetchConfig) -> Self {
         let mut data = Vec::new();
@@ -460,14 +468,7 @@ fn program_and_library() -> (Vec<u8>, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_needed_library_is_read_ahead_as_far_as_the_loader_touches_it() {
     let (tar, app) = program_and_library();
-    let f = Fixture::new(
-        &tar,
-        config::FetchConfig {
-            elf_read_ahead: true,
-            ..quiet()
-        },
-    )
-    .await;
+    let f = Fixture::new(&tar, elf_on()).await;
     assert_eq!(
         f.layer
             .index()
@@ -500,9 +501,8 @@ async fn whole_extent_reads_the_library_ahead_whole() {
     let f = Fixture::new(
         &tar,
         config::FetchConfig {
-            elf_read_ahead: true,
             elf_read_ahead_extent: config::ElfExtent::Whole,
-            ..quiet()
+            ..elf_on()
         },
     )
     .await;
@@ -534,14 +534,7 @@ fn script_image() -> (Vec<u8>, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shell_script_brings_its_interpreter_and_the_programs_it_runs() {
     let (tar, script) = script_image();
-    let f = Fixture::new(
-        &tar,
-        config::FetchConfig {
-            elf_read_ahead: true,
-            ..quiet()
-        },
-    )
-    .await;
+    let f = Fixture::new(&tar, elf_on()).await;
     f.read("entry.sh", 0, script.len() as u32, &script).await;
     f.settle(4).await;
     for (path, wanted) in [
@@ -569,9 +562,8 @@ async fn script_read_ahead_off_fetches_only_the_script() {
     let f = Fixture::new(
         &tar,
         config::FetchConfig {
-            elf_read_ahead: true,
             script_read_ahead: false,
-            ..quiet()
+            ..elf_on()
         },
     )
     .await;
