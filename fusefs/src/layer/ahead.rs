@@ -42,7 +42,7 @@ use super::chunks::{fetch_range, key_of, request_of};
 use super::core::{LayerCore, Piece};
 use super::elf::{self, ElfError};
 use super::script;
-use super::set::{join, resolve, Program, StackLayer};
+use super::set::{find_program, join, resolve, Program, StackLayer, DEFAULT_PATH};
 use crate::fetch::LARGE_CHUNK;
 
 /// Files larger than this have only their first and last chunks read ahead whole (a
@@ -477,15 +477,7 @@ impl ReadAhead {
         let stack = self.core.ctx.layers.stack(self.clone());
         let found: Vec<_> = names
             .iter()
-            .filter_map(|name| {
-                if name.contains(&b'/') {
-                    resolve(&stack, name)
-                } else {
-                    script::SEARCH_PATH
-                        .split(':')
-                        .find_map(|d| resolve(&stack, &join(d.as_bytes(), name)))
-                }
-            })
+            .filter_map(|name| find_program(&stack, DEFAULT_PATH, b"/", name))
             .collect();
         tracing::debug!(layer = %self.core.source.digest, names = names.len(), found = found.len(),
             "reading ahead what a script runs");
@@ -499,16 +491,12 @@ impl ReadAhead {
     pub(crate) fn read_ahead_program(self: &Arc<Self>, program: &Program) {
         let core = &self.core;
         let stack = core.ctx.layers.stack(self.clone());
-        let argv0 = program.argv0.as_bytes();
-        let found = if argv0.contains(&b'/') {
-            resolve(&stack, &join(program.cwd.as_bytes(), argv0))
-        } else {
-            program
-                .path
-                .split(':')
-                .filter(|d| d.starts_with('/'))
-                .find_map(|d| resolve(&stack, &join(d.as_bytes(), argv0)))
-        };
+        let found = find_program(
+            &stack,
+            &program.path,
+            program.cwd.as_bytes(),
+            program.argv0.as_bytes(),
+        );
         let Some((layer, id)) = found else {
             tracing::debug!(layer = %core.source.digest, program = %program.argv0, "image program not found in the lazy layers");
             return;

@@ -46,7 +46,7 @@ pub use linuxfs::overlay::OpaqueXattr;
 pub use progress::FetchState;
 pub use remote::{LayerStatus, RemoteLayer};
 pub use schedule::Prefetch;
-pub use set::{LayerSet, Program};
+pub use set::{LayerSet, Program, DEFAULT_PATH};
 pub use source::{LayerHead, LayerSource};
 pub use state::has_saved_state;
 pub use warm::{WarmPlan, WarmSelection, WarmStats};

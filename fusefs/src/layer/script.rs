@@ -14,8 +14,6 @@
 
 /// Most command names taken from one script.
 pub(crate) const MAX_COMMANDS: usize = 32;
-/// Where names without a slash are looked up (containerd's default `PATH`).
-pub(crate) const SEARCH_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Longest `#!` line looked at (as the kernel's limit).
 const MAX_SHEBANG: usize = 256;
 

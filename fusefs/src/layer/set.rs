@@ -216,6 +216,25 @@ pub(crate) fn resolve(
     None
 }
 
+/// `PATH` when an image sets none (containerd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The regular file `execve` would run for `name` in the merged view of `stack`: a name
+/// with a slash from `cwd`, else the first absolute directory of `path` that has it.
+pub(crate) fn find_program(
+    stack: &[Arc<dyn StackLayer>],
+    path: &str,
+    cwd: &[u8],
+    name: &[u8],
+) -> Option<(Arc<dyn StackLayer>, EntryId)> {
+    if name.contains(&b'/') {
+        return resolve(stack, &join(cwd, name));
+    }
+    path.split(':')
+        .filter(|d| d.starts_with('/'))
+        .find_map(|d| resolve(stack, &join(d.as_bytes(), name)))
+}
+
 /// `name` if absolute, else `name` in `dir`.
 pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     if name.starts_with(b"/") {

@@ -9,15 +9,12 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use fusefs::layer::LayerContext;
-use fusefs::layer::Program;
+use fusefs::layer::{Program, DEFAULT_PATH};
 use oci_spec::image::{Digest, ImageConfiguration};
 use registry::Reference;
 
 use crate::labels;
 use crate::store::Labels;
-
-/// `PATH` when the image config sets none (as containerd's default).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Images whose program was already looked up (by reference and top layer).
 #[derive(Default)]
