@@ -1,11 +1,12 @@
 //! How much of a layer is local: a bit per chunk (set once the chunk is in the cache), the
 //! compressed bytes that stands for, the layer's fetch state, and the detector that decides
-//! to switch a layer to streaming. (When background fetch may run is decided per process,
+//! to switch a layer to streaming (by bytes read on demand, by files read in blob order, or
+//! by the share of the layer's files read in any order: a bit per file). (When background fetch may run is decided per process,
 //! in `quiet`.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-use estargz::LayerIndex;
+use estargz::{EntryKind, LayerIndex};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +53,14 @@ impl FetchState {
 pub(crate) const SCAN_RUN: u32 = 24;
 /// Largest compressed gap between two fetches still counted as one scan.
 const SCAN_GAP: u64 = 1 << 20;
+/// Share of a layer's files with contents that, once read (in any order) while reads still
+/// fetch, make the layer "read broadly": the rest of it is streamed. A start-up reads a few
+/// percent of a layer's files (python importing scipy: 3 %); `tar`, `cp -a`, a checksum
+/// walk or an indexer read them all, in directory order, which need not be blob order.
+pub(crate) const BREADTH_SHARE: f64 = 0.25;
+/// Files read, at least, before breadth counts (a layer of a handful of files is not read
+/// "broadly" by reading three of them).
+pub(crate) const BREADTH_MIN_FILES: u64 = 256;
 
 struct ScanDetector {
     last_end: u64,
@@ -70,6 +79,38 @@ pub(crate) struct Progress {
     on_demand_bytes: AtomicU64,
     scan: Mutex<ScanDetector>,
     stream_requested: AtomicBool,
+    /// A bit per entry: read at least once (regular files with contents only).
+    read: Box<[AtomicU64]>,
+    files_read: AtomicU64,
+    /// Files read that make the layer read broadly (`u64::MAX`: never).
+    breadth: u64,
+}
+
+/// Why [`Progress::record_on_demand`] asks for a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamCause {
+    /// On-demand fetches reached the threshold share of the layer's bytes.
+    Bytes,
+    /// Files were fetched one after the other in blob order.
+    Scan,
+    /// A large share of the layer's files was read, in any order.
+    Breadth,
+}
+
+impl StreamCause {
+    /// Whether the stream should also cover the blob before the read that triggered it
+    /// (the workload reads all over the layer, not onwards from one place).
+    pub(crate) fn whole_blob(self) -> bool {
+        !matches!(self, StreamCause::Scan)
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StreamCause::Bytes => "bytes",
+            StreamCause::Scan => "scan",
+            StreamCause::Breadth => "breadth",
+        }
+    }
 }
 
 /// Compressed bytes a chunk stands for: its range, once per compressed member (chunks
@@ -93,6 +134,15 @@ impl Progress {
     pub(crate) fn new(index: &LayerIndex) -> Self {
         let n = index.num_chunks();
         let total_bytes = (0..n as u32).map(|id| weight(index, id)).sum();
+        let files = (0..index.len() as u32)
+            .filter_map(|id| index.entry(id))
+            .filter(|e| e.kind() == EntryKind::Reg && e.size() > 0)
+            .count() as u64;
+        let breadth = if files < BREADTH_MIN_FILES {
+            u64::MAX
+        } else {
+            ((files as f64 * BREADTH_SHARE) as u64).max(BREADTH_MIN_FILES)
+        };
         let p = Progress {
             done: (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             chunks: n,
@@ -107,6 +157,11 @@ impl Progress {
                 run: 0,
             }),
             stream_requested: AtomicBool::new(false),
+            read: (0..index.len().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            files_read: AtomicU64::new(0),
+            breadth,
         };
         for id in 0..n as u32 {
             if index.chunk(id).is_some_and(|c| c.zeros) {
@@ -172,25 +227,63 @@ impl Progress {
         self.chunks
     }
 
+    /// Records a read of file `id` (any read, served locally or fetched): counts the
+    /// files of the layer read so far. True exactly once: when the count reaches the
+    /// breadth that makes the layer "read broadly" (see [`Self::read_broadly`]) and no
+    /// stream was asked for meanwhile (the caller then starts one, cause
+    /// [`StreamCause::Breadth`]); a stream running at that moment takes the whole blob on
+    /// when it ends.
+    pub(crate) fn note_file_read(&self, id: u32) -> bool {
+        let (w, b) = (id as usize / 64, id % 64);
+        let Some(word) = self.read.get(w) else {
+            return false;
+        };
+        if word.load(Ordering::Relaxed) & (1 << b) != 0 {
+            return false;
+        }
+        if word.fetch_or(1 << b, Ordering::Relaxed) & (1 << b) != 0 {
+            return false;
+        }
+        let n = self.files_read.fetch_add(1, Ordering::Relaxed) + 1;
+        n == self.breadth
+            && !self.complete()
+            && !self.stream_requested.swap(true, Ordering::Relaxed)
+    }
+
+    /// True once [`BREADTH_SHARE`] of the layer's files (with contents) have been read, in
+    /// any order: a workload reading the whole tree (`tar`, `cp -a`, a checksum walk, an
+    /// indexer) in directory order, which need not be the blob's. A start-up reads a few
+    /// percent of a layer's files.
+    pub(crate) fn read_broadly(&self) -> bool {
+        self.files_read() >= self.breadth
+    }
+
+    /// Files read at least once.
+    pub(crate) fn files_read(&self) -> u64 {
+        self.files_read.load(Ordering::Relaxed)
+    }
+
     /// Records an on-demand fetch of the compressed range `range` (of file `entry`) and says
-    /// whether the layer should now switch to streaming: when on-demand fetches reached
-    /// `threshold` of the layer's bytes, or the fetches of [`SCAN_RUN`] different files in a
-    /// row came in blob order with small gaps (a workload reading files in layer order, e.g.
-    /// `tar` or `cp -a`; one big file read in order does not count). Says so once.
+    /// whether (and why) the layer should now switch to streaming: when on-demand fetches
+    /// reached `threshold` of the layer's bytes; when the fetches of [`SCAN_RUN`] different
+    /// files in a row came in blob order with small gaps (a workload reading files in layer
+    /// order; one big file read in order does not count); or when [`BREADTH_SHARE`] of the
+    /// layer's files have been read, in any order, and reads still fetch (a workload
+    /// reading the whole tree in directory order, which need not be the blob's). Says so
+    /// once (until [`Self::rearm_stream`]). `threshold` 1.0 turns streaming off.
     pub(crate) fn record_on_demand(
         &self,
         range: std::ops::Range<u64>,
         entry: u32,
         threshold: f64,
-    ) -> bool {
+    ) -> Option<StreamCause> {
         if threshold >= 1.0 || self.stream_requested.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
         let bytes = self
             .on_demand_bytes
             .fetch_add(range.end - range.start, Ordering::Relaxed)
             + (range.end - range.start);
-        let by_bytes = (bytes as f64) >= threshold * self.total_bytes as f64;
         let by_scan = {
             let mut s = self.scan.lock();
             if range.start >= s.last_end && range.start - s.last_end <= SCAN_GAP {
@@ -204,10 +297,19 @@ impl Progress {
             s.last_entry = entry;
             s.run >= SCAN_RUN
         };
-        (by_bytes || by_scan) && !self.stream_requested.swap(true, Ordering::Relaxed)
+        let cause = if (bytes as f64) >= threshold * self.total_bytes as f64 {
+            StreamCause::Bytes
+        } else if self.read_broadly() {
+            StreamCause::Breadth
+        } else if by_scan {
+            StreamCause::Scan
+        } else {
+            return None;
+        };
+        (!self.stream_requested.swap(true, Ordering::Relaxed)).then_some(cause)
     }
 
-    /// Allows a new switch to streaming (after a stream ended early).
+    /// Allows a new switch to streaming (after a stream ended).
     pub(crate) fn rearm_stream(&self) {
         self.scan.lock().run = 0;
         self.stream_requested.store(false, Ordering::Relaxed);
@@ -262,13 +364,13 @@ mod tests {
             .collect();
         let mut fired = Vec::new();
         for (i, r) in ranges.iter().enumerate() {
-            if p.record_on_demand(r.clone(), i as u32, 0.99) {
-                fired.push(i);
+            if let Some(cause) = p.record_on_demand(r.clone(), i as u32, 0.99) {
+                fired.push((i, cause));
             }
         }
         assert_eq!(
             fired,
-            vec![SCAN_RUN as usize - 1],
+            vec![(SCAN_RUN as usize - 1, StreamCause::Scan)],
             "fires once, after the run"
         );
         // The same chunk ranges all attributed to one file do not fire (until the bytes
@@ -276,16 +378,103 @@ mod tests {
         let p = Progress::new(idx);
         assert!(!ranges[..30]
             .iter()
-            .any(|r| p.record_on_demand(r.clone(), 7, 0.99)));
+            .any(|r| p.record_on_demand(r.clone(), 7, 0.99).is_some()));
         // Streaming off.
         let p = Progress::new(idx);
-        assert!(!ranges.iter().enumerate().any(|(i, r)| p.record_on_demand(
-            r.clone(),
-            i as u32,
-            1.0
-        )));
-        // By bytes: a threshold of 0 fires on the first fetch.
+        assert!(!ranges
+            .iter()
+            .enumerate()
+            .any(|(i, r)| p.record_on_demand(r.clone(), i as u32, 1.0).is_some()));
+        // By bytes: a threshold of 0 fires on the first fetch; once rearmed, again.
         let p = Progress::new(idx);
-        assert!(p.record_on_demand(ranges[5].clone(), 5, 0.0));
+        assert_eq!(
+            p.record_on_demand(ranges[5].clone(), 5, 0.0),
+            Some(StreamCause::Bytes)
+        );
+        assert_eq!(p.record_on_demand(ranges[6].clone(), 6, 0.0), None);
+        p.rearm_stream();
+        assert_eq!(
+            p.record_on_demand(ranges[7].clone(), 7, 0.0),
+            Some(StreamCause::Bytes)
+        );
+    }
+
+    /// Files of the layer, in an order far from the blob's (every 389th, wrapping).
+    fn scattered(n: usize) -> Vec<usize> {
+        (0..n).map(|i| (i * 389) % n).collect()
+    }
+
+    #[test]
+    fn a_quarter_of_the_files_read_in_any_order_makes_the_layer_read_broadly() {
+        let n = 2000;
+        let layer = index(n as u64, 100);
+        let idx = &layer.index;
+        let p = Progress::new(idx);
+        let chunk_of_file = |f: usize| {
+            let id = idx.resolve(format!("f{f:03}").as_bytes()).unwrap();
+            let c = idx.chunks_of(id).next().unwrap();
+            (id, crate::layer::chunks::fetch_range(&c))
+        };
+        let order = scattered(n);
+        let want = (n as f64 * BREADTH_SHARE) as usize;
+        assert!(want as u64 > BREADTH_MIN_FILES);
+        let mut fired = Vec::new();
+        for (k, &f) in order.iter().enumerate() {
+            let (id, range) = chunk_of_file(f);
+            if p.note_file_read(id) {
+                fired.push(k);
+            }
+            assert_eq!(p.read_broadly(), k + 1 >= want, "after {} files", k + 1);
+            // Every other file fetched on demand (the others were read ahead): never a
+            // scan, never the bytes threshold; the breadth was signalled by the read.
+            if k % 2 == 0 && k < n / 2 {
+                assert_eq!(p.record_on_demand(range, id, 0.99), None, "file {k}");
+            }
+        }
+        assert_eq!(fired, vec![want - 1], "signalled once, at the quarter");
+        assert!(StreamCause::Breadth.whole_blob() && !StreamCause::Scan.whole_blob());
+        // Reading a file again does not count twice.
+        assert_eq!(p.files_read(), n as u64);
+        p.note_file_read(chunk_of_file(order[0]).0);
+        assert_eq!(p.files_read(), n as u64);
+        // Once the stream ended (rearmed), an on-demand fetch of a layer read broadly asks
+        // for the whole blob again.
+        p.rearm_stream();
+        let (id, range) = chunk_of_file(order[1]);
+        assert_eq!(
+            p.record_on_demand(range, id, 0.99),
+            Some(StreamCause::Breadth)
+        );
+    }
+
+    #[test]
+    fn a_local_layer_is_not_streamed_for_its_breadth() {
+        let layer = index(1000, 100);
+        let idx = &layer.index;
+        let p = Progress::new(idx);
+        for id in 0..idx.num_chunks() as u32 {
+            p.mark(idx, id);
+        }
+        assert!(p.complete());
+        let fired = (0..idx.len() as u32).any(|id| p.note_file_read(id));
+        assert!(!fired && p.read_broadly());
+    }
+
+    #[test]
+    fn a_small_layer_is_never_read_broadly_by_its_file_count() {
+        let layer = index(BREADTH_MIN_FILES - 1, 100);
+        let idx = &layer.index;
+        let p = Progress::new(idx);
+        let mut any = None;
+        // Four fifths of the files (all of them would reach the bytes threshold).
+        let files = BREADTH_MIN_FILES as usize - 1;
+        for f in scattered(files).into_iter().take(files * 4 / 5) {
+            let id = idx.resolve(format!("f{f:03}").as_bytes()).unwrap();
+            p.note_file_read(id);
+            let c = idx.chunks_of(id).next().unwrap();
+            any = any.or(p.record_on_demand(crate::layer::chunks::fetch_range(&c), id, 0.99));
+        }
+        assert_eq!(any, None);
+        assert_eq!(p.files_read(), (files * 4 / 5) as u64);
     }
 }

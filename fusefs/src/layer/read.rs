@@ -22,6 +22,7 @@ use super::ahead::ReadAhead;
 use super::chunks::{fetch_range, key_of, request_of};
 use super::core::LayerCore;
 use super::error::ReadError;
+use super::progress::StreamCause;
 use super::stream::start_stream;
 use crate::cache::ChunkKey;
 use crate::fetch::FetchError;
@@ -138,8 +139,18 @@ impl ReadPath {
         result
     }
 
-    /// Notes a read of file `id` for the access log.
+    /// Notes a read of file `id` for the access log and the stream detector's breadth rule
+    /// (which may switch the layer to streaming the whole blob from this file on).
     pub(crate) fn note_read(&self, id: EntryId) {
+        if self.core.progress.note_file_read(id) {
+            let core = &self.core;
+            let from = core
+                .index()
+                .chunks_of(id)
+                .find(|c| !c.zeros)
+                .map_or(0, |c| c.compressed_offset);
+            start_stream(core, from, StreamCause::Breadth);
+        }
         if let Some(a) = &self.access {
             a.record(self.core.index(), id);
         }
@@ -227,8 +238,8 @@ impl ReadPath {
             // layer look like "most of the layer" and stream all of it.
             if core.mark(p.chunk.id) {
                 let range = fetch_range(&p.chunk);
-                if core.progress.record_on_demand(range.clone(), id, threshold) {
-                    start_stream(core, range.start);
+                if let Some(cause) = core.progress.record_on_demand(range.clone(), id, threshold) {
+                    start_stream(core, range.start, cause);
                 }
             }
         }

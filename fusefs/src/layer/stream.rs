@@ -16,7 +16,9 @@
 //!   the blob, as before, moved every byte after its start, including chunks reads had
 //!   already fetched: 6 MB of 69 MB twice when `tar` read a whole image.)
 //!
-//! [`start_stream`] switches a layer to the windows when its reads look like a scan.
+//! [`start_stream`] switches a layer to the windows when its reads look like a scan (onwards
+//! from where it reads) or reach all over the layer (the whole blob, from where it reads,
+//! wrapping round to the start).
 
 use std::sync::Arc;
 
@@ -27,7 +29,7 @@ use registry::Priority;
 use super::chunks::{fetch_range, first_chunk_at, request_of};
 use super::core::LayerCore;
 use super::gate::StreamGate;
-use super::progress::FetchState;
+use super::progress::{FetchState, StreamCause};
 use crate::fetch::{ChunkRequest, FetchError, StreamProgress, LARGE_CHUNK};
 
 /// Compressed bytes of chunks per window of [`Region::run_windows`].
@@ -63,6 +65,18 @@ pub(crate) struct WindowStats {
     pub(crate) skipped_local: u64,
     /// Compressed bytes of chunks passed over because they were in flight in another fetch.
     pub(crate) skipped_in_flight: u64,
+}
+
+impl WindowStats {
+    fn add(self, o: WindowStats) -> WindowStats {
+        WindowStats {
+            windows: self.windows + o.windows,
+            chunks: self.chunks + o.chunks,
+            bytes: self.bytes + o.bytes,
+            skipped_local: self.skipped_local + o.skipped_local,
+            skipped_in_flight: self.skipped_in_flight + o.skipped_in_flight,
+        }
+    }
 }
 
 /// The byte budget of the `n`-th window (from 0): the first [`WINDOWS_IN_FLIGHT`] windows
@@ -305,21 +319,31 @@ async fn fetch_window(core: Arc<LayerCore>, w: Window) -> Result<u64, StreamErro
     }
 }
 
-/// Switches the layer to streaming the rest of the blob from `from` (in windows).
-pub(crate) fn start_stream(core: &Arc<LayerCore>, from: u64) {
+/// Switches the layer to streaming the rest of the blob from `from` (in windows), and for a
+/// `cause` that reads all over the layer ([`StreamCause::whole_blob`]) then the part before
+/// `from` too; a scan's stream that ends with the layer read broadly meanwhile goes on with
+/// the whole blob. Once the stream ends the detector is armed again, so reads that still
+/// fetch afterwards (behind a scan's start, say) can start another one. Callable from any
+/// thread (FUSE workers included): the stream runs on the layer's runtime.
+pub(crate) fn start_stream(core: &Arc<LayerCore>, from: u64, cause: StreamCause) {
     if core.is_closed() {
         return;
     }
     let core = core.clone();
     let end = core.layer.footer.data_end();
-    tokio::spawn(async move {
-        tracing::info!(layer = %core.source.digest, from, "workload reads most of the layer: streaming the rest of the blob");
+    core.ctx.runtime().clone().spawn(async move {
         let before = core.progress.state();
         core.progress.set_state(FetchState::Streaming);
-        let r = match claim_region(&core, from, end) {
-            Ok(Some(region)) => region.run_windows().await,
-            Ok(None) => Ok(Default::default()),
-            Err(e) => Err(e),
+        let (mut from, mut cause) = (from, cause);
+        let r = loop {
+            tracing::info!(layer = %core.source.digest, from, cause = cause.name(), "workload reads most of the layer: streaming the rest of the blob");
+            let r = stream_parts(&core, from, end, cause).await;
+            let broad = cause == StreamCause::Scan && core.progress.read_broadly();
+            if r.is_ok() && broad && !core.progress.complete() {
+                (from, cause) = (0, StreamCause::Breadth);
+                continue;
+            }
+            break r;
         };
         core.progress.set_state(before);
         match r {
@@ -332,13 +356,34 @@ pub(crate) fn start_stream(core: &Arc<LayerCore>, from: u64) {
                 skipped_in_flight = s.skipped_in_flight,
                 "stream finished"
             ),
-            Err(StreamError::Busy) => core.progress.rearm_stream(),
+            Err(StreamError::Busy) => {}
             Err(e) => {
                 tracing::warn!(layer = %core.source.digest, error = %e, "stream stopped; reads fetch chunk by chunk");
-                core.progress.rearm_stream();
             }
         }
+        core.progress.rearm_stream();
     });
+}
+
+/// Streams `[from, end)`, then for a whole-blob `cause` `[0, from)`.
+async fn stream_parts(
+    core: &Arc<LayerCore>,
+    from: u64,
+    end: u64,
+    cause: StreamCause,
+) -> Result<WindowStats, StreamError> {
+    let mut parts = vec![(from, end)];
+    if cause.whole_blob() && from > 0 {
+        parts.push((0, from));
+    }
+    let mut total = WindowStats::default();
+    for (a, b) in parts {
+        total = total.add(match claim_region(core, a, b)? {
+            Some(region) => region.run_windows().await?,
+            None => WindowStats::default(),
+        });
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
