@@ -20,6 +20,9 @@ use super::progress::Progress;
 use super::source::LayerSource;
 use crate::fetch::ChunkFetcher;
 
+/// Chunks [`LayerCore::is_settled`] looks at, at most.
+const SETTLED_CHUNKS: usize = 4096;
+
 /// The shared state of one lazy layer.
 pub(crate) struct LayerCore {
     pub(crate) ctx: Arc<LayerContext>,
@@ -58,6 +61,23 @@ impl LayerCore {
     /// Marks chunk `id` local; true the first time.
     pub(crate) fn mark(&self, id: u32) -> bool {
         self.progress.mark(&self.layer.index, id)
+    }
+
+    /// True if every data chunk whose compressed offset lies in `gap` is local or in
+    /// flight (read ahead, say), looking at [`SETTLED_CHUNKS`] chunks at most (false
+    /// beyond): a read past such a stretch still reads the blob in order.
+    pub(crate) fn is_settled(&self, gap: std::ops::Range<u64>) -> bool {
+        let index = self.index();
+        let first = super::chunks::first_chunk_at(index, gap.start);
+        (first..index.num_chunks() as u32)
+            .map_while(|id| index.chunk(id).filter(|c| c.compressed_offset < gap.end))
+            .take(SETTLED_CHUNKS + 1)
+            .enumerate()
+            .all(|(n, c)| {
+                n < SETTLED_CHUNKS
+                    && (self.progress.is_done(c.id)
+                        || key_of(&c).is_none_or(|k| self.fetcher.is_in_flight(&k)))
+            })
     }
 
     /// The chunks holding `[offset, offset + size)` of file `id`, clipped to the file, and

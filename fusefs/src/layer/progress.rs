@@ -266,8 +266,9 @@ impl Progress {
     /// Records an on-demand fetch of the compressed range `range` (of file `entry`) and says
     /// whether (and why) the layer should now switch to streaming: when on-demand fetches
     /// reached `threshold` of the layer's bytes; when the fetches of [`SCAN_RUN`] different
-    /// files in a row came in blob order with small gaps (a workload reading files in layer
-    /// order; one big file read in order does not count); or when [`BREADTH_SHARE`] of the
+    /// files in a row came in blob order, each after a small gap or one whose chunks are
+    /// all local or in flight already (`settled`: read ahead; a workload reading files in
+    /// layer order; one big file read in order does not count); or when [`BREADTH_SHARE`] of the
     /// layer's files have been read, in any order, and reads still fetch (a workload
     /// reading the whole tree in directory order, which need not be the blob's). Says so
     /// once (until [`Self::rearm_stream`]). `threshold` 1.0 turns streaming off.
@@ -276,6 +277,7 @@ impl Progress {
         range: std::ops::Range<u64>,
         entry: u32,
         threshold: f64,
+        settled: impl FnOnce(std::ops::Range<u64>) -> bool,
     ) -> Option<StreamCause> {
         if threshold >= 1.0 || self.stream_requested.load(Ordering::Relaxed) {
             return None;
@@ -286,7 +288,9 @@ impl Progress {
             + (range.end - range.start);
         let by_scan = {
             let mut s = self.scan.lock();
-            if range.start >= s.last_end && range.start - s.last_end <= SCAN_GAP {
+            let onwards = range.start >= s.last_end
+                && (range.start - s.last_end <= SCAN_GAP || settled(s.last_end..range.start));
+            if onwards {
                 if entry != s.last_entry {
                     s.run += 1;
                 }
@@ -364,7 +368,7 @@ mod tests {
             .collect();
         let mut fired = Vec::new();
         for (i, r) in ranges.iter().enumerate() {
-            if let Some(cause) = p.record_on_demand(r.clone(), i as u32, 0.99) {
+            if let Some(cause) = p.record_on_demand(r.clone(), i as u32, 0.99, |_| false) {
                 fired.push((i, cause));
             }
         }
@@ -378,24 +382,55 @@ mod tests {
         let p = Progress::new(idx);
         assert!(!ranges[..30]
             .iter()
-            .any(|r| p.record_on_demand(r.clone(), 7, 0.99).is_some()));
+            .any(|r| p.record_on_demand(r.clone(), 7, 0.99, |_| false).is_some()));
         // Streaming off.
         let p = Progress::new(idx);
-        assert!(!ranges
-            .iter()
-            .enumerate()
-            .any(|(i, r)| p.record_on_demand(r.clone(), i as u32, 1.0).is_some()));
+        assert!(!ranges.iter().enumerate().any(|(i, r)| p
+            .record_on_demand(r.clone(), i as u32, 1.0, |_| false)
+            .is_some()));
         // By bytes: a threshold of 0 fires on the first fetch; once rearmed, again.
         let p = Progress::new(idx);
         assert_eq!(
-            p.record_on_demand(ranges[5].clone(), 5, 0.0),
+            p.record_on_demand(ranges[5].clone(), 5, 0.0, |_| false),
             Some(StreamCause::Bytes)
         );
-        assert_eq!(p.record_on_demand(ranges[6].clone(), 6, 0.0), None);
+        assert_eq!(
+            p.record_on_demand(ranges[6].clone(), 6, 0.0, |_| false),
+            None
+        );
         p.rearm_stream();
         assert_eq!(
-            p.record_on_demand(ranges[7].clone(), 7, 0.0),
+            p.record_on_demand(ranges[7].clone(), 7, 0.0, |_| false),
             Some(StreamCause::Bytes)
+        );
+    }
+
+    #[test]
+    fn files_in_blob_order_past_stretches_already_read_ahead_still_make_a_scan() {
+        let layer = index(40, 5_000);
+        let p = Progress::new(&layer.index);
+        // One file every 2 MiB of blob (the files between were read ahead): the gaps are too
+        // large for a scan unless they are settled (local or in flight).
+        let range = |k: u64| (k * (2 << 20))..(k * (2 << 20) + 1000);
+        let fired = (0..40u64).find(|&k| {
+            p.record_on_demand(range(k), k as u32, 0.99, |_| false)
+                .is_some()
+        });
+        assert_eq!(fired, None, "unsettled gaps broke every run");
+        let p = Progress::new(&layer.index);
+        let mut gaps = Vec::new();
+        let fired = (0..40u64).find(|&k| {
+            let settled = |gap: std::ops::Range<u64>| {
+                gaps.push(gap);
+                true
+            };
+            p.record_on_demand(range(k), k as u32, 0.99, settled) == Some(StreamCause::Scan)
+        });
+        assert_eq!(fired, Some(SCAN_RUN as u64 - 1));
+        assert_eq!(
+            gaps[0],
+            range(0).end..range(1).start,
+            "asked about the gap only"
         );
     }
 
@@ -428,7 +463,11 @@ mod tests {
             // Every other file fetched on demand (the others were read ahead): never a
             // scan, never the bytes threshold; the breadth was signalled by the read.
             if k % 2 == 0 && k < n / 2 {
-                assert_eq!(p.record_on_demand(range, id, 0.99), None, "file {k}");
+                assert_eq!(
+                    p.record_on_demand(range, id, 0.99, |_| false),
+                    None,
+                    "file {k}"
+                );
             }
         }
         assert_eq!(fired, vec![want - 1], "signalled once, at the quarter");
@@ -442,7 +481,7 @@ mod tests {
         p.rearm_stream();
         let (id, range) = chunk_of_file(order[1]);
         assert_eq!(
-            p.record_on_demand(range, id, 0.99),
+            p.record_on_demand(range, id, 0.99, |_| false),
             Some(StreamCause::Breadth)
         );
     }
@@ -472,7 +511,10 @@ mod tests {
             let id = idx.resolve(format!("f{f:03}").as_bytes()).unwrap();
             p.note_file_read(id);
             let c = idx.chunks_of(id).next().unwrap();
-            any = any.or(p.record_on_demand(crate::layer::chunks::fetch_range(&c), id, 0.99));
+            any =
+                any.or(
+                    p.record_on_demand(crate::layer::chunks::fetch_range(&c), id, 0.99, |_| false)
+                );
         }
         assert_eq!(any, None);
         assert_eq!(p.files_read(), (files * 4 / 5) as u64);

@@ -238,7 +238,11 @@ impl ReadPath {
             // layer look like "most of the layer" and stream all of it.
             if core.mark(p.chunk.id) {
                 let range = fetch_range(&p.chunk);
-                if let Some(cause) = core.progress.record_on_demand(range.clone(), id, threshold) {
+                let settled = |gap| core.is_settled(gap);
+                let cause = core
+                    .progress
+                    .record_on_demand(range.clone(), id, threshold, settled);
+                if let Some(cause) = cause {
                     start_stream(core, range.start, cause);
                 }
             }
