@@ -37,7 +37,8 @@ pub struct LayerSet {
     layers: Mutex<HashMap<String, Weak<dyn StackLayer>>>,
     /// Digest → the image's layer digests, base first.
     images: Mutex<HashMap<String, Vec<String>>>,
-    /// Top layer digest → the program its image runs, waiting for the layer to be live.
+    /// Top layer digest → the program its image runs, waiting for the layer to fetch or
+    /// for every layer of its image to be live.
     programs: Mutex<HashMap<String, Program>>,
 }
 
@@ -53,10 +54,22 @@ pub struct Program {
 }
 
 impl LayerSet {
+    /// Adds a live layer (opened; mounted or opened ahead of its Prepare). It may complete
+    /// the view an image's program waits for: see [`LayerSet::note_program`].
     pub(crate) fn register(&self, layer: Arc<dyn StackLayer>) {
-        let mut l = self.layers.lock();
-        l.retain(|_, w| w.strong_count() > 0);
-        l.insert(layer.digest(), Arc::downgrade(&layer));
+        let digest = layer.digest();
+        {
+            let mut l = self.layers.lock();
+            l.retain(|_, w| w.strong_count() > 0);
+            l.insert(digest.clone(), Arc::downgrade(&layer));
+        }
+        let top = self
+            .images
+            .lock()
+            .get(&digest)
+            .and_then(|list| list.last().cloned())
+            .unwrap_or(digest);
+        self.start_if_complete(&top);
     }
 
     /// Runs the program read-ahead waiting for `layer`, if any; called once the layer
@@ -70,21 +83,48 @@ impl LayerSet {
     }
 
     /// Reads ahead `program` (and what it loads) in the image whose top layer is `top`:
-    /// now if that layer is mounted and fetching, else as soon as it is.
+    /// now if that layer is mounted and fetching, or if every layer of the image is live
+    /// (mounted or opened ahead of its Prepare, see `super::early`: the merged view is
+    /// whole, so the program and its libraries are found where the container will find
+    /// them); else as soon as one of these holds.
     pub(crate) fn note_program(&self, top: &str, program: Program) {
         let live = self.layers.lock().get(top).and_then(Weak::upgrade);
-        let mut pending = self.programs.lock();
-        match live.filter(|l| l.is_fetching()) {
-            Some(layer) => {
-                drop(pending);
-                layer.read_ahead_program(&program);
+        if let Some(layer) = live.filter(|l| l.is_fetching()) {
+            layer.read_ahead_program(&program);
+            return;
+        }
+        {
+            let mut pending = self.programs.lock();
+            if pending.len() > 1024 {
+                pending.clear();
             }
-            None => {
-                if pending.len() > 1024 {
-                    pending.clear();
-                }
-                pending.insert(top.to_string(), program);
-            }
+            pending.insert(top.to_string(), program);
+        }
+        self.start_if_complete(top);
+    }
+
+    /// Runs the program read-ahead waiting for `top` if every layer of its image is live.
+    fn start_if_complete(&self, top: &str) {
+        if !self.programs.lock().contains_key(top) {
+            return;
+        }
+        let list = self
+            .images
+            .lock()
+            .get(top)
+            .cloned()
+            .unwrap_or_else(|| vec![top.to_string()]);
+        let layer = {
+            let live = self.layers.lock();
+            let all = list
+                .iter()
+                .all(|d| live.get(d).is_some_and(|w| w.strong_count() > 0));
+            all.then(|| live.get(top).and_then(Weak::upgrade)).flatten()
+        };
+        let Some(layer) = layer else { return };
+        let pending = self.programs.lock().remove(top);
+        if let Some(p) = pending {
+            layer.read_ahead_program(&p);
         }
     }
 
