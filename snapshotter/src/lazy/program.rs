@@ -2,7 +2,9 @@
 //! lazy Prepare of an image, its config is fetched (manifest and config, two requests next
 //! to the layers' own), `argv[0]` of its Entrypoint (else Cmd) and its `PATH` are handed to
 //! the layers (`LayerContext::note_image_program`), which fetch that program and what the
-//! loader needs for it once the image's top layer is mounted (`fetch.program_read_ahead`).
+//! loader needs for it once every layer of the image is open — the upper ones opened ahead
+//! of their Prepare ([`super::ahead`]) — or else once the image's top layer is mounted
+//! (`fetch.program_read_ahead`).
 
 use std::collections::HashSet;
 use std::str::FromStr;
