@@ -120,13 +120,13 @@ async fn the_program_is_fetched_before_its_layer_is_prepared_and_not_again_after
     let (base_blob, base_src) = blob(&base_tar);
     let (top_blob, top_src) = blob(&top_tar);
     let layers = vec![base_src.digest.to_string(), top_src.digest.to_string()];
-    ctx.note_image_layers(&base_src.digest.to_string(), layers);
+    ctx.note_image_layers(base_src.digest.as_ref(), layers);
     let program = Program {
         argv0: "app".into(),
         path: "/usr/bin:/bin".into(),
         cwd: "/".into(),
     };
-    ctx.note_image_program(&top_src.digest.to_string(), program);
+    ctx.note_image_program(top_src.digest.as_ref(), program);
 
     // The top layer opened ahead first: its image's view is not whole (the base is not
     // open), so the program waits (read ahead now, its library would not be found).
