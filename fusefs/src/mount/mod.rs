@@ -535,7 +535,10 @@ impl MountManager {
             fits
         });
         let layer = match early {
-            Some(e) => RemoteLayer::adopt(e, &source, state_dir).await?,
+            Some(e) => {
+                tracing::debug!(layer = %source.digest, "taking over the layer opened ahead of its Prepare");
+                RemoteLayer::adopt(e, &source, state_dir).await?
+            }
             None => RemoteLayer::open(&self.ctx, source, state_dir).await?,
         };
         let mounted = self.attach(layer, &mp).await?;
