@@ -192,13 +192,19 @@ async fn a_layer_opened_ahead_that_does_not_fit_is_not_taken_over() {
     let ctx = context(dir.path());
     let (_, top_tar) = image();
     let (top_blob, top_src) = blob(&top_tar);
-    let early = RemoteLayer::open_early_from_source(&ctx, top_src.clone(), top_blob)
-        .await
-        .unwrap();
     let wrong = LayerSource {
         toc_digest: Some(Sha256Digest([7; 32])),
-        ..top_src
+        ..top_src.clone()
     };
+    // A TOC digest known ahead (the manifest's annotation) is checked at once.
+    let e = RemoteLayer::open_early_from_source(&ctx, wrong.clone(), top_blob.clone())
+        .await
+        .unwrap_err();
+    assert!(e.is_not_estargz(), "{e}");
+    // Without it, the Prepare's label is checked when the layer is taken over.
+    let early = RemoteLayer::open_early_from_source(&ctx, top_src, top_blob)
+        .await
+        .unwrap();
     let state = dir.path().join("top");
     let e = RemoteLayer::adopt(early, &wrong, &state).await.unwrap_err();
     assert!(e.to_string().contains("opened ahead"), "{e}");

@@ -10,7 +10,9 @@
 //! ahead as soon as its image's layers are all open, long before the top layer's Prepare;
 //! without it, the next layer only.
 //!
-//! An early layer's TOC is checked against the digest of its own Prepare when that comes
+//! An early layer's TOC is checked against the TOC digest annotation of the image's
+//! manifest when the program lookup ([`super::program`]) brings it in time, and always
+//! against the digest of its own Prepare when that comes
 //! ([`fusefs::layer::EarlyLayer::fits`]); until then it can only steer fetches into the
 //! content-addressed chunk cache (see `fusefs::layer::early`). One that failed, does not fit
 //! or went unused is dropped.
@@ -19,13 +21,16 @@
 //! layer that containerd already has (no Prepare comes) costs its head's requests once.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use estargz::Sha256Digest;
 use fusefs::layer::{EarlyLayer, LayerContext};
 use fusefs::layer::{LayerError, LayerHead, LayerSource, RemoteLayer};
 use tokio::task::JoinHandle;
 
+use super::program::Tocs;
 use crate::labels;
 use crate::store::Labels;
 
@@ -103,7 +108,9 @@ impl Ahead {
     /// Starts opening `next` (a layer of image `reference`) ahead on the context's runtime,
     /// unless it is pending already or the bound is reached (after dropping layers older
     /// than [`KEEP`]).
-    pub fn start(&self, ctx: &Arc<LayerContext>, reference: &str, next: &str) {
+    /// Its TOC is checked against the manifest's TOC digest annotation for it when `tocs`
+    /// brings one (waiting for the manifest at most `fetch.request_timeout`).
+    pub fn start(&self, ctx: &Arc<LayerContext>, reference: &str, next: &str, tocs: Option<Tocs>) {
         let Ok(source) = LayerSource::new(reference, next, None, None) else {
             return;
         };
@@ -121,8 +128,16 @@ impl Ahead {
         }
         let c = ctx.clone();
         let fetch = ctx.runtime().spawn(async move {
-            let head = LayerHead::fetch(&c, &source).await?;
-            RemoteLayer::open_early(&c, source, head).await
+            let wait = c.settings().fetch.request_timeout;
+            let (head, toc) = tokio::join!(
+                LayerHead::fetch(&c, &source),
+                toc_of(tocs, source.digest.as_ref(), wait)
+            );
+            let source = LayerSource {
+                toc_digest: toc,
+                ..source
+            };
+            RemoteLayer::open_early(&c, source, head?).await
         });
         pending.insert(k, (Instant::now(), fetch));
     }
@@ -133,6 +148,20 @@ impl Ahead {
             f.abort();
         }
     }
+}
+
+/// The TOC digest the image's manifest gives layer `digest`, if `tocs` brings it within
+/// `wait`.
+async fn toc_of(tocs: Option<Tocs>, digest: &str, wait: Duration) -> Option<Sha256Digest> {
+    let mut tocs = tocs?;
+    let known = tokio::time::timeout(wait, tocs.wait_for(Option::is_some))
+        .await
+        .ok()?
+        .ok()?
+        .as_ref()?
+        .get(digest)
+        .cloned()?;
+    Sha256Digest::from_str(known.trim()).ok()
 }
 
 /// Waits for a layer opened ahead; `None` (the caller opens it itself) if that failed.
@@ -151,6 +180,33 @@ pub async fn finish(fetch: Fetch, digest: &str) -> Option<EarlyLayer> {
 mod tests {
     use super::*;
     use crate::lazy::test_labels::labels as l;
+
+    #[test]
+    fn the_toc_digest_comes_from_the_manifest_when_it_is_in_time() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let toc = format!("sha256:{}", "b".repeat(64));
+        let wait = Duration::from_secs(30);
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let got = rt.block_on(async {
+            let asked = tokio::spawn(toc_of(Some(rx.clone()), "sha256:a", wait));
+            let map = [("sha256:a".to_string(), toc.clone())]
+                .into_iter()
+                .collect();
+            tx.send_replace(Some(Arc::new(map)));
+            asked.await.unwrap()
+        });
+        assert_eq!(got.map(|d| d.to_string()), Some(toc.clone()));
+        let none = |layer: &'static str, rx| rt.block_on(toc_of(Some(rx), layer, wait));
+        assert_eq!(none("sha256:x", rx.clone()), None, "no annotation");
+        let bad = [("sha256:a".to_string(), "sha256:zz".to_string())];
+        tx.send_replace(Some(Arc::new(bad.into_iter().collect())));
+        assert_eq!(none("sha256:a", rx.clone()), None, "malformed annotation");
+        // Never resolved: given up when the lookup is gone (or after `wait`).
+        let (gone, rx) = tokio::sync::watch::channel(None);
+        drop(gone);
+        assert_eq!(none("sha256:a", rx), None);
+        assert_eq!(rt.block_on(toc_of(None, "sha256:a", wait)), None);
+    }
 
     #[test]
     fn later_layers_come_from_the_layer_lists() {

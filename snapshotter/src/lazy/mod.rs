@@ -372,12 +372,12 @@ impl LazyLayers {
             ));
         }
         let early = self.ahead.take(&source);
+        note_image(&ctx, labels, &id.digest);
+        let tocs = self.programs.start(&ctx, labels, &id.reference, &id.digest);
         let all = ctx.settings().fetch.program_read_ahead;
         for later in ahead::later_layers(labels, &id.digest, all) {
-            self.ahead.start(&ctx, &id.reference, later);
+            self.ahead.start(&ctx, &id.reference, later, tocs.clone());
         }
-        note_image(&ctx, labels, &id.digest);
-        self.programs.start(&ctx, labels, &id.reference, &id.digest);
         // The timer is created inside the runtime (the caller may be outside it).
         let result = ctx.runtime().block_on(async {
             tokio::time::timeout(self.prepare_timeout, async {
