@@ -56,12 +56,20 @@ pub struct Program {
 impl LayerSet {
     /// Adds a live layer (opened; mounted or opened ahead of its Prepare). It may complete
     /// the view an image's program waits for: see [`LayerSet::note_program`].
+    /// A layer opened ahead does not displace a mounted one of the same blob (another
+    /// image's): a layer registers again when it starts fetching.
     pub(crate) fn register(&self, layer: Arc<dyn StackLayer>) {
         let digest = layer.digest();
         {
             let mut l = self.layers.lock();
             l.retain(|_, w| w.strong_count() > 0);
-            l.insert(digest.clone(), Arc::downgrade(&layer));
+            let mounted = l
+                .get(&digest)
+                .and_then(Weak::upgrade)
+                .is_some_and(|old| old.is_fetching());
+            if !mounted || layer.is_fetching() {
+                l.insert(digest.clone(), Arc::downgrade(&layer));
+            }
         }
         let top = self
             .images
@@ -72,10 +80,11 @@ impl LayerSet {
         self.start_if_complete(&top);
     }
 
-    /// Runs the program read-ahead waiting for `layer`, if any; called once the layer
-    /// fetches (its prefetch claimed first, so read-ahead leaves the prefetched chunks to
-    /// it).
+    /// Registers `layer` again (now fetching) and runs the program read-ahead waiting for
+    /// it, if any; called once the layer fetches (its prefetch claimed first, so read-ahead
+    /// leaves the prefetched chunks to it).
     pub(crate) fn start_program(&self, layer: Arc<dyn StackLayer>) {
+        self.register(layer.clone());
         let pending = self.programs.lock().remove(&layer.digest());
         if let Some(p) = pending {
             layer.read_ahead_program(&p);

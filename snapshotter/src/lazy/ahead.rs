@@ -44,7 +44,7 @@ type Fetch = JoinHandle<Result<EarlyLayer, LayerError>>;
 /// Layers opened ahead, by repository and blob digest.
 #[derive(Default)]
 pub struct Ahead {
-    pending: Mutex<Pending>,
+    pending: Arc<Mutex<Pending>>,
 }
 
 type Pending = HashMap<(String, String), (Instant, Fetch)>;
@@ -90,14 +90,18 @@ pub fn image_layers<'a>(l: &'a Labels, digest: &str) -> Option<Vec<&'a str>> {
         .find(|list| list.contains(&digest))
 }
 
+fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    // A panic while holding it leaves a map that is still consistent.
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn key(source: &LayerSource) -> (String, String) {
     (source.repository.to_string(), source.digest.to_string())
 }
 
 impl Ahead {
     fn lock(&self) -> MutexGuard<'_, Pending> {
-        // A panic while holding it leaves a map that is still consistent.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.pending)
     }
 
     /// Takes the fetch started for `source`'s blob, if any.
@@ -106,9 +110,8 @@ impl Ahead {
     }
 
     /// Starts opening `next` (a layer of image `reference`) ahead on the context's runtime,
-    /// unless it is pending already or the bound is reached (after dropping layers older
-    /// than [`KEEP`]).
-    /// Its TOC is checked against the manifest's TOC digest annotation for it when `tocs`
+    /// unless it is pending already or the bound is reached; it is dropped after [`KEEP`]
+    /// unless taken. Its TOC is checked against the manifest's TOC digest annotation for it when `tocs`
     /// brings one (waiting for the manifest at most `fetch.request_timeout`).
     pub fn start(&self, ctx: &Arc<LayerContext>, reference: &str, next: &str, tocs: Option<Tocs>) {
         let Ok(source) = LayerSource::new(reference, next, None, None) else {
@@ -126,6 +129,18 @@ impl Ahead {
         if pending.contains_key(&k) || pending.len() >= MAX_PENDING {
             return;
         }
+        // Unused after `KEEP` (its Prepare never came): dropped, with its index.
+        let (map, started, key2) = (Arc::downgrade(&self.pending), Instant::now(), k.clone());
+        ctx.runtime().spawn(async move {
+            tokio::time::sleep(KEEP).await;
+            let Some(map) = map.upgrade() else { return };
+            let mut pending = lock(&map);
+            if pending.get(&key2).is_some_and(|(at, _)| *at == started) {
+                if let Some((_, f)) = pending.remove(&key2) {
+                    f.abort();
+                }
+            }
+        });
         let c = ctx.clone();
         let fetch = ctx.runtime().spawn(async move {
             let wait = c.settings().fetch.request_timeout;
@@ -139,7 +154,7 @@ impl Ahead {
             };
             RemoteLayer::open_early(&c, source, head?).await
         });
-        pending.insert(k, (Instant::now(), fetch));
+        pending.insert(k, (started, fetch));
     }
 
     /// Aborts every pending fetch.
