@@ -405,9 +405,14 @@ impl ReadAhead {
                 _ => core.peek_local_blocking(id, off, len),
             }
         };
-        if core.ctx.settings.fetch.elf_read_ahead_extent == ElfExtent::Loader {
+        let loader = core.ctx.settings.fetch.elf_read_ahead_extent == ElfExtent::Loader;
+        let mut regions_complete = true;
+        if loader {
             match elf::loader_regions(&mut read) {
-                Ok(r) => self.fetch_loader_regions(id, &r.regions),
+                Ok(r) => {
+                    regions_complete = r.complete;
+                    self.fetch_loader_regions(id, &r.regions)
+                }
                 Err(ElfError::Incomplete(..)) => {}
                 Err(_) => {
                     self.examined.lock().insert(id);
@@ -428,6 +433,14 @@ impl ReadAhead {
                 return;
             }
         };
+        // The dynamic section became local since the regions were taken (fetched by them,
+        // or by a read): take them again, whole now, before the file counts as examined —
+        // the fetch that brought it may find it examined and not look again.
+        if loader && !regions_complete {
+            if let Ok(r) = elf::loader_regions(&mut read) {
+                self.fetch_loader_regions(id, &r.regions);
+            }
+        }
         if !self.examined.lock().insert(id) || needs.is_empty() {
             return;
         }

@@ -137,6 +137,15 @@ impl LayerSet {
         }
     }
 
+    /// True if a live layer of blob `digest` is registered.
+    #[cfg(test)]
+    pub(crate) fn is_live(&self, digest: &str) -> bool {
+        self.layers
+            .lock()
+            .get(digest)
+            .is_some_and(|w| w.strong_count() > 0)
+    }
+
     /// Records that layer `digest` belongs to an image with `layers` (base first). Lists
     /// in Prepare labels hold the layer and the ones above it only (as the stargz
     /// snapshotter's), so every layer of a list keeps the longest list naming it: once the

@@ -213,3 +213,23 @@ async fn a_layer_opened_ahead_that_does_not_fit_is_not_taken_over() {
         "nothing saved for a layer that does not fit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_opened_ahead_does_not_displace_a_mounted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path());
+    let (base_tar, _) = image();
+    let (blob, src) = blob(&base_tar);
+    let digest = src.digest.to_string();
+    let mounted = RemoteLayer::from_source(&ctx, src.clone(), blob.clone(), &dir.path().join("a"))
+        .await
+        .unwrap();
+    mounted.start_fetching();
+    // Another image's pull opens the same blob ahead, and its Prepare never comes.
+    let early = RemoteLayer::open_early_from_source(&ctx, src.clone(), blob.clone())
+        .await
+        .unwrap();
+    drop(early);
+    assert!(ctx.layers.is_live(&digest), "the mounted layer stays known");
+    drop(mounted);
+}
