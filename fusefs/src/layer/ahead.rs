@@ -14,9 +14,10 @@
 //!   section are local, [`ReadAhead::after_fetch`] reads what it needs (`elf`), finds those
 //!   files in the image's lazy layers (upper layers first, as the overlay shows them,
 //!   symlinks followed; `set`) and fetches them all at once; each fetched library is
-//!   examined in turn. The image's own program is read ahead the same way once its top
-//!   layer fetches ([`ReadAhead::read_ahead_program`]), and `fetch.start_files` when a
-//!   layer starts fetching. Of an ELF file only what loading it touches is fetched
+//!   examined in turn. The image's own program is read ahead the same way
+//!   ([`ReadAhead::read_ahead_program`]) once its top layer fetches, or earlier, once every
+//!   layer of the image is open (the upper ones opened ahead of their Prepare, see
+//!   `early`); and `fetch.start_files` when a layer starts fetching. Of an ELF file only what loading it touches is fetched
 //!   (`fetch.elf_read_ahead_extent = "loader"`, see [`elf::loader_regions`]): its first
 //!   chunk, then the chunks holding its loader tables, writable segments and init code;
 //!   the code runs on demand. A large library costs a few chunks, not the whole file.
@@ -404,9 +405,14 @@ impl ReadAhead {
                 _ => core.peek_local_blocking(id, off, len),
             }
         };
-        if core.ctx.settings.fetch.elf_read_ahead_extent == ElfExtent::Loader {
+        let loader = core.ctx.settings.fetch.elf_read_ahead_extent == ElfExtent::Loader;
+        let mut regions_complete = true;
+        if loader {
             match elf::loader_regions(&mut read) {
-                Ok(r) => self.fetch_loader_regions(id, &r.regions),
+                Ok(r) => {
+                    regions_complete = r.complete;
+                    self.fetch_loader_regions(id, &r.regions)
+                }
                 Err(ElfError::Incomplete(..)) => {}
                 Err(_) => {
                     self.examined.lock().insert(id);
@@ -427,6 +433,14 @@ impl ReadAhead {
                 return;
             }
         };
+        // The dynamic section became local since the regions were taken (fetched by them,
+        // or by a read): take them again, whole now, before the file counts as examined —
+        // the fetch that brought it may find it examined and not look again.
+        if loader && !regions_complete {
+            if let Ok(r) = elf::loader_regions(&mut read) {
+                self.fetch_loader_regions(id, &r.regions);
+            }
+        }
         if !self.examined.lock().insert(id) || needs.is_empty() {
             return;
         }
@@ -501,7 +515,8 @@ impl ReadAhead {
             tracing::debug!(layer = %core.source.digest, program = %program.argv0, "image program not found in the lazy layers");
             return;
         };
-        tracing::debug!(layer = %layer.digest(), program = %program.argv0,
+        let ahead_of_prepare = !core.fetching.load(Ordering::SeqCst);
+        tracing::debug!(layer = %layer.digest(), program = %program.argv0, ahead_of_prepare,
             file = %String::from_utf8_lossy(&layer.index().path_of(id)), "reading ahead the image's program");
         layer.fetch_ahead(id);
     }

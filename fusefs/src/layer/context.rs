@@ -139,7 +139,8 @@ impl LayerContext {
     }
 
     /// Reads ahead the program an image runs by default (`argv[0]` of its Entrypoint or
-    /// Cmd) and what it loads, once the image's top layer `top` is mounted
+    /// Cmd) and what it loads, once every layer of the image whose top layer is `top` is
+    /// open (mounted or opened ahead, see [`super::EarlyLayer`]) or `top` is mounted
     /// (`fetch.program_read_ahead`).
     pub fn note_image_program(&self, top: &str, program: Program) {
         if self.settings.fetch.program_read_ahead {

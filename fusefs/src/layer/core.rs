@@ -4,7 +4,6 @@
 //! and copying the local ones out of the cache. The read path (`read`), fetch scheduling
 //! (`schedule`, `stream`) and read-ahead (`ahead`) are built on it.
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -31,7 +30,6 @@ pub(crate) struct LayerCore {
     pub(crate) fetcher: ChunkFetcher,
     pub(crate) progress: Progress,
     pub(crate) gate: StreamGate,
-    pub(crate) state_dir: PathBuf,
     pub(crate) closed: watch::Sender<bool>,
     /// Set once prefetch and background fetch were started.
     pub(crate) fetching: AtomicBool,

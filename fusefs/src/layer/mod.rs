@@ -5,6 +5,7 @@
 //!
 //! Parts, each over the shared `core` (source, index, fetch layer, progress, stream gate):
 //! - `remote`: [`RemoteLayer`], what users hold: open, restore, status, close;
+//! - `early`: [`EarlyLayer`], a layer opened ahead of its Prepare and taken over by it;
 //! - `read`: the read path (cache first, then one call to the fetch layer, waiting for a
 //!   stream about to deliver);
 //! - `schedule` and `stream`: fetch scheduling — prefetch, background fetch, region streams
@@ -22,6 +23,7 @@ mod ahead;
 mod chunks;
 mod context;
 mod core;
+mod early;
 mod elf;
 mod error;
 mod gate;
@@ -38,9 +40,12 @@ mod state;
 mod stream;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_early;
 mod warm;
 
 pub use context::{status_dir, ContextError, LayerContext, LayerSettings};
+pub use early::EarlyLayer;
 pub use error::{LayerError, ReadError};
 pub use linuxfs::overlay::OpaqueXattr;
 pub use progress::FetchState;

@@ -12,10 +12,12 @@
 //! from any [`BlobSource`] (tests: an in-memory blob). [`RemoteLayer::start_fetching`] runs
 //! the prefetch and background fetch; [`RemoteLayer::close`] stops them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use estargz::lost_names::NameFixes;
 use estargz::{EntryId, IndexOptions, LayerIndex, OpenOptions};
 use registry::Priority;
 use serde::{Deserialize, Serialize};
@@ -67,13 +69,14 @@ pub struct RemoteLayer {
     core: Arc<LayerCore>,
     reads: ReadPath,
     schedule: Arc<FetchSchedule>,
+    state_dir: PathBuf,
 }
 
 impl std::fmt::Debug for RemoteLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteLayer")
             .field("digest", &self.core.source.digest.to_string())
-            .field("state_dir", &self.core.state_dir)
+            .field("state_dir", &self.state_dir)
             .finish()
     }
 }
@@ -82,27 +85,35 @@ fn index_options() -> IndexOptions {
     IndexOptions::default()
 }
 
-impl RemoteLayer {
-    /// Opens a layer from the registry: fetches the footer and the TOC, checks the TOC
-    /// against `source.toc_digest`, builds the index and saves footer and TOC in
-    /// `state_dir` (created if needed) for [`RemoteLayer::restore`].
-    pub async fn open(
-        ctx: &Arc<LayerContext>,
-        source: LayerSource,
-        state_dir: &Path,
-    ) -> Result<Arc<Self>, LayerError> {
-        let head = LayerHead::fetch(ctx, &source).await?;
-        Self::open_head(ctx, source, head, state_dir).await
-    }
+/// A layer's footer and TOC verified and indexed, not saved yet.
+pub(super) struct Opened {
+    pub(super) source: LayerSource,
+    pub(super) layer: estargz::Layer,
+    pub(super) blob: Arc<dyn BlobSource>,
+    pub(super) state: Unsaved,
+}
 
-    /// [`RemoteLayer::open`] with footer and TOC fetched earlier by [`LayerHead::fetch`]
-    /// (e.g. ahead of the layer's Prepare); they are verified here as in `open`.
-    pub async fn open_head(
+/// What [`state::save`] keeps of an opened layer.
+pub(super) struct Unsaved {
+    source: LayerSource,
+    size: u64,
+    /// The blob's last bytes holding the footer.
+    tail: Bytes,
+    /// The compressed TOC.
+    toc: Bytes,
+    toc_digest: estargz::Sha256Digest,
+    fixes: NameFixes,
+}
+
+impl Opened {
+    /// Checks `head` against `source` (and its TOC against `source.toc_digest`, when
+    /// given) and builds the index. `state_dir` only names the layer in errors.
+    pub(super) async fn index(
         ctx: &Arc<LayerContext>,
         source: LayerSource,
         head: LayerHead,
         state_dir: &Path,
-    ) -> Result<Arc<Self>, LayerError> {
+    ) -> Result<Self, LayerError> {
         let digest = source.digest.to_string();
         if !head.is_of(&source) {
             return Err(LayerError::Source(format!(
@@ -143,7 +154,7 @@ impl RemoteLayer {
             1
         };
         let mut attempt = 0;
-        let layer = loop {
+        let parsed = loop {
             attempt += 1;
             let toc = if attempt == 1 {
                 fetched_toc.clone()
@@ -172,7 +183,7 @@ impl RemoteLayer {
                 Err(e) => return Err(format(e)),
             }
         };
-        let (json, toc_digest, toc) = layer;
+        let (json, toc_digest, toc) = parsed;
         // Names the TOC lost come from their tar headers (only layers that have such).
         let fixes = names::recover(blob.as_ref(), &footer, &json, &digest).await?;
         let opts = OpenOptions {
@@ -192,16 +203,71 @@ impl RemoteLayer {
                 reason: format!("indexing task failed: {e}"),
             })?
             .map_err(format)?;
-        let (dir, saved_src) = (state_dir.to_path_buf(), src.clone());
+        Ok(Opened {
+            state: Unsaved {
+                source: src.clone(),
+                size,
+                tail,
+                toc,
+                toc_digest,
+                fixes,
+            },
+            source: src,
+            layer,
+            blob,
+        })
+    }
+}
+
+impl Unsaved {
+    /// Saves footer and TOC in `state_dir` (created if needed) for
+    /// [`RemoteLayer::restore`].
+    pub(super) async fn save(self, state_dir: &Path) -> Result<(), LayerError> {
+        let dir = state_dir.to_path_buf();
+        let Unsaved {
+            source,
+            size,
+            tail,
+            toc,
+            toc_digest,
+            fixes,
+        } = self;
         tokio::task::spawn_blocking(move || {
-            state::save(&dir, &saved_src, size, &tail, &toc, &toc_digest, &fixes)
+            state::save(&dir, &source, size, &tail, &toc, &toc_digest, &fixes)
         })
         .await
         .map_err(|e| LayerError::State {
             dir: state_dir.to_path_buf(),
             reason: format!("state task failed: {e}"),
-        })??;
-        Self::build(ctx, src, layer, blob, state_dir).await
+        })?
+    }
+}
+
+impl RemoteLayer {
+    /// Opens a layer from the registry: fetches the footer and the TOC, checks the TOC
+    /// against `source.toc_digest`, builds the index and saves footer and TOC in
+    /// `state_dir` (created if needed) for [`RemoteLayer::restore`].
+    pub async fn open(
+        ctx: &Arc<LayerContext>,
+        source: LayerSource,
+        state_dir: &Path,
+    ) -> Result<Arc<Self>, LayerError> {
+        let head = LayerHead::fetch(ctx, &source).await?;
+        Self::open_head(ctx, source, head, state_dir).await
+    }
+
+    /// [`RemoteLayer::open`] with footer and TOC fetched earlier by [`LayerHead::fetch`]
+    /// (e.g. ahead of the layer's Prepare); they are verified here as in `open`.
+    pub async fn open_head(
+        ctx: &Arc<LayerContext>,
+        source: LayerSource,
+        head: LayerHead,
+        state_dir: &Path,
+    ) -> Result<Arc<Self>, LayerError> {
+        let opened = Opened::index(ctx, source, head, state_dir).await?;
+        opened.state.save(state_dir).await?;
+        let (core, ahead) = Self::core_of(ctx, opened.source, opened.layer, opened.blob).await?;
+        Self::assemble(core, ahead, state_dir)
     }
 
     /// Builds the layer saved in `state_dir` by an earlier [`RemoteLayer::open`], without
@@ -269,6 +335,20 @@ impl RemoteLayer {
         blob: Arc<dyn BlobSource>,
         state_dir: &Path,
     ) -> Result<Arc<Self>, LayerError> {
+        let (core, ahead) = Self::core_of(ctx, source, layer, blob).await?;
+        Self::assemble(core, ahead, state_dir)
+    }
+
+    /// The shared state and read-ahead of a layer, with the chunks already in the cache
+    /// (an earlier mount, another layer with the same files) marked local; registered in
+    /// the context's [`super::LayerSet`] so read-ahead in the image's other layers finds
+    /// its files.
+    pub(super) async fn core_of(
+        ctx: &Arc<LayerContext>,
+        source: LayerSource,
+        layer: estargz::Layer,
+        blob: Arc<dyn BlobSource>,
+    ) -> Result<(Arc<LayerCore>, Arc<ReadAhead>), LayerError> {
         let layer = Arc::new(layer);
         let fetcher = ChunkFetcher::new(
             blob,
@@ -278,16 +358,6 @@ impl RemoteLayer {
             }),
             &ctx.settings.fetch,
         );
-        let access = if ctx.settings.fuse.access_log {
-            Some(
-                AccessLog::create(state_dir, &layer.index).map_err(|e| LayerError::State {
-                    dir: state_dir.to_path_buf(),
-                    reason: format!("access log: {e}"),
-                })?,
-            )
-        } else {
-            None
-        };
         let progress = Progress::new(&layer.index);
         let (closed, _) = watch::channel(false);
         let core = Arc::new(LayerCore {
@@ -297,25 +367,43 @@ impl RemoteLayer {
             fetcher,
             progress,
             gate: StreamGate::default(),
-            state_dir: state_dir.to_path_buf(),
             closed,
             fetching: AtomicBool::new(false),
         });
-        let ahead = ReadAhead::new(core.clone());
-        ctx.layers.register(ahead.clone());
-        let this = Arc::new(RemoteLayer {
-            reads: ReadPath::new(core.clone(), ahead.clone(), access),
-            schedule: FetchSchedule::new(core.clone(), ahead),
-            core: core.clone(),
-        });
-        // Chunks already in the cache (an earlier mount, another layer with the same files).
-        tokio::task::spawn_blocking(move || core.scan_cache())
+        let scanned = core.clone();
+        tokio::task::spawn_blocking(move || scanned.scan_cache())
             .await
             .map_err(|e| LayerError::State {
-                dir: state_dir.to_path_buf(),
+                dir: Default::default(),
                 reason: format!("cache scan failed: {e}"),
             })?;
-        Ok(this)
+        let ahead = ReadAhead::new(core.clone());
+        ctx.layers.register(ahead.clone());
+        Ok((core, ahead))
+    }
+
+    /// The layer over `core` and `ahead`, its state in `state_dir`.
+    pub(super) fn assemble(
+        core: Arc<LayerCore>,
+        ahead: Arc<ReadAhead>,
+        state_dir: &Path,
+    ) -> Result<Arc<Self>, LayerError> {
+        let access = if core.ctx.settings.fuse.access_log {
+            Some(
+                AccessLog::create(state_dir, core.index()).map_err(|e| LayerError::State {
+                    dir: state_dir.to_path_buf(),
+                    reason: format!("access log: {e}"),
+                })?,
+            )
+        } else {
+            None
+        };
+        Ok(Arc::new(RemoteLayer {
+            reads: ReadPath::new(core.clone(), ahead.clone(), access),
+            schedule: FetchSchedule::new(core.clone(), ahead),
+            core,
+            state_dir: state_dir.to_path_buf(),
+        }))
     }
 
     /// The layer's tree and chunks.
@@ -330,7 +418,7 @@ impl RemoteLayer {
 
     /// Its state directory.
     pub fn state_dir(&self) -> &Path {
-        &self.core.state_dir
+        &self.state_dir
     }
 
     /// The verified TOC digest.

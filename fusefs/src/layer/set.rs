@@ -37,7 +37,8 @@ pub struct LayerSet {
     layers: Mutex<HashMap<String, Weak<dyn StackLayer>>>,
     /// Digest → the image's layer digests, base first.
     images: Mutex<HashMap<String, Vec<String>>>,
-    /// Top layer digest → the program its image runs, waiting for the layer to be live.
+    /// Top layer digest → the program its image runs, waiting for the layer to fetch or
+    /// for every layer of its image to be live.
     programs: Mutex<HashMap<String, Program>>,
 }
 
@@ -53,16 +54,37 @@ pub struct Program {
 }
 
 impl LayerSet {
+    /// Adds a live layer (opened; mounted or opened ahead of its Prepare). It may complete
+    /// the view an image's program waits for: see [`LayerSet::note_program`].
+    /// A layer opened ahead does not displace a mounted one of the same blob (another
+    /// image's): a layer registers again when it starts fetching.
     pub(crate) fn register(&self, layer: Arc<dyn StackLayer>) {
-        let mut l = self.layers.lock();
-        l.retain(|_, w| w.strong_count() > 0);
-        l.insert(layer.digest(), Arc::downgrade(&layer));
+        let digest = layer.digest();
+        {
+            let mut l = self.layers.lock();
+            l.retain(|_, w| w.strong_count() > 0);
+            let mounted = l
+                .get(&digest)
+                .and_then(Weak::upgrade)
+                .is_some_and(|old| old.is_fetching());
+            if !mounted || layer.is_fetching() {
+                l.insert(digest.clone(), Arc::downgrade(&layer));
+            }
+        }
+        let top = self
+            .images
+            .lock()
+            .get(&digest)
+            .and_then(|list| list.last().cloned())
+            .unwrap_or(digest);
+        self.start_if_complete(&top);
     }
 
-    /// Runs the program read-ahead waiting for `layer`, if any; called once the layer
-    /// fetches (its prefetch claimed first, so read-ahead leaves the prefetched chunks to
-    /// it).
+    /// Registers `layer` again (now fetching) and runs the program read-ahead waiting for
+    /// it, if any; called once the layer fetches (its prefetch claimed first, so read-ahead
+    /// leaves the prefetched chunks to it).
     pub(crate) fn start_program(&self, layer: Arc<dyn StackLayer>) {
+        self.register(layer.clone());
         let pending = self.programs.lock().remove(&layer.digest());
         if let Some(p) = pending {
             layer.read_ahead_program(&p);
@@ -70,22 +92,58 @@ impl LayerSet {
     }
 
     /// Reads ahead `program` (and what it loads) in the image whose top layer is `top`:
-    /// now if that layer is mounted and fetching, else as soon as it is.
+    /// now if that layer is mounted and fetching, or if every layer of the image is live
+    /// (mounted or opened ahead of its Prepare, see `super::early`: the merged view is
+    /// whole, so the program and its libraries are found where the container will find
+    /// them); else as soon as one of these holds.
     pub(crate) fn note_program(&self, top: &str, program: Program) {
         let live = self.layers.lock().get(top).and_then(Weak::upgrade);
-        let mut pending = self.programs.lock();
-        match live.filter(|l| l.is_fetching()) {
-            Some(layer) => {
-                drop(pending);
-                layer.read_ahead_program(&program);
-            }
-            None => {
-                if pending.len() > 1024 {
-                    pending.clear();
-                }
-                pending.insert(top.to_string(), program);
-            }
+        if let Some(layer) = live.filter(|l| l.is_fetching()) {
+            layer.read_ahead_program(&program);
+            return;
         }
+        {
+            let mut pending = self.programs.lock();
+            if pending.len() > 1024 {
+                pending.clear();
+            }
+            pending.insert(top.to_string(), program);
+        }
+        self.start_if_complete(top);
+    }
+
+    /// Runs the program read-ahead waiting for `top` if every layer of its image is live.
+    fn start_if_complete(&self, top: &str) {
+        if !self.programs.lock().contains_key(top) {
+            return;
+        }
+        let list = self
+            .images
+            .lock()
+            .get(top)
+            .cloned()
+            .unwrap_or_else(|| vec![top.to_string()]);
+        let layer = {
+            let live = self.layers.lock();
+            let all = list
+                .iter()
+                .all(|d| live.get(d).is_some_and(|w| w.strong_count() > 0));
+            all.then(|| live.get(top).and_then(Weak::upgrade)).flatten()
+        };
+        let Some(layer) = layer else { return };
+        let pending = self.programs.lock().remove(top);
+        if let Some(p) = pending {
+            layer.read_ahead_program(&p);
+        }
+    }
+
+    /// True if a live layer of blob `digest` is registered.
+    #[cfg(test)]
+    pub(crate) fn is_live(&self, digest: &str) -> bool {
+        self.layers
+            .lock()
+            .get(digest)
+            .is_some_and(|w| w.strong_count() > 0)
     }
 
     /// Records that layer `digest` belongs to an image with `layers` (base first). Lists

@@ -15,7 +15,7 @@ use crate::fetch::{MemoryBlob, RequestCounts};
 use crate::metrics::Metrics;
 
 /// Chunk size of the test layers.
-const CHUNK: u64 = 64 << 10;
+pub(super) const CHUNK: u64 = 64 << 10;
 
 struct Fixture {
     layer: Arc<RemoteLayer>,
@@ -26,7 +26,7 @@ struct Fixture {
 }
 
 /// Every read-ahead off: each test turns on what it looks at.
-fn quiet() -> config::FetchConfig {
+pub(super) fn quiet() -> config::FetchConfig {
     config::FetchConfig {
         prefetch: false,
         elf_read_ahead: false,
@@ -43,7 +43,7 @@ fn quiet() -> config::FetchConfig {
 }
 
 /// [`quiet`] with ELF read-ahead on (and so script read-ahead, which needs it).
-fn elf_on() -> config::FetchConfig {
+pub(super) fn elf_on() -> config::FetchConfig {
     config::FetchConfig {
         elf_read_ahead: true,
         ..quiet()
@@ -372,7 +372,7 @@ async fn directory_read_ahead_stays_within_its_budget() {
 /// Little-endian ELF64 shared object of `len` bytes (incompressible filler), loaded at
 /// vaddr = file offset: `loads` as (flags, offset, size), a dynamic section at `dynamic`
 /// with `tags`, `strings` at `strtab`.
-fn elf(
+pub(super) fn elf(
     len: usize,
     loads: &[(u32, u64, u64)],
     dynamic: u64,

@@ -39,7 +39,7 @@ use parking_lot::Mutex;
 
 use crate::fuse::{FsOptions, FsStats, LayerFs};
 use crate::layer::LayerContext;
-use crate::layer::{LayerError, LayerHead, LayerSource, RemoteLayer};
+use crate::layer::{EarlyLayer, LayerError, LayerSource, RemoteLayer};
 use crate::status::StatusFile;
 use fdstore::{FdStore, HeldFd, HeldMeta};
 pub use linuxfs::Unmounted;
@@ -509,16 +509,17 @@ impl MountManager {
         state_dir: &Path,
         mountpoint: &Path,
     ) -> Result<Arc<MountedLayer>, MountError> {
-        self.mount_head_async(source, None, state_dir, mountpoint)
+        self.mount_early_async(source, None, state_dir, mountpoint)
             .await
     }
 
-    /// [`MountManager::mount_async`] with the layer's footer and TOC fetched earlier
-    /// ([`LayerHead::fetch`]; verified here); `None` fetches them.
-    pub async fn mount_head_async(
+    /// [`MountManager::mount_async`] taking over the layer opened ahead of its Prepare
+    /// ([`RemoteLayer::open_early`]) when it [`EarlyLayer::fits`] `source`; otherwise (or
+    /// `None`) the layer is opened from the registry.
+    pub async fn mount_early_async(
         &self,
         source: LayerSource,
-        head: Option<LayerHead>,
+        early: Option<EarlyLayer>,
         state_dir: &Path,
         mountpoint: &Path,
     ) -> Result<Arc<MountedLayer>, MountError> {
@@ -526,8 +527,18 @@ impl MountManager {
         if self.mounts.lock().contains_key(&mp) {
             return Err(MountError::AlreadyMounted(mp));
         }
-        let layer = match head {
-            Some(h) => RemoteLayer::open_head(&self.ctx, source, h, state_dir).await?,
+        let early = early.filter(|e| {
+            let fits = e.fits(&source);
+            if !fits {
+                tracing::debug!(layer = %source.digest, early = ?e, "layer opened ahead does not fit its Prepare; opening it again");
+            }
+            fits
+        });
+        let layer = match early {
+            Some(e) => {
+                tracing::debug!(layer = %source.digest, "taking over the layer opened ahead of its Prepare");
+                RemoteLayer::adopt(e, &source, state_dir).await?
+            }
             None => RemoteLayer::open(&self.ctx, source, state_dir).await?,
         };
         let mounted = self.attach(layer, &mp).await?;

@@ -13,8 +13,9 @@
 //!   prefetch starts; the Prepare returns without waiting for it (reads of prefetched
 //!   files wait for its request) unless `fetch.wait_for_prefetch` is set (then bounded by
 //!   `fetch.prefetch_timeout`).
-//!   While a layer is prepared, the footer and TOC of the next layer of the image (from
-//!   the Prepare's layer-list labels) are fetched ahead ([`ahead`]).
+//!   While a layer is prepared, the image's later layers (from the Prepare's layer-list
+//!   labels) are opened ahead ([`ahead`]): their footers and TOCs fetched and indexed, so
+//!   their own Prepares take them over and the image's program is read ahead early.
 //! - **restore** (daemon start): mounts the layer again from its state directory, without
 //!   the registry. With an fd store that still holds the FUSE connection of the mount on
 //!   `fs` (the daemon was killed), that connection is served again: running containers'
@@ -371,20 +372,21 @@ impl LazyLayers {
             ));
         }
         let early = self.ahead.take(&source);
-        if let Some(next) = ahead::next_layer(labels, &id.digest) {
-            self.ahead.start(&ctx, &id.reference, next);
-        }
         note_image(&ctx, labels, &id.digest);
-        self.programs.start(&ctx, labels, &id.reference, &id.digest);
+        let tocs = self.programs.start(&ctx, labels, &id.reference, &id.digest);
+        let all = ctx.settings().fetch.program_read_ahead;
+        for later in ahead::later_layers(labels, &id.digest, all) {
+            self.ahead.start(&ctx, &id.reference, later, tocs.clone());
+        }
         // The timer is created inside the runtime (the caller may be outside it).
         let result = ctx.runtime().block_on(async {
             tokio::time::timeout(self.prepare_timeout, async {
-                let head = match early {
+                let early = match early {
                     Some(f) => ahead::finish(f, &id.digest).await,
                     None => None,
                 };
                 self.manager
-                    .mount_head_async(source, head, &state, mountpoint)
+                    .mount_early_async(source, early, &state, mountpoint)
                     .await
             })
             .await

@@ -2,9 +2,11 @@
 //! lazy Prepare of an image, its config is fetched (manifest and config, two requests next
 //! to the layers' own), `argv[0]` of its Entrypoint (else Cmd) and its `PATH` are handed to
 //! the layers (`LayerContext::note_image_program`), which fetch that program and what the
-//! loader needs for it once the image's top layer is mounted (`fetch.program_read_ahead`).
+//! loader needs for it once every layer of the image is open — the upper ones opened ahead
+//! of their Prepare ([`super::ahead`]) — or else once the image's top layer is mounted
+//! (`fetch.program_read_ahead`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -12,9 +14,16 @@ use fusefs::layer::LayerContext;
 use fusefs::layer::{Program, DEFAULT_PATH};
 use oci_spec::image::{Digest, ImageConfiguration};
 use registry::Reference;
+use tokio::sync::watch;
 
 use crate::labels;
 use crate::store::Labels;
+
+/// The TOC digests of an image's layers from its manifest (annotation
+/// `containerd.io/snapshot/stargz/toc.digest`), by layer digest: `None` until the image is
+/// resolved, then the map (empty if it could not be resolved). Layers opened ahead of their
+/// Prepare are checked against them ([`super::ahead`]).
+pub type Tocs = watch::Receiver<Option<Arc<HashMap<String, String>>>>;
 
 /// Images whose program was already looked up (by reference and top layer).
 #[derive(Default)]
@@ -66,28 +75,30 @@ pub fn program_of(config: &ImageConfiguration) -> Option<Program> {
 
 impl Programs {
     /// Starts looking up the program of the image a Prepare with `labels` belongs to
-    /// (once per image), if program read-ahead is on.
-    pub fn start(&self, ctx: &Arc<LayerContext>, labels: &Labels, reference: &str, digest: &str) {
+    /// (once per image), if program read-ahead is on; returns its layers' TOC digests to
+    /// come (the same manifest).
+    pub fn start(
+        &self,
+        ctx: &Arc<LayerContext>,
+        labels: &Labels,
+        reference: &str,
+        digest: &str,
+    ) -> Option<Tocs> {
         if !ctx.settings().fetch.program_read_ahead {
-            return;
+            return None;
         }
-        let Some(top) = super::ahead::image_layers(labels, digest)
-            .and_then(|l| l.last().map(|d| d.to_string()))
-        else {
-            return;
-        };
+        let top = super::ahead::image_layers(labels, digest)
+            .and_then(|l| l.last().map(|d| d.to_string()))?;
         {
             let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
             if seen.len() > 4096 {
                 seen.clear();
             }
             if !seen.insert((reference.to_string(), top.clone())) {
-                return;
+                return None;
             }
         }
-        let Ok(mut parsed) = Reference::from_str(reference) else {
-            return;
-        };
+        let mut parsed = Reference::from_str(reference).ok()?;
         if let Some(d) = labels
             .get(labels::CRI_MANIFEST_DIGEST)
             .and_then(|d| Digest::from_str(d.trim()).ok())
@@ -95,19 +106,39 @@ impl Programs {
             parsed.digest = Some(d);
         }
         let ctx2 = ctx.clone();
+        let (tx, tocs) = watch::channel(None);
         ctx.runtime().spawn(async move {
-            let program = match ctx2.client().resolve(&parsed).await {
-                Ok(image) => image.config().ok().as_ref().and_then(program_of),
+            let (program, layers) = match ctx2.client().resolve(&parsed).await {
+                Ok(image) => (
+                    image.config().ok().as_ref().and_then(program_of),
+                    toc_digests(image.layers()),
+                ),
                 Err(e) => {
                     tracing::debug!(image = %parsed, error = %e, "no image config for program read-ahead");
-                    None
+                    (None, HashMap::new())
                 }
             };
+            tx.send_replace(Some(Arc::new(layers)));
             if let Some(p) = program {
                 ctx2.note_image_program(&top, p);
             }
         });
+        Some(tocs)
     }
+}
+
+/// Layer digest → TOC digest annotation of the layers that have one.
+fn toc_digests(layers: &[oci_spec::image::Descriptor]) -> HashMap<String, String> {
+    layers
+        .iter()
+        .filter_map(|d| {
+            let toc = d
+                .annotations()
+                .as_ref()?
+                .get(estargz::toc::TOC_DIGEST_ANNOTATION)?;
+            Some((d.digest().to_string(), toc.clone()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
