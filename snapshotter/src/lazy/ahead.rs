@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use estargz::Sha256Digest;
 use fusefs::layer::{EarlyLayer, LayerContext};
 use fusefs::layer::{LayerError, LayerHead, LayerSource, RemoteLayer};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::program::Tocs;
 use crate::labels;
 use crate::store::Labels;
 
@@ -38,6 +38,12 @@ use crate::store::Labels;
 pub const MAX_PENDING: usize = 8;
 /// How long an unused layer opened ahead is kept.
 pub const KEEP: Duration = Duration::from_secs(60);
+
+/// The TOC digests of an image's layers from its manifest (annotation
+/// `containerd.io/snapshot/stargz/toc.digest`), by layer digest: `None` until the image is
+/// resolved, then the map (empty if it could not be resolved). Layers opened ahead of their
+/// Prepare are checked against them ([`Ahead::start`]).
+pub type Tocs = watch::Receiver<Option<Arc<HashMap<String, String>>>>;
 
 type Fetch = JoinHandle<Result<EarlyLayer, LayerError>>;
 

@@ -16,14 +16,9 @@ use oci_spec::image::{Digest, ImageConfiguration};
 use registry::Reference;
 use tokio::sync::watch;
 
+use super::ahead::Tocs;
 use crate::labels;
 use crate::store::Labels;
-
-/// The TOC digests of an image's layers from its manifest (annotation
-/// `containerd.io/snapshot/stargz/toc.digest`), by layer digest: `None` until the image is
-/// resolved, then the map (empty if it could not be resolved). Layers opened ahead of their
-/// Prepare are checked against them ([`super::ahead`]).
-pub type Tocs = watch::Receiver<Option<Arc<HashMap<String, String>>>>;
 
 /// Images whose program was already looked up (by reference and top layer).
 #[derive(Default)]
