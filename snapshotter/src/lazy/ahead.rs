@@ -38,6 +38,9 @@ use crate::store::Labels;
 pub const MAX_PENDING: usize = 8;
 /// How long an unused layer opened ahead is kept.
 pub const KEEP: Duration = Duration::from_secs(60);
+/// How long a layer opened ahead waits, once its head is in, for the image manifest's TOC
+/// digests (its Prepare may be waiting for it).
+pub const MANIFEST_GRACE: Duration = Duration::from_millis(250);
 
 /// The TOC digests of an image's layers from its manifest (annotation
 /// `containerd.io/snapshot/stargz/toc.digest`), by layer digest: `None` until the image is
@@ -117,8 +120,9 @@ impl Ahead {
 
     /// Starts opening `next` (a layer of image `reference`) ahead on the context's runtime,
     /// unless it is pending already or the bound is reached; it is dropped after [`KEEP`]
-    /// unless taken. Its TOC is checked against the manifest's TOC digest annotation for it when `tocs`
-    /// brings one (waiting for the manifest at most `fetch.request_timeout`).
+    /// unless taken. Its TOC is checked against the manifest's TOC digest annotation for it
+    /// when `tocs` brings one by the time its head is in (or [`MANIFEST_GRACE`] after);
+    /// otherwise only against its own Prepare's, at the take-over.
     pub fn start(&self, ctx: &Arc<LayerContext>, reference: &str, next: &str, tocs: Option<Tocs>) {
         let Ok(source) = LayerSource::new(reference, next, None, None) else {
             return;
@@ -149,16 +153,15 @@ impl Ahead {
         });
         let c = ctx.clone();
         let fetch = ctx.runtime().spawn(async move {
-            let wait = c.settings().fetch.request_timeout;
-            let (head, toc) = tokio::join!(
-                LayerHead::fetch(&c, &source),
-                toc_of(tocs, source.digest.as_ref(), wait)
-            );
+            let head = LayerHead::fetch(&c, &source).await?;
+            // The layer's own Prepare waits for this: a slow manifest must not hold it up.
+            let wait = c.settings().fetch.request_timeout.min(MANIFEST_GRACE);
+            let toc = toc_of(tocs, source.digest.as_ref(), wait).await;
             let source = LayerSource {
                 toc_digest: toc,
                 ..source
             };
-            RemoteLayer::open_early(&c, source, head?).await
+            RemoteLayer::open_early(&c, source, head).await
         });
         pending.insert(k, (started, fetch));
     }
