@@ -194,9 +194,19 @@ impl RegistryProc {
     }
 
     /// Freezes the process (connections are accepted by the kernel but never answered).
+    /// Returns once every thread of it is stopped (a stop signal takes effect
+    /// asynchronously: under load a thread could still answer a request sent right after
+    /// the signal), or after 5 s.
     pub fn pause(&mut self) {
         self.signal(libc::SIGSTOP);
         self.paused = true;
+        let Some(pid) = self.child.as_ref().map(|c| c.id()) else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn resume(&mut self) {
@@ -220,6 +230,25 @@ impl RegistryProc {
         self.kill();
         self.spawn();
     }
+}
+
+/// True if every thread of process `pid` is stopped (state `T` in its `stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                // `pid (comm) S ...`: the state follows the last `)`.
+                let rest = &s[s.rfind(')')? + 1..];
+                rest.split_whitespace()
+                    .next()
+                    .map(|st| st == "T" || st == "t")
+            })
+            .unwrap_or(true)
+    })
 }
 
 impl Drop for RegistryProc {
