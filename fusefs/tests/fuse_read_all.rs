@@ -13,6 +13,9 @@ mod lazy;
 use common::*;
 use estargz::testutil::pattern;
 use estargz::BuildOptions;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 use fusefs::mount::MountManager;
 use registry::Repository;
 
@@ -25,66 +28,92 @@ fn name(i: u64) -> String {
     format!("d/f{i:03}")
 }
 
-#[test]
-fn reading_every_file_fetches_each_byte_about_once() {
-    require_registry!();
+/// Bytes and requests a test layer has moved since it was mounted.
+struct Moved {
+    bytes: u64,
+    requests: u64,
+}
+
+/// Builds a layer of `files` pattern files of [`FILE_SIZE`] bytes named by `name`, pushes it
+/// to a fresh docker-registry as `repo`, mounts it with streaming on as by default and no
+/// prefetch or background fetch (every byte moved is an on-demand read or a stream), and
+/// runs `test` with the mountpoint, the blob's size and what was moved so far; does nothing
+/// when FUSE is not available here.
+fn with_layer(
+    files: u64,
+    name: fn(u64) -> String,
+    repo: &str,
+    test: impl FnOnce(&Path, u64, &dyn Fn() -> Moved),
+) {
     if !lazy::fuse_available() {
         return;
     }
     let rt = lazy::runtime();
     let reg = RegistryProc::start(RegistryAuth::None);
     let dir = tempfile::tempdir().unwrap();
-    let tar = lazy::pattern_files_tar(FILES, FILE_SIZE, name);
+    let tar = lazy::pattern_files_tar(files, FILE_SIZE, name);
     let built = lazy::build(&tar, &BuildOptions::default());
-    let blob_size = built.blob.len() as u64;
-    // Streaming on as by default; no prefetch or background fetch, so every byte moved is
-    // either an on-demand read or the stream.
     let fetch = config::FetchConfig {
         stream_threshold: 0.5,
         ..lazy::on_demand_only(fetch_config())
     };
     let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch);
-    let repo = Repository::new(reg.host(), "fuse/readall");
+    let repo = Repository::new(reg.host(), repo);
     let (source, mp) = lazy::push_for_mount(&rt, &ctx, &repo, &built, dir.path());
     let manager = MountManager::new(ctx.clone());
     let before = metrics.snapshot();
     let _m = manager
         .mount(source, &dir.path().join("state"), &mp)
         .unwrap();
+    let moved = || {
+        let now = metrics.snapshot();
+        Moved {
+            bytes: now.registry.bytes_fetched - before.registry.bytes_fetched,
+            requests: now.registry.requests - before.registry.requests,
+        }
+    };
+    test(&mp, built.blob.len() as u64, &moved);
+}
 
-    // Scattered reads (every other file of the second half, backwards: no scan, a quarter
-    // of the layer, under the streaming threshold).
-    for i in (FILES / 2..FILES).rev().filter(|i| i % 2 == 1) {
-        let data = std::fs::read(mp.join(name(i))).unwrap();
-        assert_eq!(data, pattern(FILE_SIZE, i), "{}", name(i));
-    }
-    let scattered = metrics.snapshot().registry.bytes_fetched - before.registry.bytes_fetched;
-    assert!(
-        scattered > blob_size / 5,
-        "the scattered reads fetched only {scattered} of {blob_size} bytes"
-    );
+fn read_file(mp: &Path, name: &str, i: u64) {
+    let data = std::fs::read(mp.join(name)).unwrap();
+    assert_eq!(data, pattern(FILE_SIZE, i), "{name}");
+}
 
-    // Every file in blob order, as `tar` does: switches to streaming the rest.
-    for i in 0..FILES {
-        let data = std::fs::read(mp.join(name(i))).unwrap();
-        assert_eq!(data, pattern(FILE_SIZE, i), "{}", name(i));
-    }
-    let after = metrics.snapshot();
-    let fetched = after.registry.bytes_fetched - before.registry.bytes_fetched;
-    let requests = after.registry.requests - before.registry.requests;
-    eprintln!(
-        "blob {blob_size} bytes; fetched {fetched} bytes ({:.3}x) in {requests} requests",
-        fetched as f64 / blob_size as f64
-    );
-    assert!(
-        requests < FILES,
-        "{requests} requests for {FILES} files: the pass did not switch to streaming"
-    );
-    assert!(
-        fetched as f64 <= 1.02 * blob_size as f64,
-        "fetched {fetched} bytes for a {blob_size}-byte blob ({:.3}x): bytes fetched twice",
-        fetched as f64 / blob_size as f64
-    );
+#[test]
+fn reading_every_file_fetches_each_byte_about_once() {
+    require_registry!();
+    with_layer(FILES, name, "fuse/readall", |mp, blob_size, moved| {
+        // Scattered reads (every other file of the second half, backwards: no scan, a
+        // quarter of the layer, under the streaming threshold).
+        for i in (FILES / 2..FILES).rev().filter(|i| i % 2 == 1) {
+            read_file(mp, &name(i), i);
+        }
+        let scattered = moved().bytes;
+        assert!(
+            scattered > blob_size / 5,
+            "the scattered reads fetched only {scattered} of {blob_size} bytes"
+        );
+
+        // Every file in blob order, as `tar` does: switches to streaming the rest.
+        for i in 0..FILES {
+            read_file(mp, &name(i), i);
+        }
+        let Moved { bytes, requests } = moved();
+        eprintln!(
+            "blob {blob_size} bytes; fetched {bytes} bytes ({:.3}x) in {requests} requests",
+            bytes as f64 / blob_size as f64
+        );
+        assert!(
+            requests < FILES,
+            "{requests} requests for {FILES} files: the pass did not switch to streaming"
+        );
+        assert!(
+            bytes as f64 <= 1.02 * blob_size as f64,
+            "fetched {bytes} bytes for a {blob_size}-byte blob ({:.3}x): bytes fetched twice",
+            bytes as f64 / blob_size as f64
+        );
+    });
 }
 
 /// Files of the layer read out of blob order, in directories of 100.
@@ -97,70 +126,51 @@ fn spread_name(i: u64) -> String {
 #[test]
 fn reading_every_file_in_another_order_than_the_blob_streams_the_whole_blob() {
     require_registry!();
-    if !lazy::fuse_available() {
-        return;
-    }
-    let rt = lazy::runtime();
-    let reg = RegistryProc::start(RegistryAuth::None);
-    let dir = tempfile::tempdir().unwrap();
-    let tar = lazy::pattern_files_tar(MANY, FILE_SIZE, spread_name);
-    let built = lazy::build(&tar, &BuildOptions::default());
-    let blob_size = built.blob.len() as u64;
-    let fetch = config::FetchConfig {
-        stream_threshold: 0.5,
-        ..lazy::on_demand_only(fetch_config())
-    };
-    let (ctx, metrics) = lazy::fetch_context(dir.path(), &rt, reg.dir.path(), fetch);
-    let repo = Repository::new(reg.host(), "fuse/readall-spread");
-    let (source, mp) = lazy::push_for_mount(&rt, &ctx, &repo, &built, dir.path());
-    let manager = MountManager::new(ctx.clone());
-    let before = metrics.snapshot();
-    let _m = manager
-        .mount(source, &dir.path().join("state"), &mp)
-        .unwrap();
-
-    // Files one after the other, each 389 files after the last (wrapping): never two in
-    // blob order, so no scan is seen. Two fifths of them: more than the quarter that makes
-    // the layer "read broadly", less than the bytes threshold (half the layer).
-    let order: Vec<u64> = (0..MANY).map(|k| (k * 389) % MANY).collect();
-    let (first, rest) = order.split_at(MANY as usize * 2 / 5);
-    for &i in first {
-        let data = std::fs::read(mp.join(spread_name(i))).unwrap();
-        assert_eq!(data, pattern(FILE_SIZE, i), "{}", spread_name(i));
-    }
-    // The whole blob is streamed, wrapping round to its start (a bounded wait for the
-    // stream's windows; nothing timed).
-    let fetched = || metrics.snapshot().registry.bytes_fetched - before.registry.bytes_fetched;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while fetched() < blob_size * 98 / 100 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(
-        fetched() >= blob_size * 98 / 100,
-        "after reading 2/5 of the files out of blob order only {} of {blob_size} bytes were fetched: the layer was not streamed whole",
-        fetched()
-    );
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let streamed = metrics.snapshot();
-    for &i in rest {
-        let data = std::fs::read(mp.join(spread_name(i))).unwrap();
-        assert_eq!(data, pattern(FILE_SIZE, i), "{}", spread_name(i));
-    }
-    let after = metrics.snapshot();
-    let fetched = after.registry.bytes_fetched - before.registry.bytes_fetched;
-    let requests = after.registry.requests - before.registry.requests;
-    eprintln!(
-        "blob {blob_size} bytes; fetched {fetched} bytes ({:.3}x) in {requests} requests for {MANY} files",
-        fetched as f64 / blob_size as f64
-    );
-    assert_eq!(
-        after.registry.requests - streamed.registry.requests,
-        0,
-        "the rest of the files were fetched again after the stream"
-    );
-    assert!(
-        fetched as f64 <= 1.02 * blob_size as f64,
-        "fetched {fetched} bytes for a {blob_size}-byte blob ({:.3}x): bytes fetched twice",
-        fetched as f64 / blob_size as f64
+    with_layer(
+        MANY,
+        spread_name,
+        "fuse/readall-spread",
+        |mp, blob_size, moved| {
+            // Files one after the other, each 389 files after the last (wrapping): never two
+            // in blob order, so no scan is seen. Two fifths of them: more than the quarter that
+            // makes the layer "read broadly", less than the bytes threshold (half the layer).
+            let order: Vec<u64> = (0..MANY).map(|k| (k * 389) % MANY).collect();
+            let (first, rest) = order.split_at(MANY as usize * 2 / 5);
+            for &i in first {
+                read_file(mp, &spread_name(i), i);
+            }
+            // The whole blob is streamed, wrapping round to its start (a bounded wait for the
+            // stream's windows; nothing timed).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while moved().bytes < blob_size * 98 / 100 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(
+                moved().bytes >= blob_size * 98 / 100,
+                "after reading 2/5 of the files out of blob order only {} of {blob_size} bytes \
+             were fetched: the layer was not streamed whole",
+                moved().bytes
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            let streamed = moved();
+            for &i in rest {
+                read_file(mp, &spread_name(i), i);
+            }
+            let Moved { bytes, requests } = moved();
+            eprintln!(
+            "blob {blob_size} bytes; fetched {bytes} bytes ({:.3}x) in {requests} requests for {MANY} files",
+            bytes as f64 / blob_size as f64
+        );
+            assert_eq!(
+                requests - streamed.requests,
+                0,
+                "the rest of the files were fetched again after the stream"
+            );
+            assert!(
+                bytes as f64 <= 1.02 * blob_size as f64,
+                "fetched {bytes} bytes for a {blob_size}-byte blob ({:.3}x): bytes fetched twice",
+                bytes as f64 / blob_size as f64
+            );
+        },
     );
 }
