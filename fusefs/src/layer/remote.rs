@@ -266,8 +266,7 @@ impl RemoteLayer {
     ) -> Result<Arc<Self>, LayerError> {
         let opened = Opened::index(ctx, source, head, state_dir).await?;
         opened.state.save(state_dir).await?;
-        let (core, ahead) = Self::core_of(ctx, opened.source, opened.layer, opened.blob).await?;
-        Self::assemble(core, ahead, state_dir)
+        Self::build(ctx, opened.source, opened.layer, opened.blob, state_dir).await
     }
 
     /// Builds the layer saved in `state_dir` by an earlier [`RemoteLayer::open`], without

@@ -50,39 +50,52 @@ pub(super) fn elf_on() -> config::FetchConfig {
     }
 }
 
+/// An eStargz blob of `tar` (chunks of [`CHUNK`]) in memory, and its digest.
+pub(super) fn memory_blob(tar: &[u8]) -> (Arc<MemoryBlob>, String) {
+    let mut data = Vec::new();
+    let opts = BuildOptions {
+        chunk_size: CHUNK,
+        ..Default::default()
+    };
+    build(tar, &mut data, &opts).unwrap();
+    let digest = format!("sha256:{}", Sha256Digest::of(&data).hex());
+    (MemoryBlob::new(data), digest)
+}
+
+/// A layer context with its chunk cache under `dir`, a registry client that is never
+/// asked (layers read in-memory blobs) and `fetch`.
+pub(super) fn memory_context(
+    dir: &std::path::Path,
+    fetch: config::FetchConfig,
+) -> Arc<LayerContext> {
+    let metrics = Arc::new(Metrics::default());
+    let cache = ChunkCache::open(
+        CacheOptions {
+            dir: dir.join("cache"),
+            max_size: 0,
+            memory_size: 16 << 20,
+            read_mode: ReadMode::Auto,
+        },
+        metrics.clone(),
+    )
+    .unwrap();
+    let client =
+        registry::RegistryClient::new(&config::Config::default(), metrics.registry.clone())
+            .unwrap();
+    let settings = LayerSettings {
+        fetch,
+        fuse: Default::default(),
+        opaque_xattr: OpaqueXattr::Trusted,
+        status_dir: None,
+    };
+    LayerContext::with_parts(client, cache, tokio::runtime::Handle::current(), settings)
+}
+
 impl Fixture {
     async fn new(tar: &[u8], fetch: config::FetchConfig) -> Self {
-        let mut data = Vec::new();
-        let opts = BuildOptions {
-            chunk_size: CHUNK,
-            ..Default::default()
-        };
-        build(tar, &mut data, &opts).unwrap();
-        let digest = format!("sha256:{}", Sha256Digest::of(&data).hex());
-        let blob = MemoryBlob::new(data);
+        let (blob, digest) = memory_blob(tar);
         let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let cache = ChunkCache::open(
-            CacheOptions {
-                dir: dir.path().join("cache"),
-                max_size: 0,
-                memory_size: 16 << 20,
-                read_mode: ReadMode::Auto,
-            },
-            metrics.clone(),
-        )
-        .unwrap();
-        let client =
-            registry::RegistryClient::new(&config::Config::default(), metrics.registry.clone())
-                .unwrap();
-        let settings = LayerSettings {
-            fetch,
-            fuse: Default::default(),
-            opaque_xattr: OpaqueXattr::Trusted,
-            status_dir: None,
-        };
-        let ctx =
-            LayerContext::with_parts(client, cache, tokio::runtime::Handle::current(), settings);
+        let ctx = memory_context(dir.path(), fetch);
         let source = LayerSource::new("memory/blob", &digest, None, None).unwrap();
         let layer = RemoteLayer::from_source(&ctx, source, blob.clone(), &dir.path().join("state"))
             .await

@@ -5,27 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use estargz::testutil::{Meta, TarBuilder};
-use estargz::writer::{build, BuildOptions};
 use estargz::{EntryId, LayerIndex, Sha256Digest};
 
 use super::chunks::key_of;
-use super::tests::{elf, elf_on, CHUNK};
+use super::tests::{elf, elf_on, memory_blob, memory_context, CHUNK};
 use super::*;
-use crate::cache::{CacheOptions, ChunkCache, ReadMode};
 use crate::fetch::MemoryBlob;
-use crate::metrics::Metrics;
 
 /// An eStargz blob of `tar` and its source (no TOC digest required).
 fn blob(tar: &[u8]) -> (Arc<MemoryBlob>, LayerSource) {
-    let mut data = Vec::new();
-    let opts = BuildOptions {
-        chunk_size: CHUNK,
-        ..Default::default()
-    };
-    build(tar, &mut data, &opts).unwrap();
-    let digest = format!("sha256:{}", Sha256Digest::of(&data).hex());
+    let (blob, digest) = memory_blob(tar);
     let source = LayerSource::new("memory/image", &digest, None, None).unwrap();
-    (MemoryBlob::new(data), source)
+    (blob, source)
 }
 
 /// Base: `lib/libbig.so`, 16 chunks whose loader tables are in chunk 0, init code in chunk
@@ -65,30 +56,13 @@ fn image() -> (Vec<u8>, Vec<u8>) {
 }
 
 fn context(dir: &std::path::Path) -> Arc<LayerContext> {
-    let metrics = Arc::new(Metrics::default());
-    let cache = ChunkCache::open(
-        CacheOptions {
-            dir: dir.join("cache"),
-            max_size: 0,
-            memory_size: 16 << 20,
-            read_mode: ReadMode::Auto,
-        },
-        metrics.clone(),
-    )
-    .unwrap();
-    let client =
-        registry::RegistryClient::new(&config::Config::default(), metrics.registry.clone())
-            .unwrap();
-    let settings = LayerSettings {
-        fetch: config::FetchConfig {
+    memory_context(
+        dir,
+        config::FetchConfig {
             program_read_ahead: true,
             ..elf_on()
         },
-        fuse: Default::default(),
-        opaque_xattr: OpaqueXattr::Trusted,
-        status_dir: None,
-    };
-    LayerContext::with_parts(client, cache, tokio::runtime::Handle::current(), settings)
+    )
 }
 
 /// True when chunks `chunks` of file `path` of `index` are in the cache.
