@@ -75,6 +75,22 @@ fn with_layer(
     test(&mp, built.blob.len() as u64, &moved);
 }
 
+/// Prints what reading `files` files moved and checks that each byte of the blob crossed
+/// the network about once (at most 1.02× the blob); returns the requests.
+fn each_byte_about_once(moved: &Moved, blob_size: u64, files: u64) -> u64 {
+    let &Moved { bytes, requests } = moved;
+    eprintln!(
+        "blob {blob_size} bytes; fetched {bytes} bytes ({:.3}x) in {requests} requests for {files} files",
+        bytes as f64 / blob_size as f64
+    );
+    assert!(
+        bytes as f64 <= 1.02 * blob_size as f64,
+        "fetched {bytes} bytes for a {blob_size}-byte blob ({:.3}x): bytes fetched twice",
+        bytes as f64 / blob_size as f64
+    );
+    requests
+}
+
 fn read_file(mp: &Path, name: &str, i: u64) {
     let data = std::fs::read(mp.join(name)).unwrap();
     assert_eq!(data, pattern(FILE_SIZE, i), "{name}");
@@ -99,19 +115,10 @@ fn reading_every_file_fetches_each_byte_about_once() {
         for i in 0..FILES {
             read_file(mp, &name(i), i);
         }
-        let Moved { bytes, requests } = moved();
-        eprintln!(
-            "blob {blob_size} bytes; fetched {bytes} bytes ({:.3}x) in {requests} requests",
-            bytes as f64 / blob_size as f64
-        );
+        let requests = each_byte_about_once(&moved(), blob_size, FILES);
         assert!(
             requests < FILES,
             "{requests} requests for {FILES} files: the pass did not switch to streaming"
-        );
-        assert!(
-            bytes as f64 <= 1.02 * blob_size as f64,
-            "fetched {bytes} bytes for a {blob_size}-byte blob ({:.3}x): bytes fetched twice",
-            bytes as f64 / blob_size as f64
         );
     });
 }
@@ -156,20 +163,11 @@ fn reading_every_file_in_another_order_than_the_blob_streams_the_whole_blob() {
             for &i in rest {
                 read_file(mp, &spread_name(i), i);
             }
-            let Moved { bytes, requests } = moved();
-            eprintln!(
-            "blob {blob_size} bytes; fetched {bytes} bytes ({:.3}x) in {requests} requests for {MANY} files",
-            bytes as f64 / blob_size as f64
-        );
+            let requests = each_byte_about_once(&moved(), blob_size, MANY);
             assert_eq!(
                 requests - streamed.requests,
                 0,
                 "the rest of the files were fetched again after the stream"
-            );
-            assert!(
-                bytes as f64 <= 1.02 * blob_size as f64,
-                "fetched {bytes} bytes for a {blob_size}-byte blob ({:.3}x): bytes fetched twice",
-                bytes as f64 / blob_size as f64
             );
         },
     );
